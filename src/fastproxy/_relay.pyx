@@ -1,0 +1,28 @@
+# cython: language_level=3
+"""The hot path: an epoll loop per worker thread, run without the GIL, moving
+bytes socket -> pipe -> socket with splice() (or recv/send in copy mode).
+
+Layout (after uvloop): this file only stitches the parts together.
+  includes/system.pxd   kernel and libc declarations, all nogil
+  relay/structs.pxi     data layout and ownership rules
+  relay/routes.pxi      counter slots, per-app routes, PROXY protocol header
+  relay/pool.pxi        per-worker pipe and buffer pools
+  relay/balance.pxi     target selection and failover order
+  relay/conn.pxi        the connection state machine
+  relay/worker.pxi      the event loop
+  relay/api.pxi         the Relay class the orchestrator drives
+"""
+
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memmove, memset
+
+from fastproxy.includes.system cimport *
+
+include "relay/structs.pxi"
+include "relay/routes.pxi"
+include "relay/pool.pxi"
+include "relay/balance.pxi"
+include "relay/conn.pxi"
+include "relay/worker.pxi"
+include "relay/api.pxi"

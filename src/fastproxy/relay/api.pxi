@@ -1,0 +1,375 @@
+# The Python face of the relay. Everything here runs with the GIL, in the
+# orchestrator's thread; the workers never call back into Python.
+
+TARGET_UP = T_UP
+TARGET_DOWN = T_DOWN
+TARGET_DRAINING = T_DRAINING
+TARGET_DISABLED = T_DISABLED
+BALANCE = {
+    "round-robin": BAL_ROUND_ROBIN,
+    "least-conn": BAL_LEAST_CONN,
+    "random": BAL_RANDOM,
+    "source-hash": BAL_SOURCE_HASH,
+}
+MAX_SLOTS = STATS_CHUNK * STATS_CHUNKS
+STATS_FIELDS = (
+    "connections", "active", "bytes_in", "bytes_out", "connect_failures",
+    "no_target", "rejected", "panic", "idle_timeouts",
+)
+
+
+cdef int fill_sockaddr(sockaddr_storage* ss, socklen_t* length, int family,
+                       bytes host, int port) except -1:
+    cdef sockaddr_in* a4 = <sockaddr_in*>ss
+    cdef sockaddr_in6* a6 = <sockaddr_in6*>ss
+    memset(ss, 0, sizeof(sockaddr_storage))
+    if family == AF_INET:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        if inet_pton(AF_INET, host, &a4.sin_addr) != 1:
+            raise ValueError(f"not an IPv4 address: {host!r}")
+        length[0] = sizeof(sockaddr_in)
+    elif family == AF_INET6:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        if inet_pton(AF_INET6, host, &a6.sin6_addr) != 1:
+            raise ValueError(f"not an IPv6 address: {host!r}")
+        length[0] = sizeof(sockaddr_in6)
+    else:
+        raise ValueError(f"unsupported address family {family}")
+    return 0
+
+
+cdef class Relay:
+    """Worker threads moving bytes between clients and targets.
+
+    The orchestrator tells it which port belongs to which app (set_port), each
+    app's targets and policy (set_app), and which listening sockets to accept on
+    (add_listener); counters are read back with stats(slot)."""
+
+    cdef fp_relay* r
+    cdef bint running
+    cdef object _listeners     # fd -> address of its fp_listener, for removal
+
+    def __cinit__(self, *, int workers=1, bint splice=True, int pipe_size=0,
+                  int buffer_size=65536):
+        cdef int i
+        cdef int fds[2]
+        cdef fp_worker* w
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._listeners = {}
+        self.r = <fp_relay*>calloc(1, sizeof(fp_relay))
+        if self.r == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.r.lock, NULL)
+        self.r.use_splice = splice
+        self.r.pipe_size = pipe_size
+        self.r.apps = <fp_route**>calloc(MAX_APPS, sizeof(fp_route*))
+        self.r.port_app = <int*>malloc(65536 * sizeof(int))
+        self.r.chunks = <fp_stats**>calloc(STATS_CHUNKS, sizeof(fp_stats*))
+        self.r.workers = <fp_worker*>calloc(workers, sizeof(fp_worker))
+        if not (self.r.apps and self.r.port_app and self.r.chunks and self.r.workers):
+            raise MemoryError()
+        for i in range(65536):
+            self.r.port_app[i] = -1
+        if splice:
+            # A channel may hold what one pipe holds; measure it rather than trust
+            # the request (the kernel rounds, and caps unprivileged users).
+            if pipe2(fds, O_CLOEXEC) < 0:
+                raise OSError(errno, "pipe2 failed")
+            if pipe_size > 0 and fcntl(fds[1], F_SETPIPE_SZ, pipe_size) < 0:
+                close(fds[0])
+                close(fds[1])
+                raise OSError(errno, f"cannot set the pipe size to {pipe_size}")
+            self.r.chan_cap = fcntl(fds[1], F_GETPIPE_SZ)
+            close(fds[0])
+            close(fds[1])
+        else:
+            self.r.chan_cap = buffer_size
+        for i in range(workers):
+            w = &self.r.workers[i]
+            w.kind = KIND_WAKE
+            w.index = i
+            w.relay = self.r
+            w.rng = <uint64_t>(i + 1) * 0x2545f4914f6cdd1dULL ^ <uint64_t>monotonic_ms()
+            w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
+            w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
+            w.epfd = epoll_create1(EPOLL_CLOEXEC)
+            w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            self.r.nworkers += 1
+            if w.pipes == NULL or w.bufs == NULL or w.epfd < 0 or w.wakefd < 0:
+                raise OSError(errno, "cannot set up a relay worker")
+            self._epoll_add(w, w.wakefd, EPOLLIN, w)
+
+    def __dealloc__(self):
+        cdef int i
+        cdef fp_listener* l
+        cdef fp_listener* nxt
+        if self.r == NULL:
+            return
+        self.stop()
+        for i in range(self.r.nworkers):
+            if self.r.workers[i].epfd >= 0:
+                close(self.r.workers[i].epfd)
+            if self.r.workers[i].wakefd >= 0:
+                close(self.r.workers[i].wakefd)
+            free(self.r.workers[i].pipes)
+            free(self.r.workers[i].bufs)
+        l = self.r.listeners
+        while l != NULL:
+            nxt = <fp_listener*>l.next
+            free(l)
+            l = nxt
+        if self.r.apps != NULL:
+            for i in range(MAX_APPS):
+                if self.r.apps[i] != NULL:
+                    route_decref(self.r.apps[i])
+        if self.r.chunks != NULL:
+            for i in range(STATS_CHUNKS):
+                free(self.r.chunks[i])
+        free(self.r.apps)
+        free(self.r.port_app)
+        free(self.r.chunks)
+        free(self.r.workers)
+        pthread_mutex_destroy(&self.r.lock)
+        free(self.r)
+        self.r = NULL
+
+    cdef int _epoll_add(self, fp_worker* w, int fd, uint32_t events, void* ptr) except -1:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.ptr = ptr
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, f"epoll_ctl(ADD, {fd}) failed")
+        return 0
+
+    # -- life cycle -----------------------------------------------------------
+
+    @property
+    def workers(self):
+        return self.r.nworkers
+
+    @property
+    def splice(self):
+        return bool(self.r.use_splice)
+
+    @property
+    def channel_capacity(self):
+        """Bytes one direction of a connection may hold (the pipe or buffer size)."""
+        return self.r.chan_cap
+
+    def start(self):
+        cdef int i
+        if self.running:
+            return
+        for i in range(self.r.nworkers):
+            self.r.workers[i].stop = 0
+            if pthread_create(&self.r.workers[i].thread, NULL, worker_main,
+                              &self.r.workers[i]) != 0:
+                self.stop()
+                raise OSError("cannot start a relay worker thread")
+            self.r.workers[i].started = True
+        self.running = True
+
+    def stop(self):
+        """Stop the workers; connections still open are closed."""
+        cdef int i
+        cdef uint64_t one = 1
+        if self.r == NULL:
+            return
+        for i in range(self.r.nworkers):
+            fp_store_int(&self.r.workers[i].stop, 1)
+            write(self.r.workers[i].wakefd, &one, sizeof(one))
+        with nogil:
+            for i in range(self.r.nworkers):
+                if self.r.workers[i].started:
+                    pthread_join(self.r.workers[i].thread, NULL)
+                    self.r.workers[i].started = False
+        self.running = False
+
+    def quiesce(self):
+        """Return once every running worker has finished the event batch it was in:
+        after this, no worker holds a pointer it read before the call."""
+        cdef int i
+        cdef uint64_t one = 1
+        cdef int* seen = <int*>malloc(self.r.nworkers * sizeof(int))
+        cdef timespec pause
+        pause.tv_sec = 0
+        pause.tv_nsec = 200000
+        if seen == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self.r.nworkers):
+                seen[i] = fp_load_int(&self.r.workers[i].epoch)
+                write(self.r.workers[i].wakefd, &one, sizeof(one))
+            with nogil:
+                for i in range(self.r.nworkers):
+                    while (self.r.workers[i].started
+                           and not fp_load_int(&self.r.workers[i].stop)
+                           and fp_load_int(&self.r.workers[i].epoch) == seen[i]):
+                        nanosleep(&pause, NULL)
+        finally:
+            free(seen)
+
+    # -- listeners ------------------------------------------------------------
+
+    def add_listener(self, int fd, int port=0):
+        """Accept on a listening socket. port: the port it is bound to (ports
+        steering); 0 when connections are steered to it, so the app is found from
+        each connection's local port. The caller keeps owning the fd."""
+        cdef fp_listener* l
+        cdef int i, flags
+        if fd in self._listeners:
+            raise ValueError(f"fd {fd} is already a listener")
+        # Several workers race for each connection: the loser must get EAGAIN.
+        flags = fcntl(fd, F_GETFL)
+        if flags < 0 or fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
+            raise OSError(errno, f"fd {fd} is not usable as a listener")
+        l = <fp_listener*>calloc(1, sizeof(fp_listener))
+        if l == NULL:
+            raise MemoryError()
+        l.kind = KIND_LISTENER
+        l.fd = fd
+        l.port = port
+        for i in range(self.r.nworkers):
+            try:
+                self._epoll_add(&self.r.workers[i], fd, EPOLLIN | EPOLLEXCLUSIVE, l)
+            except OSError:
+                for i in range(i):
+                    epoll_ctl(self.r.workers[i].epfd, EPOLL_CTL_DEL, fd, NULL)
+                free(l)
+                raise
+        pthread_mutex_lock(&self.r.lock)
+        l.next = self.r.listeners
+        self.r.listeners = l
+        pthread_mutex_unlock(&self.r.lock)
+        self._listeners[fd] = <size_t>l
+
+    def remove_listener(self, int fd):
+        """Stop accepting on fd. When this returns no worker touches it any more,
+        so the caller may close it (or hand it to another process)."""
+        cdef fp_listener* l
+        cdef fp_listener** link
+        cdef int i
+        addr = self._listeners.pop(fd, None)
+        if addr is None:
+            raise KeyError(fd)
+        l = <fp_listener*><size_t>addr
+        for i in range(self.r.nworkers):
+            epoll_ctl(self.r.workers[i].epfd, EPOLL_CTL_DEL, fd, NULL)
+        self.quiesce()
+        pthread_mutex_lock(&self.r.lock)
+        link = &self.r.listeners
+        while link[0] != NULL and link[0] != l:
+            link = <fp_listener**>&link[0].next
+        if link[0] == l:
+            link[0] = <fp_listener*>l.next
+        pthread_mutex_unlock(&self.r.lock)
+        free(l)
+
+    @property
+    def listener_fds(self):
+        return sorted(self._listeners)
+
+    # -- routing --------------------------------------------------------------
+
+    def set_port(self, int port, int app_id):
+        """Route connections arriving on port to app_id (-1: no app, close them)."""
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range: {port}")
+        if not -1 <= app_id < MAX_APPS:
+            raise ValueError(f"app id out of range: {app_id}")
+        fp_store_int(&self.r.port_app[port], app_id)
+
+    def port_app(self, int port):
+        return fp_load_int(&self.r.port_app[port])
+
+    def ensure_slot(self, unsigned int slot):
+        """Make a counter slot usable (zeroed on first use, never freed)."""
+        cdef unsigned int chunk = slot // STATS_CHUNK
+        if slot >= MAX_SLOTS:
+            raise ValueError(f"counter slot out of range: {slot}")
+        if self.r.chunks[chunk] == NULL:
+            self.r.chunks[chunk] = <fp_stats*>calloc(STATS_CHUNK, sizeof(fp_stats))
+            if self.r.chunks[chunk] == NULL:
+                raise MemoryError()
+
+    def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
+                double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
+                int proxy_protocol=0):
+        """Publish an app's route. targets: [(family, ip, port, slot, state)], with
+        family 0 for a target not resolved (kept, never picked). The new route
+        applies to new connections; established ones are not touched."""
+        cdef fp_route* rt
+        cdef fp_target* t
+        cdef int i
+        if not 0 <= app_id < MAX_APPS:
+            raise ValueError(f"app id out of range: {app_id}")
+        policy = BALANCE[balance]
+        self.ensure_slot(app_slot)
+        for entry in targets:
+            self.ensure_slot(entry[3])
+        rt = <fp_route*>calloc(1, sizeof(fp_route))
+        if rt == NULL:
+            raise MemoryError()
+        rt.targets = <fp_target*>calloc(max(1, len(targets)), sizeof(fp_target))
+        if rt.targets == NULL:
+            free(rt)
+            raise MemoryError()
+        try:
+            for i, (family, host, port, slot, state) in enumerate(targets):
+                t = &rt.targets[i]
+                t.slot = slot
+                t.state = state
+                if family:
+                    fill_sockaddr(&t.addr, &t.addrlen, family, host.encode(), port)
+        except BaseException:
+            route_free(rt)
+            raise
+        rt.refcnt = 1
+        rt.ntargets = len(targets)
+        rt.app_slot = app_slot
+        rt.balance = policy
+        rt.proxy_protocol = proxy_protocol
+        rt.connect_timeout_ms = <int64_t>(connect_timeout * 1000)
+        rt.idle_timeout_ms = <int64_t>(idle_timeout * 1000)
+        rt.max_conns = max_connections
+        route_publish(self.r, app_id, rt)
+
+    def remove_app(self, int app_id):
+        if 0 <= app_id < MAX_APPS:
+            route_publish(self.r, app_id, NULL)
+
+    def set_target_state(self, int app_id, int index, int state):
+        """Change one target's state in the app's current route, in place."""
+        cdef fp_route* rt = route_get(self.r, app_id)
+        if rt == NULL:
+            raise KeyError(app_id)
+        try:
+            if not 0 <= index < rt.ntargets:
+                raise IndexError(index)
+            fp_store_int(&rt.targets[index].state, state)
+        finally:
+            route_decref(rt)
+
+    # -- counters -------------------------------------------------------------
+
+    def stats(self, unsigned int slot):
+        """Counters of one slot, in STATS_FIELDS order."""
+        cdef fp_stats* s
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            return (0,) * len(STATS_FIELDS)
+        s = stats_slot(self.r, slot)
+        return (fp_load_u64(&s.connections), fp_load_i64(&s.active),
+                fp_load_u64(&s.bytes_in), fp_load_u64(&s.bytes_out),
+                fp_load_u64(&s.connect_failures), fp_load_u64(&s.no_target),
+                fp_load_u64(&s.rejected), fp_load_u64(&s.panic),
+                fp_load_u64(&s.idle_timeouts))
+
+    def connections(self):
+        """Connections open in all workers (connecting or relaying)."""
+        cdef int i, total = 0
+        for i in range(self.r.nworkers):
+            total += fp_load_int(&self.r.workers[i].nconns)
+        return total

@@ -1,0 +1,375 @@
+# One proxied connection: connect to a target with failover, then move bytes both
+# ways until both directions have carried their FIN, or one side resets.
+#
+# Sockets are registered edge-triggered once, for reading and writing; readiness is
+# remembered in fp_side and cleared only on EAGAIN, so the steady state costs no
+# epoll_ctl at all.
+
+cdef enum:
+    EV_READ = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
+    EV_WRITE = EPOLLOUT | EPOLLHUP | EPOLLERR
+    SIDE_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+
+cdef enum PumpResult:
+    PUMP_OK = 0
+    PUMP_SRC_FAILED = 1     # reading the source failed (it was reset)
+    PUMP_DST_FAILED = 2     # writing the destination failed (it was reset)
+
+
+cdef inline int64_t monotonic_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef int register_side(fp_worker* w, fp_side* s) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = SIDE_EVENTS
+    ev.data.ptr = s
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, s.fd, &ev) < 0:
+        return -errno
+    return 0
+
+
+cdef void set_reset_on_close(int fd) noexcept nogil:
+    # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+    cdef linger lg
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+
+
+# -- moving bytes -----------------------------------------------------------------
+
+cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
+    """Read from src into the channel: >0 bytes, 0 EOF, -errno."""
+    cdef ssize_t n
+    if r.use_splice:
+        n = splice(src, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    else:
+        if c.len == 0:
+            c.off = 0
+        elif c.off + c.len == r.chan_cap:
+            memmove(c.buf, c.buf + c.off, c.len)    # room only at the front: compact
+            c.off = 0
+        n = recv(src, c.buf + c.off + c.len, r.chan_cap - c.off - c.len, 0)
+    if n < 0:
+        return -errno
+    return n
+
+
+cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst, bint more) noexcept nogil:
+    """Write held bytes to dst: >0 bytes, -errno. `more`: the source has more
+    queued, so let TCP coalesce (MSG_MORE / SPLICE_F_MORE)."""
+    cdef ssize_t n
+    if r.use_splice:
+        n = splice(c.pipe_r, NULL, dst, NULL, c.len,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (SPLICE_F_MORE if more else 0))
+    else:
+        n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL | (MSG_MORE if more else 0))
+        if n > 0:
+            c.off += n
+    if n < 0:
+        return -errno
+    return n
+
+
+cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
+                   bint inbound) noexcept nogil:
+    """Move what can be moved from src to dst without blocking. Backpressure: a
+    channel never holds more than chan_cap, and once full we stop reading src, so
+    the kernel's receive window pushes back on the sender."""
+    cdef fp_relay* r = w.relay
+    cdef ssize_t n
+    cdef bint progress = True
+    cdef uint64_t moved = 0
+    while progress:
+        progress = False
+        if ch.len > 0 and dst.writable:
+            n = chan_drain(r, ch, dst.fd, src.readable and not ch.eof)
+            if n > 0:
+                ch.len -= n
+                progress = True
+            elif n == -EAGAIN:
+                dst.writable = False
+            else:
+                return PUMP_DST_FAILED
+        if ch.len == 0 and ch.eof and not ch.shut:
+            # Half-close: pass the FIN on only once every byte before it is out.
+            shutdown(dst.fd, SHUT_WR)
+            ch.shut = True
+        if not ch.eof and src.readable and ch.len < r.chan_cap:
+            if chan_acquire(w, ch) < 0:
+                break       # out of pipes or memory: retry on the next event
+            n = chan_fill(r, ch, src.fd)
+            if n > 0:
+                ch.len += n
+                moved += n
+                progress = True
+            elif n == 0:
+                ch.eof = True
+                progress = True
+            elif n == -EAGAIN:
+                # EAGAIN from splice is ambiguous: the socket is empty, or the pipe
+                # is full (it holds skb fragments, not full pages, so it can fill
+                # below chan_cap). Only an empty pipe proves the socket is empty.
+                if ch.len == 0 or not r.use_splice:
+                    src.readable = False
+            else:
+                return PUMP_SRC_FAILED
+    if ch.len == 0:
+        chan_release(w, ch)
+    if moved:
+        c.last_active_ms = w.now_ms
+        if inbound:
+            fp_add_u64(&c.app_st.bytes_in, moved)
+            fp_add_u64(&c.tgt_st.bytes_in, moved)
+        else:
+            fp_add_u64(&c.app_st.bytes_out, moved)
+            fp_add_u64(&c.tgt_st.bytes_out, moved)
+    return PUMP_OK
+
+
+cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
+    cdef int rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, True)
+    if rc == PUMP_OK:
+        rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, False)
+        if rc == PUMP_SRC_FAILED:
+            conn_abort(w, c, &c.cli)        # target reset: reset the client
+        elif rc == PUMP_DST_FAILED:
+            conn_abort(w, c, &c.srv)
+    elif rc == PUMP_SRC_FAILED:
+        conn_abort(w, c, &c.srv)            # client reset: reset the target
+    else:
+        conn_abort(w, c, &c.cli)
+    if c.state == ST_RELAYING and c.up.shut and c.down.shut:
+        conn_close(w, c)
+
+
+# -- life cycle -------------------------------------------------------------------
+
+cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
+    cdef fp_conn* c = <fp_conn*>calloc(1, sizeof(fp_conn))
+    if c == NULL:
+        return NULL
+    c.cli.kind = KIND_SIDE
+    c.cli.fd = fd
+    c.cli.conn = c
+    c.srv.kind = KIND_SIDE
+    c.srv.fd = -1
+    c.srv.conn = c
+    c.up.pipe_r = c.up.pipe_w = -1
+    c.down.pipe_r = c.down.pipe_w = -1
+    c.last_active_ms = w.now_ms
+    c.next = w.conns
+    if w.conns != NULL:
+        w.conns.prev = c
+    w.conns = c
+    fp_store_int(&w.nconns, w.nconns + 1)
+    return c
+
+
+cdef void conn_release_route(fp_conn* c) noexcept nogil:
+    if c.route != NULL:
+        route_decref(c.route)
+        c.route = NULL
+
+
+cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Close both sockets and unlink; the memory goes after the event batch, since
+    later events of the same batch may still point at it."""
+    if c.state == ST_CLOSED:
+        return
+    if c.state == ST_CONNECTING:
+        w.nconnecting -= 1
+    if c.state == ST_RELAYING:
+        fp_add_i64(&c.tgt_st.active, -1)
+    fp_add_i64(&c.app_st.active, -1)
+    c.state = ST_CLOSED
+    conn_release_route(c)
+    if c.cli.fd >= 0:
+        close(c.cli.fd)
+        c.cli.fd = -1
+    if c.srv.fd >= 0:
+        close(c.srv.fd)
+        c.srv.fd = -1
+    chan_release(w, &c.up)
+    chan_release(w, &c.down)
+    if c.prev != NULL:
+        c.prev.next = c.next
+    else:
+        w.conns = c.next
+    if c.next != NULL:
+        c.next.prev = c.prev
+    fp_store_int(&w.nconns, w.nconns - 1)
+    c.later = w.graveyard
+    w.graveyard = c
+
+
+cdef void conn_abort(fp_worker* w, fp_conn* c, fp_side* victim) noexcept nogil:
+    """One side reset: reset the other one too, so the reset is propagated."""
+    if victim.fd >= 0:
+        set_reset_on_close(victim.fd)
+    conn_close(w, c)
+
+
+cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
+    cdef int proxy_protocol = c.route.proxy_protocol
+    c.tgt_st = stats_slot(w.relay, c.route.targets[c.target_idx].slot)
+    fp_add_u64(&c.tgt_st.connections, 1)
+    fp_add_i64(&c.tgt_st.active, 1)
+    conn_release_route(c)
+    w.nconnecting -= 1
+    c.state = ST_RELAYING
+    c.last_active_ms = w.now_ms
+    c.srv.writable = True
+    if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
+        conn_abort(w, c, &c.cli)
+        return
+    conn_pump(w, c)
+
+
+cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Try targets until a connect is under way or has completed; when none is
+    left, close the client at once."""
+    cdef fp_route* rt = c.route
+    cdef fp_target* t
+    cdef int idx, fd, rc, one = 1
+    while True:
+        idx = pick_next(rt, c)
+        if idx < 0:
+            fp_add_u64(&c.app_st.no_target, 1)
+            conn_close(w, c)
+            return
+        t = &rt.targets[idx]
+        c.target_idx = idx
+        fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
+            continue
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
+        if rc < 0 and errno != EINPROGRESS:
+            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
+            close(fd)
+            continue
+        c.srv.fd = fd
+        c.srv.readable = False
+        c.srv.writable = False
+        if register_side(w, &c.srv) < 0:
+            close(fd)
+            c.srv.fd = -1
+            continue
+        c.deadline_ms = w.now_ms + rt.connect_timeout_ms
+        c.state = ST_CONNECTING
+        w.nconnecting += 1
+        if rc == 0:
+            conn_established(w, c)
+        return
+
+
+cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
+    """The attempt under way failed (refused, unreachable, timed out). The retry
+    waits until the event batch is done: events for the old socket may follow."""
+    fp_add_u64(&stats_slot(w.relay, c.route.targets[c.target_idx].slot).connect_failures, 1)
+    close(c.srv.fd)
+    c.srv.fd = -1
+    w.nconnecting -= 1
+    c.state = ST_RETRY
+    c.later = w.retry
+    w.retry = c
+
+
+cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
+    cdef fp_conn* c = s.conn
+    cdef int err = 0
+    cdef socklen_t errlen = sizeof(err)
+    if c.state == ST_CLOSED:
+        return
+    # Record readiness even when we cannot act on it yet: edges do not repeat.
+    if events & EV_READ:
+        s.readable = True
+    if events & EV_WRITE:
+        s.writable = True
+    if c.state == ST_RETRY:
+        return
+    if c.state == ST_RELAYING:
+        conn_pump(w, c)
+        return
+    # Connecting
+    if s == &c.srv:
+        if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0 or err != 0 \
+                or (events & (EPOLLERR | EPOLLHUP)):
+            conn_connect_failed(w, c)
+        elif events & EPOLLOUT:
+            conn_established(w, c)
+    elif events & (EPOLLERR | EPOLLHUP):
+        conn_abort(w, c, &c.srv)            # client gone before the target answered
+
+
+cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
+    cdef fp_relay* r = w.relay
+    cdef sockaddr_storage peer
+    cdef socklen_t plen
+    cdef sockaddr_storage local
+    cdef socklen_t llen
+    cdef int fd, i, app, port
+    cdef fp_route* rt
+    cdef fp_stats* app_st
+    cdef fp_conn* c
+    cdef timespec pause
+    for i in range(ACCEPT_BATCH):
+        plen = sizeof(peer)
+        fd = accept4(l.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd < 0:
+            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                # Out of descriptors: back off briefly instead of spinning on a
+                # listener that stays readable.
+                pause.tv_sec = 0
+                pause.tv_nsec = 10 * 1000000
+                nanosleep(&pause, NULL)
+            if errno == EINTR or errno == ECONNABORTED:
+                continue
+            return
+        llen = sizeof(local)
+        local.ss_family = 0
+        port = l.port
+        if port == 0:
+            # Steered: the port the client dialled tells the app.
+            getsockname(fd, <sockaddr*>&local, &llen)
+            port = ntohs((<sockaddr_in*>&local).sin_port)   # same offset for IPv6
+        app = fp_load_int(&r.port_app[port])
+        rt = route_get(r, app) if app >= 0 else NULL
+        if rt == NULL:
+            close(fd)               # a port no app owns (any more)
+            continue
+        if rt.proxy_protocol and local.ss_family == 0:
+            getsockname(fd, <sockaddr*>&local, &llen)
+        app_st = stats_slot(r, rt.app_slot)
+        if rt.max_conns > 0 and fp_load_i64(&app_st.active) >= rt.max_conns:
+            fp_add_u64(&app_st.rejected, 1)
+            route_decref(rt)
+            close(fd)
+            continue
+        c = conn_new(w, fd)
+        if c == NULL:
+            route_decref(rt)
+            close(fd)
+            continue
+        memcpy(&c.peer, &peer, sizeof(peer))
+        memcpy(&c.local, &local, sizeof(local))
+        c.route = rt
+        c.app_st = app_st
+        c.idle_timeout_ms = rt.idle_timeout_ms
+        fp_add_u64(&app_st.connections, 1)
+        fp_add_i64(&app_st.active, 1)
+        if register_side(w, &c.cli) < 0:
+            conn_close(w, c)
+            continue
+        c.start_idx = pick_first(w, rt, c)
+        if c.start_idx < 0:
+            fp_add_u64(&app_st.no_target, 1)
+            conn_close(w, c)
+            continue
+        conn_connect_next(w, c)

@@ -1,0 +1,68 @@
+# Per-worker pools of pipes (splice mode) and buffers (copy mode). A channel holds
+# one only while bytes are in flight, so an idle connection costs no pipe: this is
+# what keeps memory per idle connection small.
+
+cdef int chan_acquire(fp_worker* w, fp_chan* c) noexcept nogil:
+    """Give the channel a pipe or buffer. Returns 0 or -errno."""
+    cdef int fds[2]
+    if w.relay.use_splice:
+        if c.pipe_r >= 0:
+            return 0
+        if w.npipes > 0:
+            w.npipes -= 1
+            c.pipe_r = w.pipes[2 * w.npipes]
+            c.pipe_w = w.pipes[2 * w.npipes + 1]
+            return 0
+        if pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0:
+            return -errno
+        if w.relay.pipe_size > 0:
+            # Best effort: a smaller pipe only means more syscalls per byte.
+            fcntl(fds[1], F_SETPIPE_SZ, w.relay.pipe_size)
+        c.pipe_r = fds[0]
+        c.pipe_w = fds[1]
+        return 0
+    if c.buf != NULL:
+        return 0
+    if w.nbufs > 0:
+        w.nbufs -= 1
+        c.buf = w.bufs[w.nbufs]
+    else:
+        c.buf = <char*>malloc(w.relay.chan_cap)
+        if c.buf == NULL:
+            return -ENOMEM
+    c.off = 0
+    return 0
+
+
+cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
+    """Return the pipe or buffer to the pool. A pipe still holding bytes (an aborted
+    connection) is closed instead: its contents must not leak into the next one."""
+    if c.pipe_r >= 0:
+        if c.len == 0 and w.npipes < POOL_MAX:
+            w.pipes[2 * w.npipes] = c.pipe_r
+            w.pipes[2 * w.npipes + 1] = c.pipe_w
+            w.npipes += 1
+        else:
+            close(c.pipe_r)
+            close(c.pipe_w)
+        c.pipe_r = -1
+        c.pipe_w = -1
+    if c.buf != NULL:
+        if w.nbufs < POOL_MAX:
+            w.bufs[w.nbufs] = c.buf
+            w.nbufs += 1
+        else:
+            free(c.buf)
+        c.buf = NULL
+    c.len = 0
+    c.off = 0
+
+
+cdef void pool_drain(fp_worker* w) noexcept nogil:
+    cdef int i
+    for i in range(2 * w.npipes):
+        close(w.pipes[i])
+    w.npipes = 0
+    for i in range(w.nbufs):
+        free(w.bufs[i])
+    w.nbufs = 0

@@ -1,0 +1,168 @@
+# Data layout of the relay. Everything here is touched without the GIL.
+#
+# Ownership: the Python thread builds routes and swaps them in under relay.lock;
+# a worker owns every connection it accepted, from accept to free, so connections
+# need no locking. Counters are shared and updated with relaxed atomics.
+
+# What an epoll event points at: the first int of every registered object.
+cdef enum HandleKind:
+    KIND_LISTENER = 1
+    KIND_SIDE = 2
+    KIND_WAKE = 3
+
+cdef enum ConnState:
+    ST_NEW = 0
+    ST_CONNECTING = 1
+    ST_RETRY = 2        # the connect failed; retried after the current event batch
+    ST_RELAYING = 3
+    ST_CLOSED = 4       # freed after the current event batch
+
+# Target states, set by the orchestrator. Only T_UP is picked, except in panic
+# mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
+cdef enum TargetState:
+    T_UP = 0
+    T_DOWN = 1
+    T_DRAINING = 2
+    T_DISABLED = 3
+
+cdef enum Balance:
+    BAL_ROUND_ROBIN = 0
+    BAL_LEAST_CONN = 1
+    BAL_RANDOM = 2
+    BAL_SOURCE_HASH = 3
+
+cdef enum:
+    STATS_CHUNK = 256          # slots per chunk
+    STATS_CHUNKS = 1024        # up to 262,144 counter slots
+    MAX_APPS = 65536
+    MAX_EVENTS = 256
+    ACCEPT_BATCH = 64
+    POOL_MAX = 256             # idle pipes / buffers kept per worker
+    TICK_MS = 100              # connect-timeout resolution
+    SWEEP_MS = 1000            # idle-timeout resolution
+
+
+# One counter slot per app and per (app, target). Slots are never freed, so
+# a connection may keep a pointer to its slots across reloads.
+ctypedef struct fp_stats:
+    uint64_t connections
+    int64_t active
+    uint64_t bytes_in           # client -> target
+    uint64_t bytes_out          # target -> client
+    uint64_t connect_failures
+    uint64_t no_target          # clients closed because no target answered
+    uint64_t rejected           # over MaxConnections
+    uint64_t panic              # picks made with no target up
+    uint64_t idle_timeouts
+    uint64_t _pad[7]            # 128 bytes: neighbours do not share a cache line
+
+
+ctypedef struct fp_target:
+    sockaddr_storage addr
+    socklen_t addrlen           # 0: not resolved, never picked
+    uint32_t slot
+    int state                   # TargetState, written by Python at any time
+
+
+# An app's routing table. Immutable once published except for target states and
+# the round-robin cursor; replaced whole on reload. Refcounted because a connecting
+# client keeps it for failover.
+ctypedef struct fp_route:
+    int refcnt
+    int ntargets
+    fp_target* targets
+    uint32_t app_slot
+    int balance
+    int proxy_protocol          # 0 none, 1 v1, 2 v2
+    int64_t connect_timeout_ms
+    int64_t idle_timeout_ms
+    int64_t max_conns           # 0: unlimited
+    uint32_t rr
+
+
+ctypedef struct fp_listener:
+    int kind                    # KIND_LISTENER
+    int fd
+    int port                    # bound port; 0 when steered (look up the local port)
+    void* next
+
+
+# One direction of a connection: bytes read from one side wait here (in a pipe,
+# or a buffer in copy mode) until the other side takes them.
+ctypedef struct fp_chan:
+    int pipe_r
+    int pipe_w
+    char* buf
+    size_t len                  # bytes held
+    size_t off                  # copy mode: start of the held bytes in buf
+    bint eof                    # the source sent FIN
+    bint shut                   # FIN passed on to the destination
+
+cdef struct fp_conn
+
+ctypedef struct fp_side:
+    int kind                    # KIND_SIDE
+    int fd
+    fp_conn* conn
+    bint readable               # edge-triggered readiness, cleared on EAGAIN
+    bint writable
+
+cdef struct fp_conn:
+    fp_side cli
+    fp_side srv
+    fp_chan up                  # client -> target
+    fp_chan down                # target -> client
+    int state
+    fp_route* route             # held while connecting, for failover
+    int target_idx              # the target being tried, then the connected one
+    int start_idx               # first target picked; failover walks on from it
+    int tries
+    bint panic
+    fp_stats* app_st
+    fp_stats* tgt_st
+    int64_t deadline_ms         # connect deadline
+    int64_t last_active_ms
+    int64_t idle_timeout_ms
+    sockaddr_storage peer       # the client
+    sockaddr_storage local      # where the client connected to
+    fp_conn* prev
+    fp_conn* next
+    fp_conn* later              # retry / graveyard list link
+
+cdef struct fp_relay
+
+ctypedef struct fp_worker:
+    int kind                    # KIND_WAKE: the eventfd points here
+    int index
+    int epfd
+    int wakefd
+    pthread_t thread
+    bint started
+    fp_relay* relay
+    int stop
+    int epoch                   # bumped after every event batch (see Relay.quiesce)
+    int nconns                  # live connections, read by Python
+    int nconnecting
+    int64_t now_ms
+    int64_t next_tick_ms
+    int64_t next_sweep_ms
+    uint64_t rng
+    fp_conn* conns
+    fp_conn* retry
+    fp_conn* graveyard
+    int* pipes                  # pool: pairs of fds
+    int npipes
+    char** bufs                 # pool (copy mode)
+    int nbufs
+
+cdef struct fp_relay:
+    int nworkers
+    fp_worker* workers
+    bint use_splice
+    size_t chan_cap             # bytes a channel may hold: pipe or buffer size
+    int pipe_size               # F_SETPIPE_SZ value, 0 = kernel default
+    pthread_mutex_t lock        # guards apps[] swaps and the listener list
+    fp_route** apps
+    int* port_app               # 65536 entries: app id or -1
+    fp_stats** chunks
+    fp_listener* listeners

@@ -1,0 +1,84 @@
+# A worker thread: one epoll loop, run without the GIL. Listening sockets are
+# registered in every worker with EPOLLEXCLUSIVE, so the kernel wakes one worker
+# per incoming connection and that worker owns the connection to the end.
+
+cdef void process_retries(fp_worker* w) noexcept nogil:
+    cdef fp_conn* c = w.retry
+    cdef fp_conn* nxt
+    w.retry = NULL
+    while c != NULL:
+        nxt = c.later
+        if c.state == ST_RETRY:
+            conn_connect_next(w, c)
+        c = nxt
+
+
+cdef void free_graveyard(fp_worker* w) noexcept nogil:
+    cdef fp_conn* c = w.graveyard
+    cdef fp_conn* nxt
+    w.graveyard = NULL
+    while c != NULL:
+        nxt = c.later
+        free(c)
+        c = nxt
+
+
+cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
+    cdef fp_conn* c = w.conns
+    cdef fp_conn* nxt
+    while c != NULL:
+        nxt = c.next
+        if c.state == ST_CONNECTING and w.now_ms >= c.deadline_ms:
+            conn_connect_failed(w, c)
+        elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
+                and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
+            fp_add_u64(&c.app_st.idle_timeouts, 1)
+            conn_close(w, c)
+        c = nxt
+
+
+cdef void drain_wakefd(fp_worker* w) noexcept nogil:
+    cdef uint64_t value
+    read(w.wakefd, &value, sizeof(value))
+
+
+cdef void* worker_main(void* arg) noexcept nogil:
+    cdef fp_worker* w = <fp_worker*>arg
+    cdef epoll_event events[MAX_EVENTS]
+    cdef sigset_t all_signals
+    cdef int n, i, kind, timeout
+    cdef bint sweep
+    # Signals belong to the Python main thread.
+    sigfillset(&all_signals)
+    pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
+    w.now_ms = monotonic_ms()
+    w.next_tick_ms = w.now_ms + TICK_MS
+    w.next_sweep_ms = w.now_ms + SWEEP_MS
+    while not fp_load_int(&w.stop):
+        timeout = TICK_MS if w.nconnecting > 0 else SWEEP_MS
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
+        w.now_ms = monotonic_ms()
+        for i in range(n):
+            kind = (<int*>events[i].data.ptr)[0]
+            if kind == KIND_SIDE:
+                side_event(w, <fp_side*>events[i].data.ptr, events[i].events)
+            elif kind == KIND_LISTENER:
+                accept_clients(w, <fp_listener*>events[i].data.ptr)
+            else:
+                drain_wakefd(w)
+        process_retries(w)
+        if w.now_ms >= w.next_tick_ms:
+            sweep = w.now_ms >= w.next_sweep_ms
+            check_timeouts(w, sweep)
+            process_retries(w)
+            w.next_tick_ms = w.now_ms + TICK_MS
+            if sweep:
+                w.next_sweep_ms = w.now_ms + SWEEP_MS
+        free_graveyard(w)
+        fp_store_int(&w.epoch, w.epoch + 1)
+    # Stopped: whatever is still open is closed (the orchestrator drains first).
+    while w.conns != NULL:
+        conn_close(w, w.conns)
+    free_graveyard(w)
+    pool_drain(w)
+    return NULL
