@@ -99,12 +99,9 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
                     best = i
                     best_score = score
         return best
-    # Round robin over eligible targets.
-    i = fp_next_u32(&rt.rr) % n
-    for j in range(n):
-        if target_eligible(&rt.targets[(i + j) % n], c.panic):
-            return (i + j) % n
-    return -1
+    # Round robin over the eligible targets only: counting the cursor over all of
+    # them would give a down target's turns to its successor.
+    return nth_eligible(rt, <int>(fp_next_u32(&rt.rr) % <uint32_t>up), c.panic)
 
 
 cdef int pick_next(fp_route* rt, fp_conn* c) noexcept nogil:

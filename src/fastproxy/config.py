@@ -1,0 +1,798 @@
+"""Configuration: parse and validate the JSON config (SPEC section 1).
+
+Every problem becomes a ConfigError whose text is one line naming the file, the app and
+the field, for example::
+
+    proxy.json: app "b" (Apps[1]): Ports: port 5001 is already used by app "a"
+
+Nothing here touches the network: hostnames are checked for syntax only. They are resolved
+by the server at run time, where an unresolvable target is a down target, not an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BALANCE_MODES",
+    "PROXY_PROTOCOLS",
+    "RELAY_MODES",
+    "STEERING_MODES",
+    "App",
+    "Config",
+    "ConfigError",
+    "HealthCheck",
+    "Target",
+    "format_ports",
+    "load_config",
+    "parse_config",
+    "parse_host_port",
+    "summary",
+]
+
+BALANCE_MODES = ("round-robin", "least-conn", "random", "source-hash")
+STEERING_MODES = ("auto", "bpf", "ports")
+RELAY_MODES = ("splice", "copy")
+PROXY_PROTOCOLS = ("v1", "v2")
+
+PIPE_SIZE_MIN, PIPE_SIZE_MAX = 4096, 1 << 20
+MAX_WORKERS = 1024
+# Durations end up as milliseconds in timers of the relay; one year is more than anyone
+# means and keeps every value far from integer overflow there.
+MAX_DURATION = 365 * 86400.0
+# Counters (Rise, Fall, MaxConnections) must fit a C int in the relay.
+MAX_COUNT = 2**31 - 1
+
+TOP_KEYS = ("Apps", "Listen", "Admin", "Workers", "Steering", "DrainTimeout", "Relay", "PipeSize")
+APP_KEYS = (
+    "Name",
+    "Ports",
+    "Targets",
+    "Balance",
+    "HealthCheck",
+    "ConnectTimeout",
+    "IdleTimeout",
+    "MaxConnections",
+    "ProxyProtocol",
+)
+HEALTH_KEYS = ("Interval", "Timeout", "Rise", "Fall")
+
+
+class ConfigError(Exception):
+    """One-line, human message; str(err) is what the CLI prints after 'error: '."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str  # hostname, IPv4 literal, or IPv6 literal WITHOUT brackets
+    port: int
+
+    @property
+    def address(self) -> str:
+        """Canonical "host:port" (IPv6 as "[::1]:80"), the name used in metrics and admin."""
+        return _join_host_port(self.host, self.port)
+
+    def __str__(self) -> str:
+        return self.address
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    ports: tuple[int, ...]
+    targets: tuple[Target, ...]
+    balance: str = "round-robin"
+    health_check: HealthCheck = HealthCheck()
+    connect_timeout: float = 5.0  # seconds
+    idle_timeout: float = 3600.0  # seconds; 0 disables
+    max_connections: int = 0  # 0 = unlimited
+    proxy_protocol: str | None = None  # None | "v1" | "v2"
+
+
+@dataclass(frozen=True)
+class Config:
+    apps: tuple[App, ...]
+    listen: tuple[str, ...] = ("::",)  # addresses only; "::" = all IPv4 and IPv6
+    admin: tuple[str, int] = ("127.0.0.1", 9901)
+    workers: int = 0  # 0 = one per CPU, resolved by the server
+    steering: str = "auto"
+    drain_timeout: float = 30.0
+    relay: str = "splice"
+    pipe_size: int = 0  # bytes; 0 = kernel default
+    source: str = "<config>"  # the file it came from, for messages
+
+    def port_owner(self) -> dict[int, str]:
+        """Map every configured port to the name of the app that owns it."""
+        return {port: app.name for app in self.apps for port in app.ports}
+
+    def app(self, name: str) -> App:
+        """The app called `name`; KeyError if there is none."""
+        for app in self.apps:
+            if app.name == name:
+                return app
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file. Every failure, I/O included, is a ConfigError."""
+    source = os.fsdecode(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, expected a JSON file") from None
+    except PermissionError:
+        raise ConfigError(f"{source}: permission denied") from None
+    except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{source}: cannot read the file: {reason}") from None
+    return parse_config(_decode_json(raw, source), source)
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    """Validate already-decoded JSON data and build a Config; raises only ConfigError."""
+    try:
+        return _parse_top(data, source)
+    except ConfigError:
+        raise
+    except _Invalid as err:
+        raise _error(source, None, err) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the config is nested too deeply") from None
+    except Exception as exc:  # the contract is "only ConfigError", even if this module errs
+        raise ConfigError(f"{source}: cannot validate the config ({exc!r})") from exc
+
+
+def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port" ("[v6]:port" for IPv6) for the CLI and admin endpoint.
+
+    Returns (host without brackets, port); raises ConfigError with the reason.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f'expected a "host:port" string, {_got(text)}')
+    try:
+        return _host_port(text, allow_port_zero)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Invalid(Exception):
+    """A problem in one field; the caller adds the file and app to make a ConfigError."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.field = field
+        self.reason = reason
+
+
+def _error(source: str, where: str | None, err: _Invalid) -> ConfigError:
+    parts = [source, where, err.field, err.reason]
+    return ConfigError(": ".join(p for p in parts if p))
+
+
+# splitlines() breaks on all of these; a CLI message must stay on one line.
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAKS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _q(value: str) -> str:
+    """Quote user text the JSON way (double quotes, escapes) so it reads like the file."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's type, for "expected X, got Y"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _num(value: float) -> str:
+    """A number for a message; str() of an int of thousands of digits raises ValueError."""
+    if isinstance(value, int) and not -(10**18) < value < 10**18:
+        return f"<about {int(abs(value).bit_length() * math.log10(2)) + 1} digits>"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _got(value: object) -> str:
+    """ "got string \"abc\"": the type, plus the value when it is short and scalar."""
+    kind = _kind(value)
+    if isinstance(value, str):
+        shown = _q(value)
+    elif isinstance(value, bool) or value is None:
+        shown = json.dumps(value)
+    elif isinstance(value, (int, float)):
+        shown = _num(value)
+    else:
+        return f"got {kind}"
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"got {kind} {shown}"
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    same_case = [c for c in choices if c.lower() == word.lower()]
+    close = same_case or difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {_q(close[0])}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- JSON decoding
+
+
+class _JsonObject(dict[str, Any]):
+    """A decoded JSON object that remembers keys given twice (json keeps the last silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            dups = []
+            for key, _ in pairs:
+                if key in seen and key not in dups:
+                    dups.append(key)
+                seen.add(key)
+            obj.duplicates = tuple(dups)
+        return obj
+
+
+def _decode_json(raw: bytes, source: str) -> object:
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a BOM written by some editors
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{source}: the file is empty, expected a JSON object") from None
+    try:
+        return json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    except ValueError:  # int() refuses numbers of thousands of digits
+        raise ConfigError(f"{source}: invalid JSON: a number has too many digits") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid JSON: nested too deeply") from None
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _check_keys(obj: dict[Any, Any], known: Sequence[str], prefix: str = "") -> None:
+    """Reject unknown keys (with a did-you-mean) and keys given twice, in file order."""
+    for key in obj:
+        if not isinstance(key, str):
+            raise _Invalid(prefix + repr(key), "unknown key, keys must be strings")
+        if key not in known:
+            hint = _did_you_mean(key, known) or f" (known keys: {', '.join(known)})"
+            raise _Invalid(prefix + key, "unknown key" + hint)
+    duplicates = getattr(obj, "duplicates", ())
+    if duplicates:
+        raise _Invalid(prefix + duplicates[0], "key given more than once")
+
+
+def _required(obj: dict[str, Any], key: str) -> Any:
+    if key not in obj:
+        raise _Invalid(key, "missing required key")
+    return obj[key]
+
+
+def _parse_top(data: object, source: str) -> Config:
+    if not isinstance(data, dict):
+        raise _Invalid("", f"expected a JSON object at the top level, {_got(data)}")
+    _check_keys(data, TOP_KEYS)
+    raw_apps = _required(data, "Apps")
+    if not isinstance(raw_apps, (list, tuple)):
+        raise _Invalid("Apps", f"expected a list of apps, {_got(raw_apps)}")
+    if not raw_apps:
+        raise _Invalid("Apps", "empty list, define at least one app")
+    listen = _parse_listen(data.get("Listen", ["::"]))
+    admin = _parse_admin(data.get("Admin", "127.0.0.1:9901"))
+    workers = _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS)
+    steering = _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES)
+    drain = _duration(data.get("DrainTimeout", 30.0), "DrainTimeout", allow_zero=True)
+    relay = _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES)
+    pipe_size = _parse_pipe_size(data.get("PipeSize", 0))
+    apps = _parse_apps(raw_apps, source)
+    _check_admin_port(admin, apps, explicit="Admin" in data)
+    return Config(
+        apps=apps,
+        listen=listen,
+        admin=admin,
+        workers=workers,
+        steering=steering,
+        drain_timeout=drain,
+        relay=relay,
+        pipe_size=pipe_size,
+        source=source,
+    )
+
+
+def _parse_apps(raw_apps: Sequence[object], source: str) -> tuple[App, ...]:
+    apps: list[App] = []
+    names: dict[str, int] = {}  # app name -> index, for duplicate names
+    owners: dict[int, str] = {}  # port -> app name, for duplicate ports
+    for i, raw in enumerate(raw_apps):
+        try:
+            app = _parse_app(raw, names, owners)
+        except _Invalid as err:
+            raise _error(source, _app_label(raw, i), err) from None
+        names[app.name] = i
+        owners.update(dict.fromkeys(app.ports, app.name))
+        apps.append(app)
+    return tuple(apps)
+
+
+def _app_label(raw: object, index: int) -> str:
+    """`app "web" (Apps[2])`, or just `Apps[2]` when the app has no usable name."""
+    name = raw.get("Name") if isinstance(raw, dict) else None
+    if isinstance(name, str) and name.strip():
+        return f"app {_q(name)} (Apps[{index}])"
+    return f"Apps[{index}]"
+
+
+def _parse_app(raw: object, names: dict[str, int], owners: dict[int, str]) -> App:
+    if not isinstance(raw, dict):
+        raise _Invalid("", f"expected an app object, {_got(raw)}")
+    _check_keys(raw, APP_KEYS)
+    proxy_protocol = raw.get("ProxyProtocol")
+    return App(
+        name=_parse_name(_required(raw, "Name"), names),
+        ports=_parse_ports(_required(raw, "Ports"), owners),
+        targets=_parse_targets(_required(raw, "Targets")),
+        balance=_choice(raw.get("Balance", "round-robin"), "Balance", BALANCE_MODES),
+        health_check=_parse_health(raw.get("HealthCheck", {})),
+        connect_timeout=_duration(raw.get("ConnectTimeout", 5.0), "ConnectTimeout"),
+        idle_timeout=_duration(raw.get("IdleTimeout", 3600.0), "IdleTimeout", allow_zero=True),
+        max_connections=_integer(raw.get("MaxConnections", 0), "MaxConnections", 0, MAX_COUNT),
+        proxy_protocol=(
+            None
+            if proxy_protocol is None
+            else _choice(proxy_protocol, "ProxyProtocol", PROXY_PROTOCOLS)
+        ),
+    )
+
+
+def _parse_name(value: object, names: dict[str, int]) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("Name", f"expected a string, {_got(value)}")
+    if not value.strip():
+        raise _Invalid("Name", "must not be empty")
+    if value != value.strip():
+        raise _Invalid("Name", f"{_q(value)} has leading or trailing spaces")
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        raise _Invalid("Name", f"{_q(value)} contains control characters")
+    if "/" in value:  # the name is a path segment of the admin endpoint's URLs
+        raise _Invalid("Name", f'{_q(value)} must not contain "/"')
+    if value in names:
+        raise _Invalid("Name", f"duplicate app name, already used by Apps[{names[value]}]")
+    return value
+
+
+def _parse_health(value: object) -> HealthCheck:
+    if not isinstance(value, dict):
+        keys = ", ".join(HEALTH_KEYS)
+        raise _Invalid("HealthCheck", f"expected an object with {keys}, {_got(value)}")
+    _check_keys(value, HEALTH_KEYS, prefix="HealthCheck.")
+    default = HealthCheck()
+    return HealthCheck(
+        interval=_duration(value.get("Interval", default.interval), "HealthCheck.Interval"),
+        timeout=_duration(value.get("Timeout", default.timeout), "HealthCheck.Timeout"),
+        rise=_integer(value.get("Rise", default.rise), "HealthCheck.Rise", 1, MAX_COUNT),
+        fall=_integer(value.get("Fall", default.fall), "HealthCheck.Fall", 1, MAX_COUNT),
+    )
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def _integer(value: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(field, f"expected an integer, {_got(value)}")
+    if not lo <= value <= hi:
+        raise _Invalid(field, f"must be between {lo} and {hi}, got {_num(value)}")
+    return value
+
+
+def _duration(value: object, field: str, *, allow_zero: bool = False) -> float:
+    """Seconds: a finite number > 0 (>= 0 where 0 means "off") and at most a year."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(field, f"expected a number of seconds, {_got(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(field, f"must be a finite number of seconds, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise _Invalid(field, f"must be {bound} seconds, got {_num(value)}")
+    if value > MAX_DURATION:
+        raise _Invalid(
+            field, f"must be at most {MAX_DURATION:.0f} seconds (a year), got {_num(value)}"
+        )
+    return float(value)
+
+
+def _choice(value: object, field: str, choices: Sequence[str]) -> str:
+    allowed = ", ".join(_q(c) for c in choices)
+    if not isinstance(value, str):
+        raise _Invalid(field, f"expected one of {allowed}, {_got(value)}")
+    if value not in choices:
+        hint = _did_you_mean(value, choices)
+        raise _Invalid(field, f"{_q(value)} is not one of {allowed}{hint}")
+    return value
+
+
+def _parse_pipe_size(value: object) -> int:
+    size = _integer(value, "PipeSize", 0, MAX_COUNT)
+    if size and not PIPE_SIZE_MIN <= size <= PIPE_SIZE_MAX:
+        raise _Invalid(
+            "PipeSize",
+            f"must be 0 (kernel default) or between {PIPE_SIZE_MIN} and {PIPE_SIZE_MAX} bytes,"
+            f" got {size}",
+        )
+    return size
+
+
+# --------------------------------------------------------------------------- ports
+
+_DIGITS = re.compile(r"[0-9]+")
+_PORT_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
+def _port_value(digits: str) -> int:
+    # int() refuses strings of over 4300 digits; anything past 9 digits is out of range anyway
+    return int(digits) if len(digits) <= 9 else 10**9
+
+
+def _check_port(port: int, text: str, field: str) -> int:
+    if not 1 <= port <= 65535:
+        raise _Invalid(field, f"port {text} is out of range 1..65535")
+    return port
+
+
+def _expand_port(item: object, field: str) -> range:
+    """One Ports entry: an int, or a string "7000" or "7000-7999" (inclusive)."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        port = _check_port(item, _num(item), field)
+        return range(port, port + 1)
+    if not isinstance(item, str):
+        raise _Invalid(field, f'expected a port number or a "first-last" range, {_got(item)}')
+    match = _PORT_RANGE.fullmatch(item)
+    if not match:
+        raise _Invalid(field, f'{_q(item)} is not a port number or a "first-last" range')
+    first_text, last_text = match.group(1), match.group(2) or match.group(1)
+    first = _check_port(_port_value(first_text), first_text, field)
+    last = _check_port(_port_value(last_text), last_text, field)
+    if first > last:
+        raise _Invalid(field, f'range {_q(item)} is reversed, write "{last}-{first}"')
+    return range(first, last + 1)
+
+
+def _parse_ports(value: object, owners: dict[int, str]) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid("Ports", f"expected a list of ports, {_got(value)}")
+    if not value:
+        raise _Invalid("Ports", "empty list, an app needs at least one port")
+    ports: list[int] = []
+    seen: set[int] = set()
+    for i, item in enumerate(value):
+        for port in _expand_port(item, f"Ports[{i}]"):
+            if port in seen:
+                raise _Invalid("Ports", f"port {port} is listed more than once")
+            if port in owners:
+                raise _Invalid("Ports", f"port {port} is already used by app {_q(owners[port])}")
+            seen.add(port)
+            ports.append(port)
+    return tuple(ports)
+
+
+def format_ports(ports: Iterable[int]) -> str:
+    """ "5001-5003, 6000": sorted, runs of three or more compressed to first-last."""
+    ordered = sorted(set(ports))
+    runs: list[list[int]] = []
+    for port in ordered:
+        if runs and port == runs[-1][-1] + 1:
+            runs[-1].append(port)
+        else:
+            runs.append([port])
+    parts: list[str] = []
+    for run in runs:
+        if len(run) >= 3:
+            parts.append(f"{run[0]}-{run[-1]}")
+        else:
+            parts.extend(str(p) for p in run)
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- addresses
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ipv6(text: str) -> str | None:
+    """The canonical (compressed) form of an IPv6 literal, or None if it is not one."""
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        return None
+
+
+def _canonical_host(host: str) -> str:
+    """A hostname (lower-cased) or IPv4 literal; ValueError with the reason otherwise."""
+    if _DOTTED_NUMBERS.fullmatch(host):
+        # all digits: the resolver would read "10.1" or "1.2.3.999" in surprising ways
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"{_q(host)} is not a valid IPv4 address") from None
+    if len(host) <= 253 and _HOSTNAME.fullmatch(host):
+        return host.lower()
+    raise ValueError(f"{_q(host)} is not a valid hostname or IP address")
+
+
+def _port_text(text: str, port_text: str, allow_zero: bool) -> int:
+    if not port_text:
+        raise ValueError(f'{_q(text)}: missing port, expected "host:port"')
+    if not _DIGITS.fullmatch(port_text):
+        raise ValueError(f"{_q(text)}: port {_q(port_text)} is not a number")
+    port = _port_value(port_text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"{_q(text)}: port {port_text} is out of range {low}..65535")
+    return port
+
+
+def _bracketed(text: str) -> tuple[str, str]:
+    """Split "[v6]rest" into (canonical v6, rest)."""
+    end = text.find("]")
+    if end < 0:
+        raise ValueError(f'{_q(text)}: missing "]" after the IPv6 address')
+    inside, rest = text[1:end], text[end + 1 :]
+    host = _ipv6(inside)
+    if host is None:
+        if _DOTTED_NUMBERS.fullmatch(inside):
+            raise ValueError(f"{_q(text)}: brackets are only for IPv6, write IPv4 without them")
+        raise ValueError(f"{_q(text)}: {_q(inside)} in brackets is not an IPv6 address")
+    return host, rest
+
+
+def _bare_ipv6_hint(text: str) -> ValueError:
+    """The error for an IPv6 address written without brackets."""
+    host, _, port_text = text.rpartition(":")
+    if _ipv6(host) is not None and _DIGITS.fullmatch(port_text):
+        return ValueError(
+            f"{_q(text)}: IPv6 addresses need brackets, write {_q(f'[{host}]:{port_text}')}"
+        )
+    if _ipv6(text) is not None:
+        return ValueError(
+            f"{_q(text)}: IPv6 addresses need brackets and a port, like {_q(f'[{text}]:80')}"
+        )
+    return ValueError(f'{_q(text)}: not "host:port" (IPv6 addresses go in brackets: "[::1]:80")')
+
+
+def _host_port(text: str, allow_zero: bool = False) -> tuple[str, int]:
+    """Parse "host:port" or "[v6]:port"; ValueError with a one-line reason otherwise."""
+    text = text.strip()
+    if not text:
+        raise ValueError('empty, expected "host:port"')
+    if text.startswith("["):
+        host, rest = _bracketed(text)
+        if not rest:
+            raise ValueError(f"{_q(text)}: missing port, write {_q(f'[{host}]:PORT')}")
+        if not rest.startswith(":"):
+            raise ValueError(f'{_q(text)}: expected ":" and a port after "]"')
+        return host, _port_text(text, rest[1:], allow_zero)
+    if ":" not in text:
+        raise ValueError(f'{_q(text)}: missing port, expected "host:port"')
+    host, _, port_text = text.rpartition(":")
+    if ":" in host:
+        raise _bare_ipv6_hint(text)
+    if not host:
+        raise ValueError(f'{_q(text)}: empty host, expected "host:port"')
+    try:
+        host = _canonical_host(host)
+    except ValueError as exc:
+        raise ValueError(f"{_q(text)}: {exc}") from None
+    return host, _port_text(text, port_text, allow_zero)
+
+
+def _parse_targets(value: object) -> tuple[Target, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid("Targets", f'expected a list of "host:port" strings, {_got(value)}')
+    if not value:
+        raise _Invalid("Targets", "empty list, an app needs at least one target")
+    targets: list[Target] = []
+    for i, item in enumerate(value):
+        field = f"Targets[{i}]"
+        if not isinstance(item, str):
+            raise _Invalid(field, f'expected a "host:port" string, {_got(item)}')
+        try:
+            target = Target(*_host_port(item))
+        except ValueError as exc:
+            raise _Invalid(field, str(exc)) from None
+        if target in targets:  # the address is the target's name in metrics and admin
+            first = targets.index(target)
+            raise _Invalid(field, f"{_q(target.address)} is already listed as Targets[{first}]")
+        targets.append(target)
+    return tuple(targets)
+
+
+def _listen_address(text: str) -> str:
+    """One Listen entry: an address without port; ValueError with the reason otherwise."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    no_port = "give the address alone; ports come from each app's Ports"
+    if text.startswith("["):
+        host, rest = _bracketed(text)
+        if rest:
+            raise ValueError(f"{_q(text)}: {no_port}")
+        return host
+    host6 = _ipv6(text)
+    if host6 is not None:
+        return host6
+    if ":" in text:
+        raise ValueError(f"{_q(text)}: {no_port}")
+    try:
+        return _canonical_host(text)
+    except ValueError as exc:
+        raise ValueError(f"{_q(text)}: {exc}") from None
+
+
+def _parse_listen(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid("Listen", f"expected an address or a list of addresses, {_got(value)}")
+    if not items:
+        raise _Invalid("Listen", 'empty list, give at least one address ("::" for all)')
+    addresses: list[str] = []
+    for i, item in enumerate(items):
+        field = "Listen" if isinstance(value, str) else f"Listen[{i}]"
+        if not isinstance(item, str):
+            raise _Invalid(field, f"expected an address string, {_got(item)}")
+        try:
+            address = _listen_address(item)
+        except ValueError as exc:
+            raise _Invalid(field, str(exc)) from None
+        if address in addresses:
+            raise _Invalid(field, f"{_q(address)} is listed more than once")
+        addresses.append(address)
+    return tuple(addresses)
+
+
+def _parse_admin(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise _Invalid("Admin", f'expected a "host:port" string, {_got(value)}')
+    try:
+        # port 0 = any free port: handy for tests running several proxies side by side
+        return _host_port(value, allow_zero=True)
+    except ValueError as exc:
+        raise _Invalid("Admin", str(exc)) from None
+
+
+def _check_admin_port(admin: tuple[str, int], apps: Sequence[App], explicit: bool) -> None:
+    # An app listening on all addresses (or steering by port) would take the admin port.
+    for app in apps:
+        if admin[1] in app.ports:
+            what = f"port {admin[1]}" if explicit else f"the default admin port {admin[1]}"
+            fix = "choose another one" if explicit else "set Admin to another address"
+            raise _Invalid("Admin", f"{what} is also a port of app {_q(app.name)}, {fix}")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _wrap(label: str, text: str) -> str:
+    indent = "  " + " " * len(label)
+    return textwrap.fill(
+        text,
+        width=100,
+        initial_indent="  " + label,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def _app_summary(app: App) -> list[str]:
+    hc = app.health_check
+    limit = str(app.max_connections) if app.max_connections else "unlimited"
+    idle = _seconds(app.idle_timeout) if app.idle_timeout else "off"
+    return [
+        f"app {_q(app.name)}",
+        _wrap("ports:       ", f"{format_ports(app.ports)} ({_plural(len(app.ports), 'port')})"),
+        _wrap("targets:     ", ", ".join(t.address for t in app.targets)),
+        f"  balance:     {app.balance}",
+        f"  health:      every {_seconds(hc.interval)}, timeout {_seconds(hc.timeout)},"
+        f" rise {hc.rise}, fall {hc.fall}",
+        f"  connections: connect timeout {_seconds(app.connect_timeout)}, idle timeout {idle},"
+        f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
+    ]
+
+
+def _listen_summary(address: str) -> str:
+    if address == "::":
+        return ":: (all IPv4 and IPv6 addresses)"
+    if address == "0.0.0.0":
+        return "0.0.0.0 (all IPv4 addresses)"
+    return address
+
+
+def summary(config: Config) -> str:
+    """A multi-line human summary of a valid config, printed by `fastproxy check`."""
+    n_ports = sum(len(app.ports) for app in config.apps)
+    n_targets = sum(len(app.targets) for app in config.apps)
+    lines = [
+        f"{config.source}: OK, {_plural(len(config.apps), 'app')},"
+        f" {_plural(n_ports, 'port')}, {_plural(n_targets, 'target')}"
+    ]
+    for app in config.apps:
+        lines.extend(_app_summary(app))
+    admin = _join_host_port(*config.admin)
+    if config.admin[1] == 0:
+        admin += " (any free port)"
+    pipe = f"{config.pipe_size} bytes" if config.pipe_size else "kernel default"
+    lines += [
+        "global",
+        _wrap("listen:      ", ", ".join(_listen_summary(a) for a in config.listen)),
+        f"  admin:       {admin}",
+        f"  workers:     {config.workers or 'one per CPU'}",
+        f"  steering:    {config.steering}",
+        f"  relay:       {config.relay}, pipe size {pipe}",
+        f"  drain:       {_seconds(config.drain_timeout)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Maps the configuration onto the relay: app ids, counter slots, which port goes
+to which app, and each target's address and state.
+
+Ids and slots are keyed by name (app name; app name + target address), so a
+reload that keeps an app or a target keeps its counters and its connections'
+bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import _relay
+from .config import App, Config, Target
+from .resolver import Address
+
+PROXY_PROTOCOL = {None: 0, "v1": 1, "v2": 2}
+STATE_CODES = {
+    "up": _relay.TARGET_UP,
+    "down": _relay.TARGET_DOWN,
+    "draining": _relay.TARGET_DRAINING,
+    "disabled": _relay.TARGET_DISABLED,
+}
+
+
+@dataclass
+class TargetRuntime:
+    target: Target
+    slot: int
+    address: Address | None = None
+    healthy: bool = True  # set by health checks
+    admin: str | None = None  # "draining" or "disabled", set by an operator
+
+    @property
+    def state(self) -> str:
+        if self.admin is not None:
+            return self.admin
+        return "up" if self.healthy and self.address is not None else "down"
+
+
+@dataclass
+class AppRuntime:
+    app: App
+    app_id: int
+    slot: int
+    targets: list[TargetRuntime] = field(default_factory=list)
+
+
+class Routes:
+    """The live routing state, owned by the orchestrator thread."""
+
+    def __init__(self, relay: _relay.Relay) -> None:
+        self.relay = relay
+        self.apps: dict[str, AppRuntime] = {}
+        self.port_owner: dict[int, str] = {}
+        self._app_ids: dict[str, int] = {}
+        self._slots: dict[tuple[str, ...], int] = {}
+        self._known: dict[tuple[str, str], TargetRuntime] = {}
+
+    def _slot(self, *key: str) -> int:
+        if key not in self._slots:
+            self._slots[key] = len(self._slots)
+        return self._slots[key]
+
+    def _app_id(self, name: str) -> int:
+        if name not in self._app_ids:
+            self._app_ids[name] = len(self._app_ids)
+        return self._app_ids[name]
+
+    def apply(self, config: Config, addresses: dict[str, Address | None]) -> None:
+        """Make the relay route as `config` says. Routes are published before the
+        port map changes, so a port never points at an app without targets."""
+        apps: dict[str, AppRuntime] = {}
+        for app in config.apps:
+            runtime = AppRuntime(app, self._app_id(app.name), self._slot("app", app.name))
+            for target in app.targets:
+                known = self._known.get((app.name, target.address))
+                if known is None:
+                    known = TargetRuntime(target, self._slot("target", app.name, target.address))
+                    self._known[(app.name, target.address)] = known
+                known.target = target
+                known.address = addresses.get(target.host)
+                runtime.targets.append(known)
+            apps[app.name] = runtime
+            self.publish(runtime)
+        port_owner = config.port_owner()
+        for port, name in port_owner.items():
+            if self.port_owner.get(port) != name:
+                self.relay.set_port(port, apps[name].app_id)
+        for port in self.port_owner.keys() - port_owner.keys():
+            self.relay.set_port(port, -1)
+        for name in self.apps.keys() - apps.keys():
+            self.relay.remove_app(self.apps[name].app_id)
+        self.apps = apps
+        self.port_owner = port_owner
+
+    def publish(self, runtime: AppRuntime) -> None:
+        app = runtime.app
+        targets = []
+        for t in runtime.targets:
+            family, ip = t.address if t.address is not None else (0, "")
+            targets.append((family, ip, t.target.port, t.slot, STATE_CODES[t.state]))
+        self.relay.set_app(
+            runtime.app_id,
+            targets=targets,
+            app_slot=runtime.slot,
+            balance=app.balance,
+            connect_timeout=app.connect_timeout,
+            idle_timeout=app.idle_timeout,
+            max_connections=app.max_connections,
+            proxy_protocol=PROXY_PROTOCOL[app.proxy_protocol],
+        )
+
+    def hosts(self) -> set[str]:
+        return {t.target.host for rt in self.apps.values() for t in rt.targets}
+
+    def update_addresses(self, addresses: dict[str, Address | None]) -> list[str]:
+        """Apply fresh DNS answers; returns the apps whose routes changed."""
+        changed = []
+        for runtime in self.apps.values():
+            dirty = False
+            for t in runtime.targets:
+                if t.target.host in addresses and addresses[t.target.host] != t.address:
+                    t.address = addresses[t.target.host]
+                    dirty = True
+            if dirty:
+                self.publish(runtime)
+                changed.append(runtime.app.name)
+        return changed
+
+    def stats(self, slot: int) -> dict[str, int]:
+        return dict(zip(_relay.STATS_FIELDS, self.relay.stats(slot)))

@@ -1,0 +1,96 @@
+"""Run fastproxy as a real process, the way an operator does, for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel just handed out and released: free unless raced."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind((host, 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+class Proxy:
+    """`fastproxy serve` on a config written to tmp_path; stopped with SIGTERM."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any], *args: str) -> None:
+        self.config_path = tmp_path / "fastproxy.json"
+        self.config_path.write_text(json.dumps(config))
+        self.log_path = tmp_path / "fastproxy.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastproxy", "serve", str(self.config_path), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.pid = self.proc.pid
+        first_port = config["Apps"][0]["Ports"][0]
+        try:
+            self._wait_serving(int(str(first_port).split("-")[0]))
+        except Exception:
+            self.kill()
+            raise
+
+    def _wait_serving(self, port: int) -> None:
+        deadline = time.monotonic() + 15
+        while b"serving" not in self.log_path.read_bytes():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fastproxy exited: {self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fastproxy did not start: {self.log()}")
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def app(name: str, ports: list[int], targets: list[str], **extra: Any) -> dict[str, Any]:
+    return {"Name": name, "Ports": ports, "Targets": targets, **extra}

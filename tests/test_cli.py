@@ -1,0 +1,131 @@
+"""The command line as an operator meets it: one-line errors, exit codes, no
+tracebacks, for every config error class of SPEC section 1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxyproc import ROOT
+
+GOOD_APP = {"Name": "a", "Ports": [5001], "Targets": ["127.0.0.1:9000"]}
+
+BAD_CONFIGS = {
+    "duplicate port": (
+        {"Apps": [GOOD_APP, {"Name": "b", "Ports": [5001], "Targets": ["127.0.0.1:9001"]}]},
+        ['app "b"', "Ports", "5001", 'app "a"'],
+    ),
+    "duplicate app name": (
+        {"Apps": [GOOD_APP, {"Name": "a", "Ports": [5002], "Targets": ["127.0.0.1:9001"]}]},
+        ['"a"', "Name", "duplicate"],
+    ),
+    "port out of range": (
+        {"Apps": [{"Name": "a", "Ports": [70000], "Targets": ["127.0.0.1:9000"]}]},
+        ['app "a"', "Ports", "70000"],
+    ),
+    "empty targets": (
+        {"Apps": [{"Name": "a", "Ports": [5001], "Targets": []}]},
+        ['app "a"', "Targets", "empty"],
+    ),
+    "malformed host:port": (
+        {"Apps": [{"Name": "a", "Ports": [5001], "Targets": ["no-port-here"]}]},
+        ['app "a"', "Targets", "no-port-here"],
+    ),
+    "bare IPv6 target": (
+        {"Apps": [{"Name": "a", "Ports": [5001], "Targets": ["::1:80"]}]},
+        ['app "a"', "Targets", "[::1]:80"],
+    ),
+    "wrong type": (
+        {"Apps": [{"Name": "a", "Ports": "5001,5002", "Targets": ["127.0.0.1:9000"]}]},
+        ['app "a"', "Ports", "expected"],
+    ),
+    "unknown key": (
+        {"Apps": [{"Name": "a", "Ports": [5001], "Targts": ["127.0.0.1:9000"]}]},
+        ['app "a"', "Targts", 'did you mean "Targets"'],
+    ),
+    "unknown top-level key": (
+        {"Apps": [GOOD_APP], "Steerin": "bpf"},
+        ["Steerin", 'did you mean "Steering"'],
+    ),
+}
+
+
+def fastproxy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_config_errors_are_one_line(tmp_path: Path, command: str, case: str) -> None:
+    config, expected = BAD_CONFIGS[case]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    result = fastproxy(command, str(path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "bad.json" in lines[0]
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+
+
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"Apps": 3}', "\x00\xff"])
+def test_broken_files_are_one_line(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(content, errors="surrogateescape")
+    result = fastproxy("check", str(path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "broken.json" in result.stderr
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = fastproxy("serve", str(tmp_path / "nope.json"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "nope.json" in result.stderr
+
+
+def test_check_accepts_the_challenge_config_unchanged() -> None:
+    result = fastproxy("check", "examples/challenge.json")
+    assert result.returncode == 0, result.stderr
+    assert "five-thousand" in result.stdout and "six-thousand" in result.stdout
+    assert "bad.target.for.testing:6003" in result.stdout
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    path = tmp_path / "busy.json"
+    config = {"Apps": [{"Name": "busy", "Ports": [port], "Targets": ["127.0.0.1:9"]}]}
+    path.write_text(json.dumps({**config, "Listen": "127.0.0.1"}))
+    result = fastproxy("serve", str(path))
+    blocker.close()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "busy" in result.stderr
+
+
+def test_version_and_help() -> None:
+    from fastproxy import __version__
+
+    assert fastproxy("--version").stdout.strip().endswith(__version__)
+    for command in ("serve", "check", "demo"):
+        result = fastproxy(command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout
