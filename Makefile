@@ -18,8 +18,8 @@ system:
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]' --no-build-isolation 2>/dev/null || \
-	  ($(PIP) install -q 'setuptools>=68' wheel 'Cython>=3.0,<3.4' && $(PIP) install -q --no-build-isolation -e '.[dev]')
+	$(PIP) install -q 'setuptools>=77' wheel 'Cython>=3.0,<3.4'
+	$(PIP) install -q --no-build-isolation -e '.[dev]'
 	bash scripts/link-bcc.sh $(PY)
 
 # Rebuild the Cython relay in place (editable install)
