@@ -268,3 +268,117 @@ def test_sigint_stops_with_exit_0(tmp_path: Path, named_backends) -> None:
     assert proxy.stop() == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends) -> None:
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{named_backends[0].port}"
+    proxy = Proxy(tmp_path, {"Apps": [app("idle", [port], [target], IdleTimeout=1)]})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert sock.recv(100) == b"backend-0\n"
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the proxy, not by us or the backend
+        waited = time.monotonic() - started
+    assert 0.9 < waited < 3.0
+    assert proxy.stop() == 0
+
+
+def test_max_connections_turns_away_the_extra_client(tmp_path: Path, named_backends) -> None:
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{named_backends[0].port}"
+    proxy = Proxy(tmp_path, {"Apps": [app("capped", [port], [target], MaxConnections=2)]})
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    for sock in held:
+        assert sock.recv(100) == b"backend-0\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+        assert extra.recv(100) == b""
+    held[0].close()
+    time.sleep(0.2)
+    assert ask_name(port, b"room again") == ("backend-0", b"room again")
+    held[1].close()
+    assert proxy.stop() == 0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
+    """A backend that stops reading: the client soon cannot send more, and the
+    proxy's memory does not grow with what the client tries to send."""
+    release = threading.Event()
+
+    def stalled(conn: socket.socket) -> None:
+        conn.recv(1)
+        release.wait(30)
+        while conn.recv(1 << 20):
+            pass
+
+    backend = Backend(stalled)
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("slow", [port], [backend.address])]}, "--relay", mode)
+    before = _rss_kib(proxy.pid)
+    chunk = b"z" * (1 << 20)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline and sent < (1 << 30):
+                sent += sock.send(chunk)
+        except TimeoutError:
+            pass  # blocked: backpressure reached the client
+        grown = _rss_kib(proxy.pid) - before
+        release.set()
+    print(f"backpressure: {sent} bytes accepted, proxy RSS grew {grown} KiB")
+    assert sent < 64 << 20, f"{sent} bytes accepted with the backend not reading"
+    assert grown < 8 << 10, f"proxy RSS grew by {grown} KiB"
+    assert proxy.stop() == 0
+    backend.close()
+
+
+def test_counters_are_exact_in_process(named_backends) -> None:
+    """The relay API itself: per-app and per-target counters equal the traffic."""
+    from fastproxy import _relay
+
+    relay = _relay.Relay(workers=2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    (dead,) = free_ports(1)
+    relay.set_app(
+        0,
+        app_slot=0,
+        targets=[
+            (socket.AF_INET, "127.0.0.1", dead, 1, _relay.TARGET_UP),
+            (socket.AF_INET, "127.0.0.1", named_backends[0].port, 2, _relay.TARGET_UP),
+        ],
+    )
+    relay.set_port(port, 0)
+    relay.add_listener(listener.fileno(), port)
+    relay.start()
+    try:
+        for i in range(10):
+            assert ask_name(port, b"y" * (1000 + i)) == ("backend-0", b"y" * (1000 + i))
+        time.sleep(0.2)
+        app_stats = dict(zip(_relay.STATS_FIELDS, relay.stats(0)))
+        dead_stats = dict(zip(_relay.STATS_FIELDS, relay.stats(1)))
+        live_stats = dict(zip(_relay.STATS_FIELDS, relay.stats(2)))
+        sent = sum(1000 + i for i in range(10))
+        answered = sent + 10 * len(b"backend-0\n")
+        assert app_stats["connections"] == 10 and app_stats["active"] == 0
+        assert app_stats["bytes_in"] == sent and app_stats["bytes_out"] == answered
+        assert live_stats["bytes_in"] == sent and live_stats["bytes_out"] == answered
+        assert live_stats["connections"] == 10
+        # Round robin starts half of the clients on the dead target; each fails over.
+        assert dead_stats["connect_failures"] == 5 and dead_stats["connections"] == 0
+        assert relay.connections() == 0
+    finally:
+        relay.remove_listener(listener.fileno())
+        listener.close()
+        relay.stop()

@@ -59,15 +59,15 @@ cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
     return n
 
 
-cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst, bint more) noexcept nogil:
-    """Write held bytes to dst: >0 bytes, -errno. `more`: the source has more
-    queued, so let TCP coalesce (MSG_MORE / SPLICE_F_MORE)."""
+cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst) noexcept nogil:
+    """Write held bytes to dst: >0 bytes, -errno. No MSG_MORE/SPLICE_F_MORE: it
+    corks the socket for up to 200 ms when no more data follows, and we cannot
+    know that it will."""
     cdef ssize_t n
     if r.use_splice:
-        n = splice(c.pipe_r, NULL, dst, NULL, c.len,
-                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (SPLICE_F_MORE if more else 0))
+        n = splice(c.pipe_r, NULL, dst, NULL, c.len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL | (MSG_MORE if more else 0))
+        n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL)
         if n > 0:
             c.off += n
     if n < 0:
@@ -87,7 +87,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     while progress:
         progress = False
         if ch.len > 0 and dst.writable:
-            n = chan_drain(r, ch, dst.fd, src.readable and not ch.eof)
+            n = chan_drain(r, ch, dst.fd)
             if n > 0:
                 ch.len -= n
                 progress = True
