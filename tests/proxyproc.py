@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,8 +46,11 @@ class Proxy:
     """`fastproxy serve` on a config written to tmp_path; stopped with SIGTERM."""
 
     def __init__(self, tmp_path: Path, config: dict[str, Any], *args: str) -> None:
+        # Unless a test says otherwise: one socket per port, loopback only, and an
+        # admin endpoint on a free port (read back from the log).
+        config = {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
         self.config_path = tmp_path / "fastproxy.json"
-        self.config_path.write_text(json.dumps(config))
+        self.write_config(config)
         self.log_path = tmp_path / "fastproxy.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
@@ -62,6 +67,12 @@ class Proxy:
             self.kill()
             raise
 
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Replace the config file the way editors do: write aside, rename over."""
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        tmp.rename(self.config_path)
+
     def _wait_serving(self, port: int) -> None:
         deadline = time.monotonic() + 15
         while b"serving" not in self.log_path.read_bytes():
@@ -70,6 +81,26 @@ class Proxy:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fastproxy did not start: {self.log()}")
             time.sleep(0.02)
+        found = re.search(rb"admin=([0-9.]+):(\d+)", self.log_path.read_bytes())
+        assert found, self.log()
+        self.admin = f"{found.group(1).decode()}:{found.group(2).decode()}"
+        self.steering = re.search(rb"steering=(\w+)", self.log_path.read_bytes()).group(1).decode()
+
+    def http(self, method: str, path: str) -> tuple[int, bytes]:
+        """One request to the admin endpoint: (status, body)."""
+        host, port = self.admin.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.http("GET", "/status")
+        assert code == 200, body
+        return json.loads(body)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -58,8 +58,8 @@ class HashingEcho:
         while data := conn.recv(1 << 20):
             digest.update(data)
             conn.sendall(data)
+        self.digests.append(digest.hexdigest())  # before the FIN: the client checks after it
         conn.shutdown(socket.SHUT_WR)
-        self.digests.append(digest.hexdigest())
 
 
 def reset(conn: socket.socket) -> None:

@@ -10,7 +10,15 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import RELAY_MODES, STEERING_MODES, ConfigError, load_config, summary
+from .config import (
+    RELAY_MODES,
+    STEERING_MODES,
+    ConfigError,
+    format_ports,
+    load_config,
+    parse_host_port,
+    summary,
+)
 from .listeners import ListenError
 
 
@@ -39,6 +47,7 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 1024), help="Relay threads (default: CPUs).")
 @click.option("--relay", type=click.Choice(RELAY_MODES), help="splice (zero copy) or copy.")
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
+@click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -51,6 +60,8 @@ def serve(config: str, log_level: str, **overrides: Any) -> None:
 
     _setup_logging(log_level)
     try:
+        if overrides.get("admin") is not None:
+            overrides["admin"] = _admin_address(overrides["admin"])
         code = run(config, **overrides)
     except (ConfigError, ListenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
@@ -66,6 +77,95 @@ def check(config: str) -> None:
     except ConfigError as exc:
         _fail(exc, 2)
     click.echo(summary(parsed))
+
+
+def _admin_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text, allow_port_zero=True)
+    except ConfigError as exc:
+        raise ConfigError(f"--admin: {exc}") from None
+
+
+admin_option = click.option(
+    "--admin",
+    metavar="HOST:PORT",
+    default="127.0.0.1:9901",
+    show_default=True,
+    help="Admin endpoint of the running proxy.",
+)
+
+
+def _admin_request(admin: str, method: str, path: str) -> tuple[int, bytes]:
+    import http.client
+
+    try:
+        host, port = _admin_address(admin)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError as exc:
+        _fail(f"cannot reach the admin endpoint at {admin}: {exc}")
+    finally:
+        conn.close()
+    raise AssertionError("unreachable")
+
+
+@main.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON.")
+def status(admin: str, as_json: bool) -> None:
+    """Apps, ports and targets of a running proxy, with health and connections."""
+    import json
+
+    code, body = _admin_request(admin, "GET", "/status")
+    if code != 200:
+        _fail(f"admin endpoint answered {code}: {body.decode(errors='replace').strip()}")
+    if as_json:
+        click.echo(body.decode())
+        return
+    click.echo(format_status(json.loads(body)))
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"fastproxy {status['version']} (pid {status.get('pid')}), steering {status['steering']}, "
+        f"relay {status.get('relay')}, {status.get('connections', 0)} open connections"
+    ]
+    header = f"  {'TARGET':<40} {'STATE':<9} {'ACTIVE':>7} {'TOTAL':>9} {'FAILED':>7}"
+    for app in status["apps"]:
+        lines.append("")
+        lines.append(
+            f"{app['name']}  ports {format_ports(app['ports'])}  balance {app['balance']}  "
+            f"active {app['active']}  total {app['connections']}  "
+            f"in {app['bytes_in']} B  out {app['bytes_out']} B"
+        )
+        lines.append(header)
+        for t in app["targets"]:
+            lines.append(
+                f"  {t['address']:<40} {t['state']:<9} {t['active']:>7} "
+                f"{t['connections']:>9} {t['connect_failures']:>7}"
+            )
+    return "\n".join(lines)
+
+
+@main.command()
+@admin_option
+def reload(admin: str) -> None:
+    """Ask the running proxy to reload its config file."""
+    import json
+
+    code, body = _admin_request(admin, "POST", "/reload")
+    if code != 200:
+        try:
+            reason = json.loads(body).get("error", "")
+        except ValueError:
+            reason = body.decode(errors="replace").strip()
+        _fail(f"reload rejected: {reason}")
+    click.echo("reloaded")
 
 
 @main.command()

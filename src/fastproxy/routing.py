@@ -8,6 +8,8 @@ bookkeeping.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import _relay
@@ -56,6 +58,9 @@ class Routes:
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}
         self._known: dict[tuple[str, str], TargetRuntime] = {}
+        # Held while routes change: the health thread and the admin endpoint
+        # change target states while the main thread may be reloading.
+        self.lock = threading.RLock()
 
     def _slot(self, *key: str) -> int:
         if key not in self._slots:
@@ -70,6 +75,10 @@ class Routes:
     def apply(self, config: Config, addresses: dict[str, Address | None]) -> None:
         """Make the relay route as `config` says. Routes are published before the
         port map changes, so a port never points at an app without targets."""
+        with self.lock:
+            self._apply(config, addresses)
+
+    def _apply(self, config: Config, addresses: dict[str, Address | None]) -> None:
         apps: dict[str, AppRuntime] = {}
         for app in config.apps:
             runtime = AppRuntime(app, self._app_id(app.name), self._slot("app", app.name))
@@ -114,8 +123,12 @@ class Routes:
     def hosts(self) -> set[str]:
         return {t.target.host for rt in self.apps.values() for t in rt.targets}
 
-    def update_addresses(self, addresses: dict[str, Address | None]) -> list[str]:
+    def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
         """Apply fresh DNS answers; returns the apps whose routes changed."""
+        with self.lock:
+            return self._update_addresses(addresses)
+
+    def _update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
         changed = []
         for runtime in self.apps.values():
             dirty = False
@@ -127,6 +140,33 @@ class Routes:
                 self.publish(runtime)
                 changed.append(runtime.app.name)
         return changed
+
+    def set_healthy(self, app_name: str, target: TargetRuntime, healthy: bool) -> None:
+        with self.lock:
+            target.healthy = healthy
+            self._push_state(app_name, target)
+
+    def set_admin(self, app_name: str, address: str, action: str) -> TargetRuntime:
+        """Operator control of one target: drain (no new connections, existing ones
+        finish, checks go on), disable (the same, and no checks), enable."""
+        with self.lock:
+            runtime = self.apps.get(app_name)
+            if runtime is None:
+                raise KeyError(f'no app "{app_name}"')
+            for target in runtime.targets:
+                if target.target.address == address:
+                    break
+            else:
+                raise KeyError(f'app "{app_name}" has no target {address}')
+            target.admin = {"drain": "draining", "disable": "disabled", "enable": None}[action]
+            self._push_state(app_name, target)
+            return target
+
+    def _push_state(self, app_name: str, target: TargetRuntime) -> None:
+        runtime = self.apps.get(app_name)
+        if runtime is not None and target in runtime.targets:
+            index = runtime.targets.index(target)
+            self.relay.set_target_state(runtime.app_id, index, STATE_CODES[target.state])
 
     def stats(self, slot: int) -> dict[str, int]:
         return dict(zip(_relay.STATS_FIELDS, self.relay.stats(slot)))

@@ -1,5 +1,7 @@
-"""The orchestrator: builds the relay from a Config, listens, keeps DNS fresh, and
-shuts down gracefully. `run()` is what `fastproxy serve` calls."""
+"""The orchestrator: builds the relay from a Config, listens (one socket per port,
+or one steered socket for all), runs health checks and the admin endpoint, keeps
+DNS fresh, reloads, and shuts down gracefully. `run()` is what `fastproxy serve`
+calls."""
 
 from __future__ import annotations
 
@@ -14,17 +16,23 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any
 
-from . import _relay
-from .config import Config, load_config
+from . import __version__, _relay
+from .admin import AdminServer
+from .config import Config, ConfigError, load_config
+from .health import HealthChecker
 from .listeners import ListenError, open_listener
+from .metrics import ProxyCollector, make_registry
 from .resolver import resolve_all
-from .routing import Routes
+from .routing import Routes, TargetRuntime
+from .watch import FileWatcher
 
 log = logging.getLogger("fastproxy")
 
-STARTUP_DNS_WAIT = 1.0  # seconds start-up waits for DNS before serving anyway
+STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going on
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
-DNS_RETRY = 5.0  # ...and unresolved ones this often
+DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
+# Settings a running relay cannot change: a reload keeps the old ones (and says so).
+RESTART_ONLY = ("listen", "workers", "steering", "relay", "pipe_size", "admin")
 
 
 @dataclass(frozen=True)
@@ -35,20 +43,19 @@ class Options:
     workers: int | None = None
     relay: str | None = None
     pipe_size: int | None = None
+    admin: tuple[str, int] | None = None
+
+    def apply(self, config: Config) -> Config:
+        changes: dict[str, Any] = {
+            key: getattr(self, key)
+            for key in ("steering", "workers", "relay", "pipe_size", "admin")
+            if getattr(self, key) is not None
+        }
+        return replace(config, **changes) if changes else config
 
 
-def apply_options(config: Config, options: Options) -> Config:
-    changes: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("steering", options.steering),
-            ("workers", options.workers),
-            ("relay", options.relay),
-            ("pipe_size", options.pipe_size),
-        )
-        if value is not None
-    }
-    return replace(config, **changes) if changes else config
+class ReloadError(Exception):
+    """One-line reason a reload was rejected; the running config stays."""
 
 
 def raise_fd_limit() -> None:
@@ -59,94 +66,301 @@ def raise_fd_limit() -> None:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, config_path: str | None = None, options: Options | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.options = options or Options()
         self.workers = config.workers or os.cpu_count() or 1
         self.relay = _relay.Relay(
             workers=self.workers, splice=config.relay == "splice", pipe_size=config.pipe_size
         )
         self.routes = Routes(self.relay)
-        self.steering = "ports"
-        self.listeners: dict[int, list[socket.socket]] = {}
+        self.steering_mode = "ports"
+        self.steering: Any = None  # steering.Steering in bpf mode
+        self.listeners: dict[int, list[socket.socket]] = {}  # ports mode
+        self.steered: list[socket.socket] = []  # bpf mode
+        self.reloads = {"success": 0, "failure": 0}
         self.started_at = time.monotonic()
+        self.health = HealthChecker(self.routes, on_down=self._target_down)
+        self.registry = make_registry(
+            ProxyCollector(
+                self.routes, self.reloads, self._steering_counters, lambda: self.health.checks_done
+            )
+        )
+        self.admin: AdminServer | None = None
+        self.watcher: FileWatcher | None = None
+        self._reload_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._maintenance: threading.Thread | None = None
+        self._dns_now = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="fastproxy-dns", daemon=True
+        )
 
     # -- start ---------------------------------------------------------------
 
     def start(self) -> None:
         raise_fd_limit()
-        hosts = {t.host for app in self.config.apps for t in app.targets}
+        addresses = self._resolve(self.config)
+        self.routes.apply(self.config, addresses)
+        try:
+            self._start_listening()
+            host, port = self.config.admin
+            try:
+                self.admin = AdminServer(self, host, port)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
+                ) from None
+        except BaseException:
+            self._stop_listening()
+            raise
+        self.relay.start()
+        self.admin.start()
+        self.health.start()
+        self._maintenance.start()
+        if self.config_path is not None:
+            self.watcher = FileWatcher(self.config_path, lambda: self.try_reload("file changed"))
+            self.watcher.start()
+        log.info(
+            "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
+            len(self.config.apps),
+            len(self.routes.port_owner),
+            self.steering_mode,
+            self.config.relay,
+            self.workers,
+            *self.admin.address,
+        )
+
+    def _resolve(self, config: Config) -> dict[str, Any]:
+        hosts = {t.host for app in config.apps for t in app.targets}
         addresses = resolve_all(hosts, STARTUP_DNS_WAIT)
         for host, address in sorted(addresses.items()):
             if address is None:
                 log.warning("target host %s does not resolve (yet): its targets are down", host)
-        self.routes.apply(self.config, addresses)
+        return addresses
+
+    def _start_listening(self) -> None:
+        mode = self.config.steering
+        if mode in ("auto", "bpf"):
+            from . import steering
+
+            reason = steering.probe() or self._bpf_listen_problem()
+            if reason is None:
+                try:
+                    self._attach_steering()
+                    return
+                except steering.SteeringUnavailable as exc:
+                    reason = str(exc)
+            if mode == "bpf":
+                raise ListenError(f"bpf steering unavailable: {reason}")
+            log.info("steering: using ports mode (bpf unavailable: %s)", reason)
+        self._listen_ports(self.routes.port_owner)
+
+    def _bpf_listen_problem(self) -> str | None:
+        families = [":" in host for host in self.config.listen]
+        if len(families) != len(set(families)):
+            return "bpf steering serves one Listen address per address family"
+        return None
+
+    def _attach_steering(self) -> None:
+        """One listening socket per Listen address, on an ephemeral port; the
+        sk_lookup program hands it the connections for every configured port."""
+        from .steering import Steering
+
+        socks = [open_listener(host, 0) for host in self.config.listen]
         try:
-            self._listen_ports(self.routes.port_owner)
-        except ListenError:
-            self._close_listeners()
+            self.steering = Steering.attach(socks, self.routes.port_owner)
+        except BaseException:
+            for sock in socks:
+                sock.close()
             raise
-        self.relay.start()
-        self._maintenance = threading.Thread(
-            target=self._maintain, name="fastproxy-maintenance", daemon=True
-        )
-        self._maintenance.start()
-        ports = len(self.routes.port_owner)
-        log.info(
-            "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d)",
-            len(self.config.apps),
-            ports,
-            self.steering,
-            self.config.relay,
-            self.workers,
-        )
+        for sock in socks:
+            self.relay.add_listener(sock.fileno(), 0)
+        self.steered = socks
+        self.steering_mode = "bpf"
 
     def _listen_ports(self, ports: dict[int, str]) -> None:
-        for port in sorted(ports):
-            if port in self.listeners:
-                continue
-            socks = []
-            try:
+        self._accept_on(self._open_ports(ports))
+
+    def _open_ports(self, ports: dict[int, str]) -> dict[int, list[socket.socket]]:
+        """Listening sockets for the ports that have none yet; on failure none is
+        left open, so a port that cannot be bound leaves everything as it was."""
+        opened: dict[int, list[socket.socket]] = {}
+        try:
+            for port in sorted(ports.keys() - self.listeners.keys()):
+                opened[port] = []
                 for host in self.config.listen:
-                    socks.append(open_listener(host, port))
-            except ListenError as exc:
+                    opened[port].append(open_listener(host, port))
+        except ListenError as exc:
+            for socks in opened.values():
                 for sock in socks:
                     sock.close()
-                raise ListenError(f'{exc} (app "{ports[port]}")') from None
+            raise ListenError(f'{exc} (app "{ports[port]}")') from None
+        return opened
+
+    def _accept_on(self, opened: dict[int, list[socket.socket]]) -> None:
+        for port, socks in opened.items():
             for sock in socks:
                 self.relay.add_listener(sock.fileno(), port)
             self.listeners[port] = socks
 
-    def _close_listeners(self) -> None:
-        for socks in self.listeners.values():
-            for sock in socks:
-                if sock.fileno() in self.relay.listener_fds:
-                    self.relay.remove_listener(sock.fileno())
+    def _unlisten_ports(self, ports: set[int]) -> None:
+        for port in ports:
+            for sock in self.listeners.pop(port, []):
+                self.relay.remove_listener(sock.fileno())
                 sock.close()
-        self.listeners.clear()
+
+    def _stop_listening(self) -> None:
+        self._unlisten_ports(set(self.listeners))
+        for sock in self.steered:
+            if sock.fileno() in self.relay.listener_fds:
+                self.relay.remove_listener(sock.fileno())
+            sock.close()
+        self.steered = []
+        if self.steering is not None:
+            self.steering.close()
+            self.steering = None
+
+    def _steering_counters(self) -> dict[str, int] | None:
+        return self.steering.counters() if self.steering is not None else None
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self, reason: str) -> None:
+        """Apply the config file again. Invalid: ReloadError, nothing changes.
+        Valid: new ports accept at once, removed ports stop, target and policy
+        changes apply to new connections; established connections are untouched."""
+        if self.config_path is None:
+            raise ReloadError("no config file to reload from")
+        with self._reload_lock:
+            try:
+                new = self._load_for_reload()
+                self._apply(new)
+            except (ConfigError, ListenError, ReloadError) as exc:
+                self.reloads["failure"] += 1
+                log.error("reload (%s) rejected, the running config stays: %s", reason, exc)
+                raise ReloadError(str(exc)) from None
+            self.reloads["success"] += 1
+            log.info(
+                "reloaded (%s): %d apps on %d ports",
+                reason,
+                len(new.apps),
+                len(self.routes.port_owner),
+            )
+
+    def try_reload(self, reason: str) -> bool:
+        try:
+            self.reload(reason)
+        except ReloadError:
+            return False
+        return True
+
+    def _load_for_reload(self) -> Config:
+        assert self.config_path is not None
+        new = self.options.apply(load_config(self.config_path))
+        kept = {}
+        for key in RESTART_ONLY:
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("reload: %s changed; it takes effect only after a restart", key)
+                kept[key] = getattr(self.config, key)
+        return replace(new, **kept) if kept else new
+
+    def _apply(self, new: Config) -> None:
+        """Ports that go away stop first, routes change, then new ports open: no
+        moment where a port accepts a client and has no app for it."""
+        ports = new.port_owner()
+        addresses = self._resolve(new)
+        if self.steering is not None:
+            self.steering.set_ports(ports.keys() & self.routes.port_owner.keys())
+            self.routes.apply(new, addresses)
+            self.steering.set_ports(ports)
+        else:
+            opened = self._open_ports(ports)  # may fail: then nothing has changed yet
+            self._unlisten_ports(self.listeners.keys() - ports.keys())
+            self.routes.apply(new, addresses)
+            self._accept_on(opened)
+        self.config = new
+
+    # -- operator actions and status -----------------------------------------
+
+    def set_target(self, app: str, target: str, action: str) -> dict[str, Any]:
+        runtime = self.routes.set_admin(app, target, action)
+        log.info("app %s: target %s: %s (operator)", app, target, action)
+        return {"app": app, "target": target, "state": runtime.state}
+
+    def status(self) -> dict[str, Any]:
+        apps = []
+        with self.routes.lock:
+            runtimes = list(self.routes.apps.values())
+        for runtime in runtimes:
+            stats = self.routes.stats(runtime.slot)
+            targets = []
+            for t in runtime.targets:
+                tstats = self.routes.stats(t.slot)
+                targets.append(
+                    {
+                        "address": t.target.address,
+                        "state": t.state,
+                        "resolved": t.address[1] if t.address else None,
+                        "active": tstats["active"],
+                        "connections": tstats["connections"],
+                        "connect_failures": tstats["connect_failures"],
+                        "bytes_in": tstats["bytes_in"],
+                        "bytes_out": tstats["bytes_out"],
+                    }
+                )
+            apps.append(
+                {
+                    "name": runtime.app.name,
+                    "ports": sorted(runtime.app.ports),
+                    "balance": runtime.app.balance,
+                    "active": stats["active"],
+                    "connections": stats["connections"],
+                    "bytes_in": stats["bytes_in"],
+                    "bytes_out": stats["bytes_out"],
+                    "no_target": stats["no_target"],
+                    "rejected": stats["rejected"],
+                    "targets": targets,
+                }
+            )
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "steering": self.steering_mode,
+            "relay": self.config.relay,
+            "workers": self.workers,
+            "uptime": round(time.monotonic() - self.started_at, 3),
+            "connections": self.relay.connections(),
+            "reloads": dict(self.reloads),
+            "apps": apps,
+        }
 
     # -- background upkeep ---------------------------------------------------
 
+    def _target_down(self, target: TargetRuntime) -> None:
+        self._dns_now.set()  # a moved backend shows first as a dead address
+
     def _maintain(self) -> None:
-        """Re-resolve hostnames: unresolved ones often, resolved ones now and then."""
+        """Re-resolve hostnames: unresolved or failing ones often, the rest now
+        and then. A failed lookup keeps the last good address."""
         last_full = time.monotonic()
-        while not self._stopping.wait(DNS_RETRY):
+        while not self._stopping.is_set():
+            self._dns_now.wait(DNS_RETRY)
+            self._dns_now.clear()
+            if self._stopping.is_set():
+                return
             full = time.monotonic() - last_full >= DNS_REFRESH
-            hosts = {
-                t.target.host
-                for rt in self.routes.apps.values()
-                for t in rt.targets
-                if full or t.address is None
-            }
             if full:
                 last_full = time.monotonic()
-            if not hosts:
-                continue
-            fresh = resolve_all(hosts, DNS_RETRY)
-            # A lookup failing now keeps the last good address: DNS blips are not
-            # target failures (health checks decide those).
-            fresh = {h: a for h, a in fresh.items() if a is not None}
+            hosts = {
+                t.target.host
+                for rt in list(self.routes.apps.values())
+                for t in rt.targets
+                if full or t.address is None or not t.healthy
+            }
+            fresh = {h: a for h, a in resolve_all(hosts, DNS_RETRY).items() if a is not None}
             for name in self.routes.update_addresses(fresh):
                 log.info("app %s: target addresses updated from DNS", name)
 
@@ -154,7 +368,10 @@ class Server:
 
     def stop_accepting(self) -> None:
         self._stopping.set()
-        self._close_listeners()
+        self._dns_now.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._stop_listening()
 
     def drain(self, timeout: float, abort: threading.Event | None = None) -> bool:
         """Wait for open connections to finish; False if some were still open."""
@@ -167,6 +384,9 @@ class Server:
 
     def close(self) -> None:
         self.stop_accepting()
+        self.health.stop()
+        if self.admin is not None:
+            self.admin.stop()
         self.relay.stop()
 
 
@@ -177,28 +397,38 @@ def run(
     workers: int | None = None,
     relay: str | None = None,
     pipe_size: int | None = None,
+    admin: tuple[str, int] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
-    Raises ConfigError or ListenError (one-line messages) before serving."""
-    options = Options(steering=steering, workers=workers, relay=relay, pipe_size=pipe_size)
-    config = apply_options(load_config(config_path), options)
-    server = Server(config)
+    SIGHUP reloads. Raises ConfigError or ListenError (one-line) before serving."""
+    options = Options(
+        steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
+    )
+    config = options.apply(load_config(config_path))
+    server = Server(config, config_path=config_path, options=options)
     stop = threading.Event()
     stop_now = threading.Event()
+    reload_requested = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             stop_now.set()  # a second signal: do not wait for connections
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         server.start()
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.2):
+            if reload_requested.is_set():
+                reload_requested.clear()
+                server.try_reload("SIGHUP")
         log.info("stopping: no new connections; draining for up to %gs", config.drain_timeout)
         server.stop_accepting()
-        if not server.drain(config.drain_timeout, stop_now):
+        if not server.drain(server.config.drain_timeout, stop_now):
             log.info("closing %d connections still open", server.relay.connections())
         server.close()
         log.info("stopped")

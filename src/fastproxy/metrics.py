@@ -1,0 +1,110 @@
+"""Prometheus metrics, read from the relay's counters at scrape time: nothing is
+counted twice and the hot path does no Python work for metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .routing import Routes
+
+
+class ProxyCollector(Collector):
+    def __init__(
+        self,
+        routes: Routes,
+        reloads: dict[str, int],
+        steering_counters: Callable[[], dict[str, int] | None],
+        health_checks: Callable[[], int],
+    ) -> None:
+        self.routes = routes
+        self.reloads = reloads
+        self.steering_counters = steering_counters
+        self.health_checks = health_checks
+
+    def collect(self) -> Iterator[Metric]:
+        at = ["app", "target"]
+        m: dict[str, Any] = {
+            "connections": CounterMetricFamily(
+                "fastproxy_connections", "Connections made to a target", labels=at
+            ),
+            "active": GaugeMetricFamily(
+                "fastproxy_active_connections", "Connections open to a target", labels=at
+            ),
+            "failures": CounterMetricFamily(
+                "fastproxy_connect_failures", "Failed connects to a target", labels=at
+            ),
+            "up": GaugeMetricFamily(
+                "fastproxy_target_up", "1 if the target takes new connections", labels=at
+            ),
+            "bytes": CounterMetricFamily(
+                "fastproxy_bytes",
+                "Bytes relayed; in: client to target, out: target to client",
+                labels=["app", "direction"],
+            ),
+            "no_target": CounterMetricFamily(
+                "fastproxy_no_target", "Clients closed because no target answered", labels=["app"]
+            ),
+            "panic": CounterMetricFamily(
+                "fastproxy_panic", "Clients sent to targets while none was up", labels=["app"]
+            ),
+            "rejected": CounterMetricFamily(
+                "fastproxy_rejected", "Clients closed over MaxConnections", labels=["app"]
+            ),
+            "idle": CounterMetricFamily(
+                "fastproxy_idle_timeouts", "Connections closed for idleness", labels=["app"]
+            ),
+            "accepted": CounterMetricFamily(
+                "fastproxy_clients", "Client connections accepted", labels=["app"]
+            ),
+        }
+        with self.routes.lock:
+            apps = list(self.routes.apps.values())
+        for app in apps:
+            name = app.app.name
+            stats = self.routes.stats(app.slot)
+            m["bytes"].add_metric([name, "in"], stats["bytes_in"])
+            m["bytes"].add_metric([name, "out"], stats["bytes_out"])
+            m["no_target"].add_metric([name], stats["no_target"])
+            m["panic"].add_metric([name], stats["panic"])
+            m["rejected"].add_metric([name], stats["rejected"])
+            m["idle"].add_metric([name], stats["idle_timeouts"])
+            m["accepted"].add_metric([name], stats["connections"])
+            for target in app.targets:
+                labels = [name, target.target.address]
+                tstats = self.routes.stats(target.slot)
+                m["connections"].add_metric(labels, tstats["connections"])
+                m["active"].add_metric(labels, tstats["active"])
+                m["failures"].add_metric(labels, tstats["connect_failures"])
+                m["up"].add_metric(labels, 1 if target.state == "up" else 0)
+        yield from m.values()
+
+        reloads = CounterMetricFamily(
+            "fastproxy_reloads", "Configuration reloads", labels=["result"]
+        )
+        for result in ("success", "failure"):
+            reloads.add_metric([result], self.reloads.get(result, 0))
+        yield reloads
+        yield CounterMetricFamily(
+            "fastproxy_health_checks", "Active health checks done", value=self.health_checks()
+        )
+        steering = self.steering_counters()
+        if steering is not None:
+            for key, text in (
+                ("lookups", "Socket lookups seen by the sk_lookup program"),
+                ("steered", "Connections steered to the proxy's socket"),
+                ("misses", "Lookups for ports not configured (passed on)"),
+                ("errors", "Lookups that could not be steered"),
+            ):
+                yield CounterMetricFamily(
+                    f"fastproxy_steering_{key}", text, value=steering.get(key, 0)
+                )
+
+
+def make_registry(collector: ProxyCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
