@@ -61,6 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
         # an unknown method is "405", never the default 501.
         if code == HTTPStatus.NOT_IMPLEMENTED:
             code = HTTPStatus.METHOD_NOT_ALLOWED
+        elif code >= 500:  # e.g. 505 for "HTTP/9.9": the client's fault all the same
+            code = HTTPStatus.BAD_REQUEST
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # else http.server omits the status line
         self.close_connection = True
         with contextlib.suppress(OSError):
             self._error(code, message or HTTPStatus(code).phrase)
