@@ -42,6 +42,9 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
             time.sleep(0.02)
 
 
+RUNNING: list[Proxy] = []  # killed after each test by the autouse fixture in conftest
+
+
 class Proxy:
     """`fastproxy serve` on a config written to tmp_path; stopped with SIGTERM."""
 
@@ -60,6 +63,7 @@ class Proxy:
             cwd=ROOT,
         )
         self.pid = self.proc.pid
+        RUNNING.append(self)
         first_port = config["Apps"][0]["Ports"][0]
         try:
             self._wait_serving(int(str(first_port).split("-")[0]))
