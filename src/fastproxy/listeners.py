@@ -41,3 +41,20 @@ def open_listener(host: str, port: int) -> socket.socket:
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         raise ListenError(f"cannot listen on {shown}: {exc.strerror}") from None
     return sock
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Steered ports are never bound, so nothing would stop us from shadowing
+    another program's listener: a trial bind tells. SO_REUSEADDR makes the bind
+    fail only for a listening socket, not for connections lingering in TIME_WAIT."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if _family(host) == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror}") from None
+    finally:
+        sock.close()

@@ -20,7 +20,7 @@ from . import __version__, _relay
 from .admin import AdminServer
 from .config import Config, ConfigError, load_config
 from .health import HealthChecker
-from .listeners import ListenError, open_listener
+from .listeners import ListenError, check_port_free, open_listener
 from .metrics import ProxyCollector, make_registry
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
@@ -169,6 +169,7 @@ class Server:
         sk_lookup program hands it the connections for every configured port."""
         from .steering import Steering
 
+        self._check_ports_free(self.routes.port_owner)
         socks = [open_listener(host, 0) for host in self.config.listen]
         try:
             self.steering = Steering.attach(socks, self.routes.port_owner)
@@ -180,6 +181,14 @@ class Server:
             self.relay.add_listener(sock.fileno(), 0)
         self.steered = socks
         self.steering_mode = "bpf"
+
+    def _check_ports_free(self, ports: dict[int, str]) -> None:
+        for port in sorted(ports):
+            for host in self.config.listen:
+                try:
+                    check_port_free(host, port)
+                except ListenError as exc:
+                    raise ListenError(f'{exc} (app "{ports[port]}")') from None
 
     def _listen_ports(self, ports: dict[int, str]) -> None:
         self._accept_on(self._open_ports(ports))
@@ -273,6 +282,8 @@ class Server:
         ports = new.port_owner()
         addresses = self._resolve(new)
         if self.steering is not None:
+            added = ports.keys() - self.routes.port_owner.keys()
+            self._check_ports_free({port: ports[port] for port in added})
             self.steering.set_ports(ports.keys() & self.routes.port_owner.keys())
             self.routes.apply(new, addresses)
             self.steering.set_ports(ports)

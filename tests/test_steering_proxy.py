@@ -1,0 +1,143 @@
+"""The whole proxy in bpf steering mode, each test in a fresh network namespace:
+one socket for every port, each port reaching its own app, and clean state."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastproxy import netns
+from fastproxy.backends import NamedEchoServer
+from proxyproc import Proxy, app
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bpf steering needs root")
+
+PIN_ROOT = "/sys/fs/bpf/fastproxy"
+
+
+@pytest.fixture
+def ns() -> Iterator[int]:
+    """A fresh netns entered by this thread (and inherited by the proxy); its inode."""
+    with netns.temporary("fpproxy"):
+        yield netns.inode()
+
+
+def ask(port: int, host: str = "127.0.0.1") -> str:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"hi")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    name, _, echo = data.partition(b"\n")
+    assert echo == b"hi"
+    return name.decode()
+
+
+def listening_sockets() -> list[str]:
+    out = subprocess.run(["ss", "-Htln"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def sk_lookup_links(inode: int) -> list[dict]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    links = json.loads(out.stdout or "[]")
+    return [
+        link for link in links if link.get("type") == "netns" and link.get("netns_ino") == inode
+    ]
+
+
+def bpf_proxy(tmp_path: Path, apps: list[dict], **extra: object) -> Proxy:
+    proxy = Proxy(tmp_path, {"Apps": apps, "Steering": "bpf", "Listen": "::", **extra})
+    assert proxy.steering == "bpf"
+    return proxy
+
+
+def test_2000_ports_one_socket_every_port_reaches_the_app(tmp_path: Path, ns: int) -> None:
+    backend = NamedEchoServer("two-thousand")
+    ports = list(range(20000, 22000))
+    proxy = bpf_proxy(tmp_path, [app("big", ["20000-21999"], [f"127.0.0.1:{backend.port}"])])
+    # Besides the backend's and the admin endpoint's, exactly one listening socket.
+    admin_port = proxy.admin.rsplit(":", 1)[1]
+    others = [f":{backend.port}", f":{admin_port}"]
+    proxy_listeners = [
+        ln for ln in listening_sockets() if not any(ln.split()[3].endswith(o) for o in others)
+    ]
+    assert len(proxy_listeners) == 1, proxy_listeners
+    for port in ports:
+        assert ask(port) == "two-thousand", port
+    counters = proxy.http("GET", "/metrics")[1]
+    assert b"fastproxy_steering_steered_total 2000.0" in counters
+    assert proxy.stop() == 0
+    backend.close()
+
+
+def test_three_apps_share_the_socket_each_port_its_own_app(tmp_path: Path, ns: int) -> None:
+    backends = {name: NamedEchoServer(name) for name in ("red", "green", "blue")}
+    layout = {"red": [7001, 7002, 7003], "green": [8001, 8002], "blue": [9001, 9500, 9999]}
+    apps = [app(n, p, [f"127.0.0.1:{backends[n].port}"]) for n, p in layout.items()]
+    proxy = bpf_proxy(tmp_path, apps, Admin="127.0.0.1:0")
+    for name, ports in layout.items():
+        for port in ports:
+            for host in ("127.0.0.1", "::1"):
+                assert ask(port, host) == name
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", 7004), timeout=5)
+    assert proxy.stop() == 0
+    for backend in backends.values():
+        backend.close()
+
+
+def test_other_programs_port_keeps_working(tmp_path: Path, ns: int) -> None:
+    ours = NamedEchoServer("ours")
+    theirs = NamedEchoServer("theirs", port=6500)  # not in the config
+    proxy = bpf_proxy(tmp_path, [app("a", [6400, 6600], [f"127.0.0.1:{ours.port}"])])
+    assert ask(6500) == "theirs"
+    assert ask(6400) == "ours" and ask(6600) == "ours"
+    assert proxy.stop() == 0
+    ours.close()
+    theirs.close()
+
+
+def test_a_configured_port_already_taken_is_an_error(tmp_path: Path, ns: int) -> None:
+    taken = NamedEchoServer("squatter", host="127.0.0.1", port=6700)
+    with pytest.raises(RuntimeError, match="6700.*in use"):
+        bpf_proxy(tmp_path, [app("a", [6700], ["127.0.0.1:9"])])
+    assert ask(6700) == "squatter"  # and we did not steal it
+    taken.close()
+
+
+def test_restart_after_kill_9_replaces_stale_state(tmp_path: Path, ns: int) -> None:
+    backend = NamedEchoServer("phoenix")
+    apps = [app("p", [6800], [f"127.0.0.1:{backend.port}"])]
+    first = bpf_proxy(
+        tmp_path / "first" if (tmp_path / "first").mkdir() is None else tmp_path, apps
+    )
+    assert ask(6800) == "phoenix"
+    first.kill()  # SIGKILL: pins and link stay behind
+    assert os.path.isdir(f"{PIN_ROOT}/{ns}")
+    (tmp_path / "second").mkdir()
+    second = bpf_proxy(tmp_path / "second", apps)
+    assert ask(6800) == "phoenix"
+    assert len(sk_lookup_links(ns)) == 1
+    assert second.stop() == 0
+    backend.close()
+
+
+def test_clean_shutdown_leaves_nothing_behind(tmp_path: Path, ns: int) -> None:
+    backend = NamedEchoServer("tidy")
+    proxy = bpf_proxy(tmp_path, [app("t", [6900], [f"127.0.0.1:{backend.port}"])])
+    assert ask(6900) == "tidy"
+    assert len(sk_lookup_links(ns)) == 1
+    assert proxy.stop() == 0
+    assert not os.path.exists(f"{PIN_ROOT}/{ns}")
+    assert sk_lookup_links(ns) == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", 6900), timeout=5)
+    backend.close()
