@@ -55,6 +55,9 @@ class Proxy:
         self.config_path = tmp_path / "fastproxy.json"
         self.write_config(config)
         self.log_path = tmp_path / "fastproxy.log"
+        if "--control-socket" not in args:
+            args = (*args, "--control-socket", str(tmp_path / "control.sock"))
+        self.control_socket = args[args.index("--control-socket") + 1]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastproxy", "serve", str(self.config_path), *args],

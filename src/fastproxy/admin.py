@@ -120,9 +120,19 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class AdminServer:
-    def __init__(self, control: Controlled, host: str, port: int) -> None:
+    def __init__(
+        self, control: Controlled, host: str, port: int, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on host:port, or serve on `sock`, a listening socket handed over by
+        the process we took over from."""
         _HTTPServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.httpd = _HTTPServer((host, port), _Handler)
+        if sock is None:
+            self.httpd = _HTTPServer((host, port), _Handler)
+        else:
+            self.httpd = _HTTPServer((host, port), _Handler, bind_and_activate=False)
+            self.httpd.socket.close()
+            self.httpd.socket = sock
+            self.httpd.server_address = sock.getsockname()[:2]
         self.httpd.control = control
         self.address: tuple[str, int] = (host, self.httpd.server_address[1])
         self._thread = threading.Thread(
@@ -132,6 +142,11 @@ class AdminServer:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def socket(self) -> socket.socket:
+        return self.httpd.socket
+
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
         self.httpd.server_close()

@@ -19,6 +19,7 @@ class NamedEchoServer:
         self.sock.bind((host, port))
         self.sock.listen(1024)
         self.port: int = self.sock.getsockname()[1]
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.accepted = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)

@@ -19,6 +19,8 @@ from .config import (
     parse_host_port,
     summary,
 )
+from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
+from .control import TakeoverError
 from .listeners import ListenError
 
 
@@ -49,6 +51,17 @@ def main() -> None:
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
 @click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")
 @click.option(
+    "--takeover",
+    is_flag=True,
+    help="Zero-downtime upgrade: take the listening sockets of the running fastproxy.",
+)
+@click.option(
+    "--control-socket",
+    default=DEFAULT_CONTROL_SOCKET,
+    show_default=True,
+    help="Unix socket a successor takes over through.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -63,7 +76,7 @@ def serve(config: str, log_level: str, **overrides: Any) -> None:
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
         code = run(config, **overrides)
-    except (ConfigError, ListenError) as exc:
+    except (ConfigError, ListenError, TakeoverError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     sys.exit(code)
 

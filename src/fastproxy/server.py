@@ -19,6 +19,8 @@ from typing import Any
 from . import __version__, _relay
 from .admin import AdminServer
 from .config import Config, ConfigError, load_config
+from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
+from .control import ControlServer, Handover, Successor
 from .health import HealthChecker
 from .listeners import ListenError, check_port_free, open_listener
 from .metrics import ProxyCollector, make_registry
@@ -67,9 +69,15 @@ def raise_fd_limit() -> None:
 
 class Server:
     def __init__(
-        self, config: Config, *, config_path: str | None = None, options: Options | None = None
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        options: Options | None = None,
+        inherited: Handover | None = None,
     ) -> None:
         self.config = config
+        self.inherited = inherited  # sockets handed over by the process we replace
         self.config_path = config_path
         self.options = options or Options()
         self.workers = config.workers or os.cpu_count() or 1
@@ -91,8 +99,9 @@ class Server:
         )
         self.admin: AdminServer | None = None
         self.watcher: FileWatcher | None = None
-        self._reload_lock = threading.Lock()
+        self.reload_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.successor_ready = threading.Event()
         self._dns_now = threading.Event()
         self._maintenance = threading.Thread(
             target=self._maintain, name="fastproxy-dns", daemon=True
@@ -108,7 +117,7 @@ class Server:
             self._start_listening()
             host, port = self.config.admin
             try:
-                self.admin = AdminServer(self, host, port)
+                self.admin = AdminServer(self, host, port, self._inherited_admin())
             except OSError as exc:
                 raise ListenError(
                     f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
@@ -141,7 +150,64 @@ class Server:
                 log.warning("target host %s does not resolve (yet): its targets are down", host)
         return addresses
 
+    def _inherited_admin(self) -> socket.socket | None:
+        if self.inherited is None:
+            return None
+        for desc, sock in self.inherited.take("admin"):
+            if [desc["host"], desc["port"]] == list(self.config.admin):
+                return sock
+            sock.close()  # the admin address changed: bind the new one
+        return None
+
+    def _adopt(self) -> bool:
+        """Serve on the sockets handed over by the process we take over from. The
+        upgrade keeps its steering mode: bpf state and listeners go together."""
+        assert self.inherited is not None
+        steered = [sock for _, sock in self.inherited.take("steered")]
+        if self.inherited.steering == "bpf" and steered:
+            from .steering import Steering, SteeringUnavailable
+
+            try:
+                self.steering = Steering.attach(steered, self.routes.port_owner, takeover=True)
+            except SteeringUnavailable as exc:
+                raise ListenError(f"takeover of bpf steering failed: {exc}") from None
+            for sock in steered:
+                self.relay.add_listener(sock.fileno(), 0)
+            self.steered = steered
+            self.steering_mode = "bpf"
+            return True
+        wanted = self.routes.port_owner
+        for desc, sock in self.inherited.take("port"):
+            if desc["port"] in wanted:
+                self.listeners.setdefault(desc["port"], []).append(sock)
+            else:
+                sock.close()  # the predecessor still accepts on it until it stops
+        for port, socks in self.listeners.items():
+            for sock in socks:
+                self.relay.add_listener(sock.fileno(), port)
+        self._listen_ports(wanted)  # ports new in our config
+        return True
+
+    def handover(self) -> Handover:
+        """Our listening sockets, for a successor (see control.py)."""
+        socks: list[tuple[dict[str, Any], socket.socket]] = []
+        for port, port_socks in self.listeners.items():
+            socks += [({"role": "port", "port": port}, sock) for sock in port_socks]
+        socks += [({"role": "steered"}, sock) for sock in self.steered]
+        if self.admin is not None:
+            host, port = self.admin.address
+            socks.append(({"role": "admin", "host": host, "port": port}, self.admin.socket))
+        return Handover(self.steering_mode, socks)
+
+    def yield_to_successor(self) -> None:
+        """A new process accepts on our sockets now: stop accepting and drain."""
+        log.info("takeover: a new process is serving; draining")
+        self.stop_accepting(successor=True)
+        self.successor_ready.set()
+
     def _start_listening(self) -> None:
+        if self.inherited is not None and self._adopt():
+            return
         mode = self.config.steering
         if mode in ("auto", "bpf"):
             from . import steering
@@ -221,7 +287,9 @@ class Server:
                 self.relay.remove_listener(sock.fileno())
                 sock.close()
 
-    def _stop_listening(self) -> None:
+    def _stop_listening(self, successor: bool = False) -> None:
+        """Stop accepting. With a successor, our sockets and pinned steering state
+        live on in it: close only our copies, and leave the pins in place."""
         self._unlisten_ports(set(self.listeners))
         for sock in self.steered:
             if sock.fileno() in self.relay.listener_fds:
@@ -229,7 +297,10 @@ class Server:
             sock.close()
         self.steered = []
         if self.steering is not None:
-            self.steering.close()
+            if successor:
+                self.steering.release()
+            else:
+                self.steering.close()
             self.steering = None
 
     def _steering_counters(self) -> dict[str, int] | None:
@@ -243,7 +314,7 @@ class Server:
         changes apply to new connections; established connections are untouched."""
         if self.config_path is None:
             raise ReloadError("no config file to reload from")
-        with self._reload_lock:
+        with self.reload_lock:
             try:
                 new = self._load_for_reload()
                 self._apply(new)
@@ -377,12 +448,17 @@ class Server:
 
     # -- stop ----------------------------------------------------------------
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, successor: bool = False) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._dns_now.set()
         if self.watcher is not None:
             self.watcher.stop()
-        self._stop_listening()
+        self._stop_listening(successor)
+        if successor and self.admin is not None:
+            self.admin.stop()  # the successor serves the endpoint on the same socket
+            self.admin = None
 
     def drain(self, timeout: float, abort: threading.Event | None = None) -> bool:
         """Wait for open connections to finish; False if some were still open."""
@@ -409,14 +485,20 @@ def run(
     relay: str | None = None,
     pipe_size: int | None = None,
     admin: tuple[str, int] | None = None,
+    takeover: bool = False,
+    control_socket: str = DEFAULT_CONTROL_SOCKET,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
-    SIGHUP reloads. Raises ConfigError or ListenError (one-line) before serving."""
+    SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
+    the fastproxy running behind `control_socket` first. Raises ConfigError,
+    ListenError or TakeoverError (one-line) before serving."""
     options = Options(
         steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
     )
     config = options.apply(load_config(config_path))
-    server = Server(config, config_path=config_path, options=options)
+    successor = Successor(control_socket) if takeover else None
+    handover = successor.handover if successor is not None else None
+    server = Server(config, config_path=config_path, options=options, inherited=handover)
     stop = threading.Event()
     stop_now = threading.Event()
     reload_requested = threading.Event()
@@ -431,19 +513,40 @@ def run(
 
     handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    control: ControlServer | None = None
     try:
-        server.start()
+        try:
+            server.start()
+        except BaseException:
+            if successor is not None:
+                successor.abandon()  # the running process goes on as before
+            raise
+        if successor is not None:
+            successor.ready()
+            log.info("took over from pid %d", handover.pid if handover else 0)
+        try:
+            control = ControlServer(
+                control_socket, server.handover, server.reload_lock, server.yield_to_successor
+            )
+            control.start()
+        except OSError as exc:
+            log.warning("no control socket at %s (no takeover possible): %s", control_socket, exc)
         while not stop.wait(0.2):
+            if server.successor_ready.is_set():
+                break
             if reload_requested.is_set():
                 reload_requested.clear()
                 server.try_reload("SIGHUP")
-        log.info("stopping: no new connections; draining for up to %gs", config.drain_timeout)
+        timeout = server.config.drain_timeout
+        log.info("stopping: no new connections; draining for up to %gs", timeout)
         server.stop_accepting()
-        if not server.drain(server.config.drain_timeout, stop_now):
+        if not server.drain(timeout, stop_now):
             log.info("closing %d connections still open", server.relay.connections())
         server.close()
         log.info("stopped")
         return 0
     finally:
+        if control is not None:
+            control.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
