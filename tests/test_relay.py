@@ -388,3 +388,19 @@ def test_counters_are_exact_in_process(named_backends) -> None:
         relay.remove_listener(listener.fileno())
         listener.close()
         relay.stop()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_data_and_fin_arriving_together(tmp_path: Path, mode: str, named_backends) -> None:
+    """A FIN that lands in the same read as the last bytes raises no later event:
+    the relay must still pass it on (both modes, many times over)."""
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{named_backends[0].port}"
+    proxy = Proxy(tmp_path, {"Apps": [app("fin", [port], [target])]}, "--relay", mode)
+    for i in range(200):
+        payload = os.urandom(1 + i * 97)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b"backend-0\n" + payload
+    assert proxy.stop() == 0

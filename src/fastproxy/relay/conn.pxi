@@ -48,11 +48,6 @@ cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
         n = splice(src, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        if c.len == 0:
-            c.off = 0
-        elif c.off + c.len == r.chan_cap:
-            memmove(c.buf, c.buf + c.off, c.len)    # room only at the front: compact
-            c.off = 0
         n = recv(src, c.buf + c.off + c.len, r.chan_cap - c.off - c.len, 0)
     if n < 0:
         return -errno
@@ -82,6 +77,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     the kernel's receive window pushes back on the sender."""
     cdef fp_relay* r = w.relay
     cdef ssize_t n
+    cdef size_t room
     cdef bint progress = True
     cdef uint64_t moved = 0
     while progress:
@@ -89,6 +85,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
         if ch.len > 0 and dst.writable:
             n = chan_drain(r, ch, dst.fd)
             if n > 0:
+                if not r.use_splice and <size_t>n < ch.len:
+                    dst.writable = False    # a short send: the socket buffer is full
                 ch.len -= n
                 progress = True
             elif n == -EAGAIN:
@@ -102,8 +100,22 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
         if not ch.eof and src.readable and ch.len < r.chan_cap:
             if chan_acquire(w, ch) < 0:
                 break       # out of pipes or memory: retry on the next event
+            room = 0
+            if not r.use_splice:
+                if ch.len == 0:
+                    ch.off = 0
+                elif ch.off + ch.len == r.chan_cap:
+                    memmove(ch.buf, ch.buf + ch.off, ch.len)   # room only at the front
+                    ch.off = 0
+                room = r.chan_cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
             if n > 0:
+                if <size_t>n < room and not src.hup:
+                    # A short recv emptied the socket: skip the read that would
+                    # only say EAGAIN; the next arrival raises a new edge. Not once
+                    # a FIN was signalled (it raises no further edge and must still
+                    # be read), nor for splice (short may mean the pipe is full).
+                    src.readable = False
                 ch.len += n
                 moved += n
                 progress = True
@@ -283,13 +295,13 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
 
 cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     cdef fp_conn* c = s.conn
-    cdef int err = 0
-    cdef socklen_t errlen = sizeof(err)
     if c.state == ST_CLOSED:
         return
     # Record readiness even when we cannot act on it yet: edges do not repeat.
     if events & EV_READ:
         s.readable = True
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        s.hup = True
     if events & EV_WRITE:
         s.writable = True
     if c.state == ST_RETRY:
@@ -299,8 +311,9 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         return
     # Connecting
     if s == &c.srv:
-        if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0 or err != 0 \
-                or (events & (EPOLLERR | EPOLLHUP)):
+        # A failed connect always raises EPOLLERR; writable without it is success,
+        # so SO_ERROR need not be asked for.
+        if events & (EPOLLERR | EPOLLHUP):
             conn_connect_failed(w, c)
         elif events & EPOLLOUT:
             conn_established(w, c)

@@ -106,6 +106,7 @@ ctypedef struct fp_side:
     fp_conn* conn
     bint readable               # edge-triggered readiness, cleared on EAGAIN
     bint writable
+    bint hup                    # the peer's FIN, or an error, has been signalled
 
 cdef struct fp_conn:
     fp_side cli
