@@ -38,6 +38,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q tests
 
 bench: setup
+	bash scripts/install-bench-deps.sh
 	$(VENV)/bin/pytest -q benchmarks --benchmark-disable-gc
 
 wheel: setup

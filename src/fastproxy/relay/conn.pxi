@@ -31,6 +31,20 @@ cdef int register_side(fp_worker* w, fp_side* s) noexcept nogil:
     return 0
 
 
+cdef void side_mute(fp_worker* w, fp_side* s, bint mute) noexcept nogil:
+    """Stop (or resume) waking up for a source whose channel is full and whose
+    destination cannot take more: each new segment would wake us for nothing, and
+    on a busy host those wake-ups cost more than the bytes. Re-arming with
+    EPOLL_CTL_MOD reports data that arrived meanwhile."""
+    cdef epoll_event ev
+    if s.muted == mute or s.fd < 0:
+        return
+    ev.events = (SIDE_EVENTS & ~EPOLLIN) if mute else SIDE_EVENTS
+    ev.data.ptr = s
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, s.fd, &ev) == 0:
+        s.muted = mute
+
+
 cdef void set_reset_on_close(int fd) noexcept nogil:
     # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
     cdef linger lg
@@ -130,6 +144,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     src.readable = False
             else:
                 return PUMP_SRC_FAILED
+    side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
     if ch.len == 0:
         chan_release(w, ch)
     if moved:

@@ -107,6 +107,7 @@ ctypedef struct fp_side:
     bint readable               # edge-triggered readiness, cleared on EAGAIN
     bint writable
     bint hup                    # the peer's FIN, or an error, has been signalled
+    bint muted                  # EPOLLIN dropped while its channel cannot drain
 
 cdef struct fp_conn:
     fp_side cli
