@@ -7,6 +7,8 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -310,3 +312,46 @@ def test_bpf_reload_adding_1000_ports(tmp_path: Path) -> None:
                 assert sock.recv(100) == b"thousand\n", port
         assert proxy.stop() == 0
         backend.close()
+
+
+def test_reload_adds_removes_and_moves_ports(tmp_path: Path) -> None:
+    """Through `fastproxy reload`: a new app's ports accept at once, a removed port
+    refuses, and a port moved to another app reaches that app's target."""
+    red, blue = NamedEchoServer("red"), NamedEchoServer("blue")
+    kept, moved, removed, added = free_ports(4)
+    before = {"Apps": [app("red", [kept, moved, removed], [red.address])]}
+    after = {
+        "Apps": [app("red", [kept], [red.address]), app("blue", [moved, added], [blue.address])]
+    }
+    proxy = Proxy(tmp_path, before)
+    assert [first_line(p) for p in (kept, moved, removed)] == ["red"] * 3
+    proxy.write_config(full(after))
+    result = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "reload", "--admin", proxy.admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [first_line(p) for p in (kept, moved, added)] == ["red", "blue", "blue"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", removed), timeout=2)
+    # A rejected reload through the CLI: one line, non-zero.
+    proxy.config_path.write_text("{")
+    result = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "reload", "--admin", proxy.admin],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0 and "invalid JSON" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert proxy.stop() == 0
+
+
+def first_line(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        data = b""
+        while not data.endswith(b"\n"):
+            data += sock.recv(1)
+    return data.decode().strip()

@@ -141,3 +141,28 @@ def test_clean_shutdown_leaves_nothing_behind(tmp_path: Path, ns: int) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", 6900), timeout=5)
     backend.close()
+
+
+def test_bpf_mode_that_cannot_load_is_a_one_line_error(tmp_path: Path, ns: int) -> None:
+    """Another live fastproxy owns steering here: `--steering bpf` must say so in
+    one line and exit non-zero; `auto` falls back to ports with the reason."""
+    backend = NamedEchoServer("x")
+    (tmp_path / "owner").mkdir()
+    owner = bpf_proxy(tmp_path / "owner", [app("a", [7100], [backend.address])])
+    (tmp_path / "second").mkdir()
+    with pytest.raises(RuntimeError) as failed:
+        Proxy(
+            tmp_path / "second", {"Apps": [app("b", [7200], [backend.address])], "Steering": "bpf"}
+        )
+    lines = [ln for ln in str(failed.value).splitlines() if "error: " in ln]
+    assert len(lines) == 1 and "bpf steering unavailable" in lines[0]
+    assert "owns steering" in lines[0] and "Traceback" not in str(failed.value)
+    (tmp_path / "third").mkdir()
+    fallback = Proxy(
+        tmp_path / "third", {"Apps": [app("c", [7300], [backend.address])], "Steering": "auto"}
+    )
+    assert fallback.steering == "ports"
+    assert "using ports mode (bpf unavailable: another fastproxy" in fallback.log()
+    assert ask(7300) == "x" and ask(7100) == "x"
+    assert fallback.stop() == 0 and owner.stop() == 0
+    backend.close()
