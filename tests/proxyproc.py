@@ -48,7 +48,9 @@ RUNNING: list[Proxy] = []  # killed after each test by the autouse fixture in co
 class Proxy:
     """`fastproxy serve` on a config written to tmp_path; stopped with SIGTERM."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any], *args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, config: dict[str, Any], *args: str, prefix: list[str] | None = None
+    ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, and an
         # admin endpoint on a free port (read back from the log).
         config = {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
@@ -60,7 +62,15 @@ class Proxy:
         self.control_socket = args[args.index("--control-socket") + 1]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastproxy", "serve", str(self.config_path), *args],
+            [
+                *(prefix or []),
+                sys.executable,
+                "-m",
+                "fastproxy",
+                "serve",
+                str(self.config_path),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -4,8 +4,10 @@ assertions on bytes (checksums) and on which backend answered."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import select
 import socket
 import threading
 import time
@@ -403,4 +405,93 @@ def test_data_and_fin_arriving_together(tmp_path: Path, mode: str, named_backend
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             assert recv_all(sock) == b"backend-0\n" + payload
+    assert proxy.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_urgent_data_neither_stalls_nor_truncates(tmp_path: Path, mode: str) -> None:
+    """TCP urgent data: splice stops at the mark, so the relay steps over it; the
+    stream goes on (the out-of-band byte itself is dropped, as by most proxies)."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("oob", [port], [echo.address])]}, "--relay", mode)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"A" * 10)
+        time.sleep(0.05)
+        sock.send(b"U", socket.MSG_OOB)
+        time.sleep(0.05)
+        sock.sendall(b"B" * 10)
+        got = b""
+        while len(got) < 20:
+            got += sock.recv(100)  # a stall would time out here
+        sock.shutdown(socket.SHUT_WR)
+        got += recv_all(sock)
+    assert got == b"A" * 10 + b"B" * 10
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
+def test_reset_after_half_close_is_propagated(tmp_path: Path) -> None:
+    """The client sent its FIN, then resets while the backend is still quiet: the
+    backend must learn of it without having to write first."""
+    outcome: list[str] = []
+
+    def patient(conn: socket.socket) -> None:
+        assert recv_all(conn) == b"question"  # up to the client's FIN
+        # After a FIN, recv() keeps saying EOF even once a reset came: the socket's
+        # state tells (a reset closes it: POLLHUP and POLLERR).
+        poller = select.poll()
+        poller.register(conn, select.POLLERR | select.POLLHUP)
+        events = poller.poll(5000)
+        error = conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # A reset in CLOSE_WAIT is reported as EPIPE, elsewhere as ECONNRESET.
+        reset_seen = events and error in (errno.ECONNRESET, errno.EPIPE)
+        outcome.append("reset" if reset_seen else f"{events} {error}")
+
+    backend = Backend(patient)
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("hc", [port], [backend.address])]})
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"question")
+    sock.shutdown(socket.SHUT_WR)
+    time.sleep(0.3)
+    reset(sock)
+    deadline = time.monotonic() + 6
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert outcome == ["reset"]
+    assert proxy.stop() == 0
+    backend.close()
+
+
+def test_out_of_descriptors_sheds_clients_and_recovers(tmp_path: Path, named_backends) -> None:
+    """With the descriptor limit reached, new clients are turned away at once (not
+    left to spin the listener), connections already open stay fast, and when
+    descriptors free up new clients are served again."""
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{named_backends[0].port}"
+    config = {"Apps": [app("tight", [port], [target], HealthCheck={"Interval": 3600})]}
+    proxy = Proxy(tmp_path, config, "--workers", "1", prefix=["prlimit", "--nofile=96:96"])
+    held = []
+    shed = 0
+    for _ in range(60):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            if sock.recv(100) == b"backend-0\n":
+                held.append(sock)
+                continue
+        except ConnectionResetError:
+            pass
+        shed += 1
+        sock.close()
+    assert shed > 0 and len(held) > 10
+    # An established connection still answers promptly.
+    started = time.monotonic()
+    held[0].sendall(b"ping")
+    assert held[0].recv(10) == b"ping"
+    assert time.monotonic() - started < 0.5
+    for sock in held:
+        sock.close()
+    time.sleep(0.3)
+    assert ask_name(port, b"after") == ("backend-0", b"after")
     assert proxy.stop() == 0

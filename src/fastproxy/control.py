@@ -123,7 +123,7 @@ class ControlServer:
         self,
         path: str,
         handover: Callable[[], Handover],
-        lock: threading.Lock,
+        lock: threading.RLock,
         on_successor: Callable[[], None],
     ) -> None:
         self.path = path

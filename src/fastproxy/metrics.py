@@ -60,6 +60,11 @@ class ProxyCollector(Collector):
             "accepted": CounterMetricFamily(
                 "fastproxy_clients", "Client connections accepted", labels=["app"]
             ),
+            "local": CounterMetricFamily(
+                "fastproxy_local_errors",
+                "Clients closed for a local shortage (descriptors, ports, memory)",
+                labels=["app"],
+            ),
         }
         with self.routes.lock:
             apps = list(self.routes.apps.values())
@@ -73,6 +78,7 @@ class ProxyCollector(Collector):
             m["rejected"].add_metric([name], stats["rejected"])
             m["idle"].add_metric([name], stats["idle_timeouts"])
             m["accepted"].add_metric([name], stats["connections"])
+            m["local"].add_metric([name], stats["local_errors"])
             for target in app.targets:
                 labels = [name, target.target.address]
                 tstats = self.routes.stats(target.slot)

@@ -99,7 +99,8 @@ class Server:
         )
         self.admin: AdminServer | None = None
         self.watcher: FileWatcher | None = None
-        self.reload_lock = threading.Lock()
+        # One change of listeners at a time: reloads, a takeover, stopping.
+        self.reload_lock = threading.RLock()
         self._stopping = threading.Event()
         self.successor_ready = threading.Event()
         self._dns_now = threading.Event()
@@ -315,6 +316,8 @@ class Server:
         if self.config_path is None:
             raise ReloadError("no config file to reload from")
         with self.reload_lock:
+            if self._stopping.is_set():
+                raise ReloadError("shutting down")
             try:
                 new = self._load_for_reload()
                 self._apply(new)
@@ -404,6 +407,7 @@ class Server:
                     "bytes_out": stats["bytes_out"],
                     "no_target": stats["no_target"],
                     "rejected": stats["rejected"],
+                    "local_errors": stats["local_errors"],
                     "targets": targets,
                 }
             )
@@ -449,16 +453,19 @@ class Server:
     # -- stop ----------------------------------------------------------------
 
     def stop_accepting(self, successor: bool = False) -> None:
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        self._dns_now.set()
-        if self.watcher is not None:
-            self.watcher.stop()
-        self._stop_listening(successor)
-        if successor and self.admin is not None:
-            self.admin.stop()  # the successor serves the endpoint on the same socket
-            self.admin = None
+        """Idempotent; a second caller (a signal during a takeover) waits for the
+        first to finish, so nothing is torn down while listeners are removed."""
+        with self.reload_lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            self._dns_now.set()
+            if self.watcher is not None:
+                self.watcher.stop()
+            self._stop_listening(successor)
+            if successor and self.admin is not None:
+                self.admin.stop()  # the successor serves the endpoint on the same socket
+                self.admin = None
 
     def drain(self, timeout: float, abort: threading.Event | None = None) -> bool:
         """Wait for open connections to finish; False if some were still open."""

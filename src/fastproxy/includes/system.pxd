@@ -18,6 +18,7 @@ cdef extern from "<errno.h>" nogil:
         ENOMEM
         ETIMEDOUT
         EBADF
+        EADDRNOTAVAIL
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -51,6 +52,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLERR
         EPOLLHUP
         EPOLLRDHUP
+        EPOLLPRI
         EPOLLET
         EPOLLEXCLUSIVE
 
@@ -67,7 +69,9 @@ cdef extern from "<fcntl.h>" nogil:
                    size_t length, unsigned int flags)
     int pipe2(int* fds, int flags)
     int fcntl(int fd, int cmd, ...)
+    int open(const char* path, int flags)
     enum:
+        O_RDONLY
         O_NONBLOCK
         O_CLOEXEC
         F_SETPIPE_SZ
@@ -173,6 +177,7 @@ cdef extern from "<signal.h>" nogil:
     int sigfillset(sigset_t* s)
     enum:
         SIG_BLOCK
+        SIG_SETMASK
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -186,6 +191,10 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_lock(pthread_mutex_t* m)
     int pthread_mutex_unlock(pthread_mutex_t* m)
     int pthread_sigmask(int how, const sigset_t* s, sigset_t* old)
+
+
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
 
 
 cdef extern from "<stdio.h>" nogil:

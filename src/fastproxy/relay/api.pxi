@@ -14,7 +14,7 @@ BALANCE = {
 MAX_SLOTS = STATS_CHUNK * STATS_CHUNKS
 STATS_FIELDS = (
     "connections", "active", "bytes_in", "bytes_out", "connect_failures",
-    "no_target", "rejected", "panic", "idle_timeouts",
+    "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
 )
 
 
@@ -95,10 +95,13 @@ cdef class Relay:
             w.rng = <uint64_t>(i + 1) * 0x2545f4914f6cdd1dULL ^ <uint64_t>monotonic_ms()
             w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
             w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
+            w.bounce = <char*>malloc(BOUNCE_SIZE)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            w.reserve_fd = open_devnull()
             self.r.nworkers += 1
-            if w.pipes == NULL or w.bufs == NULL or w.epfd < 0 or w.wakefd < 0:
+            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.epfd < 0 \
+                    or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
             self._epoll_add(w, w.wakefd, EPOLLIN, w)
 
@@ -114,8 +117,11 @@ cdef class Relay:
                 close(self.r.workers[i].epfd)
             if self.r.workers[i].wakefd >= 0:
                 close(self.r.workers[i].wakefd)
+            if self.r.workers[i].reserve_fd >= 0:
+                close(self.r.workers[i].reserve_fd)
             free(self.r.workers[i].pipes)
             free(self.r.workers[i].bufs)
+            free(self.r.workers[i].bounce)
         l = self.r.listeners
         while l != NULL:
             nxt = <fp_listener*>l.next
@@ -160,16 +166,28 @@ cdef class Relay:
         return self.r.chan_cap
 
     def start(self):
-        cdef int i
+        cdef int i, rc = 0
+        cdef sigset_t all_signals, previous
         if self.running:
             return
-        for i in range(self.r.nworkers):
-            self.r.workers[i].stop = 0
-            if pthread_create(&self.r.workers[i].thread, NULL, worker_main,
-                              &self.r.workers[i]) != 0:
-                self.stop()
-                raise OSError("cannot start a relay worker thread")
-            self.r.workers[i].started = True
+        # Threads inherit the creator's signal mask: create them with every signal
+        # blocked, so none is ever delivered to a worker, not even at its start.
+        sigfillset(&all_signals)
+        pthread_sigmask(SIG_BLOCK, &all_signals, &previous)
+        try:
+            for i in range(self.r.nworkers):
+                self.r.workers[i].stop = 0
+                self.r.workers[i].exited = 0
+                rc = pthread_create(&self.r.workers[i].thread, NULL, worker_main,
+                                    &self.r.workers[i])
+                if rc != 0:
+                    break
+                self.r.workers[i].started = True
+        finally:
+            pthread_sigmask(SIG_SETMASK, &previous, NULL)
+        if rc != 0:
+            self.stop()
+            raise OSError(rc, "cannot start a relay worker thread")
         self.running = True
 
     def stop(self):
@@ -205,8 +223,9 @@ cdef class Relay:
                 write(self.r.workers[i].wakefd, &one, sizeof(one))
             with nogil:
                 for i in range(self.r.nworkers):
+                    # A stopping worker still finishes its batch: wait for that too.
                     while (self.r.workers[i].started
-                           and not fp_load_int(&self.r.workers[i].stop)
+                           and not fp_load_int(&self.r.workers[i].exited)
                            and fp_load_int(&self.r.workers[i].epoch) == seen[i]):
                         nanosleep(&pause, NULL)
         finally:
@@ -291,9 +310,11 @@ cdef class Relay:
         if slot >= MAX_SLOTS:
             raise ValueError(f"counter slot out of range: {slot}")
         if self.r.chunks[chunk] == NULL:
-            self.r.chunks[chunk] = <fp_stats*>calloc(STATS_CHUNK, sizeof(fp_stats))
+            # Cache-line aligned, so two slots never share a line between workers.
+            self.r.chunks[chunk] = <fp_stats*>aligned_alloc(64, STATS_CHUNK * sizeof(fp_stats))
             if self.r.chunks[chunk] == NULL:
                 raise MemoryError()
+            memset(self.r.chunks[chunk], 0, STATS_CHUNK * sizeof(fp_stats))
 
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
@@ -365,7 +386,7 @@ cdef class Relay:
                 fp_load_u64(&s.bytes_in), fp_load_u64(&s.bytes_out),
                 fp_load_u64(&s.connect_failures), fp_load_u64(&s.no_target),
                 fp_load_u64(&s.rejected), fp_load_u64(&s.panic),
-                fp_load_u64(&s.idle_timeouts))
+                fp_load_u64(&s.idle_timeouts), fp_load_u64(&s.local_errors))
 
     def connections(self):
         """Connections open in all workers (connecting or relaying)."""

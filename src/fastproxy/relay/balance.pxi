@@ -42,10 +42,14 @@ cdef inline int64_t target_active(fp_relay* r, fp_target* t) noexcept nogil:
     return fp_load_i64(&stats_slot(r, t.slot).active)
 
 
-cdef int nth_eligible(fp_route* rt, int nth, bint panic) noexcept nogil:
+cdef enum:
+    SNAPSHOT_MAX = 256     # targets whose states fit the on-stack snapshot
+
+
+cdef int nth_marked(const uint8_t* marks, int n, int nth) noexcept nogil:
     cdef int i
-    for i in range(rt.ntargets):
-        if target_eligible(&rt.targets[i], panic):
+    for i in range(n):
+        if marks[i]:
             if nth == 0:
                 return i
             nth -= 1
@@ -53,38 +57,56 @@ cdef int nth_eligible(fp_route* rt, int nth, bint panic) noexcept nogil:
 
 
 cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
-    """The policy's choice for a new client, or -1 when no target can be tried."""
-    cdef int n = rt.ntargets, i, j, up = 0, best = -1, a, b
-    cdef int64_t load, best_load = 0
-    cdef uint64_t score, best_score = 0, h
+    """The policy's choice for a new client, or -1 when no target can be tried.
+
+    Target states change under our feet (health checks, operators): they are read
+    once into a snapshot, so counting and choosing agree."""
+    cdef uint8_t local[SNAPSHOT_MAX]
+    cdef uint8_t* marks = local
+    cdef int n = rt.ntargets, i, up = 0, best = -1
     if n == 0:
         return -1
+    if n > SNAPSHOT_MAX:
+        marks = <uint8_t*>malloc(n)
+        if marks == NULL:
+            return -1
     for i in range(n):
-        if target_eligible(&rt.targets[i], False):
-            up += 1
+        marks[i] = target_eligible(&rt.targets[i], False)
+        up += marks[i]
     c.panic = up == 0
     if c.panic:
         for i in range(n):
-            if target_eligible(&rt.targets[i], True):
-                up += 1
-        if up == 0:
-            return -1
-        fp_add_u64(&c.app_st.panic, 1)
+            marks[i] = target_eligible(&rt.targets[i], True)
+            up += marks[i]
+        if up > 0:
+            fp_add_u64(&c.app_st.panic, 1)
+    if up > 0:
+        best = pick_among(w, rt, c, marks, up)
+    if marks != local:
+        free(marks)
+    return best
 
+
+cdef int pick_among(fp_worker* w, fp_route* rt, fp_conn* c, const uint8_t* marks,
+                    int up) noexcept nogil:
+    cdef int n = rt.ntargets, i, j, k, best = -1, a, b
+    cdef int64_t load, best_load = 0
+    cdef uint64_t score, best_score = 0, h
     if rt.balance == BAL_LEAST_CONN:
         # Start the scan at a rotating offset so ties spread round robin.
         i = fp_next_u32(&rt.rr) % n
         for j in range(n):
-            if target_eligible(&rt.targets[(i + j) % n], c.panic):
-                load = target_active(w.relay, &rt.targets[(i + j) % n])
+            k = (i + j) % n
+            if marks[k]:
+                load = target_active(w.relay, &rt.targets[k])
                 if best < 0 or load < best_load:
-                    best = (i + j) % n
+                    best = k
                     best_load = load
         return best
     if rt.balance == BAL_RANDOM:
         # Power of two random choices: the less loaded of two random targets.
-        a = nth_eligible(rt, <int>(next_random(w) % <uint64_t>up), c.panic)
-        b = nth_eligible(rt, <int>(next_random(w) % <uint64_t>up), c.panic)
+        a = nth_marked(marks, n, <int>(next_random(w) % <uint64_t>up))
+        b = nth_marked(marks, n, <int>(next_random(w) % <uint64_t>up))
         if target_active(w.relay, &rt.targets[b]) < target_active(w.relay, &rt.targets[a]):
             return b
         return a
@@ -93,7 +115,7 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
         # across reloads: a client stays put unless its own target goes away.
         h = addr_hash(&c.peer)
         for i in range(n):
-            if target_eligible(&rt.targets[i], c.panic):
+            if marks[i]:
                 score = mix64(h ^ (<uint64_t>rt.targets[i].slot * 0x9e3779b97f4a7c15ULL))
                 if best < 0 or score > best_score:
                     best = i
@@ -101,7 +123,7 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
         return best
     # Round robin over the eligible targets only: counting the cursor over all of
     # them would give a down target's turns to its successor.
-    return nth_eligible(rt, <int>(fp_next_u32(&rt.rr) % <uint32_t>up), c.panic)
+    return nth_marked(marks, n, <int>(fp_next_u32(&rt.rr) % <uint32_t>up))
 
 
 cdef int pick_next(fp_route* rt, fp_conn* c) noexcept nogil:

@@ -6,9 +6,10 @@
 # epoll_ctl at all.
 
 cdef enum:
-    EV_READ = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR
+    EV_READ = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI
     EV_WRITE = EPOLLOUT | EPOLLHUP | EPOLLERR
-    SIDE_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    SIDE_EVENTS = EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    BOUNCE_SIZE = 4096
 
 cdef enum PumpResult:
     PUMP_OK = 0
@@ -84,6 +85,23 @@ cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst) noexcept nogil:
     return n
 
 
+cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noexcept nogil:
+    """splice() stops at a TCP urgent mark (and may report EOF there); recv() steps
+    over it, dropping the out-of-band byte as most proxies do. Called with an
+    empty pipe, so the bytes go into it in order and always fit."""
+    cdef ssize_t n = recv(src.fd, w.bounce, min(<size_t>BOUNCE_SIZE, w.relay.chan_cap), 0)
+    if n > 0:
+        if write(ch.pipe_w, w.bounce, n) != n:
+            return -EPIPE
+        return n
+    if n == 0:
+        return 0
+    if errno == EAGAIN:
+        src.urgent = False      # past the mark, and nothing more to read yet
+        return -EAGAIN
+    return -errno
+
+
 cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
                    bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
@@ -102,6 +120,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 if not r.use_splice and <size_t>n < ch.len:
                     dst.writable = False    # a short send: the socket buffer is full
                 ch.len -= n
+                c.last_active_ms = w.now_ms     # a slow reader taking bytes is not idle
                 progress = True
             elif n == -EAGAIN:
                 dst.writable = False
@@ -113,7 +132,12 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             ch.shut = True
         if not ch.eof and src.readable and ch.len < r.chan_cap:
             if chan_acquire(w, ch) < 0:
-                break       # out of pipes or memory: retry on the next event
+                # Out of descriptors or memory. The source's edge is spent, so no
+                # event would bring us back: the next tick pumps it again.
+                if not c.starved:
+                    c.starved = True
+                    w.nstarved += 1
+                break
             room = 0
             if not r.use_splice:
                 if ch.len == 0:
@@ -123,8 +147,10 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     ch.off = 0
                 room = r.chan_cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
+            if src.urgent and r.use_splice and ch.len == 0 and (n == 0 or n == -EAGAIN):
+                n = fill_past_urgent_mark(w, ch, src)
             if n > 0:
-                if <size_t>n < room and not src.hup:
+                if <size_t>n < room and not src.hup and not src.urgent:
                     # A short recv emptied the socket: skip the read that would
                     # only say EAGAIN; the next arrival raises a new edge. Not once
                     # a FIN was signalled (it raises no further edge and must still
@@ -174,6 +200,14 @@ cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
         conn_close(w, c)
 
 
+cdef void conn_check_reset(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events) noexcept nogil:
+    """An error on a side we no longer read from (it sent its FIN already) is not
+    seen by any read: propagate that reset here."""
+    cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
+    if c.state == ST_RELAYING and (events & EPOLLERR) and reading.eof:
+        conn_abort(w, c, &c.srv if s == &c.cli else &c.cli)
+
+
 # -- life cycle -------------------------------------------------------------------
 
 cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
@@ -210,8 +244,10 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         return
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
-    if c.state == ST_RELAYING:
+    if c.tgt_st != NULL:
         fp_add_i64(&c.tgt_st.active, -1)
+    if c.starved:
+        w.nstarved -= 1
     fp_add_i64(&c.app_st.active, -1)
     c.state = ST_CLOSED
     conn_release_route(c)
@@ -243,9 +279,7 @@ cdef void conn_abort(fp_worker* w, fp_conn* c, fp_side* victim) noexcept nogil:
 
 cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef int proxy_protocol = c.route.proxy_protocol
-    c.tgt_st = stats_slot(w.relay, c.route.targets[c.target_idx].slot)
     fp_add_u64(&c.tgt_st.connections, 1)
-    fp_add_i64(&c.tgt_st.active, 1)
     conn_release_route(c)
     w.nconnecting -= 1
     c.state = ST_RELAYING
@@ -262,7 +296,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
     left, close the client at once."""
     cdef fp_route* rt = c.route
     cdef fp_target* t
-    cdef int idx, fd, rc, one = 1
+    cdef int idx, fd, rc, err, one = 1
     while True:
         idx = pick_next(rt, c)
         if idx < 0:
@@ -273,13 +307,17 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.target_idx = idx
         fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
-            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
-            continue
+            conn_local_error(w, c)  # our shortage, not the target's fault
+            return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
         if rc < 0 and errno != EINPROGRESS:
-            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
+            err = errno
             close(fd)
+            if err == EADDRNOTAVAIL or err == ENOBUFS or err == ENOMEM or err == EAGAIN:
+                conn_local_error(w, c)  # no local port or memory: another target won't help
+                return
+            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
             continue
         c.srv.fd = fd
         c.srv.readable = False
@@ -291,6 +329,9 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
         c.state = ST_CONNECTING
         w.nconnecting += 1
+        # Busy from the first SYN on, so least-conn and random see a burst coming.
+        c.tgt_st = stats_slot(w.relay, t.slot)
+        fp_add_i64(&c.tgt_st.active, 1)
         if rc == 0:
             conn_established(w, c)
         return
@@ -299,9 +340,14 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
 cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     """The attempt under way failed (refused, unreachable, timed out). The retry
     waits until the event batch is done: events for the old socket may follow."""
-    fp_add_u64(&stats_slot(w.relay, c.route.targets[c.target_idx].slot).connect_failures, 1)
+    fp_add_u64(&c.tgt_st.connect_failures, 1)
+    fp_add_i64(&c.tgt_st.active, -1)
+    c.tgt_st = NULL
     close(c.srv.fd)
     c.srv.fd = -1
+    c.srv.hup = False
+    c.srv.urgent = False
+    c.srv.muted = False
     w.nconnecting -= 1
     c.state = ST_RETRY
     c.later = w.retry
@@ -317,12 +363,17 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.readable = True
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         s.hup = True
+    if events & EPOLLPRI:
+        s.urgent = True
     if events & EV_WRITE:
         s.writable = True
     if c.state == ST_RETRY:
+        if s == &c.cli and events & (EPOLLERR | EPOLLHUP):
+            conn_close(w, c)        # the client is gone: stop failing over for it
         return
     if c.state == ST_RELAYING:
         conn_pump(w, c)
+        conn_check_reset(w, c, s, events)
         return
     # Connecting
     if s == &c.srv:
@@ -334,6 +385,27 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
             conn_established(w, c)
     elif events & (EPOLLERR | EPOLLHUP):
         conn_abort(w, c, &c.srv)            # client gone before the target answered
+
+
+cdef bint shed_one_client(fp_worker* w, int listen_fd) noexcept nogil:
+    """Out of descriptors, the pending client would stay in the backlog and keep
+    the listener readable forever. Give up the spare descriptor, take the client
+    and close it at once, then take the spare back."""
+    cdef int fd
+    if w.reserve_fd < 0:
+        return False
+    close(w.reserve_fd)
+    fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC)
+    if fd >= 0:
+        set_reset_on_close(fd)
+        close(fd)
+    w.reserve_fd = open_devnull()
+    return fd >= 0
+
+
+cdef void conn_local_error(fp_worker* w, fp_conn* c) noexcept nogil:
+    fp_add_u64(&c.app_st.local_errors, 1)
+    conn_abort(w, c, &c.cli)
 
 
 cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
@@ -351,14 +423,16 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
         plen = sizeof(peer)
         fd = accept4(l.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
-            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-                # Out of descriptors: back off briefly instead of spinning on a
-                # listener that stays readable.
-                pause.tv_sec = 0
-                pause.tv_nsec = 10 * 1000000
-                nanosleep(&pause, NULL)
             if errno == EINTR or errno == ECONNABORTED:
                 continue
+            if (errno == EMFILE or errno == ENFILE) and shed_one_client(w, l.fd):
+                continue
+            if errno == ENOBUFS or errno == ENOMEM:
+                # The kernel is short of memory: back off a little rather than spin
+                # on a listener that stays readable.
+                pause.tv_sec = 0
+                pause.tv_nsec = 1000000
+                nanosleep(&pause, NULL)
             return
         llen = sizeof(local)
         local.ss_family = 0

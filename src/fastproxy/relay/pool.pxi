@@ -58,6 +58,10 @@ cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
     c.off = 0
 
 
+cdef int open_devnull() noexcept nogil:
+    return open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+
+
 cdef void pool_drain(fp_worker* w) noexcept nogil:
     cdef int i
     for i in range(2 * w.npipes):

@@ -54,7 +54,8 @@ ctypedef struct fp_stats:
     uint64_t rejected           # over MaxConnections
     uint64_t panic              # picks made with no target up
     uint64_t idle_timeouts
-    uint64_t _pad[7]            # 128 bytes: neighbours do not share a cache line
+    uint64_t local_errors       # clients closed for a local shortage (fds, ports, memory)
+    uint64_t _pad[6]            # 128 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -108,6 +109,7 @@ ctypedef struct fp_side:
     bint writable
     bint hup                    # the peer's FIN, or an error, has been signalled
     bint muted                  # EPOLLIN dropped while its channel cannot drain
+    bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
 
 cdef struct fp_conn:
     fp_side cli
@@ -118,6 +120,7 @@ cdef struct fp_conn:
     fp_route* route             # held while connecting, for failover
     int target_idx              # the target being tried, then the connected one
     int start_idx               # first target picked; failover walks on from it
+    bint starved                # could not get a pipe/buffer: pumped again on a tick
     int tries
     bint panic
     fp_stats* app_st
@@ -143,8 +146,12 @@ ctypedef struct fp_worker:
     fp_relay* relay
     int stop
     int epoch                   # bumped after every event batch (see Relay.quiesce)
+    int exited                  # the thread has left its loop
     int nconns                  # live connections, read by Python
     int nconnecting
+    int nstarved
+    int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
+    char* bounce                # small buffer to step past TCP urgent marks
     int64_t now_ms
     int64_t next_tick_ms
     int64_t next_sweep_ms

@@ -30,11 +30,28 @@ cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
         nxt = c.next
         if c.state == ST_CONNECTING and w.now_ms >= c.deadline_ms:
             conn_connect_failed(w, c)
+        elif c.starved and c.state == ST_RELAYING:
+            c.starved = False
+            w.nstarved -= 1
+            conn_pump(w, c)
         elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
                 and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
             fp_add_u64(&c.app_st.idle_timeouts, 1)
-            conn_close(w, c)
+            conn_close_forced(w, c, False)
         c = nxt
+
+
+cdef void conn_close_forced(fp_worker* w, fp_conn* c, bint abort_open) noexcept nogil:
+    """Closing on our own initiative. When bytes were still in flight (or, with
+    abort_open, a direction still open: the proxy stopping), a FIN would pass
+    truncation off as a clean end of stream, so both sides get a reset instead.
+    An idle connection with nothing in flight is closed with FINs."""
+    if c.up.len or c.down.len or (abort_open and not (c.up.shut and c.down.shut)):
+        if c.cli.fd >= 0:
+            set_reset_on_close(c.cli.fd)
+        if c.srv.fd >= 0:
+            set_reset_on_close(c.srv.fd)
+    conn_close(w, c)
 
 
 cdef void drain_wakefd(fp_worker* w) noexcept nogil:
@@ -45,17 +62,15 @@ cdef void drain_wakefd(fp_worker* w) noexcept nogil:
 cdef void* worker_main(void* arg) noexcept nogil:
     cdef fp_worker* w = <fp_worker*>arg
     cdef epoll_event events[MAX_EVENTS]
-    cdef sigset_t all_signals
     cdef int n, i, kind, timeout
     cdef bint sweep
-    # Signals belong to the Python main thread.
-    sigfillset(&all_signals)
-    pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
+    # Signals stay blocked (Relay.start creates us with all of them blocked): they
+    # belong to the Python main thread.
     w.now_ms = monotonic_ms()
     w.next_tick_ms = w.now_ms + TICK_MS
     w.next_sweep_ms = w.now_ms + SWEEP_MS
     while not fp_load_int(&w.stop):
-        timeout = TICK_MS if w.nconnecting > 0 else SWEEP_MS
+        timeout = TICK_MS if w.nconnecting > 0 or w.nstarved > 0 else SWEEP_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         w.now_ms = monotonic_ms()
         for i in range(n):
@@ -78,7 +93,8 @@ cdef void* worker_main(void* arg) noexcept nogil:
         fp_store_int(&w.epoch, w.epoch + 1)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
-        conn_close(w, w.conns)
+        conn_close_forced(w, w.conns, True)
     free_graveyard(w)
     pool_drain(w)
+    fp_store_int(&w.exited, 1)
     return NULL
