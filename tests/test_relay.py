@@ -489,7 +489,7 @@ def test_out_of_descriptors_sheds_clients_and_recovers(tmp_path: Path, named_bac
     started = time.monotonic()
     held[0].sendall(b"ping")
     assert held[0].recv(10) == b"ping"
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0
     for sock in held:
         sock.close()
     time.sleep(0.3)

@@ -393,7 +393,9 @@ cdef bint shed_one_client(fp_worker* w, int listen_fd) noexcept nogil:
     and close it at once, then take the spare back."""
     cdef int fd
     if w.reserve_fd < 0:
-        return False
+        w.reserve_fd = open_devnull()   # lost to another thread last time: retry
+        if w.reserve_fd < 0:
+            return False
     close(w.reserve_fd)
     fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC)
     if fd >= 0:
@@ -427,9 +429,10 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
                 continue
             if (errno == EMFILE or errno == ENFILE) and shed_one_client(w, l.fd):
                 continue
-            if errno == ENOBUFS or errno == ENOMEM:
-                # The kernel is short of memory: back off a little rather than spin
-                # on a listener that stays readable.
+            if errno == ENOBUFS or errno == ENOMEM or errno == EMFILE or errno == ENFILE:
+                # Short of memory, or of descriptors with no spare to shed a client
+                # with: back off a little rather than spin on a listener that stays
+                # readable.
                 pause.tv_sec = 0
                 pause.tv_nsec = 1000000
                 nanosleep(&pause, NULL)
