@@ -40,7 +40,9 @@ cdef void side_mute(fp_worker* w, fp_side* s, bint mute) noexcept nogil:
     cdef epoll_event ev
     if s.muted == mute or s.fd < 0:
         return
-    ev.events = (SIDE_EVENTS & ~EPOLLIN) if mute else SIDE_EVENTS
+    # EPOLLPRI goes too: data arrival wakes with IN|PRI, so keeping PRI would
+    # keep every wake-up muting is meant to save.
+    ev.events = (SIDE_EVENTS & ~(EPOLLIN | EPOLLPRI)) if mute else SIDE_EVENTS
     ev.data.ptr = s
     if epoll_ctl(w.epfd, EPOLL_CTL_MOD, s.fd, &ev) == 0:
         s.muted = mute
