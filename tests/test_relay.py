@@ -4,6 +4,7 @@ assertions on bytes (checksums) and on which backend answered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -253,16 +254,25 @@ def test_no_fd_or_pipe_leak_after_5000_connections(
         for t in threads:
             t.join(120)
 
-    def settled_fds() -> int:
+    def settled_fds() -> Counter[str]:
+        """Open descriptors of the proxy by kind (socket, pipe, anon_inode, ...)."""
         time.sleep(0.5)
-        return proxy.fd_count()
+        kinds: Counter[str] = Counter()
+        for fd in os.listdir(f"/proc/{proxy.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                kinds[os.readlink(f"/proc/{proxy.pid}/fd/{fd}").split(":")[0]] += 1
+        return kinds
 
     burst(1000)  # warm up: pipe pools reach their working size
     baseline = settled_fds()
     burst(5000)
     after = settled_fds()
-    print(f"fds: baseline {baseline}, after 5000 connections {after}")
-    assert after <= baseline
+    print(f"fds: baseline {dict(baseline)}, after 5000 connections {dict(after)}")
+    assert after["socket"] == baseline["socket"]  # every client and target socket closed
+    # Idle pipes stay pooled for reuse, up to what was in flight at once (20 clients,
+    # two directions, two ends): a leak would be thousands.
+    assert after["pipe"] <= baseline["pipe"] + 80
+    assert sum(after.values()) - after["pipe"] == sum(baseline.values()) - baseline["pipe"]
     assert proxy.stop() == 0
 
 

@@ -510,13 +510,17 @@ def run(
     stop_now = threading.Event()
     reload_requested = threading.Event()
 
+    wake = threading.Event()  # the main loop sleeps on this; signals set it
+
     def on_stop(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             stop_now.set()  # a second signal: do not wait for connections
         stop.set()
+        wake.set()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
         reload_requested.set()
+        wake.set()
 
     handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
@@ -538,7 +542,9 @@ def run(
             control.start()
         except OSError as exc:
             log.warning("no control socket at %s (no takeover possible): %s", control_socket, exc)
-        while not stop.wait(0.2):
+        while not stop.is_set():
+            wake.wait(0.2)  # a successor is noticed within 0.2 s, a signal at once
+            wake.clear()
             if server.successor_ready.is_set():
                 break
             if reload_requested.is_set():

@@ -105,7 +105,7 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
 
 
 cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
-                   bint inbound) noexcept nogil:
+                   fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
     channel never holds more than chan_cap, and once full we stop reading src, so
     the kernel's receive window pushes back on the sender."""
@@ -130,7 +130,9 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 return PUMP_DST_FAILED
         if ch.len == 0 and ch.eof and not ch.shut:
             # Half-close: pass the FIN on only once every byte before it is out.
-            shutdown(dst.fd, SHUT_WR)
+            # When the other way is done too, the close that follows sends it.
+            if not other.shut:
+                shutdown(dst.fd, SHUT_WR)
             ch.shut = True
         if not ch.eof and src.readable and ch.len < r.chan_cap:
             if chan_acquire(w, ch) < 0:
@@ -187,9 +189,9 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
 
 
 cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
-    cdef int rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, True)
+    cdef int rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
     if rc == PUMP_OK:
-        rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, False)
+        rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
         if rc == PUMP_SRC_FAILED:
             conn_abort(w, c, &c.cli)        # target reset: reset the client
         elif rc == PUMP_DST_FAILED:
