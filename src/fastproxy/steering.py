@@ -24,10 +24,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import importlib.util
+import json
 import os
 import platform
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -272,9 +275,9 @@ def probe() -> str | None:
     """None if BPF steering can be loaded here, else a one-line reason why not."""
     if os.geteuid() != 0:
         return "not root"
-    try:
-        import bcc  # noqa: F401
-    except Exception:
+    # Found, not imported: importing loads libbcc and LLVM into this process, which
+    # only the compiler child (see _compile) should carry.
+    if importlib.util.find_spec("bcc") is None:
         if os.path.isdir("/usr/lib/python3/dist-packages/bcc"):
             return f"bcc not importable by {sys.executable} (link it: scripts/link-bcc.sh)"
         return "bcc not importable (install python3-bpfcc)"
@@ -415,13 +418,57 @@ class _Objects:
         self.fds.clear()
 
 
-def _compile() -> _Objects:
-    """Compile and load bpf/steer.c with bcc; keep our own duplicates of its fds."""
-    from bcc import BPF, lib
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def _compile() -> _Objects:
+    """Compile and load bpf/steer.c in a short-lived child process, which hands the
+    program's and maps' descriptors back over a socketpair (SCM_RIGHTS). bcc maps
+    LLVM into whoever uses it (~130 MiB of RSS that would stay with the proxy for
+    its whole life); the child takes that with it when it exits."""
     source = _source_path()
     if source is None:
         raise SteeringUnavailable("BPF source steer.c not found")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours:
+        try:
+            with theirs:
+                # -I: no current directory on the path (a stray copy.py there would
+                # shadow the stdlib); this very package is imported by its location.
+                code = (
+                    f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
+                    "from fastproxy.steering import _compiler_main; "
+                    f"_compiler_main({source!r}, {theirs.fileno()})"
+                )
+                child = subprocess.run(
+                    [sys.executable, "-I", "-c", code],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=120,
+                )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SteeringUnavailable(f"cannot run the BPF compiler: {exc}") from None
+        ours.settimeout(5)
+        try:
+            data, fds, _, _ = socket.recv_fds(ours, 65536, len(MAP_NAMES) + 1)
+        except OSError:
+            data, fds = b"", []
+    reply = json.loads(data) if data else {}
+    if "error" in reply or len(fds) != len(MAP_NAMES) + 1:
+        for fd in fds:
+            os.close(fd)
+        noise = child.stderr.decode(errors="replace").strip().splitlines()
+        raise SteeringUnavailable(
+            reply.get("error") or f"the BPF compiler failed: {noise[-1] if noise else '?'}"
+        )
+    return _Objects(dict(zip(("prog", *MAP_NAMES), fds)))
+
+
+def _compile_here(source: str) -> _Objects:
+    """Compile and load with bcc in this process; keep our own duplicates of its fds."""
+    from bcc import BPF, lib
+
     objects = _Objects()
     with _stderr_captured() as noise:
         try:
@@ -445,6 +492,18 @@ def _compile() -> _Objects:
         finally:
             bpf.cleanup()  # our dups keep program and maps alive; free bcc's LLVM module
     return objects
+
+
+def _compiler_main(source: str, fd: int) -> None:
+    """The child's side of _compile(): load, send the fds (or the error), exit."""
+    with socket.socket(fileno=fd) as channel:
+        try:
+            objects = _compile_here(source)
+        except SteeringUnavailable as exc:
+            channel.sendall(json.dumps({"error": str(exc)}).encode())
+            return
+        fds = [objects.fds["prog"], *(objects.fds[name] for name in MAP_NAMES)]
+        socket.send_fds(channel, [json.dumps({"ok": True}).encode()], fds)
 
 
 def _socket_slots(sockets: list[socket.socket]) -> dict[int, socket.socket]:
