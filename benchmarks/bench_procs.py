@@ -4,8 +4,10 @@ stopped by their own pid only."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,8 @@ HOST = "127.0.0.1"
 CLIENT_CPU = 0
 SERVER_CPU = 1
 
+# SO_LINGER on, 0 s: close() sends a reset and leaves no TIME_WAIT behind.
+RESET_LINGER = struct.pack("ii", 1, 0)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _TCP_LISTEN = "0A"  # st column of /proc/net/tcp
 
@@ -77,14 +81,16 @@ class Pinned:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    def wait_until(
+        self, ready: Callable[[], bool], what: str, timeout: float = 15, poll: float = 0.01
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv[0]} exited ({self.proc.returncode}): {self.log()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.argv[0]}: no {what} after {timeout}s: {self.log()}")
-            time.sleep(0.01)
+            time.sleep(poll)
 
     def wait_listening(self, port: int) -> None:
         self.wait_until(lambda: is_listening(port), f"listener on port {port}")
@@ -101,3 +107,103 @@ class Pinned:
             return self.proc.returncode
         finally:
             self._log.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of the process (VmRSS), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def pipes_open(pid: int) -> int:
+    """How many pipe ends the process holds (its fds that are pipes)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"):
+                count += 1
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+def kernel_memory() -> tuple[int, int]:
+    """(TCP buffer memory, slab memory), bytes, machine-wide: the "mem" pages of the
+    TCP line of /proc/net/sockstat (socket buffers charged to TCP), and Slab from
+    /proc/meminfo (socket, file, epoll and pipe structures; anything else allocated
+    meanwhile too)."""
+    tcp = 0
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                tcp = int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    slab = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                slab = int(line.split()[1]) * 1024
+    return tcp, slab
+
+
+def accepts(port: int, host: str = HOST) -> bool:
+    """Whether a connection to host:port is accepted now (the probe connection is closed
+    at once). For ports that no socket listens on by that number, as in bpf steering."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        try:
+            s.connect((host, port))
+        except OSError:
+            return False
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_LINGER)
+        return True
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit to `wanted` (root may raise the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+# Idle connections held for the memory figure: 10,000, unless the open-file limit cannot
+# be raised that far (a sandbox without CAP_SYS_RESOURCE): a proxy needs two descriptors
+# per connection, and some to spare. Raised here, the limit is inherited by every process
+# the benchmarks start.
+FD_LIMIT = raise_nofile(1 << 17)
+IDLE_CONNECTIONS = min(10_000, (FD_LIMIT - 400) // 2 // 100 * 100)
+
+
+class ForeignCpu:
+    """CPU time the machine spent on work other than this process and the children it
+    waited for (every process the benchmarks start), from /proc/stat and getrusage:
+    how much a neighbour's load may have skewed the figures. Busy time counts interrupt
+    time too (the kernel may charge it to the task it interrupted); steal is reported on
+    its own."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]  # user..softirq
+        ours = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            ours += usage.ru_utime + usage.ru_stime
+        return busy / CLOCK_TICKS, ours, fields[7] / CLOCK_TICKS
+
+    def seconds(self) -> tuple[float, float, float]:
+        """(foreign CPU seconds, our CPU seconds, steal seconds) since construction."""
+        busy, ours, steal = self._sample()
+        ours -= self.start[1]
+        return max(0.0, busy - self.start[0] - ours), ours, steal - self.start[2]

@@ -117,3 +117,90 @@ def _show_ratio(value: float | None) -> str:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+@dataclass
+class Column:
+    """One measured quantity of a figure: samples per contender (one per repetition)."""
+
+    header: str
+    digits: int
+    lower_is_better: bool = False
+    ratios: bool = False  # also show × direct and × HAProxy splice
+    added: bool = False  # also show the median minus direct's (latency a proxy adds)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, contender: str, value: float) -> None:
+        self.samples.setdefault(contender, []).append(value)
+
+    def median(self, contender: str) -> float | None:
+        values = self.samples.get(contender)
+        return statistics.median(values) if values else None
+
+    def ratio(self, contender: str, to: str) -> float | None:
+        mine, theirs = self.median(contender), self.median(to)
+        if mine is None or not theirs:
+            return None
+        return mine / theirs
+
+    def advantage(self, contender: str, over: str) -> float | None:
+        """How many times better than `over` (> 1: better), whichever way is better."""
+        ratio = self.ratio(contender, over)
+        if ratio is None or ratio == 0:
+            return None
+        return 1 / ratio if self.lower_is_better else ratio
+
+    def headers(self) -> list[str]:
+        arrow = "↓" if self.lower_is_better else "↑"
+        cells = [f"{self.header} {arrow} median [min-max]"]
+        if self.added:
+            cells.append(f"{self.header} added")
+        if self.ratios and self.samples.get(DIRECT):
+            cells.append(f"{self.header} × direct")
+        if self.ratios:
+            cells.append(f"{self.header} × HAProxy splice")
+        return cells
+
+    def cells(self, contender: str) -> list[str]:
+        values = self.samples.get(contender)
+        cells = [Spread.of(values).show(self.digits) if values else "-"]
+        if self.added:
+            mine, direct = self.median(contender), self.median(DIRECT)
+            added = None if mine is None or direct is None else mine - direct
+            cells.append("-" if added is None else f"{added:+.{self.digits}f}")
+        if self.ratios and self.samples.get(DIRECT):
+            cells.append(_show_ratio(self.ratio(contender, DIRECT)))
+        if self.ratios:
+            cells.append(_show_ratio(self.ratio(contender, HAPROXY)))
+        return cells
+
+
+@dataclass
+class Figure:
+    """One table of RESULTS.md: a row per contender (or per variant), some columns."""
+
+    title: str
+    notes: list[str]
+    columns: list[Column]
+
+    def column(self, header: str) -> Column:
+        return next(c for c in self.columns if c.header == header)
+
+    def rows(self) -> list[str]:
+        names = {name for c in self.columns for name in c.samples}
+        order = {name: i for i, name in enumerate(CONTENDERS)}
+        first_seen = {name: i for c in self.columns for i, name in enumerate(c.samples)}
+        return sorted(names, key=lambda n: (order.get(n, len(order)), first_seen[n]))
+
+    def table(self) -> str:
+        header = ["contender"] + [h for c in self.columns for h in c.headers()]
+        lines = [_cells(header), _cells(["---"] * len(header))]
+        for name in self.rows():
+            lines.append(_cells([name] + [cell for c in self.columns for cell in c.cells(name)]))
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            c.header: {name: [round(v, 6) for v in values] for name, values in c.samples.items()}
+            for c in self.columns
+        }

@@ -82,7 +82,8 @@ def _run(tmp: Path, interval: float) -> tuple[list[float], list[float], float]:
     path = tmp / f"health-{interval}.json"
     path.write_text(json.dumps(config))
     proxy = Pinned(
-        [str(Path(".venv/bin/fastproxy").resolve()), "serve", str(path)],
+        [str(Path(".venv/bin/fastproxy").resolve()), "serve", str(path)]
+        + ["--control-socket", str(tmp / f"control-{interval}.sock")],
         SERVER_CPU,
         tmp / f"health-{interval}.log",
     )
