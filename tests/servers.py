@@ -66,3 +66,16 @@ def reset(conn: socket.socket) -> None:
     """Close with RST instead of FIN."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
+
+
+def talk(port: int, payload: bytes, host: str = "127.0.0.1", source: str | None = None) -> bytes:
+    """One client: connect, send, half-close, and return everything received."""
+    with socket.create_connection(
+        (host, port), timeout=10, source_address=(source, 0) if source else None
+    ) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -13,16 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import ROOT, Proxy, app, free_ports
+from servers import talk
 
 
 def exchange(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
+    return talk(port, payload)
 
 
 def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -178,7 +173,7 @@ def test_admin_is_loopback_only_by_default(tmp_path: Path) -> None:
             proxy = Proxy(tmp_path, config)
             assert proxy.http("GET", "/healthz")[0] == 200  # from the proxy's own host
             with netns.entered(netns.path(peer_ns)):
-                assert exchange_from("192.0.2.1", 8080) == b"a\nhi"
+                assert talk(8080, b"hi", host="192.0.2.1") == b"a\nhi"
                 try:
                     socket.create_connection(("192.0.2.1", 9901), timeout=3).close()
                     reached = True
@@ -189,13 +184,3 @@ def test_admin_is_loopback_only_by_default(tmp_path: Path) -> None:
             a.close()
         finally:
             netns.delete(peer_ns)
-
-
-def exchange_from(host: str, port: int) -> bytes:
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"hi")
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data

@@ -14,19 +14,12 @@ import pytest
 from fastproxy.backends import NamedEchoServer
 from fastproxy.health import Hysteresis
 from proxyproc import Proxy, app, free_ports
+from servers import talk
 
 
 def ask(port: int, payload: bytes = b"ping", source: str | None = None) -> str:
     """Which backend answered a fresh connection (its first line)."""
-    with socket.create_connection(
-        ("127.0.0.1", port), timeout=10, source_address=(source, 0) if source else None
-    ) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    name, _, echo = data.partition(b"\n")
+    name, _, echo = talk(port, payload, source=source).partition(b"\n")
     assert echo == payload
     return name.decode()
 

@@ -20,7 +20,7 @@ import pytest
 
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
-from servers import Backend, HashingEcho, reset
+from servers import Backend, HashingEcho, reset, talk
 
 
 @pytest.fixture
@@ -33,11 +33,7 @@ def named_backends() -> Iterator[list[NamedEchoServer]]:
 
 def ask_name(port: int, payload: bytes = b"ping") -> tuple[str, bytes]:
     """Connect, send, half-close, read all: (backend name, echoed bytes)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = recv_all(sock)
-    name, _, echo = data.partition(b"\n")
+    name, _, echo = talk(port, payload).partition(b"\n")
     return name.decode(), echo
 
 

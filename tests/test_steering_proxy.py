@@ -15,6 +15,7 @@ import pytest
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app
+from servers import talk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bpf steering needs root")
 
@@ -29,13 +30,7 @@ def ns() -> Iterator[int]:
 
 
 def ask(port: int, host: str = "127.0.0.1") -> str:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(b"hi")
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    name, _, echo = data.partition(b"\n")
+    name, _, echo = talk(port, b"hi", host=host).partition(b"\n")
     assert echo == b"hi"
     return name.decode()
 
