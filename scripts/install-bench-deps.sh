@@ -17,15 +17,8 @@ PYTHON=${1:-.venv/bin/python}
 
 log() { echo "install-bench-deps: $*" >&2; }
 
-# Runs a command with its output kept aside, shown only if it fails.
-quietly() {
-  local out rc=0
-  out=$(mktemp)
-  "$@" >"$out" 2>&1 || rc=$?
-  [ "$rc" -eq 0 ] || { cat "$out" >&2; log "failed ($rc): $*"; }
-  rm -f "$out"
-  return "$rc"
-}
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 install_packages() {
   local -a missing=()

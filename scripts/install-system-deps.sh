@@ -35,16 +35,8 @@ apt_lists_fresh() {
     [ -z "$(find "$lists" -maxdepth 1 -name '*_Packages*' -mmin +1440 -print -quit)" ]
 }
 
-# Runs a command with its output kept aside, shown only if it fails (apt and debconf are
-# chatty even with -qq: "delaying package configuration", invoke-rc.d policy notes).
-quietly() {
-  local out rc=0
-  out=$(mktemp)
-  "$@" >"$out" 2>&1 || rc=$?
-  [ "$rc" -eq 0 ] || { cat "$out" >&2; log "failed ($rc): $*"; }
-  rm -f "$out"
-  return "$rc"
-}
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 install_packages() {
   local -a missing

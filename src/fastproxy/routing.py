@@ -120,9 +120,6 @@ class Routes:
             proxy_protocol=PROXY_PROTOCOL[app.proxy_protocol],
         )
 
-    def hosts(self) -> set[str]:
-        return {t.target.host for rt in self.apps.values() for t in rt.targets}
-
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
         """Apply fresh DNS answers; returns the apps whose routes changed."""
         with self.lock:

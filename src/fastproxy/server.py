@@ -160,7 +160,7 @@ class Server:
             sock.close()  # the admin address changed: bind the new one
         return None
 
-    def _adopt(self) -> bool:
+    def _adopt(self) -> None:
         """Serve on the sockets handed over by the process we take over from. The
         upgrade keeps its steering mode: bpf state and listeners go together."""
         assert self.inherited is not None
@@ -176,7 +176,7 @@ class Server:
                 self.relay.add_listener(sock.fileno(), 0)
             self.steered = steered
             self.steering_mode = "bpf"
-            return True
+            return
         wanted = self.routes.port_owner
         for desc, sock in self.inherited.take("port"):
             if desc["port"] in wanted:
@@ -187,7 +187,6 @@ class Server:
             for sock in socks:
                 self.relay.add_listener(sock.fileno(), port)
         self._listen_ports(wanted)  # ports new in our config
-        return True
 
     def handover(self) -> Handover:
         """Our listening sockets, for a successor (see control.py)."""
@@ -207,7 +206,8 @@ class Server:
         self.successor_ready.set()
 
     def _start_listening(self) -> None:
-        if self.inherited is not None and self._adopt():
+        if self.inherited is not None:
+            self._adopt()
             return
         mode = self.config.steering
         if mode in ("auto", "bpf"):

@@ -301,9 +301,6 @@ cdef class Relay:
             raise ValueError(f"app id out of range: {app_id}")
         fp_store_int(&self.r.port_app[port], app_id)
 
-    def port_app(self, int port):
-        return fp_load_int(&self.r.port_app[port])
-
     def ensure_slot(self, unsigned int slot):
         """Make a counter slot usable (zeroed on first use, never freed)."""
         cdef unsigned int chunk = slot // STATS_CHUNK
