@@ -5,12 +5,18 @@ refused and no cut connection (as HAProxy's `-x` does).
     -----------                          ---------------
     connect, "TAKEOVER\\n"          ->
                                    <-    header (JSON) + listening sockets (SCM_RIGHTS)
-    start accepting on them
-    "READY\\n"                      ->    stop accepting, drain, exit
+    bind and load everything, accepting nothing yet
+    "READY\\n"                      ->    stop accepting
+                                   <-    "BYE\\n"; drain, exit
+    accept; swap in its steering program
 
-Both accept on the same sockets for a moment, which is harmless: each connection
-is accepted once. Until READY the running process changes nothing, so a new
-process that fails leaves it serving as before.
+Two phases: until READY nothing the new process does changes what the running one
+serves (it holds copies of the same sockets and a steering program it has not
+attached), so a new process that fails, is stopped or is killed at any step before
+READY leaves the running one serving as before; the running one still checks that
+its steering program is in effect when a successor goes away without READY.
+Clients arriving between READY and the new process accepting wait in the same
+sockets' accept queues: none is refused.
 """
 
 from __future__ import annotations
@@ -73,15 +79,29 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
     return data
 
 
+MAX_HEADER = 16 << 20  # a JSON line per socket: far below this for 65,535 ports
+
+
 def _recv_handover(conn: socket.socket) -> Handover:
     (size,) = struct.unpack("!I", _recv_exact(conn, 4))
+    if size > MAX_HEADER:
+        raise TakeoverError(f"handover header too large ({size} bytes)")
     header = json.loads(_recv_exact(conn, size))
     fds: list[int] = []
-    while len(fds) < len(header["sockets"]):
-        _, got, _, _ = socket.recv_fds(conn, 1, FDS_PER_MESSAGE)
-        if not got:
-            raise TakeoverError("the running fastproxy sent fewer sockets than announced")
-        fds.extend(got)
+    try:
+        while len(fds) < len(header["sockets"]):
+            _, got, flags, _ = socket.recv_fds(conn, 1, FDS_PER_MESSAGE)
+            fds.extend(got)
+            if flags & socket.MSG_CTRUNC:
+                # Descriptors the kernel could not install (our fd limit): some sockets
+                # would be missing, and a partial takeover would drop their ports.
+                raise TakeoverError("sockets lost in the handover (descriptor limit?)")
+            if not got:
+                raise TakeoverError("the running fastproxy sent fewer sockets than announced")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     socks = [(d, socket.socket(fileno=fd)) for d, fd in zip(header["sockets"], fds)]
     return Handover(header["steering"], socks, header["pid"])
 
@@ -104,10 +124,11 @@ class Successor:
             raise TakeoverError(f"bad handover from {path}: {exc}") from None
 
     def ready(self) -> None:
-        """We accept now: the running process may stop."""
+        """We are about to accept: the running process stops first. Returns when it
+        has (its "BYE"), or has gone away: either way we serve from now on."""
         with contextlib.suppress(OSError):
             self.conn.sendall(b"READY\n")
-            self.conn.recv(16)  # its "BYE": it has stopped accepting
+            self.conn.recv(16)
         self.conn.close()
 
     def abandon(self) -> None:
@@ -125,11 +146,13 @@ class ControlServer:
         handover: Callable[[], Handover],
         lock: threading.RLock,
         on_successor: Callable[[], None],
+        on_abandoned: Callable[[], None],
     ) -> None:
         self.path = path
         self.handover = handover
         self.lock = lock  # no reload while the sockets are being handed over
         self.on_successor = on_successor
+        self.on_abandoned = on_abandoned
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._bind()
@@ -161,7 +184,7 @@ class ControlServer:
                 try:
                     if self._handle(conn):
                         return
-                except OSError as exc:
+                except Exception as exc:  # this thread must outlive any one peer
                     log.warning("takeover failed, still serving: %s", exc)
 
     def _handle(self, conn: socket.socket) -> bool:
@@ -170,13 +193,19 @@ class ControlServer:
             conn.sendall(b"ERROR unknown request\n")
             return False
         with self.lock:
-            _send_handover(conn, self.handover())
-            log.info("takeover: listening sockets handed over, waiting for the new process")
-            if conn.recv(16) != b"READY\n":
+            try:
+                _send_handover(conn, self.handover())
+                log.info("takeover: listening sockets handed over, waiting for the new process")
+                answer = conn.recv(16)
+            except OSError:
+                answer = b""
+            if answer != b"READY\n":
                 log.warning("takeover: the new process gave up; still serving")
+                self.on_abandoned()
                 return False
             self.on_successor()
-            conn.sendall(b"BYE\n")
+            with contextlib.suppress(OSError):
+                conn.sendall(b"BYE\n")
             return True
 
     def close(self) -> None:

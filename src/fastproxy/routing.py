@@ -58,6 +58,9 @@ class Routes:
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}
         self._known: dict[tuple[str, str], TargetRuntime] = {}
+        # Last good answer per host: a reload whose lookup is slow or fails (or a
+        # rollback, which resolves nothing) keeps routing to it.
+        self.resolved: dict[str, Address] = {}
         # Held while routes change: the health thread and the admin endpoint
         # change target states while the main thread may be reloading.
         self.lock = threading.RLock()
@@ -72,13 +75,14 @@ class Routes:
             self._app_ids[name] = len(self._app_ids)
         return self._app_ids[name]
 
-    def apply(self, config: Config, addresses: dict[str, Address | None]) -> None:
+    def apply(self, config: Config, addresses: Mapping[str, Address | None]) -> None:
         """Make the relay route as `config` says. Routes are published before the
         port map changes, so a port never points at an app without targets."""
         with self.lock:
             self._apply(config, addresses)
 
-    def _apply(self, config: Config, addresses: dict[str, Address | None]) -> None:
+    def _apply(self, config: Config, addresses: Mapping[str, Address | None]) -> None:
+        self._remember(addresses, {t.host for app in config.apps for t in app.targets})
         apps: dict[str, AppRuntime] = {}
         for app in config.apps:
             runtime = AppRuntime(app, self._app_id(app.name), self._slot("app", app.name))
@@ -88,7 +92,7 @@ class Routes:
                     known = TargetRuntime(target, self._slot("target", app.name, target.address))
                     self._known[(app.name, target.address)] = known
                 known.target = target
-                known.address = addresses.get(target.host)
+                known.address = self.resolved.get(target.host)
                 runtime.targets.append(known)
             apps[app.name] = runtime
             self.publish(runtime)
@@ -102,6 +106,12 @@ class Routes:
             self.relay.remove_app(self.apps[name].app_id)
         self.apps = apps
         self.port_owner = port_owner
+
+    def _remember(self, addresses: Mapping[str, Address | None], hosts: set[str]) -> None:
+        fresh = {host: a for host, a in addresses.items() if a is not None}
+        self.resolved = {
+            host: a for host in hosts if (a := fresh.get(host) or self.resolved.get(host))
+        }
 
     def publish(self, runtime: AppRuntime) -> None:
         app = runtime.app
@@ -126,12 +136,14 @@ class Routes:
             return self._update_addresses(addresses)
 
     def _update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
+        fresh = {h: a for h, a in addresses.items() if a is not None}
+        self.resolved.update(fresh)
         changed = []
         for runtime in self.apps.values():
             dirty = False
             for t in runtime.targets:
-                if t.target.host in addresses and addresses[t.target.host] != t.address:
-                    t.address = addresses[t.target.host]
+                if t.target.host in fresh and fresh[t.target.host] != t.address:
+                    t.address = fresh[t.target.host]
                     dirty = True
             if dirty:
                 self.publish(runtime)

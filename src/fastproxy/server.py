@@ -20,10 +20,13 @@ from . import __version__, _relay
 from .admin import AdminServer
 from .config import Config, ConfigError, load_config
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import ControlServer, Handover, Successor
+from .control import ControlServer, Handover, Successor, TakeoverError
+from .failpoints import failpoint
 from .health import HealthChecker
-from .listeners import ListenError, check_port_free, open_listener
+from .listener_set import Change, ListenerSet
+from .listeners import ListenError
 from .metrics import ProxyCollector, make_registry
+from .port_listeners import PortListeners
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .watch import FileWatcher
@@ -86,10 +89,9 @@ class Server:
         )
         self.routes = Routes(self.relay)
         self.steering_mode = "ports"
-        self.steering: Any = None  # steering.Steering in bpf mode
-        self.listeners: dict[int, list[socket.socket]] = {}  # ports mode
-        self.steered: list[socket.socket] = []  # bpf mode
+        self.listeners: ListenerSet | None = None
         self.reloads = {"success": 0, "failure": 0}
+        self.helper_errors = {"dns": 0}  # unexpected errors a helper thread survived
         self.started_at = time.monotonic()
         self.health = HealthChecker(self.routes, on_down=self._target_down)
         self.registry = make_registry(
@@ -111,25 +113,31 @@ class Server:
     # -- start ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Bind, load and start everything. A fresh process then serves at once; a
+        successor serves only at go_live(), once its predecessor has stopped accepting,
+        so one that fails or is stopped before that has changed nothing."""
         raise_fd_limit()
         addresses = self._resolve(self.config)
         self.routes.apply(self.config, addresses)
         try:
-            self._start_listening()
-            host, port = self.config.admin
-            try:
-                self.admin = AdminServer(self, host, port, self._inherited_admin())
-            except OSError as exc:
-                raise ListenError(
-                    f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
-                ) from None
+            self.listeners = self._listen()
+            self.steering_mode = self.listeners.mode
+            self.admin = self._admin_server()
         except BaseException:
-            self._stop_listening()
+            self._release_listeners()
             raise
         self.relay.start()
-        self.admin.start()
         self.health.start()
         self._maintenance.start()
+        if self.inherited is None:
+            self.go_live()
+
+    def go_live(self) -> None:
+        """Accept on every port and serve the admin endpoint (and the steering program,
+        for a successor: swapped in atomically for its predecessor's)."""
+        assert self.listeners is not None and self.admin is not None
+        self.listeners.take_over()
+        self.admin.start()
         if self.config_path is not None:
             self.watcher = FileWatcher(self.config_path, lambda: self.try_reload("file changed"))
             self.watcher.start()
@@ -147,9 +155,18 @@ class Server:
         hosts = {t.host for app in config.apps for t in app.targets}
         addresses = resolve_all(hosts, STARTUP_DNS_WAIT)
         for host, address in sorted(addresses.items()):
-            if address is None:
+            if address is None and host not in self.routes.resolved:
                 log.warning("target host %s does not resolve (yet): its targets are down", host)
         return addresses
+
+    def _admin_server(self) -> AdminServer:
+        host, port = self.config.admin
+        try:
+            return AdminServer(self, host, port, self._inherited_admin())
+        except OSError as exc:
+            raise ListenError(
+                f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
+            ) from None
 
     def _inherited_admin(self) -> socket.socket | None:
         if self.inherited is None:
@@ -160,40 +177,52 @@ class Server:
             sock.close()  # the admin address changed: bind the new one
         return None
 
-    def _adopt(self) -> None:
-        """Serve on the sockets handed over by the process we take over from. The
-        upgrade keeps its steering mode: bpf state and listeners go together."""
-        assert self.inherited is not None
-        steered = [sock for _, sock in self.inherited.take("steered")]
-        if self.inherited.steering == "bpf" and steered:
-            from .steering import Steering, SteeringUnavailable
+    def _listen(self) -> ListenerSet:
+        ports = self.routes.port_owner
+        hosts = self.config.listen
+        if self.inherited is not None:
+            # An upgrade keeps its predecessor's steering mode: bpf state and sockets go together.
+            if self.inherited.steering == "bpf" and self.inherited.take("steered"):
+                from .steered_listeners import SteeredListeners
 
-            try:
-                self.steering = Steering.attach(steered, self.routes.port_owner, takeover=True)
-            except SteeringUnavailable as exc:
-                raise ListenError(f"takeover of bpf steering failed: {exc}") from None
-            for sock in steered:
-                self.relay.add_listener(sock.fileno(), 0)
-            self.steered = steered
-            self.steering_mode = "bpf"
-            return
-        wanted = self.routes.port_owner
-        for desc, sock in self.inherited.take("port"):
-            if desc["port"] in wanted:
-                self.listeners.setdefault(desc["port"], []).append(sock)
-            else:
-                sock.close()  # the predecessor still accepts on it until it stops
-        for port, socks in self.listeners.items():
-            for sock in socks:
-                self.relay.add_listener(sock.fileno(), port)
-        self._listen_ports(wanted)  # ports new in our config
+                return SteeredListeners.adopt(self.relay, hosts, self.inherited, ports)
+            return PortListeners.adopt(self.relay, hosts, self.inherited, ports)
+        mode = self.config.steering
+        if mode in ("auto", "bpf"):
+            from . import steering
+
+            reason = steering.probe() or self._bpf_listen_problem()
+            if reason is None:
+                from .steered_listeners import SteeredListeners
+
+                try:
+                    return SteeredListeners.attach(self.relay, hosts, ports)
+                except steering.SteeringUnavailable as exc:
+                    reason = str(exc)
+            if mode == "bpf":
+                raise ListenError(f"bpf steering unavailable: {reason}")
+            log.info("steering: using ports mode (bpf unavailable: %s)", reason)
+        return PortListeners.listen(self.relay, hosts, ports)
+
+    def _bpf_listen_problem(self) -> str | None:
+        families = [":" in host for host in self.config.listen]
+        if len(families) != len(set(families)):
+            return "bpf steering serves one Listen address per address family"
+        return None
+
+    def _release_listeners(self, successor: bool = False) -> None:
+        if self.listeners is not None:
+            listeners, self.listeners = self.listeners, None
+            listeners.close(successor=successor)
+
+    def _steering_counters(self) -> dict[str, int] | None:
+        return self.listeners.counters() if self.listeners is not None else None
+
+    # -- upgrade: the running process's side -----------------------------------
 
     def handover(self) -> Handover:
         """Our listening sockets, for a successor (see control.py)."""
-        socks: list[tuple[dict[str, Any], socket.socket]] = []
-        for port, port_socks in self.listeners.items():
-            socks += [({"role": "port", "port": port}, sock) for sock in port_socks]
-        socks += [({"role": "steered"}, sock) for sock in self.steered]
+        socks = self.listeners.handover() if self.listeners is not None else []
         if self.admin is not None:
             host, port = self.admin.address
             socks.append(({"role": "admin", "host": host, "port": port}, self.admin.socket))
@@ -205,114 +234,24 @@ class Server:
         self.stop_accepting(successor=True)
         self.successor_ready.set()
 
-    def _start_listening(self) -> None:
-        if self.inherited is not None:
-            self._adopt()
-            return
-        mode = self.config.steering
-        if mode in ("auto", "bpf"):
-            from . import steering
-
-            reason = steering.probe() or self._bpf_listen_problem()
-            if reason is None:
-                try:
-                    self._attach_steering()
-                    return
-                except steering.SteeringUnavailable as exc:
-                    reason = str(exc)
-            if mode == "bpf":
-                raise ListenError(f"bpf steering unavailable: {reason}")
-            log.info("steering: using ports mode (bpf unavailable: %s)", reason)
-        self._listen_ports(self.routes.port_owner)
-
-    def _bpf_listen_problem(self) -> str | None:
-        families = [":" in host for host in self.config.listen]
-        if len(families) != len(set(families)):
-            return "bpf steering serves one Listen address per address family"
-        return None
-
-    def _attach_steering(self) -> None:
-        """One listening socket per Listen address, on an ephemeral port; the
-        sk_lookup program hands it the connections for every configured port."""
-        from .steering import Steering
-
-        self._check_ports_free(self.routes.port_owner)
-        socks = [open_listener(host, 0) for host in self.config.listen]
-        try:
-            self.steering = Steering.attach(socks, self.routes.port_owner)
-        except BaseException:
-            for sock in socks:
-                sock.close()
-            raise
-        for sock in socks:
-            self.relay.add_listener(sock.fileno(), 0)
-        self.steered = socks
-        self.steering_mode = "bpf"
-
-    def _check_ports_free(self, ports: dict[int, str]) -> None:
-        for port in sorted(ports):
-            for host in self.config.listen:
-                try:
-                    check_port_free(host, port)
-                except ListenError as exc:
-                    raise ListenError(f'{exc} (app "{ports[port]}")') from None
-
-    def _listen_ports(self, ports: dict[int, str]) -> None:
-        self._accept_on(self._open_ports(ports))
-
-    def _open_ports(self, ports: dict[int, str]) -> dict[int, list[socket.socket]]:
-        """Listening sockets for the ports that have none yet; on failure none is
-        left open, so a port that cannot be bound leaves everything as it was."""
-        opened: dict[int, list[socket.socket]] = {}
-        try:
-            for port in sorted(ports.keys() - self.listeners.keys()):
-                opened[port] = []
-                for host in self.config.listen:
-                    opened[port].append(open_listener(host, port))
-        except ListenError as exc:
-            for socks in opened.values():
-                for sock in socks:
-                    sock.close()
-            raise ListenError(f'{exc} (app "{ports[port]}")') from None
-        return opened
-
-    def _accept_on(self, opened: dict[int, list[socket.socket]]) -> None:
-        for port, socks in opened.items():
-            for sock in socks:
-                self.relay.add_listener(sock.fileno(), port)
-            self.listeners[port] = socks
-
-    def _unlisten_ports(self, ports: set[int]) -> None:
-        for port in ports:
-            for sock in self.listeners.pop(port, []):
-                self.relay.remove_listener(sock.fileno())
-                sock.close()
-
-    def _stop_listening(self, successor: bool = False) -> None:
-        """Stop accepting. With a successor, our sockets and pinned steering state
-        live on in it: close only our copies, and leave the pins in place."""
-        self._unlisten_ports(set(self.listeners))
-        for sock in self.steered:
-            if sock.fileno() in self.relay.listener_fds:
-                self.relay.remove_listener(sock.fileno())
-            sock.close()
-        self.steered = []
-        if self.steering is not None:
-            if successor:
-                self.steering.release()
-            else:
-                self.steering.close()
-            self.steering = None
-
-    def _steering_counters(self) -> dict[str, int] | None:
-        return self.steering.counters() if self.steering is not None else None
+    def takeover_abandoned(self) -> None:
+        """A successor went away before READY. It cannot have changed what we serve,
+        but make sure: our steering program must still be the one in effect."""
+        with self.reload_lock:
+            if self.listeners is None:
+                return
+            try:
+                self.listeners.restore()
+            except Exception as exc:
+                log.error("takeover abandoned, and our steering could not be checked: %s", exc)
 
     # -- reload --------------------------------------------------------------
 
     def reload(self, reason: str) -> None:
-        """Apply the config file again. Invalid: ReloadError, nothing changes.
-        Valid: new ports accept at once, removed ports stop, target and policy
-        changes apply to new connections; established connections are untouched."""
+        """Apply the config file again, all or nothing. Invalid, or any step failing:
+        ReloadError, and the running config stays whole. Valid: new ports accept at once,
+        removed ports stop, target and policy changes apply to new connections;
+        established connections are untouched."""
         if self.config_path is None:
             raise ReloadError("no config file to reload from")
         with self.reload_lock:
@@ -321,10 +260,13 @@ class Server:
             try:
                 new = self._load_for_reload()
                 self._apply(new)
-            except (ConfigError, ListenError, ReloadError) as exc:
+            except Exception as exc:
                 self.reloads["failure"] += 1
-                log.error("reload (%s) rejected, the running config stays: %s", reason, exc)
-                raise ReloadError(str(exc)) from None
+                known = (ConfigError, ListenError, ReloadError)
+                why = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+                log.error("reload (%s) rejected, the running config stays: %s", reason, why)
+                log.debug("reload failure", exc_info=True)
+                raise ReloadError(why) from None
             self.reloads["success"] += 1
             log.info(
                 "reloaded (%s): %d apps on %d ports",
@@ -351,22 +293,34 @@ class Server:
         return replace(new, **kept) if kept else new
 
     def _apply(self, new: Config) -> None:
-        """Ports that go away stop first, routes change, then new ports open: no
-        moment where a port accepts a client and has no app for it."""
-        ports = new.port_owner()
+        """Ports that go away stop first, routes change, then new ports open: no moment
+        where a port accepts a client and has no app for it. A step that fails undoes
+        the ones before it."""
+        if self.listeners is None:
+            raise ReloadError("not listening")
         addresses = self._resolve(new)
-        if self.steering is not None:
-            added = ports.keys() - self.routes.port_owner.keys()
-            self._check_ports_free({port: ports[port] for port in added})
-            self.steering.set_ports(ports.keys() & self.routes.port_owner.keys())
+        change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
+        try:
+            failpoint("reload.prepared")
+            self.listeners.retire(change)
+            failpoint("reload.retired")
             self.routes.apply(new, addresses)
-            self.steering.set_ports(ports)
-        else:
-            opened = self._open_ports(ports)  # may fail: then nothing has changed yet
-            self._unlisten_ports(self.listeners.keys() - ports.keys())
-            self.routes.apply(new, addresses)
-            self._accept_on(opened)
+            failpoint("reload.routed")
+            self.listeners.open(change)
+            failpoint("reload.opened")
+        except BaseException:
+            self._roll_back(change)
+            raise
+        self.listeners.commit(change)
         self.config = new
+
+    def _roll_back(self, change: Change) -> None:
+        assert self.listeners is not None
+        try:
+            self.routes.apply(self.config, {})  # keeps every address it had
+            self.listeners.rollback(change)
+        except Exception as exc:  # nothing left to undo with: say so loudly
+            log.critical("reload: rolling back failed, serving may be incomplete: %s", exc)
 
     # -- operator actions and status -----------------------------------------
 
@@ -430,7 +384,8 @@ class Server:
 
     def _maintain(self) -> None:
         """Re-resolve hostnames: unresolved or failing ones often, the rest now
-        and then. A failed lookup keeps the last good address."""
+        and then. A failed lookup keeps the last good address. An unexpected error
+        is logged and the loop goes on: this thread must outlive any one lookup."""
         last_full = time.monotonic()
         while not self._stopping.is_set():
             self._dns_now.wait(DNS_RETRY)
@@ -440,15 +395,23 @@ class Server:
             full = time.monotonic() - last_full >= DNS_REFRESH
             if full:
                 last_full = time.monotonic()
-            hosts = {
-                t.target.host
-                for rt in list(self.routes.apps.values())
-                for t in rt.targets
-                if full or t.address is None or not t.healthy
-            }
-            fresh = {h: a for h, a in resolve_all(hosts, DNS_RETRY).items() if a is not None}
-            for name in self.routes.update_addresses(fresh):
-                log.info("app %s: target addresses updated from DNS", name)
+            try:
+                self._refresh_dns(full)
+            except Exception as exc:
+                self.helper_errors["dns"] += 1
+                log.error("DNS refresh failed (will retry): %s: %s", type(exc).__name__, exc)
+
+    def _refresh_dns(self, full: bool) -> None:
+        failpoint("dns.refresh")
+        hosts = {
+            t.target.host
+            for rt in list(self.routes.apps.values())
+            for t in rt.targets
+            if full or t.address is None or not t.healthy
+        }
+        fresh = {h: a for h, a in resolve_all(hosts, DNS_RETRY).items() if a is not None}
+        for name in self.routes.update_addresses(fresh):
+            log.info("app %s: target addresses updated from DNS", name)
 
     # -- stop ----------------------------------------------------------------
 
@@ -462,7 +425,7 @@ class Server:
             self._dns_now.set()
             if self.watcher is not None:
                 self.watcher.stop()
-            self._stop_listening(successor)
+            self._release_listeners(successor)
             if successor and self.admin is not None:
                 self.admin.stop()  # the successor serves the endpoint on the same socket
                 self.admin = None
@@ -478,6 +441,18 @@ class Server:
 
     def close(self) -> None:
         self.stop_accepting()
+        self.health.stop()
+        if self.admin is not None:
+            self.admin.stop()
+        self.relay.stop()
+
+    def abandon(self) -> None:
+        """A successor giving up before go_live(): release what it holds (copies of its
+        predecessor's sockets, a steering program never put in effect) and stop."""
+        with self.reload_lock:
+            self._stopping.set()
+            self._dns_now.set()
+            self._release_listeners()
         self.health.stop()
         if self.admin is not None:
             self.admin.stop()
@@ -503,13 +478,10 @@ def run(
         steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
     )
     config = options.apply(load_config(config_path))
-    successor = Successor(control_socket) if takeover else None
-    handover = successor.handover if successor is not None else None
-    server = Server(config, config_path=config_path, options=options, inherited=handover)
+    raise_fd_limit()  # before a takeover receives thousands of sockets
     stop = threading.Event()
     stop_now = threading.Event()
     reload_requested = threading.Event()
-
     wake = threading.Event()  # the main loop sleeps on this; signals set it
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -522,22 +494,38 @@ def run(
         reload_requested.set()
         wake.set()
 
+    # Installed before a takeover starts: a signal during it abandons the takeover
+    # instead of killing us half way (the running process would survive that too).
     handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     control: ControlServer | None = None
     try:
+        successor = Successor(control_socket) if takeover else None
+        handover = successor.handover if successor is not None else None
+        server = Server(config, config_path=config_path, options=options, inherited=handover)
         try:
             server.start()
+            if successor is not None:
+                failpoint("takeover.before-ready")
+                if stop.is_set():
+                    raise TakeoverError("stopped by a signal while starting")
         except BaseException:
+            server.abandon()
             if successor is not None:
                 successor.abandon()  # the running process goes on as before
+                log.info("takeover abandoned: the running fastproxy goes on serving")
             raise
         if successor is not None:
-            successor.ready()
-            log.info("took over from pid %d", handover.pid if handover else 0)
+            successor.ready()  # from here on we serve: the predecessor stops accepting
+            server.go_live()
+            log.info("took over from pid %d", successor.handover.pid)
         try:
             control = ControlServer(
-                control_socket, server.handover, server.reload_lock, server.yield_to_successor
+                control_socket,
+                server.handover,
+                server.reload_lock,
+                server.yield_to_successor,
+                server.takeover_abandoned,
             )
             control.start()
         except OSError as exc:

@@ -705,8 +705,23 @@ class Steering:
 
         One dual-stack AF_INET6 socket serves both families; or give one socket per family.
         Pinned state left by a dead owner is replaced in place. A live owner makes this fail,
-        unless `takeover` (zero-downtime upgrade: the old process hands over and release()s).
-        Every failure is a SteeringUnavailable with a one-line reason."""
+        unless `takeover`. Every failure is a SteeringUnavailable with a one-line reason."""
+        steering = cls.prepare(sockets, ports, pin_root=pin_root)
+        try:
+            steering.commit(takeover=takeover)
+        except BaseException:
+            steering.release()
+            raise
+        return steering
+
+    @classmethod
+    def prepare(
+        cls, sockets: list[socket.socket], ports: Iterable[int], *, pin_root: str = DEFAULT_PIN_ROOT
+    ) -> Steering:
+        """Compile and load the program with its maps filled, without putting it in effect:
+        nothing that steers connections in this netns changes until commit(). A takeover
+        prepares while the running process still serves, and commits only once it has
+        handed over, so a successor that fails before that changes nothing."""
         try:
             wanted = _check_ports(ports)
             slots = _socket_slots(list(sockets))
@@ -715,50 +730,54 @@ class Steering:
                 raise SteeringUnavailable(reason)
             _ensure_bpffs(pin_root)
             os.makedirs(pin_root, exist_ok=True)
-            netns_fd, ino = _netns()
+            ino = netns_inode()
+            objects = _compile()
             try:
-                with _locked(pin_root):
-                    _sweep_dead_namespaces(pin_root, ino)
-                    return cls._attach_locked(slots, wanted, pin_root, netns_fd, ino, takeover)
-            finally:
-                os.close(netns_fd)
+                fds = objects.fds
+                for port in sorted(wanted):
+                    _map_update(fds["ports"], _port_key(port), b"\x01")
+                for slot, sock in slots.items():
+                    _map_update(fds["sockets"], _slot_key(slot), struct.pack("=Q", sock.fileno()))
+            except BaseException:
+                objects.close()
+                raise
         except SteeringUnavailable:
             raise
         except Exception as exc:  # one line for the operator, never a traceback
             raise SteeringUnavailable(_describe(exc)) from None
-
-    @classmethod
-    def _attach_locked(
-        cls,
-        slots: dict[int, socket.socket],
-        ports: frozenset[int],
-        pin_root: str,
-        netns_fd: int,
-        ino: int,
-        takeover: bool,
-    ) -> Steering:
         directory = os.path.join(pin_root, str(ino))
+        return cls(objects, directory, ino, wanted, pin_root)
+
+    def commit(self, *, takeover: bool = False) -> None:
+        """Put the prepared program in effect and pin it: atomically in place of a previous
+        owner's (dead, or handing over to us when `takeover`), else with a new link."""
+        try:
+            netns_fd, ino = _netns()
+            try:
+                if ino != self._ino:
+                    raise SteeringUnavailable("commit from another network namespace")
+                with _locked(self._pin_root):
+                    _sweep_dead_namespaces(self._pin_root, ino)
+                    self._commit_locked(netns_fd, takeover)
+            finally:
+                os.close(netns_fd)
+        except SteeringUnavailable:
+            raise
+        except Exception as exc:
+            raise SteeringUnavailable(_describe(exc)) from None
+
+    def _commit_locked(self, netns_fd: int, takeover: bool) -> None:
+        directory = self._directory
         owner = _read_owner(directory)
         if owner and owner[1] and not takeover:
             pid = owner[0]
             who = "this process" if pid == os.getpid() else f"another fastproxy (pid {pid})"
             raise SteeringUnavailable(f"{who} owns steering in this netns ({directory})")
-
-        objects = _compile()
+        fds = self._objects.fds
+        os.makedirs(directory, exist_ok=True)
+        fds["link"] = self._attach_link(fds["prog"], directory, netns_fd, self._ino, takeover)
         try:
-            # Fill the maps before the program is attached: it starts steering complete.
-            fds = objects.fds
-            for port in sorted(ports):
-                _map_update(fds["ports"], _port_key(port), b"\x01")
-            for slot, sock in slots.items():
-                _map_update(fds["sockets"], _slot_key(slot), struct.pack("=Q", sock.fileno()))
-            os.makedirs(directory, exist_ok=True)
-            fds["link"] = cls._attach_link(fds["prog"], directory, netns_fd, ino, takeover)
-        except BaseException:
-            objects.close()
-            raise
-        try:
-            cls._pin(objects, directory)
+            self._pin(self._objects, directory)
         except BaseException:
             # Our program is in effect but cannot be pinned: take it out again rather than
             # leave a program nobody can find steering ports away (the caller may fall back
@@ -766,9 +785,53 @@ class Steering:
             with contextlib.suppress(OSError):
                 _link_detach(fds["link"])
                 _remove_dir(directory)
-            objects.close()
             raise
-        return cls(objects, directory, ino, ports, pin_root)
+        self._owner = _owner_record(os.getpid())
+
+    def in_effect(self) -> bool:
+        """Whether our program is the one attached to this netns through our link."""
+        try:
+            info = _link_info(self._fd("link"))
+        except (OSError, KeyError, SteeringUnavailable):
+            return False
+        return info.netns_ino == self._ino and info.prog_id == self._prog_id()
+
+    def restore(self) -> None:
+        """Put our program back in effect (and our pins back) if something replaced or
+        detached it: a successor that died or gave up half way through a takeover."""
+        if self.in_effect() and self._owns_pins():
+            return
+        netns_fd, _ = _netns()
+        try:
+            with _locked(self._pin_root):
+                fds = self._objects.fds
+                link = fds.get("link")
+                try:
+                    if link is None:
+                        raise OSError(errno.ENOLINK, "no link")
+                    _link_update(link, fds["prog"])
+                except OSError:
+                    # Detached links cannot be updated: attach afresh.
+                    if link is not None:
+                        os.close(fds.pop("link"))
+                    _detach_orphans(self._ino, None, takeover=True)
+                    fds["link"] = _link_create(fds["prog"], netns_fd, _BPF_SK_LOOKUP)
+                os.makedirs(self._directory, exist_ok=True)
+                for name, fd in fds.items():
+                    path = os.path.join(self._directory, name)
+                    _unlink(path)
+                    _obj_pin(fd, path)
+                owner = os.path.join(self._directory, "owner")
+                _unlink(owner)
+                os.symlink(self._owner, owner)
+        except OSError as exc:
+            raise SteeringUnavailable(f"cannot restore steering: {_describe(exc)}") from None
+        finally:
+            os.close(netns_fd)
+
+    def _prog_id(self) -> int:
+        # struct bpf_prog_info: type, id
+        return int(struct.unpack_from("=4xI", _obj_info(self._fd("prog"), 8))[0])
 
     @staticmethod
     def _attach_link(prog_fd: int, directory: str, netns_fd: int, ino: int, takeover: bool) -> int:

@@ -1,0 +1,157 @@
+"""`bpf` steering: one listening socket per Listen address (at most one per family), on
+an ephemeral port; the sk_lookup program hands it the connections of every configured
+port, and a reload only changes the program's port map."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+
+from . import _relay
+from .control import Handover
+from .failpoints import failpoint
+from .listener_set import Change, Described
+from .listeners import ListenError, check_port_free, open_listener
+from .steering import Steering, SteeringUnavailable
+
+log = logging.getLogger("fastproxy")
+
+
+class SteeredListeners:
+    mode = "bpf"
+
+    def __init__(
+        self,
+        relay: _relay.Relay,
+        hosts: tuple[str, ...],
+        sockets: list[socket.socket],
+        steering: Steering,
+        *,
+        pending: bool,
+    ) -> None:
+        self.relay = relay
+        self.hosts = hosts
+        self.sockets = sockets
+        self.steering = steering
+        self._pending = pending  # a takeover's state: prepared, not yet in effect
+
+    @classmethod
+    def attach(
+        cls, relay: _relay.Relay, hosts: tuple[str, ...], ports: Mapping[int, str]
+    ) -> SteeredListeners:
+        _check_free(hosts, ports, ports.keys())
+        socks = [open_listener(host, 0) for host in hosts]
+        try:
+            steering = Steering.attach(socks, ports)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        self = cls(relay, hosts, socks, steering, pending=False)
+        self._accept()
+        return self
+
+    @classmethod
+    def adopt(
+        cls,
+        relay: _relay.Relay,
+        hosts: tuple[str, ...],
+        handover: Handover,
+        ports: Mapping[int, str],
+    ) -> SteeredListeners:
+        """Load our own program for the predecessor's socket(s), without attaching it: the
+        predecessor's program keeps steering until take_over() swaps ours in atomically."""
+        socks = [sock for _, sock in handover.take("steered")]
+        try:
+            steering = Steering.prepare(socks, ports)
+        except SteeringUnavailable as exc:
+            for sock in socks:
+                sock.close()
+            raise ListenError(f"takeover of bpf steering failed: {exc}") from None
+        return cls(relay, hosts, socks, steering, pending=True)
+
+    def take_over(self) -> None:
+        if not self._pending:
+            return
+        try:
+            failpoint("takeover.commit")
+            self.steering.commit(takeover=True)
+            self._pending = False
+        except Exception as exc:
+            # Still serve: the predecessor's program steers its ports to these very sockets.
+            log.error(
+                "takeover: our steering program is not in effect (%s); ports new in "
+                "our config are not steered until a restart",
+                exc,
+            )
+        self._accept()
+
+    def _accept(self) -> None:
+        for sock in self.sockets:
+            self.relay.add_listener(sock.fileno(), 0)
+
+    # -- reload steps --------------------------------------------------------
+
+    def prepare(self, ports: Mapping[int, str]) -> Change:
+        change = Change(dict(ports), self.steering.ports)
+        _check_free(self.hosts, ports, change.added)
+        return change
+
+    def retire(self, change: Change) -> None:
+        change.retired = True
+        self._set_ports(change.previous & change.wanted.keys())
+        failpoint("listeners.retire")
+
+    def open(self, change: Change) -> None:
+        change.started = True
+        self._set_ports(change.wanted.keys())
+        failpoint("listeners.open")
+
+    def commit(self, change: Change) -> None:
+        pass
+
+    def rollback(self, change: Change) -> None:
+        if change.retired or change.started:
+            self._set_ports(change.previous)
+
+    def _set_ports(self, ports: Iterable[int]) -> None:
+        try:
+            self.steering.set_ports(ports)
+        except SteeringUnavailable as exc:
+            raise ListenError(str(exc)) from None
+
+    # -- upgrade and stop ----------------------------------------------------
+
+    def restore(self) -> None:
+        if not self._pending:
+            self.steering.restore()
+
+    def handover(self) -> list[Described]:
+        return [({"role": "steered"}, sock) for sock in self.sockets]
+
+    def close(self, *, successor: bool) -> None:
+        accepting = set(self.relay.listener_fds)
+        for sock in self.sockets:
+            if sock.fileno() in accepting:
+                self.relay.remove_listener(sock.fileno())
+            sock.close()
+        self.sockets = []
+        # Until take_over() the pins are the predecessor's; after a handover, the successor's.
+        if successor or self._pending:
+            self.steering.release()
+        else:
+            self.steering.close()
+
+    def counters(self) -> dict[str, int] | None:
+        return self.steering.counters()
+
+
+def _check_free(hosts: tuple[str, ...], owners: Mapping[int, str], ports: Iterable[int]) -> None:
+    """Steered ports are never bound: refuse to shadow another program's listener."""
+    for port in sorted(ports):
+        for host in hosts:
+            try:
+                check_port_free(host, port)
+            except ListenError as exc:
+                raise ListenError(f'{exc} (app "{owners[port]}")') from None
