@@ -4,7 +4,8 @@ that every failure path leaves the proxy whole (as etcd's gofail does).
 `FASTPROXY_FAILPOINTS="reload.routed,takeover.before-ready"` makes each named point
 raise FailpointError the first time it is reached (`name*N`: the N-th time);
 `name=pause` makes it write "failpoint NAME paused" to stderr and wait there until the
-process is killed, so a test can kill -9 it at exactly that step. Read once at import;
+process is killed, so a test can kill -9 it at exactly that step; `name=delay` writes
+"failpoint NAME delayed" and goes on after a second (time for a test to send a signal). Read once at import;
 unset (as in production) a failpoint costs one test of an empty dict on a cold path.
 """
 
@@ -21,6 +22,7 @@ class FailpointError(RuntimeError):
 
 
 PAUSE = 0  # armed count meaning "wait here for ever"
+DELAY = -1  # ...meaning "wait a second, then go on"
 
 
 def _parse(text: str) -> dict[str, int]:
@@ -29,7 +31,8 @@ def _parse(text: str) -> dict[str, int]:
         item, _, action = item.strip().partition("=")
         name, _, nth = item.partition("*")
         if name:
-            armed[name] = PAUSE if action == "pause" else int(nth) if nth.isdigit() else 1
+            count = int(nth) if nth.isdigit() else 1
+            armed[name] = {"pause": PAUSE, "delay": DELAY}.get(action, count)
     return armed
 
 
@@ -50,8 +53,16 @@ def failpoint(name: str) -> None:
         if left != PAUSE:
             del _armed[name]
     if left == PAUSE:
-        sys.stderr.write(f"failpoint {name} paused\n")
-        sys.stderr.flush()
+        _say(f"failpoint {name} paused")
         while True:
             time.sleep(3600)
+    if left == DELAY:
+        _say(f"failpoint {name} delayed")
+        time.sleep(1.0)
+        return
     raise FailpointError(f"failpoint {name}")
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
