@@ -54,4 +54,7 @@ class FileWatcher:
                 return
             current = seen
             if current is not None:
-                self.on_change()
+                try:
+                    self.on_change()
+                except Exception as exc:  # the watcher must outlive any one reload
+                    log.error("config reload after a file change failed: %s", exc)
