@@ -5,8 +5,9 @@ that every failure path leaves the proxy whole (as etcd's gofail does).
 raise FailpointError the first time it is reached (`name*N`: the N-th time);
 `name=pause` makes it write "failpoint NAME paused" to stderr and wait there until the
 process is killed, so a test can kill -9 it at exactly that step; `name=delay` writes
-"failpoint NAME delayed" and goes on after a second (time for a test to send a signal). Read once at import;
-unset (as in production) a failpoint costs one test of an empty dict on a cold path.
+"failpoint NAME delayed" and goes on after a second (time for a test to send a signal).
+Read once at import; unset (as in production) a failpoint costs one test of an empty
+dict on a cold path.
 """
 
 from __future__ import annotations
