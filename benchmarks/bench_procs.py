@@ -62,11 +62,39 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """All busy time of one CPU so far (user, nice, system, irq, softirq of its line in
+    /proc/stat), whichever task it was spent for."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                fields = [int(v) for v in line.split()[1:]]
+                return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / CLOCK_TICKS
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+class CpuMeter:
+    """CPU spent over a run, two ways: the proxy process alone (utime+stime: what it
+    is charged, which misses the kernel work it causes elsewhere), and all busy time of
+    the CPU it shares with the server (the proxy's and the server's work, the kernel's
+    too: the robust one here, where loopback receive work lands on whoever runs)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.proxy = cpu_seconds(pid) if pid else 0.0
+        self.shared = cpu_busy_seconds(SERVER_CPU)
+
+    def stop(self) -> tuple[float | None, float]:
+        """(proxy seconds or None for the direct connection, shared CPU seconds)."""
+        proxy = cpu_seconds(self.pid) - self.proxy if self.pid else None
+        return proxy, cpu_busy_seconds(SERVER_CPU) - self.shared
+
+
 class Pinned:
     """A command run on one CPU (`taskset -c`, which execs it: the pid is the command's),
     its output in a log file. Stopped with SIGTERM, then SIGKILL, by its pid."""
 
-    def __init__(self, argv: Sequence[str], cpu: int, log_path: Path) -> None:
+    def __init__(self, argv: Sequence[str], cpu: int | str, log_path: Path) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
