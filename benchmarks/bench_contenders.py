@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_config import HERE
+from bench_config import HERE, SMOKE
 from bench_peers import HAPROXY_MODES, Route, start_haproxy, start_nginx_stream
 from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
 
@@ -22,6 +22,9 @@ OURS = ("fastproxy-copy", "fastproxy-splice", BPF)
 # Table order: the limit, the peers, then ours.
 CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
+# A smoke run (bench_config.SMOKE) runs every contender in the bulk case, and these three
+# in the others: whether each benchmark produces a figure, in about a minute.
+SMOKE_NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-splice")
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,13 @@ class Contenders:
         self.unavailable: dict[str, str] = {}
         self._starts = 0
 
-    def available(self, names: tuple[str, ...] | list[str]) -> list[str]:
-        """Those of `names` that run here, each started (skips if none does)."""
+    def available(self, names: tuple[str, ...] | list[str], *, every: bool = False) -> list[str]:
+        """Those of `names` that run here, each started (skips if none does). A smoke
+        run keeps only SMOKE_NAMES of them, unless `every`."""
         started = []
         for name in names:
+            if SMOKE and not every and name not in SMOKE_NAMES:
+                continue
             if name in self.unavailable:
                 continue
             if name not in self._running:

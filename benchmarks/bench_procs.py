@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from bench_config import SMOKE
+
 HOST = "127.0.0.1"
 
 # Two cores: the load generator's client side alone on one, the server and the proxy
@@ -206,7 +208,7 @@ def raise_nofile(wanted: int) -> int:
 # per connection, and some to spare. Raised here, the limit is inherited by every process
 # the benchmarks start.
 FD_LIMIT = raise_nofile(1 << 17)
-IDLE_CONNECTIONS = min(10_000, (FD_LIMIT - 400) // 2 // 100 * 100)
+IDLE_CONNECTIONS = 200 if SMOKE else min(10_000, (FD_LIMIT - 400) // 2 // 100 * 100)
 
 
 class ForeignCpu:

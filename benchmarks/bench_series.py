@@ -106,9 +106,7 @@ def run_series(
             for metric, value in values.items():
                 figures[name].setdefault(metric, []).append(value)
             done = len(raw_of[name])
-            raw_of[name].append(
-                {"contender": name, "round": done, "at": started, "output": output}
-            )
+            raw_of[name].append({"contender": name, "round": done, "at": started, "output": output})
 
         try:
             fixture.pedantic(

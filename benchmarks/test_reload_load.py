@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_config import SMOKE
 from bench_contenders import Contenders, fastproxy_config, start_fastproxy
 from bench_peers import haproxy_config
 from bench_procs import SERVER_CPU, Pinned, free_ports
@@ -23,7 +24,7 @@ from bench_series import run_series
 from bench_wrk import parse, wrk_argv
 
 VARIANTS = ("haproxy-reload", "fastproxy-reload", "fastproxy-upgrade")
-RUN_SECONDS = 3
+RUN_SECONDS = 2 if SMOKE else 3
 
 
 def _haproxy(workdir: Path, front: int, backend: int, *previous: str) -> Pinned:
@@ -31,18 +32,17 @@ def _haproxy(workdir: Path, front: int, backend: int, *previous: str) -> Pinned:
     stats = workdir / "stats.sock"
     path.write_text(haproxy_config("haproxy-splice-auto", [(front, [backend])], stats=str(stats)))
     argv = ["haproxy", "-db", "-f", str(path), *previous]
-    proxy = Pinned(argv, SERVER_CPU, workdir / f"haproxy-{len(previous)}.log")
-    proxy.wait_until(stats.exists, "stats socket")
-    return proxy
+    return Pinned(argv, SERVER_CPU, workdir / f"haproxy-{len(previous)}.log")
 
 
 def _change(variant: str, workdir: Path, first: Pinned, front: int, backend: int) -> Pinned:
     """Reload or upgrade `first`; returns the process serving afterwards."""
     if variant == "haproxy-reload":
-        (workdir / "stats.sock").rename(workdir / "old.sock")
-        return _haproxy(
-            workdir, front, backend, "-x", str(workdir / "old.sock"), "-sf", str(first.pid)
-        )
+        stats = str(workdir / "stats.sock")
+        second = _haproxy(workdir, front, backend, "-x", stats, "-sf", str(first.pid))
+        # The new process took the listeners and told the old one to stop: it says so.
+        first.wait_until(lambda: "stopped" in first.log(), "old HAProxy stopping")
+        return second
     if variant == "fastproxy-reload":
         admin = re.search(r"admin=([0-9.]+:[0-9]+)", first.log())
         assert admin, first.log()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench_backends import SIZES
-from bench_config import SECONDS
+from bench_config import SECONDS, SMOKE
 from bench_contenders import DIRECT, Contenders
 from bench_series import run_series
 from bench_wrk import run_wrk
@@ -16,7 +16,7 @@ NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-copy", "fastproxy-splice")
 CONNECTIONS = 8
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", (SIZES[0], SIZES[-1]) if SMOKE else SIZES)
 def test_size_sweep(request, contenders: Contenders, nginx: None, size: int) -> None:
     names = contenders.available(NAMES)
 

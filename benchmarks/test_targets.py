@@ -14,13 +14,23 @@ from collections.abc import Iterator
 import pytest
 
 from bench_backends import start_slow
-from bench_config import SECONDS
-from bench_contenders import BPF, OURS, PEERS, Contenders, Unavailable, start_proxy
+from bench_config import SECONDS, SMOKE
+from bench_contenders import (
+    BPF,
+    OURS,
+    PEERS,
+    SMOKE_NAMES,
+    Contenders,
+    Unavailable,
+    start_proxy,
+)
 from bench_procs import Pinned, free_ports
 from bench_series import run_series
 from bench_wrk import run_wrk
 
 NAMES = [n for n in (*PEERS, *OURS) if n not in ("asyncio", "uvloop")]
+if SMOKE:
+    NAMES = [n for n in NAMES if n in SMOKE_NAMES]
 SLOW_MS = 20
 CASES = {"slow": (32, False), "dead": (32, True)}
 
