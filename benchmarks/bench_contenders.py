@@ -75,6 +75,15 @@ class Contenders:
             pytest.skip(f"none of {names} runs here: {self.unavailable}")
         return started
 
+    def runs(self, name: str) -> bool:
+        """Whether `name` can run here (started to find out, if it never was)."""
+        if name not in self.unavailable and name not in self._running:
+            try:
+                self._running[name] = self._start(name)
+            except (Unavailable, FileNotFoundError) as exc:
+                self.unavailable[name] = str(exc)
+        return name not in self.unavailable
+
     def get(self, name: str) -> Contender:
         return self._running[name]
 

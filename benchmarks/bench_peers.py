@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench_procs import FD_LIMIT, HOST, IDLE_CONNECTIONS, SERVER_CPU, Pinned
+from bench_procs import FD_LIMIT, HOST, SERVER_CPU, Pinned
 
 # A route: the front port (or an HAProxy port range "10000-19999") and its backend ports.
 Route = tuple[int | str, list[int]]
@@ -25,7 +25,8 @@ HAPROXY_GLOBAL = """\
 global
     # One thread, as fastproxy --workers {threads} and the one-loop Python proxies.
     nbthread {threads}
-    # Enough for the idle connections (2 fds each), within the open-file limit.
+    # Enough for the concurrency case and the idle connections (2 fds each), within the
+    # open-file limit.
     maxconn {maxconn}
     # Pipes (2 fds each) for what the limit leaves: HAProxy takes a pipe from its pool
     # only while data sits in it, and copies when none is free.
@@ -63,7 +64,7 @@ def haproxy_config(
     routes: list[Route],
     *,
     threads: int = 1,
-    maxconn: int = IDLE_CONNECTIONS + 50,
+    maxconn: int = 7_000,
     stats: str = "",
 ) -> str:
     """`stats`: a stats socket path exposing the listeners, for a seamless reload."""

@@ -203,12 +203,12 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-# Idle connections held for the memory figure: 10,000, unless the open-file limit cannot
+# Idle connections held for the memory figure: 5,000, unless the open-file limit cannot
 # be raised that far (a sandbox without CAP_SYS_RESOURCE): a proxy needs two descriptors
 # per connection, and some to spare. Raised here, the limit is inherited by every process
 # the benchmarks start.
 FD_LIMIT = raise_nofile(1 << 17)
-IDLE_CONNECTIONS = 200 if SMOKE else min(10_000, (FD_LIMIT - 400) // 2 // 100 * 100)
+IDLE_CONNECTIONS = 200 if SMOKE else min(5_000, (FD_LIMIT - 400) // 2 // 100 * 100)
 
 
 class ForeignCpu:

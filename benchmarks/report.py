@@ -41,24 +41,22 @@ METHOD = """\
 
 def case_table(case: Case) -> list[str]:
     metrics = case.metrics()
-    key = case.key_metrics()
+    key = [m for m in case.key_metrics() if m in case.figures.get("direct", {})]
     head = ["contender"] + [METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in metrics]
-    head += [f"{METRICS[m][0]} × direct" for m in key if "direct" in case.figures]
+    head += [f"{METRICS[m][0]} × direct" for m in key]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, values in case.figures.items():
         cells = [name]
         cells += [values[m].show(METRICS[m][2]) if m in values else "-" for m in metrics]
-        if "direct" in case.figures:
-            cells += [ratio(case, name, m, "direct") for m in key]
+        cells += [ratio(case, name, m, "direct") for m in key]
         lines.append("| " + " | ".join(cells) + " |")
     info = ", ".join(f"{k}: {v}" for k, v in case.info.items())
     return [f"### {case.name}", "", *([f"({info})", ""] if info else []), *lines, ""]
 
 
 def headline(cases: list[Case]) -> list[str]:
-    """Each fastproxy mode against the best peer on each key metric."""
-    ours = sorted({n for c in cases for n in c.figures if n.startswith(OURS)})
-    head = ["case", "metric", "best peer", *ours]
+    """Each fastproxy contender against the best peer on each key metric, and direct."""
+    head = ["case", "metric", "fastproxy", "median [min-max]", "× direct", "best peer", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for case in cases:
         for metric in case.key_metrics():
@@ -66,16 +64,14 @@ def headline(cases: list[Case]) -> list[str]:
             if best is None:
                 continue
             digits = METRICS[metric][2]
-            cells = [case.name, METRICS[metric][0]]
-            cells.append(f"{best}: {case.figures[best][metric].show(digits)}")
-            for name in ours:
-                values = case.figures.get(name, {})
-                if metric not in values:
-                    cells.append("-")
+            theirs = f"{best} {case.figures[best][metric].show(digits)}"
+            for name, values in case.figures.items():
+                if not name.startswith(OURS) or metric not in values:
                     continue
-                judged = verdict(case, name, metric, best)
-                cells.append(f"{values[metric].show(digits)} ({judged})")
-            lines.append("| " + " | ".join(cells) + " |")
+                cells = [case.name, METRICS[metric][0], name, values[metric].show(digits)]
+                cells += [ratio(case, name, metric, "direct"), theirs]
+                cells.append(verdict(case, name, metric, best))
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,4 +1,4 @@
-"""Memory per idle connection: IDLE_CONNECTIONS (10,000 where the fd limit allows)
+"""Memory per idle connection: IDLE_CONNECTIONS (5,000 where the fd limit allows)
 held open through each contender to a holder that sends nothing; the proxy's RSS and
 the kernel's memory read before and after. Each round starts the proxy afresh (a warm
 allocator would reuse what the previous round freed)."""

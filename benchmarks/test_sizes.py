@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench_backends import SIZES
-from bench_config import SECONDS, SMOKE
+from bench_config import SHORT_SECONDS, SMOKE
 from bench_contenders import DIRECT, Contenders
 from bench_series import run_series
 from bench_wrk import run_wrk
@@ -25,7 +25,7 @@ def test_size_sweep(request, contenders: Contenders, nginx: None, size: int) -> 
         figures, out = run_wrk(
             c.http_port,
             connections=CONNECTIONS,
-            seconds=SECONDS,
+            seconds=SHORT_SECONDS,
             path=f"/bytes/{size}",
             proxy_pid=c.pid,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_config import SECONDS
+from bench_config import SHORT_SECONDS
 from bench_contenders import Unavailable, start_proxy
 from bench_procs import CLIENT_CPU, SERVER_CPU, Pinned, free_ports
 from bench_series import run_series
@@ -61,6 +61,8 @@ def test_workers(request, scaled: dict[str, tuple[int, int]], load: str, tmp_pat
 
     def measure(label: str) -> tuple[dict[str, float], str]:
         front, pid = scaled[label]
-        return run_wrk(front, connections=connections, seconds=SECONDS, close=close, proxy_pid=pid)
+        return run_wrk(
+            front, connections=connections, seconds=SHORT_SECONDS, close=close, proxy_pid=pid
+        )
 
     run_series(request, f"workers-{load}", list(scaled), measure)
