@@ -18,10 +18,11 @@ PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
 UNSHARE = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
 
 
-def collected() -> set[str]:
+def collected(env: dict[str, str]) -> set[str]:
     out = subprocess.run(
         [*PYTEST, "--collect-only", "-q", "benchmarks"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -46,7 +47,7 @@ def test_every_benchmark_produces_figures(tmp_path: Path) -> None:
     assert "SKIPPED" not in run.stdout, run.stdout[-4000:]
     benchmarks = json.loads((tmp_path / "smoke.json").read_text())["benchmarks"]
     produced = {b["fullname"].rsplit("::", 1)[0] for b in benchmarks}
-    assert produced == collected()
+    assert produced == collected(env)
     for bench in benchmarks:
         metrics = bench["extra_info"]["metrics"]
         assert metrics and all(metrics.values()), bench["name"]
