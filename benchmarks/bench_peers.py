@@ -69,7 +69,8 @@ def haproxy_config(
 ) -> str:
     """`stats`: a stats socket path exposing the listeners, for a seamless reload."""
     extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
-    maxpipes = min(4096, max(16, (FD_LIMIT - 2 * maxconn - 200) // 2))
+    listeners = sum(_port_count(front) for front, _ in routes)
+    maxpipes = min(4096, max(16, (FD_LIMIT - 2 * maxconn - listeners - 200) // 2))
     text = HAPROXY_GLOBAL.format(
         threads=threads,
         maxconn=maxconn,
@@ -83,6 +84,11 @@ def haproxy_config(
             i=i, host=HOST, front=front, bind=" backlog 4096", servers=servers
         )
     return text
+
+
+def _port_count(front: int | str) -> int:
+    first, _, last = str(front).partition("-")
+    return int(last or first) - int(first) + 1
 
 
 def start_haproxy(
