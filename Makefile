@@ -47,15 +47,16 @@ bench-deps: venv
 # bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
 # as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.
 # A dirty tree is refused (the figures would trace to no commit) unless BENCH_ALLOW_DIRTY=1.
+# A failed benchmark still leaves the report of the others (and make fails).
 COMMIT     = $(shell git rev-parse --short=12 HEAD)
 BENCH_JSON = benchmarks/results/bench-$(COMMIT).json
 bench: setup bench-deps
 	@test "$$BENCH_ALLOW_DIRTY" = 1 || git diff --quiet HEAD -- || \
 		{ echo "uncommitted changes: commit first (or BENCH_ALLOW_DIRTY=1)"; exit 1; }
 	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' $(VENV)/bin/pytest -q \
-		benchmarks -p no:cacheprovider --benchmark-disable-gc \
-		--benchmark-columns=min,median,max,rounds --benchmark-json=$(BENCH_JSON)
-	$(PY) benchmarks/report.py $(BENCH_JSON)
+		benchmarks -p no:cacheprovider --timeout=1800 --benchmark-disable-gc \
+		--benchmark-columns=min,median,max,rounds --benchmark-json=$(BENCH_JSON); \
+	status=$$?; $(PY) benchmarks/report.py $(BENCH_JSON) && exit $$status
 
 # The newest run against a baseline (default: the run before it): pytest-benchmark's own
 # table of round times, then every key figure that got worse outside the spreads.
