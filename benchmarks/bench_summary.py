@@ -124,7 +124,8 @@ def verdict(case: Case, contender: str, metric: str, against: str) -> str:
 
 
 def ratio(case: Case, contender: str, metric: str, to: str) -> str:
-    mine, theirs = case.figures[contender].get(metric), case.figures.get(to, {}).get(metric)
+    mine = case.figures.get(contender, {}).get(metric)
+    theirs = case.figures.get(to, {}).get(metric)
     if mine is None or theirs is None or not theirs.median:
         return "-"
     return f"{mine.median / theirs.median:.2f}×"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench_summary import METRICS, latest, load, refuse_dirty, stamp, verdict
+from bench_summary import METRICS, latest, load, ratio, refuse_dirty, stamp, verdict
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -29,8 +29,8 @@ def table(path: Path) -> list[str]:
         "spread; *tie*: the spreads overlap. Every case and method: "
         "`benchmarks/RESULTS.md`.",
         "",
-        "| case | metric | best peer | " + " | ".join(OURS) + " |",
-        "|---|---|---|" + "---|" * len(OURS),
+        "| case | metric | direct | best peer | " + " | ".join(OURS) + " |",
+        "|---|---|---|---|" + "---|" * len(OURS),
     ]
     for case in cases:
         for metric in case.key_metrics():
@@ -39,11 +39,17 @@ def table(path: Path) -> list[str]:
                 continue
             digits = METRICS[metric][2]
             cells = [case.name, METRICS[metric][0]]
+            direct = case.figures.get("direct", {}).get(metric)
+            cells.append(direct.show(digits) if direct else "-")
             cells.append(f"{best} {case.figures[best][metric].show(digits)}")
             for name in OURS:
                 mine = case.figures.get(name, {}).get(metric)
                 judged = verdict(case, name, metric, best) if mine else ""
-                cells.append(f"{mine.show(digits)} ({judged})" if mine else "-")
+                if mine is None:
+                    cells.append("-")
+                    continue
+                versus = f", {ratio(case, name, metric, 'direct')} direct" if direct else ""
+                cells.append(f"{mine.show(digits)} ({judged}{versus})")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
