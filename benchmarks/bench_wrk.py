@@ -43,7 +43,8 @@ def wrk_argv(
     port: int, *, connections: int, seconds: float, close: bool = False, path: str = "/"
 ) -> list[str]:
     argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{connections}"]
-    argv += [f"-d{max(seconds, 1):g}s", "--latency", "--timeout", "5s"]
+    # wrk takes whole seconds only
+    argv += [f"-d{max(round(seconds), 1)}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     return [*argv, f"http://{HOST}:{port}{path}"]

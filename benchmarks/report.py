@@ -104,14 +104,16 @@ def chart(cases: list[Case], subtitle: str) -> bool:
     ours = sorted({n for c in cases for n in c.figures if n.startswith(OURS)})
     if not rows or not ours:
         return False
-    width = 0.8 / len(ours)
     fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.45), 6), dpi=100)
-    for i, name in enumerate(ours):
-        for x, (case, metric) in enumerate(rows):
-            best = case.best_peer(metric)
-            mine = case.figures.get(name, {}).get(metric)
-            theirs = case.figures[best][metric]  # type: ignore[index]
-            if mine is None or not mine.median or not theirs.median:
+    labelled: set[str] = set()
+    for x, (case, metric) in enumerate(rows):
+        best = case.best_peer(metric)
+        theirs = case.figures[best][metric]  # type: ignore[index]
+        present = [n for n in ours if metric in case.figures.get(n, {})]
+        width = 0.8 / max(len(present), 1)
+        for i, name in enumerate(present):
+            mine = case.figures[name][metric]
+            if not mine.median or not theirs.median:
                 continue
             adv = mine.median / theirs.median
             adv = adv if METRICS[metric][1] else 1 / adv
@@ -121,11 +123,12 @@ def chart(cases: list[Case], subtitle: str) -> bool:
                 adv - 1,
                 width,
                 bottom=1,
-                color=f"C{i}",
+                color=f"C{ours.index(name) % 10}",
                 hatch="//" if tie else None,
                 alpha=0.5 if tie else 1,
-                label=name if x == 0 else None,
+                label=None if name in labelled else name,
             )
+            labelled.add(name)
     ax.set_yscale("log", base=2)
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_xticks(
