@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build demo test lint bench wheel clean
+.PHONY: setup system venv build demo test lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -34,15 +34,39 @@ lint:
 	$(VENV)/bin/ruff format --check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 
-test: setup lint
+# The tests include a smoke run of every benchmark (tests/test_bench_smoke.py): its tools too.
+test: setup bench-deps lint
 	$(VENV)/bin/pytest -q tests
 
-# In a network namespace of its own: nothing else on the machine (other test runs, services)
-# shares its loopback ports or its bpf steering state, and the net sysctls are the defaults.
-bench: setup
-	bash scripts/install-bench-deps.sh
-	unshare --net -- sh -c 'ip link set lo up && exec "$$0" -q benchmarks --benchmark-disable-gc' \
-		$(VENV)/bin/pytest
+# haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
+bench-deps: venv
+	bash scripts/install-bench-deps.sh $(PY)
+
+# The full suite (~20 min, see benchmarks/RESULTS.md), in a network namespace of its own:
+# nothing else on the machine (other test runs, services) shares its loopback ports or its
+# bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
+# as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.
+# A dirty tree is refused (the figures would trace to no commit) unless BENCH_ALLOW_DIRTY=1.
+# A failed benchmark still leaves the report of the others (and make fails).
+COMMIT     = $(shell git rev-parse --short=12 HEAD)
+BENCH_JSON = benchmarks/results/bench-$(COMMIT).json
+bench: setup bench-deps
+	@test "$$BENCH_ALLOW_DIRTY" = 1 || git diff --quiet HEAD -- || \
+		{ echo "uncommitted changes: commit first (or BENCH_ALLOW_DIRTY=1)"; exit 1; }
+	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' $(VENV)/bin/pytest -q \
+		benchmarks -p no:cacheprovider --timeout=1800 --benchmark-disable-gc \
+		--benchmark-columns=min,median,max,rounds --benchmark-json=$(BENCH_JSON); \
+	status=$$?; $(PY) benchmarks/report.py $(BENCH_JSON) && exit $$status
+
+# The newest run against a baseline (default: the run before it): pytest-benchmark's own
+# table of round times, then every key figure that got worse outside the spreads.
+BENCH_NEW      ?= $(shell ls -t benchmarks/results/bench-*.json 2>/dev/null | sed -n 1p)
+BENCH_BASELINE ?= $(shell ls -t benchmarks/results/bench-*.json 2>/dev/null | sed -n 2p)
+bench-compare:
+	@test -n "$(BENCH_BASELINE)" || { echo "need two runs in benchmarks/results"; exit 1; }
+	$(VENV)/bin/pytest-benchmark compare $(BENCH_BASELINE) $(BENCH_NEW) \
+		--columns=min,median,max --group-by=group --sort=name
+	$(PY) benchmarks/compare.py $(BENCH_BASELINE) $(BENCH_NEW) $(BENCH_COMPARE_FLAGS)
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

@@ -1,7 +1,8 @@
 """The servers behind the proxies, besides iperf3: nginx answering `200` for the HTTP
 load (wrk), and a holder that accepts connections and keeps them idle.
 
-    python benchmarks/bench_backends.py PORT    runs a holder on 127.0.0.1:PORT"""
+    python benchmarks/bench_backends.py PORT             a holder on 127.0.0.1:PORT
+    python benchmarks/bench_backends.py slow PORT MS     a slow HTTP target on it"""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 from bench_procs import HOST, RESET_LINGER, SERVER_CPU, Pinned
+
+# The size sweep: answers of 64 B to 1 MiB, at /bytes/<size>.
+SIZES = (64, 1024, 16_384, 65_536, 262_144, 1_048_576)
 
 NGINX_CONFIG = """\
 # One process (no master), like the proxies under test: its pid is the one doing the work.
@@ -39,6 +43,8 @@ http {{
     server {{
         listen {host}:{port} backlog=4096;
         location / {{ return 200 "ok\\n"; }}
+        # The size sweep's answers: files of 64 B to 1 MiB, sent with sendfile.
+        location /bytes/ {{ root {workdir}/www; sendfile on; tcp_nopush on; }}
     }}
 }}
 """
@@ -50,6 +56,9 @@ def start_nginx(port: int, workdir: Path) -> Pinned:
     if shutil.which("nginx") is None:
         raise FileNotFoundError("nginx not installed (scripts/install-bench-deps.sh)")
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    (workdir / "www" / "bytes").mkdir(parents=True, exist_ok=True)
+    for size in SIZES:
+        (workdir / "www" / "bytes" / str(size)).write_bytes(os.urandom(size))
     config = workdir / "nginx.conf"
     config.write_text(NGINX_CONFIG.format(workdir=workdir, host=HOST, port=port))
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(config)]
@@ -127,5 +136,37 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
+SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+def serve_slowly(port: int, delay: float) -> None:
+    """A slow target's loop: each request (keep-alive, one at a time per connection)
+    answered `delay` seconds after it arrived."""
+    import asyncio
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(delay)
+                writer.write(SLOW_ANSWER)
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(answer, HOST, port, backlog=4096)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def start_slow(port: int, delay_ms: int, workdir: Path) -> Pinned:
+    argv = [sys.executable, str(Path(__file__).resolve()), "slow", str(port), str(delay_ms)]
+    server = Pinned(argv, SERVER_CPU, workdir / "slow.log")
+    server.wait_listening(port)
+    return server
+
+
 if __name__ == "__main__":
-    hold(int(sys.argv[1]))
+    if sys.argv[1] == "slow":
+        serve_slowly(int(sys.argv[2]), int(sys.argv[3]) / 1e3)
+    else:
+        hold(int(sys.argv[1]))

@@ -1,45 +1,30 @@
 """The contenders: the direct connection and the proxies, each started pinned to the
 server's CPU on free loopback ports. Every proxy has three front ports, one per kind of
-backend: the iperf3 server (its own), nginx, and the idle-connection holder (shared).
-
-Environment: FASTPROXY_BENCH_SECONDS (per transfer or load run, default 2) and
-FASTPROXY_BENCH_REPS (repetitions per figure, default 3)."""
+backend: the iperf3 server (its own), nginx, and the idle-connection holder (shared)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bench_procs import HOST, IDLE_CONNECTIONS, SERVER_CPU, Pinned, accepts, free_ports
-
-SECONDS = float(os.environ.get("FASTPROXY_BENCH_SECONDS", "2"))
-REPS = int(os.environ.get("FASTPROXY_BENCH_REPS", "3"))
-# One relay thread: the proxy has one CPU (shared with the server), as HAProxy has with
-# nbthread 1 and the Python proxies with their one event loop.
-WORKERS = 1
-HERE = Path(__file__).resolve().parent
+from bench_config import HERE, SMOKE
+from bench_peers import HAPROXY_MODES, Route, start_haproxy, start_nginx_stream
+from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
 
 DIRECT = "direct"
-HAPROXY = "haproxy-splice"
 BPF = "fastproxy-splice-bpf"
-# Table order: the limit, the reference, the others, then ours.
-CONTENDERS = (
-    DIRECT,
-    HAPROXY,
-    "haproxy-nosplice",
-    "asyncio",
-    "uvloop",
-    "fastproxy-copy",
-    "fastproxy-splice",  # ports steering: one listening socket per port
-    BPF,  # one socket for all ports, sk_lookup steering
-)
+PEERS = (*HAPROXY_MODES, "nginx-stream", "asyncio", "uvloop")
+OURS = ("fastproxy-copy", "fastproxy-splice", BPF)
+# Table order: the limit, the peers, then ours.
+CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
+# A smoke run (bench_config.SMOKE) runs every contender in the bulk case, and these three
+# in the others: whether each benchmark produces a figure, in about a minute.
+SMOKE_NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-splice")
 
 
 @dataclass(frozen=True)
@@ -52,11 +37,14 @@ class Contender:
     pid: int | None  # the proxy's, None for the direct connection
 
 
+class Unavailable(Exception):
+    """A contender that cannot run here (a tool missing, bpf not loadable)."""
+
+
 class Contenders:
     """Each contender started on first use and kept for the session, so that the
-    repetitions of all contenders can take turns: a drift in the machine's speed (a
-    neighbour's load) then spreads over every contender instead of skewing one. A
-    contender that cannot start is skipped, with its reason, for the rest of the run."""
+    repetitions of all contenders can take turns. A contender that cannot start is
+    left out, with its reason, for the rest of the run."""
 
     def __init__(self, workdir: Path, http_port: int, hold_port: int) -> None:
         self.workdir = workdir
@@ -64,18 +52,39 @@ class Contenders:
         self.hold_port = hold_port
         self._running: dict[str, Contender] = {}
         self._proxies: dict[str, Pinned] = {}
-        self._unavailable: dict[str, str] = {}
+        self.unavailable: dict[str, str] = {}
         self._starts = 0
 
-    def get(self, name: str) -> Contender:
-        if name in self._unavailable:
-            pytest.skip(self._unavailable[name])
-        if name not in self._running:
+    def available(self, names: tuple[str, ...] | list[str], *, every: bool = False) -> list[str]:
+        """Those of `names` that run here, each started (skips if none does). A smoke
+        run keeps only SMOKE_NAMES of them, unless `every`."""
+        started = []
+        for name in names:
+            if SMOKE and not every and name not in SMOKE_NAMES:
+                continue
+            if name in self.unavailable:
+                continue
+            if name not in self._running:
+                try:
+                    self._running[name] = self._start(name)
+                except (Unavailable, FileNotFoundError) as exc:
+                    self.unavailable[name] = str(exc)
+                    continue
+            started.append(name)
+        if not started:
+            pytest.skip(f"none of {names} runs here: {self.unavailable}")
+        return started
+
+    def runs(self, name: str) -> bool:
+        """Whether `name` can run here (started to find out, if it never was)."""
+        if name not in self.unavailable and name not in self._running:
             try:
                 self._running[name] = self._start(name)
-            except Unavailable as exc:
-                self._unavailable[name] = f"{name}: {exc}"
-                pytest.skip(self._unavailable[name])
+            except (Unavailable, FileNotFoundError) as exc:
+                self.unavailable[name] = str(exc)
+        return name not in self.unavailable
+
+    def get(self, name: str) -> Contender:
         return self._running[name]
 
     def _start(self, name: str) -> Contender:
@@ -85,7 +94,11 @@ class Contenders:
         self._starts += 1
         workdir = self.workdir / f"{name}-{self._starts}"
         workdir.mkdir()
-        routes = [(port, backend_port), (http_front, self.http_port), (hold_front, self.hold_port)]
+        routes: list[Route] = [
+            (port, [backend_port]),
+            (http_front, [self.http_port]),
+            (hold_front, [self.hold_port]),
+        ]
         proxy = start_proxy(name, routes, workdir)
         self._proxies[name] = proxy
         return Contender(name, port, backend_port, http_front, hold_front, proxy.pid)
@@ -102,67 +115,68 @@ class Contenders:
             self.stop(name)
 
 
-class Unavailable(Exception):
-    """A contender that cannot run here (a tool missing, bpf not loadable)."""
-
-
-Route = tuple[int, int]  # (front port, backend port)
-
-
-def start_proxy(name: str, routes: list[Route], workdir: Path) -> Pinned:
+def start_proxy(
+    name: str, routes: list[Route], workdir: Path, *, workers: int = 1, cpus: str = ""
+) -> Pinned:
     """Start proxy contender `name`, relaying each route's front port to its backend
-    port on HOST; it accepts on every front port when this returns."""
-    if name.startswith("haproxy"):
-        proxy = start_haproxy(routes, workdir, splice=name == HAPROXY)
+    ports on HOST, with `workers` threads on `cpus` (default: the server's CPU);
+    it accepts on every front port when this returns."""
+    cpus = cpus or str(SERVER_CPU)
+    if name in HAPROXY_MODES:
+        proxy = start_haproxy(name, routes, workdir, threads=workers, cpus=cpus)
+    elif name == "nginx-stream":
+        proxy = start_nginx_stream(routes, workdir, cpus=cpus)
     elif name in ("asyncio", "uvloop"):
         proxy = _start_pyproxy(routes, workdir, uvloop=name == "uvloop")
     else:
         relay = "copy" if name == "fastproxy-copy" else "splice"
         steering = "bpf" if name == BPF else "ports"
-        proxy = _start_fastproxy(routes, relay, steering, workdir)
+        apps = {f"app{i}": ([front], backends) for i, (front, backends) in enumerate(routes)}
+        config = fastproxy_config(apps, steering, workers=workers)
+        proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus)
     try:
         for front, _ in routes:
             if name == BPF:  # no socket listens by that port number: probe it
                 proxy.wait_until(lambda p=front: accepts(p), f"connections on port {front}")
             else:
-                proxy.wait_listening(front)
+                proxy.wait_listening(int(front))
     except BaseException:
         proxy.stop()
         raise
     return proxy
 
 
-def fastproxy_config(apps: dict[str, tuple[list[int | str], int]], steering: str) -> dict:
-    """A config with one app per entry: name -> (ports, backend port on HOST)."""
+def fastproxy_config(
+    apps: dict[str, tuple[list[int | str], list[int]]], steering: str, *, workers: int = 1
+) -> dict:
+    """A config with one app per entry: name -> (ports, backend ports on HOST)."""
     return {
         "Apps": [
             {
                 "Name": app,
                 "Ports": ports,
-                "Targets": [f"{HOST}:{backend}"],
+                "Targets": [f"{HOST}:{backend}" for backend in backends],
                 # No active checks during the run: a probe connection would be taken by
-                # `iperf3 -s -1` as its one client (the first check of a target comes at
-                # a random point within one interval).
+                # `iperf3 -s -1` as its one client.
                 "HealthCheck": {"Interval": 86400},
             }
-            for app, (ports, backend) in apps.items()
+            for app, (ports, backends) in apps.items()
         ],
         "Listen": HOST,
         "Admin": f"{HOST}:0",
         "Steering": steering,
-        "Workers": WORKERS,
+        "Workers": workers,
     }
 
 
-def start_fastproxy(config: dict, workdir: Path, *extra: str) -> Pinned:
-    """fastproxy serving `config` from workdir/fastproxy.json, pinned to the server's
-    CPU; returns once it logged "serving". Unavailable when it exits instead (bpf
-    steering that cannot load)."""
+def start_fastproxy(config: dict, workdir: Path, *extra: str, cpus: str = "") -> Pinned:
+    """fastproxy serving `config` from workdir/fastproxy.json; returns once it logged
+    "serving". Unavailable when it exits instead (bpf steering that cannot load)."""
     path = workdir / "fastproxy.json"
     path.write_text(json.dumps(config))
     argv = [sys.executable, "-m", "fastproxy", "serve", str(path), *extra]
     argv += ["--control-socket", str(workdir / "control.sock")]
-    proxy = Pinned(argv, SERVER_CPU, workdir / "fastproxy.log")
+    proxy = Pinned(argv, cpus or str(SERVER_CPU), workdir / "fastproxy.log")
     try:
         proxy.wait_until(lambda: "serving" in proxy.log(), "'serving' line", timeout=60)
     except RuntimeError as exc:  # it exited
@@ -175,52 +189,6 @@ def start_fastproxy(config: dict, workdir: Path, *extra: str) -> Pinned:
     return proxy
 
 
-def _start_fastproxy(routes: list[Route], relay: str, steering: str, workdir: Path) -> Pinned:
-    apps = {f"app{i}": ([front], backend) for i, (front, backend) in enumerate(routes)}
-    return start_fastproxy(fastproxy_config(apps, steering), workdir, "--relay", relay)
-
-
-HAPROXY_CONFIG = """\
-global
-    nbthread 1
-    # the idle connections and a few more; HAProxy needs 2 fds per connection and 2 per
-    # pipe, within the open-file limit
-    maxconn {maxconn}
-    maxpipes 64
-
-defaults
-    mode tcp
-{splice}    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-"""
-HAPROXY_SPLICE = "    option splice-request\n    option splice-response\n"
-HAPROXY_LISTEN = """
-listen route{i}
-    bind {host}:{front}
-    server backend {host}:{backend}
-"""
-
-
-def start_haproxy(
-    routes: list[tuple[int | str, int]],
-    workdir: Path,
-    *,
-    splice: bool = True,
-    maxconn: int = IDLE_CONNECTIONS + 50,
-) -> Pinned:
-    """HAProxy with one `listen` per route (a front may be a range: "10000-19999")."""
-    if shutil.which("haproxy") is None:
-        raise Unavailable("haproxy not installed (scripts/install-bench-deps.sh)")
-    text = HAPROXY_CONFIG.format(maxconn=maxconn, splice=HAPROXY_SPLICE if splice else "")
-    for i, (front, backend) in enumerate(routes):
-        text += HAPROXY_LISTEN.format(i=i, host=HOST, front=front, backend=backend)
-    path = workdir / "haproxy.cfg"
-    path.write_text(text)
-    # -db: foreground, no master process; the pid is the one process doing the work.
-    return Pinned(["haproxy", "-db", "-f", str(path)], SERVER_CPU, workdir / "haproxy.log")
-
-
 def _start_pyproxy(routes: list[Route], workdir: Path, *, uvloop: bool) -> Pinned:
     if uvloop:
         try:
@@ -228,7 +196,7 @@ def _start_pyproxy(routes: list[Route], workdir: Path, *, uvloop: bool) -> Pinne
         except ImportError:
             raise Unavailable("uvloop not installed (scripts/install-bench-deps.sh)") from None
     argv = [sys.executable, str(HERE / "pyproxy.py")]
-    argv += [str(port) for route in routes for port in route]
+    argv += [str(port) for front, backends in routes for port in (front, backends[0])]
     argv += ["--uvloop"] if uvloop else []
     proxy = Pinned(argv, SERVER_CPU, workdir / "pyproxy.log")
     proxy.wait_until(lambda: "serving" in proxy.log(), "'serving' line")

@@ -1,45 +1,22 @@
 """One bulk transfer with iperf3: a fresh `iperf3 -s -1` on the backend port, the client
-sending to a proxy's port (or straight to the server), the proxy's CPU read around it."""
+sending a fixed amount (-n) to a proxy's port (or straight to the server), the CPU read
+around it both ways (bench_procs.CpuMeter)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench_procs import CLIENT_CPU, HOST, SERVER_CPU, Pinned, cpu_seconds
-
-
-@dataclass(frozen=True)
-class Transfer:
-    bytes: int  # received by the server
-    seconds: float  # as the server measured it
-    proxy_cpu: float | None  # proxy utime + stime over the transfer, seconds
-
-    @property
-    def gbit_per_s(self) -> float:
-        return self.bytes * 8 / self.seconds / 1e9
-
-    @property
-    def cpu_ms_per_gb(self) -> float | None:
-        """Proxy CPU per 10^9 bytes moved, in milliseconds."""
-        if self.proxy_cpu is None:
-            return None
-        return self.proxy_cpu * 1e3 / (self.bytes / 1e9)
+from bench_procs import CLIENT_CPU, HOST, SERVER_CPU, CpuMeter, Pinned
 
 
 def transfer(
-    port: int,
-    backend_port: int,
-    *,
-    streams: int,
-    seconds: float,
-    proxy_pid: int | None,
-    workdir: Path,
-) -> Transfer:
-    """Send for `seconds` over `streams` parallel connections to HOST:port, which is the
-    backend itself or a proxy in front of it."""
+    port: int, backend_port: int, *, streams: int, size: str, proxy_pid: int | None, workdir: Path
+) -> tuple[dict[str, float], str]:
+    """Send `size` bytes (iperf3 -n: "4G") over `streams` parallel connections to
+    HOST:port, the backend itself or a proxy in front of it. Returns the figures
+    (Gbit/s, CPU ms per GB the proxy's and the shared CPU's) and iperf3's summary."""
     server = Pinned(
         ["iperf3", "-s", "-1", "-B", HOST, "-p", str(backend_port)],
         SERVER_CPU,
@@ -47,15 +24,15 @@ def transfer(
     )
     try:
         server.wait_listening(backend_port)
-        cpu_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+        meter = CpuMeter(proxy_pid)
         client = subprocess.run(
             ["taskset", "-c", str(CLIENT_CPU), "iperf3", "-c", HOST, "-p", str(port)]
-            + ["-t", str(seconds), "-P", str(streams), "-J"],
+            + ["-n", size, "-P", str(streams), "-J"],
             capture_output=True,
             text=True,
-            timeout=seconds + 30,
+            timeout=300,
         )
-        cpu_after = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+        proxy_cpu, shared_cpu = meter.stop()
         server.proc.wait(10)  # -1: the server leaves after its one test
     finally:
         server.stop()
@@ -66,8 +43,10 @@ def transfer(
     if client.returncode != 0 or "error" in report:
         raise RuntimeError(f"iperf3 client: {report.get('error', client.stderr)}")
     received = report["end"]["sum_received"]
-    return Transfer(
-        bytes=int(received["bytes"]),
-        seconds=float(received["seconds"]),
-        proxy_cpu=cpu_after - cpu_before if proxy_pid else None,
-    )
+    gb = int(received["bytes"]) / 1e9
+    figures = {"gbit_per_s": gb * 8 / float(received["seconds"])}
+    if proxy_cpu is not None:
+        figures["proxy_cpu_ms_per_gb"] = proxy_cpu * 1e3 / gb
+    figures["shared_cpu_ms_per_gb"] = shared_cpu * 1e3 / gb
+    # The per-second intervals are long and add nothing to the totals: keep the end.
+    return figures, json.dumps({"end": report["end"]})

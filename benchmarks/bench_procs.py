@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from bench_config import SMOKE
+
 HOST = "127.0.0.1"
 
 # Two cores: the load generator's client side alone on one, the server and the proxy
@@ -62,11 +64,39 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """All busy time of one CPU so far (user, nice, system, irq, softirq of its line in
+    /proc/stat), whichever task it was spent for."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                fields = [int(v) for v in line.split()[1:]]
+                return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / CLOCK_TICKS
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+class CpuMeter:
+    """CPU spent over a run, two ways: the proxy process alone (utime+stime: what it
+    is charged, which misses the kernel work it causes elsewhere), and all busy time of
+    the CPU it shares with the server (the proxy's and the server's work, the kernel's
+    too: the robust one here, where loopback receive work lands on whoever runs)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.proxy = cpu_seconds(pid) if pid else 0.0
+        self.shared = cpu_busy_seconds(SERVER_CPU)
+
+    def stop(self) -> tuple[float | None, float]:
+        """(proxy seconds or None for the direct connection, shared CPU seconds)."""
+        proxy = cpu_seconds(self.pid) - self.proxy if self.pid else None
+        return proxy, cpu_busy_seconds(SERVER_CPU) - self.shared
+
+
 class Pinned:
     """A command run on one CPU (`taskset -c`, which execs it: the pid is the command's),
     its output in a log file. Stopped with SIGTERM, then SIGKILL, by its pid."""
 
-    def __init__(self, argv: Sequence[str], cpu: int, log_path: Path) -> None:
+    def __init__(self, argv: Sequence[str], cpu: int | str, log_path: Path) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -173,12 +203,12 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-# Idle connections held for the memory figure: 10,000, unless the open-file limit cannot
+# Idle connections held for the memory figure: 5,000, unless the open-file limit cannot
 # be raised that far (a sandbox without CAP_SYS_RESOURCE): a proxy needs two descriptors
 # per connection, and some to spare. Raised here, the limit is inherited by every process
 # the benchmarks start.
 FD_LIMIT = raise_nofile(1 << 17)
-IDLE_CONNECTIONS = min(10_000, (FD_LIMIT - 400) // 2 // 100 * 100)
+IDLE_CONNECTIONS = 200 if SMOKE else min(5_000, (FD_LIMIT - 400) // 2 // 100 * 100)
 
 
 class ForeignCpu:

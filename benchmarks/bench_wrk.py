@@ -1,35 +1,14 @@
 """One HTTP load run with wrk, pinned to the client's CPU, against nginx through a
-contender: a request rate, latency percentiles, errors, and the proxy's CPU around it."""
+contender: a request rate, latency percentiles, errors, and the CPU around it."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
 
-from bench_procs import CLIENT_CPU, HOST, cpu_seconds
+from bench_procs import CLIENT_CPU, HOST, CpuMeter
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-@dataclass(frozen=True)
-class Load:
-    requests: int
-    seconds: float
-    p50: float  # latency, seconds (--latency runs only, else 0)
-    p99: float
-    errors: int  # socket errors (connect, read, write, timeout) and non-2xx answers
-    proxy_cpu: float | None  # utime + stime over the run, seconds
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def cpu_us_per_request(self) -> float | None:
-        if self.proxy_cpu is None or not self.requests:
-            return None
-        return self.proxy_cpu * 1e6 / self.requests
 
 
 def run_wrk(
@@ -37,43 +16,60 @@ def run_wrk(
     *,
     connections: int,
     seconds: float,
-    close: bool,
+    close: bool = False,
+    path: str = "/",
     proxy_pid: int | None,
-) -> Load:
+) -> tuple[dict[str, float], str]:
     """wrk with one thread and `connections` connections for `seconds` against
-    http://HOST:port/. `close`: every request on a new connection (`Connection: close`,
-    which nginx honours by closing after its answer; wrk then reconnects)."""
-    argv = wrk_argv(port, connections=connections, seconds=seconds, close=close)
-    before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    after = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    http://HOST:port/path. `close`: every request on a new connection (`Connection:
+    close`, which nginx honours by closing first; wrk then reconnects). Returns the
+    figures and wrk's output."""
+    argv = wrk_argv(port, connections=connections, seconds=seconds, close=close, path=path)
+    meter = CpuMeter(proxy_pid)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    proxy_cpu, shared_cpu = meter.stop()
     if out.returncode != 0:
         raise RuntimeError(f"wrk ({out.returncode}): {out.stderr or out.stdout}")
-    return parse(out.stdout, after - before if proxy_pid else None)
+    figures = parse(out.stdout)
+    if not figures["requests"]:  # a figure too (a proxy stalled), but with no latencies
+        return {"rate": 0.0, "errors": figures["errors"]}, out.stdout
+    if proxy_cpu is not None:
+        figures["proxy_cpu_us_per_req"] = proxy_cpu * 1e6 / figures["requests"]
+    figures["shared_cpu_us_per_req"] = shared_cpu * 1e6 / figures["requests"]
+    return figures, out.stdout
 
 
-def wrk_argv(port: int, *, connections: int, seconds: float, close: bool) -> list[str]:
+def wrk_argv(
+    port: int, *, connections: int, seconds: float, close: bool = False, path: str = "/"
+) -> list[str]:
     argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{connections}"]
-    argv += [f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    # wrk takes whole seconds only
+    argv += [f"-d{max(round(seconds), 1)}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    return [*argv, f"http://{HOST}:{port}/"]
+    return [*argv, f"http://{HOST}:{port}{path}"]
 
 
-def parse(text: str, proxy_cpu: float | None) -> Load:
-    done = re.search(r"(\d+) requests in ([\d.]+)(\w+),", text)
+def parse(text: str) -> dict[str, float]:
+    """rate (requests/s), latency p50/p90/p99 and max in µs, errors (socket errors and non-2xx
+    answers), requests, bytes read."""
+    done = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", text)
     if done is None:
         raise RuntimeError(f"wrk: no result in {text!r}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return Load(
-        requests=int(done.group(1)),
-        seconds=float(done.group(2)) * _UNITS[done.group(3)],
-        p50=_percentile(text, "50%"),
-        p99=_percentile(text, "99%"),
-        errors=errors + (int(non_2xx.group(1)) if non_2xx else 0),
-        proxy_cpu=proxy_cpu,
-    )
+    requests = int(done.group(1))
+    # "Latency   avg   stdev   max   +/- stdev"
+    latency = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\s", text)
+    return {
+        "requests": requests,
+        "rate": requests / (float(done.group(2)) * _UNITS[done.group(3)]),
+        "p50_us": _percentile(text, "50%") * 1e6,
+        "p90_us": _percentile(text, "90%") * 1e6,
+        "p99_us": _percentile(text, "99%") * 1e6,
+        "max_us": float(latency.group(1)) * _UNITS[latency.group(2)] * 1e6 if latency else 0.0,
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
 
 
 def _percentile(text: str, which: str) -> float:

@@ -1,11 +1,9 @@
-"""Fixtures for the benchmarks (the backends and the contenders, started once for the
-session), and the report written at the end of the run: RESULTS.md (every figure),
-results/summary.png (the chart), results/throughput.md and results/results.json."""
+"""Fixtures for the benchmarks: the backends and the contenders, started once for the
+session. The figures go to pytest-benchmark's JSON (--benchmark-json); RESULTS.md and
+the chart are made from it by benchmarks/report.py."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import platform
 import shutil
@@ -16,48 +14,16 @@ from pathlib import Path
 import pytest
 
 from bench_backends import Holder, start_nginx
-from bench_chart import draw, summary_columns, summary_table
-from bench_contenders import BPF, REPS, SECONDS, WORKERS, Contenders
-from bench_figures import make_figures
-from bench_procs import CLIENT_CPU, HOST, SERVER_CPU, ForeignCpu, free_ports
-from bench_report import Figure, Results
-
-HERE = Path(__file__).resolve().parent
-RESULTS_FILE = HERE / "results" / "throughput.md"
-REPORT_FILE = HERE / "RESULTS.md"
-CHART_FILE = HERE / "results" / "summary.png"
-JSON_FILE = HERE / "results" / "results.json"
-
-results_key = pytest.StashKey[Results]()
-figures_key = pytest.StashKey[dict[str, Figure]]()
-started_key = pytest.StashKey[datetime.datetime]()
-foreign_key = pytest.StashKey[ForeignCpu]()
-
-LOAD_BEFORE = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[results_key] = Results()
-    config.stash[figures_key] = make_figures()
-    config.stash[started_key] = datetime.datetime.now(datetime.timezone.utc)
-    config.stash[foreign_key] = ForeignCpu()
-
-
-@pytest.fixture(scope="session")
-def results(request: pytest.FixtureRequest) -> Results:
-    return request.config.stash[results_key]
-
-
-@pytest.fixture(scope="session")
-def figures(request: pytest.FixtureRequest) -> dict[str, Figure]:
-    return request.config.stash[figures_key]
+from bench_config import REPS, SECONDS
+from bench_contenders import Contenders
+from bench_procs import CLIENT_CPU, SERVER_CPU, ForeignCpu, free_ports
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _prerequisites() -> None:
-    for tool in ("iperf3", "taskset"):
+    for tool in ("iperf3", "taskset", "wrk", "nginx", "haproxy"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (scripts/install-bench-deps.sh)")
+            pytest.fail(f"{tool} not installed (scripts/install-bench-deps.sh)")
     if not {CLIENT_CPU, SERVER_CPU} <= os.sched_getaffinity(0):
         pytest.skip(f"the benchmarks pin to CPUs {CLIENT_CPU} and {SERVER_CPU}")
 
@@ -71,12 +37,7 @@ def backend_ports() -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def nginx(backend_ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk not installed (scripts/install-bench-deps.sh)")
-    try:
-        server = start_nginx(backend_ports[0], tmp_path_factory.mktemp("nginx"))
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    server = start_nginx(backend_ports[0], tmp_path_factory.mktemp("nginx"))
     try:
         yield
     finally:
@@ -105,126 +66,40 @@ def contenders(
         running.stop_all()
 
 
-# -- report -----------------------------------------------------------------------
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list, output_json: dict
 ) -> None:
-    results = config.stash.get(results_key, None)
-    figures = config.stash.get(figures_key, {})
-    filled = {key: f for key, f in figures.items() if f.rows()}
-    has_throughput = results is not None and any(r.transfers for r in results.rows.values())
-    if not has_throughput and not filled:
-        return
-    results = results or Results()
-    run = _describe_run(config.stash[started_key], config.stash[foreign_key])
-    (HERE / "results").mkdir(exist_ok=True)
-    if has_throughput:
-        report = "\n".join([*run, "", results.table(), "", *_definitions()])
-        RESULTS_FILE.write_text(f"# Bulk throughput\n\n{report}\n")
-    columns = summary_columns(results, filled)
-    sections = ["# fastproxy benchmarks", "", *run, ""]
-    if columns:
-        when, _, commit = run[0].removeprefix("- run: ").partition(", fastproxy at ")
-        drawn = draw(columns, CHART_FILE, f"{when.split(' (')[0]}, fastproxy at {commit}")
-        chart = "![summary](results/summary.png)" if drawn else "(no chart: matplotlib missing)"
-        sections += [
-            "## At a glance",
-            "",
-            chart,
-            "",
-            "Each proxy's median relative to HAProxy with splice, turned so that above 1 "
-            "is better (more throughput, connections or requests; less CPU, latency or "
-            "memory):",
-            "",
-            summary_table(columns),
-            "",
-        ]
-    if has_throughput:
-        sections += ["## Bulk throughput and CPU per GB", "", results.table(), ""]
-        sections += [*_definitions(), ""]
-    for figure in filled.values():
-        sections += [f"## {figure.title}", "", figure.table(), "", *figure.notes, ""]
-        if figure is filled.get("connect"):
-            sections += _steering_cost(figure)
-    sections += [
-        "Profiles of the relay under these loads, and what limits it: "
-        "[results/PROFILE.md](results/PROFILE.md).",
-    ]
-    REPORT_FILE.write_text("\n".join(sections) + "\n")
-    JSON_FILE.write_text(
-        json.dumps(
-            {
-                "run": run,
-                "throughput": [results.summary(row) for row in results.rows.values()],
-                "figures": {key: f.summary() for key, f in filled.items()},
-            },
-            indent=1,
+    """The run's conditions, for the report: tools, layout, and how busy the machine was."""
+    other, ours, steal = FOREIGN.seconds()
+    output_json["run"] = {
+        "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        "tools": "; ".join(
+            _first_line(argv)
+            for argv in (["haproxy", "-v"], ["nginx", "-v"], ["iperf3", "--version"], ["wrk", "-v"])
         )
-    )
-    terminalreporter.write_sep("=", "fastproxy benchmarks")
-    for line in sections:
-        terminalreporter.write_line(line)
-    terminalreporter.write_line(f"written to {REPORT_FILE.relative_to(HERE.parent)}")
+        + f"; Python {platform.python_version()}",
+        "rounds": f"{REPS} per contender, interleaved; wrk and openloop runs of {SECONDS:g} s",
+        "load average before": LOAD_BEFORE,
+        "other work on the machine": f"{other:.0f} CPU-s next to the benchmarks' {ours:.0f} "
+        f"(steal {steal:.0f} s): compare runs only when it is low",
+    }
 
 
-def _steering_cost(figure: Figure) -> list[str]:
-    ratio = figure.column("conn/s").ratio(BPF, "fastproxy-splice")
-    if ratio is None:
-        return []
-    return [
-        f"Steering cost (issue 3: at most 5%): {BPF} makes {ratio:.3f}× the new connections "
-        f"per second of fastproxy-splice with one socket per port ({(ratio - 1) * 100:+.1f}%).",
-        "",
-    ]
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict) -> None:
+    """Whether the tree was dirty when the run STARTED (the run itself rewrites the
+    committed raw outputs, which pytest-benchmark's own check at the end would see)."""
+    commit_info["dirty"] = DIRTY_AT_START
 
 
-def _describe_run(started: datetime.datetime, foreign: ForeignCpu) -> list[str]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    commit = _first_line(["git", "-C", str(HERE), "describe", "--always", "--dirty"])
-    minutes = (now - started).total_seconds() / 60
-    return [
-        f"- run: {now:%Y-%m-%d %H:%M} UTC ({minutes:.1f} min), fastproxy at {commit}",
-        f"- machine: {_cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        f"- tools: {_first_line(['iperf3', '--version'])}; {_first_line(['haproxy', '-v'])}; "
-        f"{_first_line(['wrk', '-v']).split(' Copyright')[0]}; {_first_line(['nginx', '-v'])}; "
-        f"Python {platform.python_version()}, uvloop {_version('uvloop')}",
-        f"- CPU layout (taskset): load generators (iperf3 client, wrk, the idle-connection "
-        f"client) on CPU {CLIENT_CPU}; the servers (iperf3 server, nginx) and the proxy on CPU "
-        f"{SERVER_CPU}; one thread per proxy: fastproxy --workers {WORKERS}, HAProxy nbthread "
-        "1, one event loop for the Python proxies",
-        f"- each figure: median [min-max] of {REPS} repetitions of {SECONDS:g} s over {HOST}; "
-        "the contenders take turns, one repetition each per round",
-        f"- load average before the run: {LOAD_BEFORE}; during the run, other work on the "
-        f"machine used {_foreign(foreign)} (it skews the figures: compare runs only when "
-        "it is low)",
-    ]
-
-
-def _foreign(foreign: ForeignCpu) -> str:
-    other, ours, steal = foreign.seconds()
-    return f"{other:.0f} CPU-s next to the benchmarks' {ours:.0f} (hypervisor steal {steal:.0f} s)"
-
-
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return "not installed"
-
-
-def _definitions() -> list[str]:
-    return [
-        "- Gbit/s: bytes the server received over its measured time (10^9 bits/s).",
-        "- × direct, × HAProxy splice: ratios of medians, same stream count.",
-        "- proxy CPU: utime+stime of the whole proxy process (/proc/PID/stat) from just "
-        "before the client starts to just after it exits, per 10^9 bytes received. On "
-        "loopback the kernel's receive work for the server's socket is charged to "
-        "whichever task runs it on the shared CPU, the proxy or the server.",
-        "- targets (issue 2, never asserted): fastproxy-splice, 1 stream, at least 0.70× "
-        "direct and at most 150 ms/GB; reference: HAProxy 2.6 splice 0.61×, ~140 ms/GB.",
-    ]
+DIRTY_AT_START = bool(
+    subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+)
+LOAD_BEFORE = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+FOREIGN = ForeignCpu()
 
 
 def _first_line(argv: list[str]) -> str:
@@ -233,15 +108,11 @@ def _first_line(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return f"{argv[0]}: unavailable"
     lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0].strip() if lines else f"{argv[0]}: unavailable"
+    return lines[0].split(" Copyright")[0].strip() if lines else f"{argv[0]}: unavailable"
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench_backends import start_nginx
 from bench_contenders import start_proxy
-from bench_figures import CONNECT_CONCURRENCY, KEEPALIVE_CONCURRENCY
 from bench_iperf import transfer
+from bench_peers import Route
 from bench_procs import free_ports
 from bench_wrk import run_wrk
 
@@ -33,18 +33,19 @@ LOADS = ("bulk1", "bulk4", "connect", "keepalive", "latency")
 def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdir: Path) -> float:
     """Run the load; returns its unit count: GB for bulk, requests otherwise."""
     if load.startswith("bulk"):
-        done = transfer(
+        gigabytes = max(1, round(seconds * 2))  # ~16 Gbit/s
+        done, _ = transfer(
             fronts["iperf"],
             fronts["iperf_backend"],
             streams=int(load[-1]),
-            seconds=seconds,
+            size=f"{gigabytes}G",
             proxy_pid=pid,
             workdir=workdir,
         )
-        print(f"{done.gbit_per_s:.2f} Gbit/s, {done.cpu_ms_per_gb:.0f} ms CPU/GB")
-        return done.bytes / 1e9
-    connections = {"connect": CONNECT_CONCURRENCY, "keepalive": KEEPALIVE_CONCURRENCY}
-    result = run_wrk(
+        print(f"{done['gbit_per_s']:.2f} Gbit/s, {done['proxy_cpu_ms_per_gb']:.0f} ms CPU/GB")
+        return float(gigabytes)
+    connections = {"connect": 32, "keepalive": 32}
+    result, _ = run_wrk(
         fronts["http"],
         connections=connections.get(load, 1),
         seconds=seconds,
@@ -52,10 +53,10 @@ def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdi
         proxy_pid=pid,
     )
     print(
-        f"{result.rate:.0f} req/s, p50 {result.p50 * 1e6:.0f} µs, p99 {result.p99 * 1e6:.0f} µs,"
-        f" {result.cpu_us_per_request:.1f} µs CPU/req, {result.errors} errors"
+        f"{result['rate']:.0f} req/s, p50 {result['p50_us']:.0f} µs, p99 {result['p99_us']:.0f}"
+        f" µs, {result['proxy_cpu_us_per_req']:.1f} µs CPU/req, {result['errors']:.0f} errors"
     )
-    return float(result.requests)
+    return result["requests"]
 
 
 def attach(argv: list[str], out: Path) -> subprocess.Popen:
@@ -96,7 +97,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="profile-"))
     iperf_front, iperf_back, http_front, http_port = free_ports(4)
     nginx = start_nginx(http_port, work / "nginx")
-    routes = [(iperf_front, iperf_back), (http_front, http_port)]
+    routes: list[Route] = [(iperf_front, [iperf_back]), (http_front, [http_port])]
     proxy = start_proxy(args.contender, routes, work)
     fronts = {"iperf": iperf_front, "iperf_backend": iperf_back, "http": http_front}
     unit = "GB" if args.load.startswith("bulk") else "request"

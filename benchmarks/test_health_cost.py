@@ -1,6 +1,6 @@
 """What active health checks cost the relay (issue 4): bulk throughput through
 fastproxy while it checks many targets at a high rate, next to the same proxy
-with checks idle. Written to results/health_cost.md."""
+with checks idle."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import json
 import re
 import socket
 import statistics
+import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
+from bench_config import BULK_BYTES
 from bench_iperf import transfer
 from bench_procs import HOST, SERVER_CPU, Pinned, free_ports
+from bench_series import run_series
 
 TARGETS = 500  # checked targets: 100 apps of 5
 INTERVAL = 0.1  # seconds: 5,000 checks per second in all
-ROUNDS = 3
-SECONDS = 3.0
 
 
 class AcceptAndClose:
@@ -75,60 +76,47 @@ def _checks_done(admin: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _run(tmp: Path, interval: float) -> tuple[list[float], list[float], float]:
+def _start(tmp: Path, interval: float) -> tuple[Pinned, int, int, list[AcceptAndClose]]:
+    """fastproxy checking TARGETS targets every `interval` s; (proxy, its bulk port, the
+    iperf3 port behind it, the checked targets)."""
     bulk_port, iperf_port, target_port, *app_ports = free_ports(3 + TARGETS // 5)
     targets = [AcceptAndClose(host, target_port) for host in TARGET_HOSTS]
     config = _config(bulk_port, iperf_port, target_port, app_ports, interval)
     path = tmp / f"health-{interval}.json"
     path.write_text(json.dumps(config))
     proxy = Pinned(
-        [str(Path(".venv/bin/fastproxy").resolve()), "serve", str(path)]
+        [sys.executable, "-m", "fastproxy", "serve", str(path)]
         + ["--control-socket", str(tmp / f"control-{interval}.sock")],
         SERVER_CPU,
         tmp / f"health-{interval}.log",
     )
-    try:
-        proxy.wait_until(lambda: "serving" in proxy.log(), "start")
-        admin = re.search(r"admin=([0-9.]+:[0-9]+)", proxy.log()).group(1)
-        gbits, cpu = [], []
-        checks_before, started = _checks_done(admin), time.monotonic()
-        for _ in range(ROUNDS):
-            result = transfer(
-                bulk_port, iperf_port, streams=1, seconds=SECONDS, proxy_pid=proxy.pid, workdir=tmp
-            )
-            gbits.append(result.gbit_per_s)
-            cpu.append(result.cpu_ms_per_gb or 0.0)
-        rate = (_checks_done(admin) - checks_before) / (time.monotonic() - started)
-        return gbits, cpu, rate
-    finally:
-        proxy.stop()
-        for target in targets:
-            target.close()
+    proxy.wait_until(lambda: "serving" in proxy.log(), "start")
+    return proxy, bulk_port, iperf_port, targets
 
 
-def test_health_check_cost(tmp_path: Path, benchmark) -> None:
-    idle = _run(tmp_path, 86400.0)
-    busy = _run(tmp_path, INTERVAL)
-    lines = [
-        "# Health-check cost",
-        "",
-        f"fastproxy, 1 relay worker, bulk iperf3 (1 stream, {SECONDS:g} s x {ROUNDS}) through one",
-        f"app while {TARGETS} targets of 100 other apps are checked every {INTERVAL:g} s.",
-        "",
-        "| checks | checks/s | Gbit/s median [min-max] | proxy CPU ms/GB median |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, (gbits, cpu, rate) in (("idle", idle), ("running", busy)):
-        lines.append(
-            f"| {name} | {rate:.0f} | {statistics.median(gbits):.2f} "
-            f"[{min(gbits):.2f}-{max(gbits):.2f}] | {statistics.median(cpu):.0f} |"
+def test_health_check_cost(request, tmp_path: Path) -> None:
+    """fastproxy with checks idle, and with checks running, taking turns: bulk
+    throughput (1 stream) and CPU per GB, and the check rate reached."""
+    running = {
+        "checks-idle": _start(tmp_path, 86400.0),
+        "checks-running": _start(tmp_path, INTERVAL),
+    }
+
+    def measure(name: str) -> tuple[dict[str, float], str]:
+        proxy, bulk_port, iperf_port, _ = running[name]
+        admin = re.search(r"admin=([0-9.]+:[0-9]+)", proxy.log()).group(1)  # type: ignore[union-attr]
+        checks, started = _checks_done(admin), time.monotonic()
+        figures, raw = transfer(
+            bulk_port, iperf_port, streams=1, size=BULK_BYTES, proxy_pid=proxy.pid, workdir=tmp_path
         )
-    ratio = statistics.median(busy[0]) / statistics.median(idle[0])
-    lines += ["", f"Throughput with checks running: {ratio:.2f}x of idle."]
-    out = Path(__file__).parent / "results" / "health_cost.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    benchmark.extra_info.update({"checks_per_s": busy[2], "throughput_ratio": ratio})
-    benchmark.pedantic(lambda: None, rounds=1)
-    assert busy[2] > 0
+        figures["checks_per_s"] = (_checks_done(admin) - checks) / (time.monotonic() - started)
+        return figures, raw
+
+    try:
+        figures = run_series(request, "health-check-cost", list(running), measure)
+    finally:
+        for proxy, _, _, targets in running.values():
+            proxy.stop()
+            for target in targets:
+                target.close()
+    assert statistics.median(figures["checks-running"]["checks_per_s"]) > 0

@@ -1,80 +1,59 @@
-"""HTTP load through each contender to nginx, with wrk: new connections per second
-(one request per connection), the keep-alive request rate with its latency under load,
-and the latency of one request at a time. Each test is one run of wrk (one
-repetition); the contenders take turns within each round. Nothing here asserts a
-timing."""
+"""Small HTTP requests through each contender to nginx, with wrk (one thread, on the
+client's CPU): new connections per second where the proxy closes first (churn), the
+keep-alive rate with its latency, one request at a time, and thousands of concurrent
+active connections. Nothing here asserts a timing."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from bench_contenders import CONTENDERS, REPS, SECONDS, Contenders
-from bench_figures import CONNECT_CONCURRENCY, KEEPALIVE_CONCURRENCY
-from bench_report import Figure
-from bench_wrk import Load, run_wrk
+from bench_config import SECONDS, SMOKE
+from bench_contenders import CONTENDERS, Contenders
+from bench_series import run_series
+from bench_wrk import run_wrk
 
-# kind -> (wrk connections, one request per connection)
-KINDS = {
-    "connect": (CONNECT_CONCURRENCY, True),
-    "keepalive": (KEEPALIVE_CONCURRENCY, False),
+# The fd hard limit here is 20,000 per process: the proxy holds two per connection.
+CONCURRENT = 200 if SMOKE else 6000
+# wrk opens its 6,000 connections first and counts nothing for a second or more: the
+# concurrent case runs a second longer.
+CONCURRENT_SECONDS = SECONDS if SMOKE else SECONDS + 1
+# case -> (wrk connections, one request per connection)
+CASES = {
+    "churn": (32, True),
+    "keepalive": (32, False),
     "latency": (1, False),
+    "concurrent": (CONCURRENT, False),
 }
 
 
-@pytest.mark.parametrize("name", CONTENDERS)
-@pytest.mark.parametrize("rep", range(REPS), ids=lambda i: f"rep{i}")
-@pytest.mark.parametrize("kind", KINDS)
-def test_http_load(
-    benchmark,
-    contenders: Contenders,
-    figures: dict[str, Figure],
-    nginx: None,
-    name: str,
-    rep: int,
-    kind: str,
-) -> None:
-    contender = contenders.get(name)
-    connections, close = KINDS[kind]
-
-    def one_run() -> Load:
-        return run_wrk(
-            contender.http_port,
-            connections=connections,
-            seconds=SECONDS,
-            close=close,
-            proxy_pid=contender.pid,
-        )
-
-    benchmark.group = f"{name}, http {kind}"
-    load = benchmark.pedantic(one_run, rounds=1, iterations=1)
-    assert load.requests > 0, "no answer came back"
-    figure = figures[kind]
-    cpu = load.cpu_us_per_request
-    if kind == "connect":
-        figure.column("conn/s").add(name, load.rate)
-        figure.column("errors").add(name, load.errors)
-        if cpu is not None:
-            figure.column("proxy CPU µs/conn").add(name, cpu)
-    elif kind == "keepalive":
-        figure.column("req/s").add(name, load.rate)
-        figure.column("p50 µs").add(name, load.p50 * 1e6)
-        figure.column("p99 µs").add(name, load.p99 * 1e6)
-        if cpu is not None:
-            figure.column("proxy CPU µs/req").add(name, cpu)
-    else:
-        figure.column("p50 µs").add(name, load.p50 * 1e6)
-        figure.column("p99 µs").add(name, load.p99 * 1e6)
-        figure.column("req/s").add(name, load.rate)
-    benchmark.extra_info.update(
-        {
-            "contender": name,
-            "kind": kind,
-            "repetition": rep,
-            "requests": load.requests,
-            "rate": round(load.rate, 1),
-            "p50_us": round(load.p50 * 1e6, 1),
-            "p99_us": round(load.p99 * 1e6, 1),
-            "errors": load.errors,
-            "proxy_cpu_us_per_request": None if cpu is None else round(cpu, 2),
-        }
+def time_wait(port: int) -> int:
+    """Sockets in TIME_WAIT whose local port is `port` (a proxy's front port)."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "time-wait", f"sport = :{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    return len(out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_http(request, contenders: Contenders, nginx: None, case: str) -> None:
+    names = contenders.available(CONTENDERS)
+    connections, close = CASES[case]
+
+    def measure(name: str) -> tuple[dict[str, float], str]:
+        c = contenders.get(name)
+        seconds = CONCURRENT_SECONDS if case == "concurrent" else SECONDS
+        figures, out = run_wrk(
+            c.http_port, connections=connections, seconds=seconds, close=close, proxy_pid=c.pid
+        )
+        if close:
+            # nginx closes first, so the proxy's client side closes first: TIME_WAIT
+            # piles up on the proxy's front port (on nginx's for the direct connection).
+            figures["time_wait"] = time_wait(c.http_port)
+        return figures, out
+
+    run_series(request, f"http-{case}", names, measure, info={"connections": connections})

@@ -16,24 +16,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from bench_contenders import (
-    BPF,
-    REPS,
-    Contenders,
-    Unavailable,
-    fastproxy_config,
-    start_fastproxy,
-    start_haproxy,
-)
-from bench_figures import CONNECT_CONCURRENCY, PORTS, RELOAD_PORTS
+from bench_config import SMOKE
+from bench_contenders import BPF, Contenders, fastproxy_config, start_fastproxy
+from bench_peers import start_haproxy
 from bench_procs import Pinned, accepts, rss_bytes
-from bench_report import Figure
+from bench_series import run_series
 from bench_wrk import parse, wrk_argv
 
+PORTS = 1_000 if SMOKE else 10_000
 FIRST_PORT = 10_000  # 10000-19999: below the ephemeral range (32768-)
-RELOAD_FIRST = 20_000  # the ports a reload adds: 20000-20999
+RELOAD_PORTS = 100 if SMOKE else 1_000
+RELOAD_FIRST = {"ports": 20_000, "bpf": 22_000}  # the ports a reload adds, per variant
 SAMPLE = 20
 VARIANTS = ("fastproxy-ports", "fastproxy-bpf", "haproxy")
 
@@ -49,47 +42,45 @@ def wait_accepting(proxy: Pinned, ports: list[int], timeout: float = 60) -> None
     proxy.wait_until(done, f"connections on ports {waiting[:3]}...", timeout, poll=0.001)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("rep", range(REPS), ids=lambda i: f"rep{i}")
-def test_startup_10k_ports(
-    contenders: Contenders,
-    figures: dict[str, Figure],
-    nginx: None,
-    variant: str,
-    rep: int,
-    tmp_path: Path,
-) -> None:
+def _variants(contenders: Contenders, variants: tuple[str, ...]) -> list[str]:
+    """Those that run here: bpf only where the bpf contender could start (then stopped:
+    the steering of a network namespace has one owner)."""
+    usable = [v for v in variants if not v.endswith("-bpf") or contenders.runs(BPF)]
     contenders.stop(BPF)
+    return usable
+
+
+def test_startup_many_ports(
+    request, contenders: Contenders, backend_ports: tuple[int, int], tmp_path: Path
+) -> None:
+    names = _variants(contenders, VARIANTS)
     last = FIRST_PORT + PORTS - 1
-    between = random.Random(rep).sample(range(FIRST_PORT + 1, last), SAMPLE - 2)
-    sample = [last, FIRST_PORT, *between]
     ports = f"{FIRST_PORT}-{last}"
-    started = time.monotonic()
-    try:
+    starts = iter(range(1_000_000))
+
+    def start(variant: str) -> Pinned:
+        workdir = tmp_path / f"{variant}-{next(starts)}"
+        workdir.mkdir()
         if variant == "haproxy":
-            # maxconn leaves room for 10,000 listening sockets within the open-file limit
-            proxy = start_haproxy([(ports, contenders.http_port)], tmp_path, maxconn=1000)
-        else:
-            steering = variant.removeprefix("fastproxy-")
-            config = fastproxy_config({"many": ([ports], contenders.http_port)}, steering)
-            proxy = start_fastproxy(config, tmp_path)
-    except Unavailable as exc:
-        pytest.skip(f"{variant}: {exc}")
-    try:
-        wait_accepting(proxy, sample)
-        elapsed = time.monotonic() - started
-        rss = rss_bytes(proxy.pid)
-    finally:
-        proxy.stop()
-    figure = figures["ports"]
-    figure.column("start-up ms").add(variant, elapsed * 1e3)
-    figure.column("RSS MiB").add(variant, rss / 2**20)
+            # maxconn leaves room for the listening sockets within the open-file limit
+            routes = [(ports, [backend_ports[0]])]
+            return start_haproxy("haproxy-nosplice", routes, workdir, maxconn=1000)
+        config = fastproxy_config({"many": ([ports], [backend_ports[0]])}, variant[10:])
+        return start_fastproxy(config, workdir)
 
+    def measure(variant: str) -> tuple[dict[str, float], str]:
+        between = random.Random(variant).sample(range(FIRST_PORT + 1, last), SAMPLE - 2)
+        started = time.monotonic()
+        proxy = start(variant)
+        try:
+            wait_accepting(proxy, [last, FIRST_PORT, *between])
+            elapsed = time.monotonic() - started
+            rss = rss_bytes(proxy.pid)
+        finally:
+            proxy.stop()
+        return {"startup_ms": elapsed * 1e3, "rss_mib": rss / 2**20}, proxy.log()[-2000:]
 
-def _admin(proxy: Pinned) -> str:
-    found = re.search(r"admin=([0-9.]+:[0-9]+)", proxy.log())
-    assert found, proxy.log()
-    return found.group(1)
+    run_series(request, "ports-startup", names, measure, info={"ports": PORTS})
 
 
 def _reload(admin: str, answered: list[float] | None = None) -> None:
@@ -101,64 +92,62 @@ def _reload(admin: str, answered: list[float] | None = None) -> None:
         answered.append(time.monotonic())
 
 
-@pytest.mark.parametrize("steering", ["ports", "bpf"])
-def test_reload_under_load(
-    contenders: Contenders,
-    figures: dict[str, Figure],
-    nginx: None,
-    steering: str,
-    tmp_path: Path,
+def test_reload_adding_ports(
+    request, contenders: Contenders, nginx: None, backend_ports: tuple[int, int], tmp_path: Path
 ) -> None:
-    contenders.stop(BPF)
-    name = f"fastproxy-{steering}"
-    front = FIRST_PORT  # kept in both configs
-    base = fastproxy_config({"kept": ([front], contenders.http_port)}, steering)
-    added_ports = list(range(RELOAD_FIRST, RELOAD_FIRST + RELOAD_PORTS))
-    bigger = json.loads(json.dumps(base))
-    bigger["Apps"].append(
-        {**base["Apps"][0], "Name": "added", "Ports": [f"{added_ports[0]}-{added_ports[-1]}"]}
-    )
-    try:
-        proxy = start_fastproxy(base, tmp_path)
-    except Unavailable as exc:
-        pytest.skip(f"{name}: {exc}")
-    path = tmp_path / "fastproxy.json"
-    # Per repetition: reload to the base config, let the file watcher see it, reload to
-    # the bigger one (timed), check every new port.
-    duration = REPS * 3 + 2
-    load = subprocess.Popen(
-        wrk_argv(front, connections=CONNECT_CONCURRENCY, seconds=duration, close=True),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    figure = figures["reload"]
-    try:
-        admin = _admin(proxy)
-        time.sleep(0.5)  # the load is running
-        for _ in range(REPS):
-            path.write_text(json.dumps(base))
-            _reload(admin)
-            time.sleep(1)  # the watcher's own reload of that change is done
-            path.write_text(json.dumps(bigger))
+    """Per round: a fresh proxy under a connection load (wrk, `Connection: close`) to a
+    port kept in both configs, then `POST /reload` of a config with RELOAD_PORTS more."""
+    names = _variants(contenders, ("fastproxy-ports", "fastproxy-bpf"))
+    front = FIRST_PORT
+    starts = iter(range(1_000_000))
+
+    def start(variant: str) -> Pinned:
+        workdir = tmp_path / f"{variant}-{next(starts)}"
+        workdir.mkdir()
+        steering = variant[10:]
+        return start_fastproxy(
+            fastproxy_config({"kept": ([front], [backend_ports[0]])}, steering), workdir
+        )
+
+    def measure(variant: str) -> tuple[dict[str, float], str]:
+        proxy = start(variant)
+        steering = variant[10:]
+        added = list(range(RELOAD_FIRST[steering], RELOAD_FIRST[steering] + RELOAD_PORTS))
+        config = json.loads(proxy.log_path.with_name("fastproxy.json").read_text())
+        config["Apps"].append(
+            {**config["Apps"][0], "Name": "added", "Ports": [f"{added[0]}-{added[-1]}"]}
+        )
+        load = subprocess.Popen(
+            wrk_argv(front, connections=32, seconds=2 if SMOKE else 3, close=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            admin = re.search(r"admin=([0-9.]+:[0-9]+)", proxy.log()).group(1)  # type: ignore[union-attr]
+            time.sleep(1)  # the load is running
+            proxy.log_path.with_name("fastproxy.json").write_text(json.dumps(config))
             started = time.monotonic()
             answered: list[float] = []
-            request = threading.Thread(target=_reload, args=(admin, answered))
-            request.start()
-            wait_accepting(proxy, [added_ports[-1]], timeout=10)
+            reload = threading.Thread(target=_reload, args=(admin, answered))
+            reload.start()
+            wait_accepting(proxy, [added[-1]], timeout=10)
             accepting = time.monotonic()
-            request.join(30)
-            figure.column("request ms").add(name, (answered[0] - started) * 1e3)
-            figure.column("accepting ms").add(name, (accepting - started) * 1e3)
-            figure.column("new ports accepting").add(
-                name, sum(accepts(port) for port in added_ports)
-            )
-        out, _ = load.communicate(timeout=duration + 30)
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
-        proxy.stop()
-    done = parse(out, None)
-    figure.column("load conn/s").add(name, done.rate)
-    figure.column("errors").add(name, done.errors)
+            reload.join(30)
+            accepted = sum(accepts(port) for port in added)
+            out, _ = load.communicate(timeout=60)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+            proxy.stop()
+        done = parse(out)
+        return {
+            "request_ms": (answered[0] - started) * 1e3,
+            "accepting_ms": (accepting - started) * 1e3,
+            "new_ports_accepting": accepted,
+            "load_rate": done["rate"],
+            "errors": done["errors"],
+        }, out
+
+    run_series(request, "reload-adding-ports", names, measure, info={"ports": RELOAD_PORTS})

@@ -5,14 +5,17 @@
 #   iperf3      bulk throughput load (client and server)
 #   haproxy     the reference contender (HAProxy 2.6 in TCP mode, splice and not)
 #   wrk         HTTP load: connections per second and keep-alive request latency
-#   nginx       the HTTP backend behind each proxy for wrk (`return 200`)
+#   nginx       the HTTP backend behind each proxy for wrk (`return 200`), and a peer
+#   libnginx-mod-stream  nginx's TCP proxy (`stream`), the peer
+#   gcc libc6-dev  to build benchmarks/openloop.c (the open-loop load generator)
 #   util-linux  taskset, to pin the client, the server and the proxy to CPUs
 #   procps      pgrep/ps
+#   iproute2    ss: TIME_WAIT sockets after the churn load
 # and, into the project's venv (.venv, or $1): uvloop (a contender's event loop) and
 # matplotlib (the summary chart).
 set -euo pipefail
 
-PACKAGES=(iperf3 haproxy wrk nginx util-linux procps)
+PACKAGES=(iperf3 haproxy wrk nginx libnginx-mod-stream gcc libc6-dev util-linux procps iproute2)
 PYTHON=${1:-.venv/bin/python}
 
 log() { echo "install-bench-deps: $*" >&2; }
@@ -65,5 +68,16 @@ install_python() {
   quietly "$PYTHON" -m pip install -q uvloop matplotlib
 }
 
+# build/openloop, rebuilt when its source is newer
+build_openloop() {
+  local root src out
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  src=$root/benchmarks/openloop.c out=$root/build/openloop
+  [ "$out" -nt "$src" ] && return 0
+  mkdir -p "$root/build"
+  cc -O2 -Wall -Wextra -o "$out" "$src"
+}
+
 install_packages
 install_python
+build_openloop

@@ -1,0 +1,159 @@
+"""The peers' configurations, each tuned as its experts would for these loads (loopback,
+one thread, bulk streams and small HTTP requests, client speaks first):
+HAProxy 2.6 in TCP mode three ways and nginx's `stream` proxy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bench_procs import FD_LIMIT, HOST, SERVER_CPU, Pinned
+
+# A route: the front port (or an HAProxy port range "10000-19999") and its backend ports.
+Route = tuple[int | str, list[int]]
+
+HAPROXY_MODES = {
+    # Forced splice both ways: kernel zero copy for every transfer, even tiny ones.
+    "haproxy-splice": "    option splice-request\n    option splice-response\n",
+    # HAProxy's own heuristic: splice only once a buffer filled up (bulk), copy for
+    # small messages, where a splice costs more syscalls than it saves copies.
+    "haproxy-splice-auto": "    option splice-auto\n",
+    "haproxy-nosplice": "",
+}
+
+HAPROXY_GLOBAL = """\
+global
+    # One thread, as fastproxy --workers {threads} and the one-loop Python proxies.
+    nbthread {threads}
+    # Enough for the concurrency case and the idle connections (2 fds each), within the
+    # open-file limit.
+    maxconn {maxconn}
+    # Pipes (2 fds each) for what the limit leaves: HAProxy takes a pipe from its pool
+    # only while data sits in it, and copies when none is free.
+    maxpipes {maxpipes}
+    # 64 KiB buffers (default 16 KiB): four times fewer recv/send calls per byte when
+    # copying bulk data; HAProxy allocates a buffer only while data sits in it, so idle
+    # connections do not pay for it.
+    tune.bufsize 65536
+    # 256 KiB pipes (default: the kernel's 64 KiB): more bytes per splice() call.
+    tune.pipesize 262144
+    # Accept up to 256 connections per wake-up (default 64 with one thread): the
+    # connection-rate loads arrive in bursts from one client.
+    tune.maxaccept 256
+{extra}
+defaults
+    mode tcp
+{splice}    # TCP_DEFER_ACCEPT: woken only once the client sent its first bytes (the
+    # client speaks first in every load here, HTTP and iperf3).
+    option tcp-smart-accept
+    # The connect()'s final ACK goes out with the first data: one packet less.
+    option tcp-smart-connect
+    # A refused or dead server: try another (the dead-target case).
+    option redispatch
+    retries 3
+    balance roundrobin
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+"""
+HAPROXY_LISTEN = "\nlisten route{i}\n    bind {host}:{front}{bind}\n{servers}"
+
+
+def haproxy_config(
+    name: str,
+    routes: list[Route],
+    *,
+    threads: int = 1,
+    maxconn: int = 7_000,
+    stats: str = "",
+) -> str:
+    """`stats`: a stats socket path exposing the listeners, for a seamless reload."""
+    extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    listeners = sum(_port_count(front) for front, _ in routes)
+    maxpipes = min(4096, max(16, (FD_LIMIT - 2 * maxconn - listeners - 200) // 2))
+    text = HAPROXY_GLOBAL.format(
+        threads=threads,
+        maxconn=maxconn,
+        maxpipes=maxpipes,
+        extra=extra,
+        splice=HAPROXY_MODES[name],
+    )
+    for i, (front, backends) in enumerate(routes):
+        servers = "".join(f"    server s{k} {HOST}:{port}\n" for k, port in enumerate(backends))
+        text += HAPROXY_LISTEN.format(
+            i=i, host=HOST, front=front, bind=" backlog 4096", servers=servers
+        )
+    return text
+
+
+def _port_count(front: int | str) -> int:
+    first, _, last = str(front).partition("-")
+    return int(last or first) - int(first) + 1
+
+
+def start_haproxy(
+    name: str, routes: list[Route], workdir: Path, *, cpus: str = str(SERVER_CPU), **options
+) -> Pinned:
+    """HAProxy in the foreground without a master (-db): the pid is the one process
+    doing the work."""
+    if shutil.which("haproxy") is None:
+        raise FileNotFoundError("haproxy not installed (scripts/install-bench-deps.sh)")
+    path = workdir / "haproxy.cfg"
+    path.write_text(haproxy_config(name, routes, **options))
+    return Pinned(["haproxy", "-db", "-f", str(path)], cpus, workdir / "haproxy.log")
+
+
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+NGINX_STREAM = """\
+load_module {module};
+daemon off;
+# One process doing the work, as the other proxies.
+master_process off;
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{
+    worker_connections 32768;
+    # Take every pending connection per wake-up; with one worker there is nothing to
+    # serialise accepts with.
+    multi_accept on;
+    accept_mutex off;
+}}
+stream {{
+    # Small requests go out at once rather than waiting for Nagle's ACK.
+    tcp_nodelay on;
+    # 64 KiB per direction (default 16 KiB): fewer syscalls per byte in bulk.
+    proxy_buffer_size 64k;
+    proxy_connect_timeout 5s;
+    proxy_timeout 60s;
+    # A refused or dead server: the next one (the dead-target case).
+    proxy_next_upstream on;
+{servers}}}
+"""
+NGINX_SERVER = """\
+    upstream route{i} {{
+{upstreams}    }}
+    server {{
+        listen {host}:{front} reuseport backlog=4096;
+        proxy_pass route{i};
+    }}
+"""
+
+
+def start_nginx_stream(
+    routes: list[Route], workdir: Path, *, workers: int = 1, cpus: str = str(SERVER_CPU)
+) -> Pinned:
+    if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
+        raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
+    servers = ""
+    for i, (front, backends) in enumerate(routes):
+        upstreams = "".join(f"        server {HOST}:{port};\n" for port in backends)
+        servers += NGINX_SERVER.format(i=i, host=HOST, front=front, upstreams=upstreams)
+    path = workdir / "nginx-stream.conf"
+    text = NGINX_STREAM.format(
+        module=NGINX_STREAM_MODULE, workers=workers, workdir=workdir, servers=servers
+    )
+    path.write_text(text)
+    argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
+    return Pinned(argv, cpus, workdir / "nginx-stream.log")

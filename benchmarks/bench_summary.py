@@ -1,0 +1,165 @@
+"""Reading a pytest-benchmark JSON of this suite back: the figures of each case and
+contender (medians over the rounds with their min-max spread), which contender is a
+peer, the best peer on each metric, and whether a difference is a tie (the spreads
+overlap). Shared by report.py, compare.py and readme_table.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# metric -> (header, higher is better, digits): the metrics the tables show, in order.
+METRICS = {
+    "gbit_per_s": ("Gbit/s", True, 2),
+    "rate": ("req/s", True, 0),
+    "p50_us": ("p50 µs", False, 0),
+    "p99_us": ("p99 µs", False, 0),
+    "p999_us": ("p99.9 µs", False, 0),
+    "max_us": ("max µs", False, 0),
+    "errors": ("errors", False, 0),
+    "time_wait": ("TIME_WAIT", False, 0),
+    "proxy_cpu_ms_per_gb": ("proxy CPU ms/GB", False, 0),
+    "shared_cpu_ms_per_gb": ("shared CPU ms/GB", False, 0),
+    "proxy_cpu_us_per_req": ("proxy CPU µs/req", False, 1),
+    "shared_cpu_us_per_req": ("shared CPU µs/req", False, 1),
+    "total_b_per_conn": ("total B/conn", False, 0),
+    "proxy_rss_b_per_conn": ("proxy RSS B/conn", False, 0),
+    "kernel_slab_b_per_conn": ("kernel slab B/conn", False, 0),
+    "pipes": ("pipes", False, 0),
+    "startup_ms": ("start-up ms", False, 0),
+    "rss_mib": ("RSS MiB", False, 1),
+    "change_ms": ("reload/upgrade ms", False, 0),
+    "request_ms": ("request ms", False, 0),
+    "accepting_ms": ("accepting ms", False, 0),
+    "new_ports_accepting": ("new ports accepting", True, 0),
+    "load_rate": ("load conn/s", True, 0),
+    "checks_per_s": ("checks/s", True, 0),
+}
+# The figures of the headline table (README and RESULTS.md), per case prefix.
+KEY = {
+    "bulk-": ("gbit_per_s", "proxy_cpu_ms_per_gb", "shared_cpu_ms_per_gb"),
+    "http-churn": ("rate", "errors"),
+    "http-keepalive": ("rate", "p99_us", "shared_cpu_us_per_req"),
+    "http-latency": ("p50_us", "p99_us"),
+    "http-concurrent": ("rate", "p99_us"),
+    "openloop-": ("p50_us", "p99_us", "p999_us"),
+    "size-": ("gbit_per_s",),
+    "workers-": ("rate",),
+    "target-": ("rate", "p99_us"),
+    "reload-under-load": ("errors", "max_us"),
+    "idle-memory": ("total_b_per_conn",),
+    "ports-startup": ("startup_ms",),
+}
+OURS = "fastproxy"
+
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+    def overlaps(self, other: Spread) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def show(self, digits: int) -> str:
+        if self.low == self.high:
+            return f"{self.median:,.{digits}f}"
+        return f"{self.median:,.{digits}f} [{self.low:,.{digits}f}-{self.high:,.{digits}f}]"
+
+
+@dataclass
+class Case:
+    name: str
+    info: dict
+    figures: dict[str, dict[str, Spread]]  # contender -> metric -> spread
+
+    @property
+    def contenders(self) -> list[str]:
+        return list(self.figures)
+
+    def metrics(self) -> list[str]:
+        present = {m for values in self.figures.values() for m in values}
+        return [m for m in METRICS if m in present]
+
+    def key_metrics(self) -> list[str]:
+        for prefix, metrics in KEY.items():
+            if self.name.startswith(prefix):
+                return [m for m in metrics if m in self.metrics()]
+        return []
+
+    def best_peer(self, metric: str) -> str | None:
+        """The peer with the best median on `metric` (never a chosen one)."""
+        higher = METRICS[metric][1]
+        peers = [n for n in self.figures if is_peer(n) and metric in self.figures[n]]
+        if not peers:
+            return None
+        pick = max if higher else min
+        return pick(peers, key=lambda n: self.figures[n][metric].median)
+
+
+def is_peer(name: str) -> bool:
+    return name != "direct" and not name.startswith(OURS)
+
+
+def verdict(case: Case, contender: str, metric: str, against: str) -> str:
+    """ "1.12× better", "0.80× worse" or "tie" (the spreads overlap): contender's median
+    relative to `against`'s, turned so that above 1 is better."""
+    mine, theirs = case.figures[contender][metric], case.figures[against][metric]
+    if mine.overlaps(theirs):
+        return "tie"
+    higher = METRICS[metric][1]
+    if not theirs.median or not mine.median:
+        return "better" if (mine.median > theirs.median) == higher else "worse"
+    advantage = mine.median / theirs.median if higher else theirs.median / mine.median
+    return f"{advantage:.2f}× {'better' if advantage > 1 else 'worse'}"
+
+
+def ratio(case: Case, contender: str, metric: str, to: str) -> str:
+    mine = case.figures.get(contender, {}).get(metric)
+    theirs = case.figures.get(to, {}).get(metric)
+    if mine is None or theirs is None or not theirs.median:
+        return "-"
+    return f"{mine.median / theirs.median:.2f}×"
+
+
+def load(path: Path) -> tuple[dict, list[Case]]:
+    """(the run's description, its cases in run order)."""
+    data = json.loads(path.read_text())
+    cases: dict[str, Case] = {}
+    for bench in data["benchmarks"]:
+        info = dict(bench["extra_info"])
+        name, contender = info.pop("case"), info.pop("contender")
+        metrics = info.pop("metrics")
+        info.pop("raw", None)
+        case = cases.setdefault(name, Case(name, info, {}))
+        case.figures[contender] = {m: Spread.of(v) for m, v in metrics.items() if v}
+    return data, list(cases.values())
+
+
+def refuse_dirty(data: dict) -> None:
+    """Results measured on a tree with uncommitted changes trace to no commit."""
+    if data.get("commit_info", {}).get("dirty") and os.environ.get("BENCH_ALLOW_DIRTY") != "1":
+        sys.exit("these results come from a dirty tree (set BENCH_ALLOW_DIRTY=1 to use them)")
+
+
+def stamp(data: dict) -> str:
+    commit = data.get("commit_info", {})
+    dirty = " (dirty tree)" if commit.get("dirty") else ""
+    when = data.get("datetime", "")[:16].replace("T", " ")
+    return f"fastproxy at {commit.get('id', 'unknown')[:12]}{dirty}, run {when} UTC"
+
+
+def latest(results: Path) -> Path:
+    runs = sorted(results.glob("bench-*.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        sys.exit(f"no bench-*.json in {results}: run `make bench` first")
+    return runs[-1]

@@ -1,0 +1,69 @@
+"""Regenerates the README's "How it compares" table from a committed results JSON:
+fastproxy's relay modes against the best peer on each key metric, ties as ties.
+
+    python benchmarks/readme_table.py [RUN.json]   (default: the newest results/bench-*.json)
+
+Replaces what lies between the README's `<!-- compare:begin -->` and
+`<!-- compare:end -->` lines. Refuses results from a dirty tree unless
+BENCH_ALLOW_DIRTY=1."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench_summary import METRICS, latest, load, ratio, refuse_dirty, stamp, verdict
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+OURS = ("fastproxy-copy", "fastproxy-splice")
+
+
+def table(path: Path) -> list[str]:
+    data, cases = load(path)
+    refuse_dirty(data)
+    lines = [
+        f"Generated from `benchmarks/results/{path.name}` ({stamp(data)}) by "
+        "`benchmarks/readme_table.py`; medians of the rounds with their [min-max] "
+        "spread; *tie*: the spreads overlap. Every case and method: "
+        "`benchmarks/RESULTS.md`.",
+        "",
+        "| case | metric | direct | best peer | " + " | ".join(OURS) + " |",
+        "|---|---|---|---|" + "---|" * len(OURS),
+    ]
+    for case in cases:
+        for metric in case.key_metrics():
+            best = case.best_peer(metric)
+            if best is None:
+                continue
+            digits = METRICS[metric][2]
+            cells = [case.name, METRICS[metric][0]]
+            direct = case.figures.get("direct", {}).get(metric)
+            cells.append(direct.show(digits) if direct else "-")
+            cells.append(f"{best} {case.figures[best][metric].show(digits)}")
+            for name in OURS:
+                mine = case.figures.get(name, {}).get(metric)
+                judged = verdict(case, name, metric, best) if mine else ""
+                if mine is None:
+                    cells.append("-")
+                    continue
+                versus = f", {ratio(case, name, metric, 'direct')} direct" if direct else ""
+                cells.append(f"{mine.show(digits)} ({judged}{versus})")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    path = Path(argv[0]) if argv else latest(HERE / "results")
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"README.md has no {BEGIN} ... {END} section")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + BEGIN + "\n" + "\n".join(table(path)) + "\n" + END + tail)
+    print(f"README.md: table regenerated from {path.name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

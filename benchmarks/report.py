@@ -1,0 +1,184 @@
+"""RESULTS.md and results/summary.png, generated from a run's pytest-benchmark JSON.
+
+    python benchmarks/report.py [RUN.json]    (default: the newest results/bench-*.json)
+
+Refuses results from a dirty tree unless BENCH_ALLOW_DIRTY=1."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from bench_config import RESULTS_DIR
+from bench_summary import METRICS, OURS, Case, latest, load, ratio, refuse_dirty, stamp, verdict
+
+REPORT = RESULTS_DIR.parent / "RESULTS.md"
+CHART = RESULTS_DIR / "summary.png"
+
+METHOD = """\
+## Method
+
+- Every figure is the median of the rounds with its [min-max] spread; the contenders
+  take turns (each round runs every contender once, in the same order), so a drift in
+  the machine's speed spreads over all of them. Each contender in each case is a
+  benchmark of pytest-benchmark (`case[contender]` in the JSON): its rounds are the real
+  loads, its timing the wall time of each (fixed bytes for bulk, fixed seconds
+  otherwise); the figures below are from its `extra_info`.
+- Peers: HAProxy 2.6 (splice forced, `splice-auto`, no splice), nginx `stream`, asyncio
+  and uvloop proxies. **Best peer**: on each metric, the peer with the best median
+  (never a chosen one). A difference whose spreads overlap is written **tie**.
+- CPU per GB or per request, two ways: *proxy*: utime+stime of the proxy process
+  (/proc/PID/stat); *shared*: all busy time of the CPU the proxy shares with the server
+  (/proc/stat), which also counts the kernel work the proxy causes there (the robust one
+  on loopback, where receive work is charged to whoever runs).
+- Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
+  (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
+  except in the workers case. All in a network namespace of its own (`make bench`).
+- Raw outputs (iperf3 summaries, wrk and openloop outputs) of the run:
+  `results/raw/<case>.jsonl.gz`."""
+
+
+def case_table(case: Case) -> list[str]:
+    metrics = case.metrics()
+    key = [m for m in case.key_metrics() if m in case.figures.get("direct", {})]
+    head = ["contender"] + [METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in metrics]
+    head += [f"{METRICS[m][0]} × direct" for m in key]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, values in case.figures.items():
+        cells = [name]
+        cells += [values[m].show(METRICS[m][2]) if m in values else "-" for m in metrics]
+        cells += [ratio(case, name, m, "direct") for m in key]
+        lines.append("| " + " | ".join(cells) + " |")
+    info = ", ".join(f"{k}: {v}" for k, v in case.info.items())
+    return [f"### {case.name}", "", *([f"({info})", ""] if info else []), *lines, ""]
+
+
+def headline(cases: list[Case]) -> list[str]:
+    """Each fastproxy contender against the best peer on each key metric, and direct."""
+    head = ["case", "metric", "fastproxy", "median [min-max]", "× direct", "best peer", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for case in cases:
+        for metric in case.key_metrics():
+            best = case.best_peer(metric)
+            if best is None:
+                continue
+            digits = METRICS[metric][2]
+            theirs = f"{best} {case.figures[best][metric].show(digits)}"
+            for name, values in case.figures.items():
+                if not name.startswith(OURS) or metric not in values:
+                    continue
+                cells = [case.name, METRICS[metric][0], name, values[metric].show(digits)]
+                cells += [ratio(case, name, metric, "direct"), theirs]
+                cells.append(verdict(case, name, metric, best))
+                lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def losses(cases: list[Case]) -> list[str]:
+    found = []
+    for case in cases:
+        for metric in case.key_metrics():
+            best = case.best_peer(metric)
+            for name in case.figures:
+                if best and name.startswith(OURS) and metric in case.figures[name]:
+                    judged = verdict(case, name, metric, best)
+                    if judged.endswith("worse"):
+                        found.append(
+                            f"- {case.name}, {METRICS[metric][0]}: {name} {judged} than {best}"
+                        )
+    return found or ["- nowhere outside the spreads"]
+
+
+def chart(cases: list[Case], subtitle: str) -> bool:
+    """Each fastproxy mode's advantage over the best peer per key metric (log scale,
+    above 1 is better; ties drawn hatched)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(c, m) for c in cases for m in c.key_metrics() if c.best_peer(m)]
+    ours = sorted({n for c in cases for n in c.figures if n.startswith(OURS)})
+    if not rows or not ours:
+        return False
+    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.45), 6), dpi=100)
+    labelled: set[str] = set()
+    for x, (case, metric) in enumerate(rows):
+        best = case.best_peer(metric)
+        theirs = case.figures[best][metric]  # type: ignore[index]
+        present = [n for n in ours if metric in case.figures.get(n, {})]
+        width = 0.8 / max(len(present), 1)
+        for i, name in enumerate(present):
+            mine = case.figures[name][metric]
+            if not mine.median or not theirs.median:
+                continue
+            adv = mine.median / theirs.median
+            adv = adv if METRICS[metric][1] else 1 / adv
+            tie = mine.overlaps(theirs)
+            ax.bar(
+                x - 0.4 + width * (i + 0.5),
+                adv - 1,
+                width,
+                bottom=1,
+                color=f"C{ours.index(name) % 10}",
+                hatch="//" if tie else None,
+                alpha=0.5 if tie else 1,
+                label=None if name in labelled else name,
+            )
+            labelled.add(name)
+    ax.set_yscale("log", base=2)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xticks(
+        range(len(rows)), [f"{c.name}\n{METRICS[m][0]}" for c, m in rows], fontsize=7, rotation=90
+    )
+    ax.set_ylabel("relative to the best peer on that metric (above 1: better)")
+    ax.set_title(f"fastproxy against the best peer, per metric (hatched: tie)\n{subtitle}")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.set_ylim(2 ** math.floor(math.log2(min(ax.get_ylim()[0], 0.5))), None)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(CHART)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str]) -> None:
+    path = Path(argv[0]) if argv else latest(RESULTS_DIR)
+    data, cases = load(path)
+    refuse_dirty(data)
+    run = data.get("run", {})
+    drawn = chart(cases, stamp(data))
+    sections = [
+        "# fastproxy benchmarks",
+        "",
+        f"Generated by `benchmarks/report.py` from `{path.name}`: {stamp(data)}.",
+        *[f"- {k}: {v}" for k, v in run.items()],
+        "",
+        "## Against the best peer on each metric",
+        "",
+        "![summary](results/summary.png)" if drawn else "(no chart: matplotlib missing)",
+        "",
+        *headline(cases),
+        "",
+        "Where fastproxy loses (outside the spreads):",
+        "",
+        *losses(cases),
+        "",
+        METHOD,
+        "",
+        "## Every case",
+        "",
+    ]
+    for case in cases:
+        sections += case_table(case)
+    REPORT.write_text("\n".join(sections) + "\n")
+    print(f"written {REPORT}" + (f" and {CHART}" if drawn else ""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,68 @@
+"""Scaling from one relay thread to two: fastproxy --workers 1 and 2, HAProxy nbthread 1
+and 2, each proxy allowed both CPUs (the client stays on its CPU, nginx on the other;
+with two cores the proxy's second thread competes with them, so this shows what a
+second thread buys here, not on a bigger machine: beyond two, more cores are needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench_config import SHORT_SECONDS
+from bench_contenders import Unavailable, start_proxy
+from bench_procs import CLIENT_CPU, SERVER_CPU, Pinned, free_ports
+from bench_series import run_series
+from bench_wrk import run_wrk
+
+# label -> (contender, threads)
+VARIANTS = {
+    "haproxy-splice-auto-1t": ("haproxy-splice-auto", 1),
+    "haproxy-splice-auto-2t": ("haproxy-splice-auto", 2),
+    "fastproxy-splice-1w": ("fastproxy-splice", 1),
+    "fastproxy-splice-2w": ("fastproxy-splice", 2),
+}
+LOADS = {"keepalive": (32, False), "churn": (32, True)}
+
+
+@pytest.fixture(scope="module")
+def scaled(
+    backend_ports: tuple[int, int], nginx: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[int, int]]]:
+    """label -> (front port, pid), each proxy on both CPUs."""
+    running: dict[str, tuple[int, int]] = {}
+    procs: list[Pinned] = []
+    try:
+        for label, (name, threads) in VARIANTS.items():
+            (front,) = free_ports(1)
+            workdir = tmp_path_factory.mktemp(label)
+            try:
+                proxy = start_proxy(
+                    name,
+                    [(front, [backend_ports[0]])],
+                    workdir,
+                    workers=threads,
+                    cpus=f"{CLIENT_CPU},{SERVER_CPU}",
+                )
+            except (Unavailable, FileNotFoundError):
+                continue
+            procs.append(proxy)
+            running[label] = (front, proxy.pid)
+        yield running
+    finally:
+        for proxy in procs:
+            proxy.stop()
+
+
+@pytest.mark.parametrize("load", LOADS)
+def test_workers(request, scaled: dict[str, tuple[int, int]], load: str, tmp_path: Path) -> None:
+    connections, close = LOADS[load]
+
+    def measure(label: str) -> tuple[dict[str, float], str]:
+        front, pid = scaled[label]
+        return run_wrk(
+            front, connections=connections, seconds=SHORT_SECONDS, close=close, proxy_pid=pid
+        )
+
+    run_series(request, f"workers-{load}", list(scaled), measure)
