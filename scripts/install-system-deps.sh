@@ -7,9 +7,10 @@
 #   bpftool, iproute2    inspection (tests list sk_lookup links), `ip netns`, `ss`
 #   util-linux           nsenter (tests enter a network namespace without a mount namespace)
 #   redis-server, procps demo backend, pgrep/ps
+#   etcd-server          the cluster tests run a real etcd (a fleet's config, SPEC section 8)
 set -euo pipefail
 
-PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps)
+PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps etcd-server)
 
 log() { echo "install-system-deps: $*" >&2; }
 

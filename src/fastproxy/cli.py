@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .cluster_cli import cluster_group, config_group
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
@@ -22,6 +23,7 @@ from .config import (
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import TakeoverError
 from .listeners import ListenError
+from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
 
 
 def _setup_logging(level: str) -> None:
@@ -62,20 +64,40 @@ def main() -> None:
     help="Unix socket a successor takes over through.",
 )
 @click.option(
+    "--instance-id",
+    help="With an etcd:// CONFIG: this instance's name in the cluster (default HOSTNAME-PID).",
+)
+@click.option(
+    "--cache-dir",
+    default=DEFAULT_CACHE_DIR,
+    show_default=True,
+    help="With an etcd:// CONFIG: where the last applied config is kept for starts without etcd.",
+)
+@click.option("--lease-ttl", type=click.IntRange(2, 3600), default=LEASE_TTL, hidden=True)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
-def serve(config: str, log_level: str, **overrides: Any) -> None:
-    """Run the proxy in the foreground until SIGTERM or SIGINT."""
+def serve(
+    config: str,
+    log_level: str,
+    instance_id: str | None,
+    cache_dir: str,
+    lease_ttl: int,
+    **overrides: Any,
+) -> None:
+    """Run the proxy in the foreground until SIGTERM or SIGINT. CONFIG is a file, or
+    etcd://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
     from .server import run  # the relay extension loads only when serving
 
     _setup_logging(log_level)
+    cluster = ClusterOptions(instance_id, cache_dir, lease_ttl)
     try:
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
-        code = run(config, **overrides)
+        code = run(config, cluster=cluster, **overrides)
     except (ConfigError, ListenError, TakeoverError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     sys.exit(code)
@@ -195,6 +217,9 @@ def demo(config: str, connections: int) -> None:
     except (ConfigError, ListenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
 
+
+main.add_command(config_group)
+main.add_command(cluster_group)
 
 if __name__ == "__main__":
     main()

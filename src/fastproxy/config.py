@@ -35,6 +35,7 @@ __all__ = [
     "format_ports",
     "load_config",
     "parse_config",
+    "parse_config_bytes",
     "parse_host_port",
     "summary",
 ]
@@ -151,6 +152,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{source}: cannot read the file: {reason}") from None
+    return parse_config_bytes(raw, source)
+
+
+def parse_config_bytes(raw: bytes, source: str) -> Config:
+    """Decode and validate a config document that did not come from a file (etcd);
+    `source` names it in every message."""
     return parse_config(_decode_json(raw, source), source)
 
 

@@ -19,11 +19,13 @@ class ProxyCollector(Collector):
         reloads: dict[str, int],
         steering_counters: Callable[[], dict[str, int] | None],
         health_checks: Callable[[], int],
+        source_gauges: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.routes = routes
         self.reloads = reloads
         self.steering_counters = steering_counters
         self.health_checks = health_checks
+        self.source_gauges = source_gauges
 
     def collect(self) -> Iterator[Metric]:
         at = ["app", "target"]
@@ -97,6 +99,12 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             "fastproxy_health_checks", "Active health checks done", value=self.health_checks()
         )
+        source_help = {
+            "config_revision": "etcd revision of the config being served",
+            "config_source_up": "1 while the config source (etcd) answers",
+        }
+        for key, value in self.source_gauges().items():
+            yield GaugeMetricFamily(f"fastproxy_{key}", source_help[key], value=value)
         steering = self.steering_counters()
         if steering is not None:
             for key, text in (

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__, _relay
 from .admin import AdminServer
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import ControlServer, Handover, Successor, TakeoverError
 from .failpoints import failpoint
@@ -29,7 +29,7 @@ from .metrics import ProxyCollector, make_registry
 from .port_listeners import PortListeners
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
-from .watch import FileWatcher
+from .sources import ClusterOptions, ConfigSource, open_source
 
 log = logging.getLogger("fastproxy")
 
@@ -75,13 +75,13 @@ class Server:
         self,
         config: Config,
         *,
-        config_path: str | None = None,
+        source: ConfigSource | None = None,
         options: Options | None = None,
         inherited: Handover | None = None,
     ) -> None:
         self.config = config
         self.inherited = inherited  # sockets handed over by the process we replace
-        self.config_path = config_path
+        self.source = source  # where reloads read the config from
         self.options = options or Options()
         self.workers = config.workers or os.cpu_count() or 1
         self.relay = _relay.Relay(
@@ -96,11 +96,14 @@ class Server:
         self.health = HealthChecker(self.routes, on_down=self._target_down)
         self.registry = make_registry(
             ProxyCollector(
-                self.routes, self.reloads, self._steering_counters, lambda: self.health.checks_done
+                self.routes,
+                self.reloads,
+                self._steering_counters,
+                lambda: self.health.checks_done,
+                source.gauges if source is not None else dict,
             )
         )
         self.admin: AdminServer | None = None
-        self.watcher: FileWatcher | None = None
         # One change of listeners at a time: reloads, a takeover, stopping.
         self.reload_lock = threading.RLock()
         self._stopping = threading.Event()
@@ -138,9 +141,8 @@ class Server:
         assert self.listeners is not None and self.admin is not None
         self.listeners.take_over()
         self.admin.start()
-        if self.config_path is not None:
-            self.watcher = FileWatcher(self.config_path, lambda: self.try_reload("file changed"))
-            self.watcher.start()
+        if self.source is not None:
+            self.source.start(self.reload, self._describe)
         log.info(
             "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
             len(self.config.apps),
@@ -248,12 +250,12 @@ class Server:
     # -- reload --------------------------------------------------------------
 
     def reload(self, reason: str) -> None:
-        """Apply the config file again, all or nothing. Invalid, or any step failing:
+        """Apply the config again, all or nothing. Invalid, or any step failing:
         ReloadError, and the running config stays whole. Valid: new ports accept at once,
         removed ports stop, target and policy changes apply to new connections;
         established connections are untouched."""
-        if self.config_path is None:
-            raise ReloadError("no config file to reload from")
+        if self.source is None:
+            raise ReloadError("no config source to reload from")
         with self.reload_lock:
             if self._stopping.is_set():
                 raise ReloadError("shutting down")
@@ -283,8 +285,8 @@ class Server:
         return True
 
     def _load_for_reload(self) -> Config:
-        assert self.config_path is not None
-        new = self.options.apply(load_config(self.config_path))
+        assert self.source is not None
+        new = self.options.apply(self.source.load())
         kept = {}
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
@@ -379,6 +381,10 @@ class Server:
 
     # -- background upkeep ---------------------------------------------------
 
+    def _describe(self) -> dict[str, Any]:
+        """What a cluster registration says about this instance."""
+        return {"steering": self.steering_mode, "healthy": not self._stopping.is_set()}
+
     def _target_down(self, target: TargetRuntime) -> None:
         self._dns_now.set()  # a moved backend shows first as a dead address
 
@@ -423,8 +429,8 @@ class Server:
                 return
             self._stopping.set()
             self._dns_now.set()
-            if self.watcher is not None:
-                self.watcher.stop()
+            if self.source is not None:
+                self.source.stop()
             self._release_listeners(successor)
             if successor and self.admin is not None:
                 self.admin.stop()  # the successor serves the endpoint on the same socket
@@ -469,15 +475,18 @@ def run(
     admin: tuple[str, int] | None = None,
     takeover: bool = False,
     control_socket: str = DEFAULT_CONTROL_SOCKET,
+    cluster: ClusterOptions | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
     SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
-    the fastproxy running behind `control_socket` first. Raises ConfigError,
+    the fastproxy running behind `control_socket` first. `config_path` may be an
+    etcd URL (sources.py; `cluster` holds its settings). Raises ConfigError,
     ListenError or TakeoverError (one-line) before serving."""
     options = Options(
         steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
     )
-    config = options.apply(load_config(config_path))
+    source = open_source(config_path, cluster)
+    config = options.apply(source.load())
     raise_fd_limit()  # before a takeover receives thousands of sockets
     stop = threading.Event()
     stop_now = threading.Event()
@@ -502,7 +511,7 @@ def run(
     try:
         successor = Successor(control_socket) if takeover else None
         handover = successor.handover if successor is not None else None
-        server = Server(config, config_path=config_path, options=options, inherited=handover)
+        server = Server(config, source=source, options=options, inherited=handover)
         try:
             server.start()
             if successor is not None:

@@ -1,0 +1,85 @@
+"""Where the config comes from. The server asks its source for the config to serve
+(at start and at every reload) and lets it call for reloads when the config changes:
+a file watched with stat(), or a key in etcd shared by a fleet (etcdsource.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .config import Config, load_config
+from .etcd import EtcdURL, is_etcd_url
+from .watch import FileWatcher
+
+DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
+LEASE_TTL = 10  # seconds an instance stays registered after it stops renewing
+
+Reload = Callable[[str], None]  # Server.reload: raises ReloadError when rejected
+Describe = Callable[[], dict[str, Any]]  # the server's state for the registration
+
+
+class ConfigSource(Protocol):
+    name: str  # the path or URL, for messages
+
+    def load(self) -> Config:
+        """The config to serve now; ConfigError if it is invalid."""
+
+    def start(self, reload: Reload, describe: Describe) -> None:
+        """Call `reload` whenever the config changes (from a thread of the source)."""
+
+    def stop(self) -> None: ...
+
+    def gauges(self) -> dict[str, float]:
+        """Metrics about the source: name (without fastproxy_) -> value."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Settings of an instance that serves a config from etcd."""
+
+    instance_id: str | None = None  # default: hostname-pid
+    cache_dir: str = DEFAULT_CACHE_DIR
+    lease_ttl: int = LEASE_TTL
+
+    def resolved_id(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class FileSource:
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self._watcher: FileWatcher | None = None
+
+    def load(self) -> Config:
+        return load_config(self.name)
+
+    def start(self, reload: Reload, describe: Describe) -> None:
+        def changed() -> None:
+            from .server import ReloadError
+
+            # a rejection is logged and counted by the server; the running config stays
+            with contextlib.suppress(ReloadError):
+                reload("file changed")
+
+        self._watcher = FileWatcher(self.name, changed)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def gauges(self) -> dict[str, float]:
+        return {}
+
+
+def open_source(spec: str, cluster: ClusterOptions | None = None) -> ConfigSource:
+    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed)."""
+    if is_etcd_url(spec):
+        from .etcdsource import EtcdSource
+
+        return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
+    return FileSource(spec)

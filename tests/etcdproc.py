@@ -1,0 +1,186 @@
+"""A real etcd (Debian's etcd-server) for the cluster tests and benchmark, and fastproxy
+instances that serve their config from it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import proxyproc
+from proxyproc import ROOT, Proxy, free_ports
+
+
+class Etcd:
+    """One etcd member with its data in `data_dir`; stopped by pid, never by name.
+    Started in the network namespace of the calling thread."""
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", ports: list[int] | None = None):
+        self.data_dir = data_dir
+        self.host = host
+        self.client_port, self.peer_port = ports or free_ports(2)
+        self.endpoint = f"{host}:{self.client_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.with_suffix(".log")
+
+    def url(self, prefix: str = "fp") -> str:
+        return f"etcd://{self.endpoint}/{prefix}"
+
+    def start(self) -> Etcd:
+        client = f"http://{self.endpoint}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        argv = [
+            "etcd",
+            "--name=fp-etcd",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=fp-etcd={peer}",
+            "--logger=zap",
+            "--log-level=warn",
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process holds it
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as answer:
+                    if json.loads(answer.read()).get("health") == "true":
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"etcd did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def compact(self) -> int:
+        """Compact the history up to the current revision; returns it."""
+        client = f"http://{self.endpoint}/v3"
+        status = _post(f"{client}/kv/range", {"key": "Lw=="})  # any key: read the header
+        revision = int(status["header"]["revision"])
+        _post(f"{client}/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+def have_etcd() -> bool:
+    return shutil.which("etcd") is not None
+
+
+def cli(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`fastproxy ARGS...` as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def push(config: dict[str, Any], url: str, tmp_path: Path, *args: str) -> int:
+    """`fastproxy config push`: the new revision."""
+    path = tmp_path / f"push-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config))
+    return int(cli("config", "push", str(path), url, *args).stdout)
+
+
+def instances(url: str) -> dict[str, dict[str, Any]]:
+    """`fastproxy cluster status --json`: records by instance id."""
+    data = json.loads(cli("cluster", "status", url, "--json").stdout)
+    return {record["id"]: record for record in data["instances"]}
+
+
+class EtcdProxy(Proxy):
+    """`fastproxy serve etcd://...`, its log, admin endpoint and process like Proxy's."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        url: str,
+        *args: str,
+        instance_id: str = "fp-etcd-test",
+        prefix: list[str] | None = None,
+        wait: bool = True,
+    ) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp_path / "fastproxy.log"
+        self.control_socket = str(tmp_path / "control.sock")
+        self.cache_dir = tmp_path / "cache"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        argv = [
+            *(prefix or []),
+            sys.executable,
+            "-m",
+            "fastproxy",
+            "serve",
+            url,
+            "--instance-id",
+            instance_id,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--control-socket",
+            self.control_socket,
+            *args,
+        ]
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.pid = self.proc.pid
+        proxyproc.RUNNING.append(self)
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self) -> None:
+        try:
+            self._wait_serving(0)
+        except Exception:
+            self.kill()
+            raise
+
+    def metric(self, name: str) -> float:
+        code, body = self.http("GET", "/metrics")
+        assert code == 200
+        found = re.search(rf"^{name} (\S+)$", body.decode(), re.M)
+        assert found, name
+        return float(found.group(1))
+
+    def wait_log(self, text: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"no {text!r} in the log: {self.log()}"
+            time.sleep(0.05)
