@@ -113,7 +113,7 @@ class EtcdSource:
                 doc, revision = self._etcd.read(self.url.config_key)
                 self._up = True
             except EtcdError as exc:
-                doc, reason = None, f"etcd unreachable ({exc})"
+                doc, reason = None, str(exc)
             else:
                 reason = f"no config at {self.name} yet"
             if doc is not None:
@@ -121,7 +121,7 @@ class EtcdSource:
                 return self._first_document(doc, cached)
             if cached is not None:
                 log.warning(
-                    "%s: serving the cached config of revision %d from %s",
+                    "%s: starting on the cached config of revision %d from %s",
                     reason,
                     cached.revision,
                     self.cache.path,
@@ -139,7 +139,7 @@ class EtcdSource:
             if cached is None:
                 raise
             log.error(
-                "revision %d rejected, serving the cached config of revision %d: %s",
+                "revision %d rejected, starting on the cached config of revision %d: %s",
                 doc.revision,
                 cached.revision,
                 exc,
