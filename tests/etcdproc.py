@@ -4,6 +4,7 @@ instances that serve their config from it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import proxyproc
+from fastproxy.cluster_cli import cluster_state
+from fastproxy.etcd import Etcd as EtcdClient
+from fastproxy.etcd import EtcdURL
 from proxyproc import ROOT, Proxy, free_ports
 
 
@@ -114,17 +118,19 @@ def cli(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
     return done
 
 
-def push(config: dict[str, Any], url: str, tmp_path: Path, *args: str) -> int:
-    """`fastproxy config push`: the new revision."""
-    path = tmp_path / f"push-{time.monotonic_ns()}.json"
-    path.write_text(json.dumps(config))
-    return int(cli("config", "push", str(path), url, *args).stdout)
+def client(url: str) -> EtcdClient:
+    return EtcdClient(EtcdURL.parse(url))
+
+
+def push(config: dict[str, Any], url: str) -> int:
+    """Store a config (in process: `fastproxy config push` has its own test); its revision."""
+    etcd = client(url)
+    return etcd.put_if(etcd.url.config_key, json.dumps(config).encode(), None)
 
 
 def instances(url: str) -> dict[str, dict[str, Any]]:
-    """`fastproxy cluster status --json`: records by instance id."""
-    data = json.loads(cli("cluster", "status", url, "--json").stdout)
-    return {record["id"]: record for record in data["instances"]}
+    """What `fastproxy cluster status` shows: records by instance id."""
+    return {record["id"]: record for record in cluster_state(client(url))[1]}
 
 
 class EtcdProxy(Proxy):
@@ -184,3 +190,87 @@ class EtcdProxy(Proxy):
         while text not in self.log():
             assert time.monotonic() < deadline, f"no {text!r} in the log: {self.log()}"
             time.sleep(0.05)
+
+
+HUB_ADDRESS = "198.51.100.1"  # TEST-NET-2, only ever inside our own namespaces
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+class Fleet:
+    """etcd in a hub namespace with a bridge, and `size` namespaces each joined to it
+    by a veth pair: every instance serves the same ports on its own loopback and
+    reaches the one etcd at HUB_ADDRESS. Use as a context manager; everything it
+    made (processes by pid, namespaces) is gone afterwards."""
+
+    def __init__(self, tmp_path: Path, size: int, tag: str = "fp-etcd") -> None:
+        from fastproxy import netns
+
+        self.netns = netns
+        self.tmp_path = tmp_path
+        self.hub = f"{tag}-hub-{os.getpid()}"
+        self.members = [f"{tag}-{i}-{os.getpid()}" for i in range(size)]
+        self.etcd = Etcd(tmp_path / "etcd", host=HUB_ADDRESS, ports=[2379, 2380])
+        self.url = self.etcd.url("fleet")
+        self.proxies: list[EtcdProxy] = []
+
+    def __enter__(self) -> Fleet:
+        try:
+            self.netns.create(self.hub)
+            _ip("-n", self.hub, "link", "add", "fpe-br", "type", "bridge")
+            _ip("-n", self.hub, "addr", "add", f"{HUB_ADDRESS}/24", "dev", "fpe-br")
+            _ip("-n", self.hub, "link", "set", "fpe-br", "up")
+            for i, name in enumerate(self.members):
+                self.netns.create(name)
+                hub_end = f"fpe-h{i}"
+                _ip("-n", self.hub, "link", "add", hub_end, "type", "veth", "peer", "name",
+                    "fpe0", "netns", name)  # fmt: skip
+                _ip("-n", self.hub, "link", "set", hub_end, "master", "fpe-br", "up")
+                _ip("-n", name, "addr", "add", f"198.51.100.{10 + i}/24", "dev", "fpe0")
+                _ip("-n", name, "link", "set", "fpe0", "up")
+            with self.in_hub():
+                self.etcd.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proxy in self.proxies:
+            proxy.kill()
+        self.etcd.stop()
+        for name in [*self.members, self.hub]:
+            self.netns.delete(name)
+
+    def in_hub(self) -> Any:
+        return self.netns.entered(self.netns.path(self.hub))
+
+    def inside(self, i: int) -> Any:
+        return self.netns.entered(self.netns.path(self.members[i]))
+
+    def start(self, *args: str) -> list[EtcdProxy]:
+        """One instance per namespace, all started before any is waited for."""
+        self.proxies = [
+            EtcdProxy(
+                self.tmp_path / f"i{i}",
+                self.url,
+                *args,
+                instance_id=name,
+                prefix=self.netns.nsenter_argv(name),
+                wait=False,
+            )
+            for i, name in enumerate(self.members)
+        ]
+        for proxy in self.proxies:
+            proxy.wait_serving()
+        return self.proxies
+
+    def push(self, config: dict[str, Any]) -> int:
+        with self.in_hub():
+            return push(config, self.url)
+
+    def instances(self) -> dict[str, dict[str, Any]]:
+        with self.in_hub():
+            return instances(self.url)

@@ -17,10 +17,8 @@ from typing import Any
 
 import pytest
 
-from etcdproc import Etcd, EtcdProxy, cli, have_etcd, instances, push
+from etcdproc import Etcd, EtcdProxy, cli, client, have_etcd, instances, push
 from fastproxy.backends import NamedEchoServer
-from fastproxy.etcd import Etcd as EtcdClient
-from fastproxy.etcd import EtcdURL
 from proxyproc import app, free_ports
 from servers import talk
 
@@ -80,13 +78,18 @@ def test_push_validates_and_compare_and_swaps_get_prints(tmp_path: Path, url: st
     bad = tmp_path / "bad.json"
     bad.write_text('{"Apps": [{"Name": "x", "Ports": [0], "Targets": []}]}')
     done = cli("config", "push", str(bad), url, check=False)
-    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in (
-        done.stderr
+    assert (
+        done.returncode == 2
+        and done.stderr.startswith("error: ")
+        and "Traceback" not in (done.stderr)
     )
     assert "no config" in cli("config", "get", url, check=False).stderr  # nothing written
 
     good = config(app("x", [7000], ["127.0.0.1:9"]))
-    first = push(good, url, tmp_path, "--if-revision", "0")
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    first = int(
+        cli("config", "push", str(tmp_path / "good.json"), url, "--if-revision", "0").stdout
+    )
     done = cli("config", "get", url)
     assert json.loads(done.stdout) == good and f"revision {first}" in done.stderr
     # a stale --if-revision writes nothing
@@ -97,7 +100,7 @@ def test_push_validates_and_compare_and_swaps_get_prints(tmp_path: Path, url: st
     assert done.returncode == 1
     assert f"at revision {first}, not {first - 1}" in done.stderr
     assert json.loads(cli("config", "get", url).stdout) == good
-    second = push(good2, url, tmp_path, "--if-revision", str(first))
+    second = int(cli(*args, "--if-revision", str(first)).stdout)
     assert second > first
     # a malformed URL and an unreachable etcd: one line each
     done = cli("config", "get", "etcd://127.0.0.1:1", check=False)
@@ -113,7 +116,7 @@ def test_changes_apply_without_cutting_connections_and_are_reported(
 ) -> None:
     p1, p2 = free_ports(2)
     a, b = backends["a"].address, backends["b"].address
-    first = push(config(app("x", [p1], [a])), url, tmp_path)
+    first = push(config(app("x", [p1], [a])), url)
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="solo")
     assert ask(p1) == "a"
     assert instances(url)["solo"]["config_revision"] == first
@@ -123,7 +126,7 @@ def test_changes_apply_without_cutting_connections_and_are_reported(
     held = socket.create_connection(("127.0.0.1", p1), timeout=10)
     held.sendall(b"before")
     # move the target and add a port: new connections follow, the held one stays
-    second = push(config(app("x", [p1, p2], [b])), url, tmp_path)
+    second = push(config(app("x", [p1, p2], [b])), url)
     wait_until(answers(p2, "b"), what="the new port")
     assert ask(p1) == "b"
     held.sendall(b"-after")
@@ -141,9 +144,9 @@ def test_invalid_document_in_etcd_is_rejected_reported_and_old_config_kept(
     tmp_path: Path, url: str, backends: dict[str, NamedEchoServer]
 ) -> None:
     (p1,) = free_ports(1)
-    good = push(config(app("x", [p1], [backends["a"].address])), url, tmp_path)
+    good = push(config(app("x", [p1], [backends["a"].address])), url)
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="strict")
-    etcd = EtcdClient(EtcdURL.parse(url))
+    etcd = client(url)
     # written straight into etcd, past push's validation
     bad = etcd.put_if(etcd.url.config_key, b'{"Apps": [{"Name": "x", "Ports": [70000]}]}', None)
     wait_until(lambda: instances(url)["strict"]["rejected_revision"] == bad)
@@ -155,7 +158,7 @@ def test_invalid_document_in_etcd_is_rejected_reported_and_old_config_kept(
     assert proxy.status()["reloads"] == {"success": 0, "failure": 1}
     assert b'fastproxy_reloads_total{result="failure"} 1.0' in proxy.http("GET", "/metrics")[1]
     assert ask(p1) == "a"  # still serving the old config
-    fixed = push(config(app("x", [p1], [backends["b"].address])), url, tmp_path)
+    fixed = push(config(app("x", [p1], [backends["b"].address])), url)
     wait_until(answers(p1, "b"))
     wait_until(lambda: instances(url)["strict"]["config_revision"] == fixed)
     assert instances(url)["strict"]["rejected_revision"] is None
@@ -168,12 +171,12 @@ def test_updates_missed_while_away_and_compacted_are_applied(
     """The instance is frozen while the config changes twice and etcd compacts its
     history past the revision the instance watches from: it re-reads and goes on."""
     p1, p2 = free_ports(2)
-    push(config(app("x", [p1], [backends["a"].address])), url, tmp_path)
+    push(config(app("x", [p1], [backends["a"].address])), url)
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="sleeper")
     os.kill(proxy.pid, signal.SIGSTOP)
     try:
-        push(config(app("x", [p1], [backends["b"].address])), url, tmp_path)
-        last = push(config(app("x", [p1, p2], [backends["b"].address])), url, tmp_path)
+        push(config(app("x", [p1], [backends["b"].address])), url)
+        last = push(config(app("x", [p1, p2], [backends["b"].address])), url)
         assert etcd.compact() >= last
     finally:
         os.kill(proxy.pid, signal.SIGCONT)
@@ -189,7 +192,7 @@ def test_etcd_down_at_start_serves_the_cache_then_catches_up(
     try:
         url = etcd.url()
         p1, p2 = free_ports(2)
-        cached = push(config(app("x", [p1], [backends["a"].address])), url, tmp_path)
+        cached = push(config(app("x", [p1], [backends["a"].address])), url)
         proxy = EtcdProxy(tmp_path / "i", url, "--lease-ttl", "3", instance_id="cached")
         assert proxy.stop() == 0
         etcd.kill()
@@ -199,7 +202,7 @@ def test_etcd_down_at_start_serves_the_cache_then_catches_up(
         assert ask(p1) == "a"
         assert proxy.metric("fastproxy_config_source_up") == 0
         etcd.start()
-        newer = push(config(app("x", [p1, p2], [backends["b"].address])), url, tmp_path)
+        newer = push(config(app("x", [p1, p2], [backends["b"].address])), url)
         wait_until(answers(p2, "b"), what="the config pushed after etcd came back")
         assert proxy.metric("fastproxy_config_source_up") == 1
         assert proxy.metric("fastproxy_config_revision") == newer
@@ -208,7 +211,7 @@ def test_etcd_down_at_start_serves_the_cache_then_catches_up(
         wait_until(lambda: proxy.metric("fastproxy_config_source_up") == 0, what="source down")
         assert ask(p2) == "b"
         etcd.start()
-        latest = push(config(app("x", [p2], [backends["a"].address])), url, tmp_path)
+        latest = push(config(app("x", [p2], [backends["a"].address])), url)
         wait_until(answers(p2, "a"), what="the config pushed after the restart")
         wait_until(lambda: instances(url)["cached"]["config_revision"] == latest)
         assert proxy.stop() == 0
@@ -228,7 +231,7 @@ def test_no_cache_and_no_etcd_waits_logging_each_retry(
     try:
         etcd.start()
         (p1,) = free_ports(1)
-        push(config(app("x", [p1], [backends["a"].address])), url, tmp_path)
+        push(config(app("x", [p1], [backends["a"].address])), url)
         proxy.wait_serving()
         assert ask(p1) == "a"
         assert proxy.stop() == 0

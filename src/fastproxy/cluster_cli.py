@@ -85,10 +85,19 @@ def status(etcd_url: str, as_json: bool) -> None:
     """List the instances, the revision each serves and whether it lags."""
     etcd = _connect(etcd_url)
     try:
-        doc, _ = etcd.read(etcd.url.config_key)
-        records = etcd.read_prefix(etcd.url.instances_prefix)
+        current, instances = cluster_state(etcd)
     except EtcdError as exc:
         _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"config_revision": current, "instances": instances}, indent=2))
+        return
+    click.echo(format_cluster(etcd.url.name(etcd.url.config_key), current, instances))
+
+
+def cluster_state(etcd: Etcd) -> tuple[int, list[dict[str, Any]]]:
+    """The config's revision, and the instances' records, each with whether it lags."""
+    doc, _ = etcd.read(etcd.url.config_key)
+    records = etcd.read_prefix(etcd.url.instances_prefix)
     current = doc.revision if doc is not None else 0
     instances = []
     for key, value in records:
@@ -99,10 +108,7 @@ def status(etcd_url: str, as_json: bool) -> None:
         record["lags"] = record.get("config_revision") != current
         instances.append(record)
     instances.sort(key=lambda r: str(r.get("id")))
-    if as_json:
-        click.echo(json.dumps({"config_revision": current, "instances": instances}, indent=2))
-        return
-    click.echo(format_cluster(etcd.url.name(etcd.url.config_key), current, instances))
+    return current, instances
 
 
 def format_cluster(name: str, current: int, instances: list[dict[str, Any]]) -> str:
