@@ -119,7 +119,10 @@ def test_changes_apply_without_cutting_connections_and_are_reported(
     first = push(config(app("x", [p1], [a])), url)
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="solo")
     assert ask(p1) == "a"
-    assert instances(url)["solo"]["config_revision"] == first
+    record = instances(url)["solo"]
+    assert record["config_revision"] == first and record["pid"] == proxy.pid
+    assert record["steering"] == "ports" and record["healthy"] and record["applied_at"]
+    assert {"id", "host", "version"} <= record.keys()
     assert proxy.metric("fastproxy_config_revision") == first
     assert proxy.metric("fastproxy_config_source_up") == 1
 
@@ -175,7 +178,8 @@ def test_updates_missed_while_away_and_compacted_are_applied(
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="sleeper")
     os.kill(proxy.pid, signal.SIGSTOP)
     try:
-        push(config(app("x", [p1], [backends["b"].address])), url)
+        for target in ("b", "a", "b"):  # the watch resumes from a compacted revision
+            push(config(app("x", [p1], [backends[target].address])), url)
         last = push(config(app("x", [p1, p2], [backends["b"].address])), url)
         assert etcd.compact() >= last
     finally:

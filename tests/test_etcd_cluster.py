@@ -126,9 +126,9 @@ def test_fleet_follows_etcd_through_faults(fleet: Fleet) -> None:
         for k in range(1, 21):
             revision = fleet.push(revision_config(k))
             delays.append(serving_everywhere(fleet, k))
-            with fleet.inside(0):  # the port of the revision before is gone
-                with pytest.raises(OSError):
-                    ask(expected(k - 1)[0])
+            # the port of the revision before is gone
+            with fleet.inside(0), pytest.raises(OSError):
+                ask(expected(k - 1)[0])
         print(f"push to all 3 serving: p50 {statistics.median(delays) * 1000:.0f} ms, "
               f"max {max(delays) * 1000:.0f} ms")  # fmt: skip
         deadline = time.monotonic() + 10

@@ -100,6 +100,8 @@ def serve(
         code = run(config, cluster=cluster, **overrides)
     except (ConfigError, ListenError, TakeoverError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for etcd, before serving
+        sys.exit(130)
     sys.exit(code)
 
 
