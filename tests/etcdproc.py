@@ -144,6 +144,7 @@ class EtcdProxy(Proxy):
         instance_id: str = "fp-etcd-test",
         prefix: list[str] | None = None,
         wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / "fastproxy.log"
@@ -165,7 +166,13 @@ class EtcdProxy(Proxy):
             self.control_socket,
             *args,
         ]
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
         self.pid = self.proc.pid
         proxyproc.RUNNING.append(self)
         if wait:

@@ -241,3 +241,18 @@ def test_no_cache_and_no_etcd_waits_logging_each_retry(
         assert proxy.stop() == 0
     finally:
         etcd.stop()
+
+
+def test_watch_and_lease_threads_survive_unexpected_errors(
+    tmp_path: Path, url: str, backends: dict[str, NamedEchoServer]
+) -> None:
+    p1, p2 = free_ports(2)
+    push(config(app("x", [p1], [backends["a"].address])), url)
+    failing = {"FASTPROXY_FAILPOINTS": "etcd.watch*2,etcd.lease*2"}
+    proxy = EtcdProxy(tmp_path / "i", url, instance_id="hardy", env=failing)
+    proxy.wait_log("etcd watch: unexpected error")
+    proxy.wait_log("registration: unexpected error")
+    latest = push(config(app("x", [p1, p2], [backends["b"].address])), url)
+    wait_until(answers(p2, "b"), what="a push after the errors")
+    wait_until(lambda: instances(url)["hardy"]["config_revision"] == latest)
+    assert proxy.stop() == 0

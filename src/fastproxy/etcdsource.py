@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import Config, ConfigError, parse_config_bytes
 from .etcd import Document, Etcd, EtcdError, EtcdURL
+from .failpoints import failpoint
 from .membership import Membership, backoff, now_iso
 from .sources import ClusterOptions, Describe, Reload
 
@@ -162,6 +163,7 @@ class EtcdSource:
         attempt = 0
         while not self._stop.is_set():
             try:
+                failpoint("etcd.watch")
                 if self._next == 0:
                     self._catch_up()
                 event = self._etcd.watch_once(self.url.config_key, self._next, WATCH_CYCLE)

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__
 from .etcd import Etcd, EtcdError, EtcdUnreachable, EtcdURL
+from .failpoints import failpoint
 
 log = logging.getLogger("fastproxy")
 
@@ -89,6 +90,7 @@ class Membership:
         attempt = 0
         while not self._stop.is_set():
             try:
+                failpoint("etcd.lease")
                 if self._lease is None:
                     self._lease = etcd.grant(self.ttl)
                     written = None
