@@ -179,7 +179,7 @@ class EtcdSource:
                     log.warning("etcd: lost (%s); serving the running config", exc)
                 self._up = False
             except Exception as exc:
-                log.exception("etcd watch: unexpected error")
+                log.error("etcd watch: unexpected error: %s: %s", type(exc).__name__, exc)
                 reason = repr(exc)
             self._next = 0
             wait = backoff(attempt)

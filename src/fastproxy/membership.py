@@ -117,7 +117,7 @@ class Membership:
                 self._lease, written = None, None
                 reason = str(exc)
             except Exception as exc:
-                log.exception("etcd: registration: unexpected error")
+                log.error("etcd: registration: unexpected error: %s: %s", type(exc).__name__, exc)
                 reason = repr(exc)
             wait = backoff(attempt)
             attempt += 1
