@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, parse_config_bytes
 from .etcd import Etcd, EtcdError, EtcdURL
 
 
@@ -45,11 +45,14 @@ def push(file: str, etcd_url: str, if_revision: int | None) -> None:
     """Validate FILE, then store it as the fleet's config; print the new revision.
     An invalid file is never written."""
     try:
-        load_config(file)
+        load_config(file)  # its messages for a file that cannot be read
+        with open(file, "rb") as f:
+            document = f.read()
+        parse_config_bytes(document, file)  # what is written is what was validated
     except ConfigError as exc:
         _fail(exc, 2)
-    with open(file, "rb") as f:
-        document = f.read()
+    except OSError as exc:
+        _fail(f"{file}: {exc.strerror}", 2)
     etcd = _connect(etcd_url)
     try:
         revision = etcd.put_if(etcd.url.config_key, document, if_revision)
