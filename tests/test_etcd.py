@@ -109,6 +109,9 @@ def test_push_validates_and_compare_and_swaps_get_prints(tmp_path: Path, url: st
     done = cli("config", "get", f"etcd://127.0.0.1:{port}/fp", check=False)
     assert done.returncode == 1 and "etcd unreachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    # an endpoint that is down is skipped for the next one
+    live = url.removeprefix("etcd://")
+    assert json.loads(cli("config", "get", f"etcd://127.0.0.1:{port},{live}").stdout) == good2
 
 
 def test_changes_apply_without_cutting_connections_and_are_reported(
