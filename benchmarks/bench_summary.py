@@ -38,6 +38,8 @@ METRICS = {
     "new_ports_accepting": ("new ports accepting", True, 0),
     "load_rate": ("load conn/s", True, 0),
     "checks_per_s": ("checks/s", True, 0),
+    "push_p50_ms": ("push to all p50 ms", False, 0),
+    "push_max_ms": ("push to all max ms", False, 0),
 }
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {
