@@ -46,7 +46,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--steering", type=click.Choice(STEERING_MODES), help="Override Steering.")
 @click.option("--workers", type=click.IntRange(1, 1024), help="Relay threads (default: CPUs).")
 @click.option("--relay", type=click.Choice(RELAY_MODES), help="splice (zero copy) or copy.")
@@ -106,7 +106,7 @@ def serve(
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 def check(config: str) -> None:
     """Validate CONFIG and print a summary; exit non-zero when it is invalid."""
     try:
