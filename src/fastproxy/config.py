@@ -486,16 +486,14 @@ def _parse_health(value: object) -> HealthCheck:
     _check_keys(value, HEALTH_KEYS, prefix="HealthCheck.")
     default = HealthCheck()
     kind = _choice(value.get("Type", default.type), "HealthCheck.Type", HEALTH_TYPES)
-    for keys, owner in (
-        (("Send", "Expect"), "send-expect"),
-        (("Path", "Host", "ExpectStatus"), "http"),
-    ):
-        for key in keys:
-            if key in value and kind != owner:
-                raise _Invalid(
-                    f"HealthCheck.{key}",
-                    f'only used when HealthCheck.Type is "{owner}", not {_q(kind)}',
-                )
+    owners = {"Send": "send-expect", "Expect": "send-expect"}
+    owners.update(dict.fromkeys(("Path", "Host", "ExpectStatus"), "http"))
+    for key, owner in owners.items():
+        if key in value and kind != owner:
+            raise _Invalid(
+                f"HealthCheck.{key}",
+                f'only used when HealthCheck.Type is "{owner}", not {_q(kind)}',
+            )
     send, expect = default.send, default.expect
     if kind == "send-expect":
         if "Expect" not in value:
@@ -584,7 +582,7 @@ def _status_range(value: object) -> tuple[int, int]:
         if not 100 <= code <= 599:
             raise _Invalid(field, f"status {_num(code)} is out of range 100..599")
     if first > last:
-        raise _Invalid(field, f'range {_q(value)} is reversed, write "{last}-{first}"')
+        raise _Invalid(field, f'range "{first}-{last}" is reversed, write "{last}-{first}"')
     return first, last
 
 
