@@ -157,3 +157,17 @@ def test_backups_only_while_no_primary_is_up(tmp_path: Path, servers) -> None:
     assert [t["backup"] for t in entry["targets"]] == [False, False, True]
     assert entry["targets"][2]["connections"] == 10
     assert proxy.stop() == 0
+
+
+def test_clients_fail_over_to_backups_when_every_primary_refuses(tmp_path: Path, servers) -> None:
+    (spare,) = servers("spare")
+    port, dead1, dead2 = free_ports(3)
+    targets = [f"127.0.0.1:{dead1}", f"127.0.0.1:{dead2}", weighted(spare, backup=True)]
+    # Checks too slow and too tolerant to notice: the primaries still show up.
+    slow = {"Interval": 3600, "Fall": 1000}
+    proxy = Proxy(tmp_path, {"Apps": [app("fo", [port], targets, HealthCheck=slow)]})
+    assert Counter(ask(port) for _ in range(6)) == {"spare": 6}
+    (entry,) = proxy.status()["apps"]
+    assert [t["state"] for t in entry["targets"]] == ["up", "up", "up"]
+    assert entry["no_target"] == 0
+    assert proxy.stop() == 0

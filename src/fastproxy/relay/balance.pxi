@@ -165,9 +165,15 @@ cdef int pick_next(fp_route* rt, fp_conn* c) noexcept nogil:
     """The next target to try for this client: the first pick, then onwards round
     the ring, skipping ineligible ones. -1 when all have been tried."""
     cdef int j
-    while c.tries < rt.ntargets:
-        j = (c.start_idx + c.tries) % rt.ntargets
-        c.tries += 1
-        if target_eligible(&rt.targets[j], c.tier):
-            return j
-    return -1
+    while True:
+        while c.tries < rt.ntargets:
+            j = (c.start_idx + c.tries) % rt.ntargets
+            c.tries += 1
+            if target_eligible(&rt.targets[j], c.tier):
+                return j
+        if c.tier != TIER_PRIMARY:
+            return -1
+        # Every primary refused this client, whatever the checks still say: a
+        # primary that cannot be reached is not up, so the backups are next.
+        c.tier = TIER_BACKUP
+        c.tries = 0
