@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy.cli import format_status
 from proxyproc import ROOT
 
 GOOD_APP = {"Name": "a", "Ports": [5001], "Targets": ["127.0.0.1:9000"]}
@@ -203,3 +204,35 @@ def test_version_and_help() -> None:
     for command in ("serve", "check", "demo"):
         result = fastproxy(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_status_table_shows_weight_backup_and_failed_checks() -> None:
+    target = {"state": "up", "active": 0, "connections": 0, "connect_failures": 0}
+    status = {
+        "version": "x",
+        "steering": "ports",
+        "apps": [
+            {
+                "name": "a",
+                "ports": [1],
+                "balance": "round-robin",
+                "active": 0,
+                "connections": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "targets": [
+                    {**target, "address": "h:1", "weight": 3, "backup": False},
+                    {
+                        **target,
+                        "address": "h:2",
+                        "weight": 1,
+                        "backup": True,
+                        "last_check": {"ok": False, "error": "HTTP status 500", "at": 0},
+                    },
+                ],
+            }
+        ],
+    }
+    rows = format_status(status).splitlines()[-2:]
+    assert rows[0].endswith("  weight 3") and rows[0].lstrip().startswith("h:1")
+    assert rows[1].endswith("  backup, check: HTTP status 500")

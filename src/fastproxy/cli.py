@@ -184,9 +184,22 @@ def format_status(status: dict[str, Any]) -> str:
         for t in app["targets"]:
             lines.append(
                 f"  {t['address']:<40} {t['state']:<9} {t['active']:>7} "
-                f"{t['connections']:>9} {t['connect_failures']:>7}"
+                f"{t['connections']:>9} {t['connect_failures']:>7}{_target_notes(t)}"
             )
     return "\n".join(lines)
+
+
+def _target_notes(target: dict[str, Any]) -> str:
+    """Weight and backup when not the default, and why the last check failed."""
+    notes = []
+    if target.get("weight", 1) != 1:
+        notes.append(f"weight {target['weight']}")
+    if target.get("backup"):
+        notes.append("backup")
+    check = target.get("last_check")
+    if check and not check["ok"]:
+        notes.append(f"check: {check['error']}")
+    return "  " + ", ".join(notes) if notes else ""
 
 
 @main.command()

@@ -199,7 +199,7 @@ class HealthChecker:
     def _start_probe(self, sel: selectors.BaseSelector, app: AppRuntime, t: TargetRuntime) -> None:
         check = app.app.health_check
         if t.address is None:
-            self._record(app, t, False, "does not resolve")
+            self._checked(app, t, False, "does not resolve")
             return
         family, ip = t.address
         try:
