@@ -123,6 +123,8 @@ class HealthChecker:
         self._last: dict[int, dict[str, Any]] = {}  # slot -> the last active check
         self._counts: dict[int, Counter[str]] = {}  # slot -> passed/failed
         self._stop = threading.Event()
+        # Made here, where a failure stops the start-up, not the thread later.
+        self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._run, name="fastproxy-health", daemon=True)
 
     def start(self) -> None:
@@ -310,7 +312,7 @@ class HealthChecker:
                 self._guarded(self._timeout, sel, key.data)
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         next_passive = time.monotonic()
         try:
             while not self._stop.is_set():
