@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,19 @@ def test_round_robin_follows_smooth_weighted_order(tmp_path: Path, servers) -> N
     assert answered == ["a", "a", "b", "a"] * 6
     targets = proxy.status()["apps"][0]["targets"]
     assert [(t["weight"], t["backup"]) for t in targets] == [(3, False), (1, False)]
+    assert proxy.stop() == 0
+
+
+def test_round_robin_is_exact_across_workers(tmp_path: Path, servers) -> None:
+    """Workers share one cursor into the cycle: however clients race, 400
+    connections (100 cycles of a a b a) split exactly 300:100."""
+    a, b = servers("a", "b")
+    (port,) = free_ports(1)
+    config = {"Workers": 4, "Apps": [app("w", [port], [weighted(a, 3), weighted(b, 1)])]}
+    proxy = Proxy(tmp_path, config)
+    with ThreadPoolExecutor(16) as pool:
+        answered = Counter(pool.map(lambda _: ask(port), range(400)))
+    assert answered == {"a": 300, "b": 100}
     assert proxy.stop() == 0
 
 
