@@ -4,13 +4,16 @@ tracebacks, for every config error class of SPEC section 1."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from fastproxy.cli import format_status
 from proxyproc import ROOT
 
 GOOD_APP = {"Name": "a", "Ports": [5001], "Targets": ["127.0.0.1:9000"]}
@@ -47,6 +50,26 @@ BAD_CONFIGS = {
     "unknown key": (
         {"Apps": [{"Name": "a", "Ports": [5001], "Targts": ["127.0.0.1:9000"]}]},
         ['app "a"', "Targts", 'did you mean "Targets"'],
+    ),
+    "target weight": (
+        {"Apps": [{**GOOD_APP, "Targets": [{"Address": "127.0.0.1:9000", "Weight": 0}]}]},
+        ['app "a"', "Targets[0].Weight", "between 1 and 1000"],
+    ),
+    "target backup": (
+        {"Apps": [{**GOOD_APP, "Targets": [{"Address": "127.0.0.1:9000", "Backup": 1}]}]},
+        ['app "a"', "Targets[0].Backup", "true or false"],
+    ),
+    "health check type": (
+        {"Apps": [{**GOOD_APP, "HealthCheck": {"Type": "udp"}}]},
+        ['app "a"', "HealthCheck.Type", '"udp"'],
+    ),
+    "health check expect": (
+        {"Apps": [{**GOOD_APP, "HealthCheck": {"Type": "send-expect", "Send": "PING"}}]},
+        ['app "a"', "HealthCheck.Expect", "missing"],
+    ),
+    "health check status": (
+        {"Apps": [{**GOOD_APP, "HealthCheck": {"Type": "http", "ExpectStatus": "2xx"}}]},
+        ['app "a"', "HealthCheck.ExpectStatus", '"2xx"'],
     ),
     "unknown top-level key": (
         {"Apps": [GOOD_APP], "Steerin": "bpf"},
@@ -93,6 +116,58 @@ def test_broken_files_are_one_line(tmp_path: Path, content: str) -> None:
     assert "broken.json" in result.stderr
 
 
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _huge(path: Path) -> Path:
+    with open(path, "wb") as f:
+        f.truncate((16 << 20) + 1)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "reason"),
+    [
+        ("dir", lambda p: p.mkdir() or p, "is a directory"),
+        ("fifo", _fifo, "is a FIFO"),
+        ("huge", _huge, "larger than 16 MiB"),
+        ("device", lambda p: Path("/dev/zero"), "is a device"),
+    ],
+)
+def test_check_refuses_what_is_not_a_config_file(
+    tmp_path: Path, kind: str, make: Callable[[Path], Path], reason: str
+) -> None:
+    path = make(tmp_path / "proxy.json")
+    result = fastproxy("check", str(path), timeout=10)  # a FIFO must not block
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {path}: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and reason in result.stderr
+
+
+def test_check_summary_shows_weights_backups_and_check_types(tmp_path: Path) -> None:
+    targets = [
+        {"Address": "127.0.0.1:9000", "Weight": 3},
+        {"Address": "127.0.0.1:9001", "Backup": True},
+    ]
+    checks = [
+        {"Type": "send-expect", "Send": "PING\\r\\n", "Expect": "+PONG"},
+        {"Type": "http", "Path": "/up", "ExpectStatus": "200-299"},
+    ]
+    apps = [
+        {"Name": f"a{i}", "Ports": [5001 + i], "Targets": targets, "HealthCheck": check}
+        for i, check in enumerate(checks)
+    ]
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps({"Apps": apps}))
+    result = fastproxy("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:9000 (weight 3), 127.0.0.1:9001 (backup)" in result.stdout
+    assert 'send-expect send "PING\\r\\n" expect "+PONG"' in result.stdout
+    assert "http GET /up expect status 200-299" in result.stdout
+
+
 def test_missing_file(tmp_path: Path) -> None:
     result = fastproxy("serve", str(tmp_path / "nope.json"))
     assert result.returncode != 0
@@ -129,3 +204,35 @@ def test_version_and_help() -> None:
     for command in ("serve", "check", "demo"):
         result = fastproxy(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_status_table_shows_weight_backup_and_failed_checks() -> None:
+    target = {"state": "up", "active": 0, "connections": 0, "connect_failures": 0}
+    status = {
+        "version": "x",
+        "steering": "ports",
+        "apps": [
+            {
+                "name": "a",
+                "ports": [1],
+                "balance": "round-robin",
+                "active": 0,
+                "connections": 0,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "targets": [
+                    {**target, "address": "h:1", "weight": 3, "backup": False},
+                    {
+                        **target,
+                        "address": "h:2",
+                        "weight": 1,
+                        "backup": True,
+                        "last_check": {"ok": False, "error": "HTTP status 500", "at": 0},
+                    },
+                ],
+            }
+        ],
+    }
+    rows = format_status(status).splitlines()[-2:]
+    assert rows[0].endswith("  weight 3") and rows[0].lstrip().startswith("h:1")
+    assert rows[1].endswith("  backup, check: HTTP status 500")

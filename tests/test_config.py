@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +203,35 @@ def test_summary() -> None:
     assert all(len(line) <= 100 for line in text.splitlines())
 
 
+def test_weighted_and_backup_targets() -> None:
+    targets = ["a:1", {"Address": "b:2", "Weight": 3}, {"Address": "[::1]:3", "Backup": True}]
+    app = parse_config(with_app(0, Targets=targets), SRC).apps[0]
+    assert [(t.address, t.weight, t.backup) for t in app.targets] == [
+        ("a:1", 1, False),
+        ("b:2", 3, False),
+        ("[::1]:3", 1, True),
+    ]
+    text = summary(parse_config(with_app(0, Targets=targets), SRC))
+    assert "a:1, b:2 (weight 3), [::1]:3 (backup)" in text
+
+
+def test_health_check_types() -> None:
+    check = {"Type": "send-expect", "Send": "PING\\r\\n\\x00\\\\", "Expect": "+PONG\r\n"}
+    hc = parse_config(with_app(0, HealthCheck=check), SRC).apps[0].health_check
+    assert (hc.type, hc.send, hc.expect) == ("send-expect", b"PING\r\n\x00\\", b"+PONG\r\n")
+    text = summary(parse_config(with_app(0, HealthCheck=check), SRC))
+    assert 'health:      send-expect send "PING\\r\\n\\u0000\\\\" expect "+PONG\\r\\n"' in text
+    check = {"Type": "http", "Path": "/healthz?full=1", "Host": "svc.local", "ExpectStatus": 204}
+    hc = parse_config(with_app(0, HealthCheck=check), SRC).apps[0].health_check
+    assert (hc.path, hc.host, hc.expect_status) == ("/healthz?full=1", "svc.local", (204, 204))
+    text = summary(parse_config(with_app(0, HealthCheck=check), SRC))
+    assert "http GET /healthz?full=1 Host svc.local expect status 204" in text
+    hc = parse_config(with_app(0, HealthCheck={"Type": "http"}), SRC).apps[0].health_check
+    assert (hc.path, hc.host, hc.expect_status) == ("/", None, (200, 399))
+    hc = parse_config(with_app(0, HealthCheck={}), SRC).apps[0].health_check
+    assert hc.type == "tcp"
+
+
 # --------------------------------------------------------------------------- errors
 
 APP_B = f'{SRC}: app "b" (Apps[1]): '
@@ -350,9 +381,119 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
         [APP_B + 'Targets: expected a list of "host:port" strings, got string'],
     ),
     (
-        "target not a string",
+        "target object with an unknown key",
         with_app(1, Targets=["x:1", {"Host": "x"}]),
-        [APP_B + 'Targets[1]: expected a "host:port" string, got object'],
+        [APP_B + "Targets[1].Host: unknown key (known keys: Address, Weight, Backup)"],
+    ),
+    (
+        "target weight misspelt",
+        with_app(1, Targets=[{"Address": "x:1", "Weigth": 2}]),
+        [APP_B + 'Targets[0].Weigth: unknown key (did you mean "Weight"?)'],
+    ),
+    (
+        "target weight zero",
+        with_app(1, Targets=[{"Address": "x:1", "Weight": 0}]),
+        [APP_B + "Targets[0].Weight: must be between 1 and 1000, got 0"],
+    ),
+    (
+        "target weight too large",
+        with_app(1, Targets=[{"Address": "x:1", "Weight": 1001}]),
+        [APP_B + "Targets[0].Weight: must be between 1 and 1000, got 1001"],
+    ),
+    (
+        "target backup not a boolean",
+        with_app(1, Targets=[{"Address": "x:1", "Backup": "yes"}]),
+        [APP_B + 'Targets[0].Backup: expected true or false, got string "yes"'],
+    ),
+    (
+        "target object without address",
+        with_app(1, Targets=[{"Weight": 2}]),
+        [APP_B + "Targets[0].Address: missing required key"],
+    ),
+    (
+        "target object with a bad address",
+        with_app(1, Targets=[{"Address": "x"}]),
+        [APP_B + 'Targets[0].Address: "x": missing port'],
+    ),
+    (
+        "target object listed twice",
+        with_app(1, Targets=["x:1", {"Address": "x:1", "Backup": True}]),
+        [APP_B + 'Targets[1]: "x:1" is already listed as Targets[0]'],
+    ),
+    (
+        "health type unknown",
+        with_app(1, HealthCheck={"Type": "htp"}),
+        [APP_B + 'HealthCheck.Type: "htp" is not one of', '(did you mean "http"?)'],
+    ),
+    (
+        "health send without send-expect",
+        with_app(1, HealthCheck={"Send": "x"}),
+        [APP_B + 'HealthCheck.Send: only used when HealthCheck.Type is "send-expect", not "tcp"'],
+    ),
+    (
+        "health path without http",
+        with_app(1, HealthCheck={"Type": "send-expect", "Expect": "x", "Path": "/"}),
+        [APP_B + 'HealthCheck.Path: only used when HealthCheck.Type is "http"'],
+    ),
+    (
+        "health expect missing",
+        with_app(1, HealthCheck={"Type": "send-expect", "Send": "x"}),
+        [APP_B + 'HealthCheck.Expect: missing required key for Type "send-expect"'],
+    ),
+    (
+        "health expect empty",
+        with_app(1, HealthCheck={"Type": "send-expect", "Expect": ""}),
+        [APP_B + "HealthCheck.Expect: must not be empty"],
+    ),
+    (
+        "health send bad escape",
+        with_app(1, HealthCheck={"Type": "send-expect", "Send": "a\\q", "Expect": "x"}),
+        [APP_B + "HealthCheck.Send: unknown escape \\q, use"],
+    ),
+    (
+        "health send too long",
+        with_app(1, HealthCheck={"Type": "send-expect", "Send": "x" * 5000, "Expect": "x"}),
+        [APP_B + "HealthCheck.Send: at most 4096 bytes, got 5000"],
+    ),
+    (
+        "health expect not a string",
+        with_app(1, HealthCheck={"Type": "send-expect", "Expect": 5}),
+        [APP_B + "HealthCheck.Expect: expected a string, got integer 5"],
+    ),
+    (
+        "health path relative",
+        with_app(1, HealthCheck={"Type": "http", "Path": "health"}),
+        [APP_B + 'HealthCheck.Path: "health" must start with "/"'],
+    ),
+    (
+        "health path with a space",
+        with_app(1, HealthCheck={"Type": "http", "Path": "/a b"}),
+        [APP_B + "HealthCheck.Path: "],
+    ),
+    (
+        "health host with a newline",
+        with_app(1, HealthCheck={"Type": "http", "Host": "a\nb"}),
+        [APP_B + "HealthCheck.Host: "],
+    ),
+    (
+        "health status out of range",
+        with_app(1, HealthCheck={"Type": "http", "ExpectStatus": 700}),
+        [APP_B + "HealthCheck.ExpectStatus: status 700 is out of range 100..599"],
+    ),
+    (
+        "health status range reversed",
+        with_app(1, HealthCheck={"Type": "http", "ExpectStatus": "399-200"}),
+        [APP_B + 'HealthCheck.ExpectStatus: range "399-200" is reversed'],
+    ),
+    (
+        "health status not a number",
+        with_app(1, HealthCheck={"Type": "http", "ExpectStatus": "ok"}),
+        [APP_B + 'HealthCheck.ExpectStatus: "ok" is not a status code'],
+    ),
+    (
+        "health status boolean",
+        with_app(1, HealthCheck={"Type": "http", "ExpectStatus": True}),
+        [APP_B + "HealthCheck.ExpectStatus: expected a status code"],
     ),
     (
         "target missing port",
@@ -433,7 +574,7 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
     (
         "healthcheck type",
         with_app(1, HealthCheck=[]),
-        [APP_B + "HealthCheck: expected an object with Interval, Timeout, Rise, Fall, got list"],
+        [APP_B + "HealthCheck: expected an object with Interval, Timeout, Rise, Fall, Type, Send"],
     ),
     (
         "healthcheck unknown key",
@@ -553,6 +694,28 @@ def test_file_not_found(tmp_path: Path) -> None:
 
 def test_file_is_a_directory(tmp_path: Path) -> None:
     assert "is a directory" in load_error(tmp_path)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    assert load_error(fifo).endswith("is a FIFO (named pipe), expected a JSON file")
+    assert time.monotonic() - started < 2
+
+
+def test_device_is_refused() -> None:
+    assert load_error(Path("/dev/zero")).endswith("is a device, expected a JSON file")
+
+
+def test_file_over_16_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as f:
+        f.truncate((16 << 20) + 1)
+    assert load_error(path).endswith("is larger than 16 MiB, too large for a config file")
+    with open(path, "r+b") as f:  # 16 MiB exactly is read (and then judged as JSON)
+        f.truncate(16 << 20)
+    assert "larger" not in load_error(path)
 
 
 def test_invalid_json_has_line_and_column(tmp_path: Path) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fastproxy.backends import NamedEchoServer
 from fastproxy.health import Hysteresis
-from proxyproc import Proxy, app, free_ports
+from proxyproc import Proxy, app, free_ports, wait_for_port
 from servers import talk
 
 
@@ -33,13 +36,17 @@ def hold(port: int) -> tuple[socket.socket, str]:
     return sock, line.decode().strip()
 
 
-def target_state(proxy: Proxy, app_name: str, address: str) -> str:
+def target_entry(proxy: Proxy, app_name: str, address: str) -> dict[str, Any]:
     for entry in proxy.status()["apps"]:
         if entry["name"] == app_name:
             for target in entry["targets"]:
                 if target["address"] == address:
-                    return str(target["state"])
+                    return dict(target)
     raise KeyError(address)
+
+
+def target_state(proxy: Proxy, app_name: str, address: str) -> str:
+    return str(target_entry(proxy, app_name, address)["state"])
 
 
 def wait_state(proxy: Proxy, app_name: str, address: str, state: str, limit: float) -> float:
@@ -111,6 +118,7 @@ def test_flapping_backend_does_not_flip_every_flap(tmp_path: Path, pair) -> None
             time.sleep(0.15)
         server.close()
 
+    before = target_entry(proxy, "flap", targets[1])
     flapper = threading.Thread(target=flap)
     flapper.start()
     states = []
@@ -120,8 +128,14 @@ def test_flapping_backend_does_not_flip_every_flap(tmp_path: Path, pair) -> None
         time.sleep(0.02)
     stop.set()
     flapper.join()
+    after = target_entry(proxy, "flap", targets[1])
     assert set(states) == {"up"}, Counter(states)
+    # The checks did see the backend go away and come back, many times over.
+    failed = after["checks_failed"] - before["checks_failed"]
+    passed = after["checks_passed"] - before["checks_passed"]
+    assert failed >= 5 and passed >= 5, (failed, passed)
     assert proxy.stop() == 0
+    assert "is down" not in proxy.log()
 
 
 def test_least_conn_prefers_the_idle_target(tmp_path: Path, pair) -> None:
@@ -208,4 +222,128 @@ def test_drained_target_keeps_its_connections(tmp_path: Path, pair) -> None:
     assert f'fastproxy_target_up{{app="dr",target="{targets[1]}"}} 0.0'.encode() in body
     for sock, _ in held:
         sock.close()
+    assert proxy.stop() == 0
+
+
+@pytest.fixture
+def redis() -> Iterator[int]:
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--protected-mode", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def silent_listener() -> socket.socket:
+    """Accepts (the kernel does) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+def test_send_expect_check(tmp_path: Path, redis: int, pair) -> None:
+    echo = pair[0]  # accepts and answers, but not +PONG
+    silent = silent_listener()
+    (port,) = free_ports(1)
+    targets = [
+        f"127.0.0.1:{redis}",
+        f"127.0.0.1:{echo.port}",
+        f"127.0.0.1:{silent.getsockname()[1]}",
+    ]
+    check = {**CHECK, "Type": "send-expect", "Send": "PING\\r\\n", "Expect": "+PONG\\r\\n"}
+    proxy = Proxy(tmp_path, {"Apps": [app("redis", [port], targets, HealthCheck=check)]})
+    wait_state(proxy, "redis", targets[1], "down", 3)
+    wait_state(proxy, "redis", targets[2], "down", 3)
+    ok, wrong, mute = (target_entry(proxy, "redis", t) for t in targets)
+    assert ok["state"] == "up" and ok["last_check"]["ok"] is True
+    assert ok["last_check"]["error"] is None and ok["checks_failed"] == 0
+    assert abs(ok["last_check"]["at"] - time.time()) < 5
+    assert wrong["last_check"]["ok"] is False
+    # the echo answers its name and the PING back, and never +PONG
+    assert wrong["last_check"]["error"] == (
+        "timed out waiting for the reply (8 bytes received) after 0.25s"
+    )
+    assert mute["last_check"]["error"] == (
+        "timed out waiting for the reply (0 bytes received) after 0.25s"
+    )
+    # Only the real redis takes clients.
+    for _ in range(5):
+        assert talk(port, b"PING\r\n") == b"+PONG\r\n"
+    silent.close()
+    assert proxy.stop() == 0
+
+
+class Toggle(http.server.BaseHTTPRequestHandler):
+    status = 200
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        Toggle.seen.append((self.path, self.headers.get("Host")))
+        self.send_response(Toggle.status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_check_follows_the_status(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Toggle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{server.server_address[1]}"
+    check = {**CHECK, "Type": "http", "Path": "/ready?x=1", "Host": "svc.example"}
+    try:
+        proxy = Proxy(tmp_path, {"Apps": [app("web", [port], [target], HealthCheck=check)]})
+        deadline = time.monotonic() + 2
+        while target_entry(proxy, "web", target)["checks_passed"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert target_entry(proxy, "web", target)["last_check"]["ok"] is True
+        assert ("/ready?x=1", "svc.example") in Toggle.seen
+        Toggle.status = 500
+        wait_state(proxy, "web", target, "down", 3 * 0.25 + 0.25 + 1)
+        error = target_entry(proxy, "web", target)["last_check"]["error"]
+        assert error == "HTTP status 500, expected 200-399"
+        Toggle.status = 204
+        wait_state(proxy, "web", target, "up", 2 * 0.25 + 0.25 + 1)
+        assert proxy.stop() == 0
+    finally:
+        Toggle.status = 200
+        server.shutdown()
+        server.server_close()
+
+
+def test_checker_survives_running_out_of_descriptors(tmp_path: Path, pair) -> None:
+    """Probes that hit EMFILE are counted and logged once; the thread goes on."""
+    a, b = pair
+    silent = [silent_listener() for _ in range(80)]
+    (port,) = free_ports(1)
+    live = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    # 80 targets that accept and never answer each hold a probe socket for the whole
+    # Timeout: far more than the descriptors left under a limit of 64.
+    hog = [f"127.0.0.1:{s.getsockname()[1]}" for s in silent]
+    hog_check = {"Interval": 0.1, "Timeout": 1, "Type": "send-expect", "Expect": "x"}
+    apps = [app("live", [port], live, HealthCheck=CHECK), app("hog", free_ports(1), hog)]
+    apps[1]["HealthCheck"] = hog_check
+    proxy = Proxy(tmp_path, {"Workers": 1, "Apps": apps}, prefix=["prlimit", "--nofile=64"])
+    deadline = time.monotonic() + 10
+    while "(EMFILE)" not in proxy.log():
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.1)
+    for sock in silent:
+        sock.close()  # the hog's probes now fail fast: descriptors come back
+    b.close()
+    wait_state(proxy, "live", live[1], "down", 5)
+    status = proxy.status()
+    assert status["health_check_errors"]["EMFILE"] >= 1
+    assert proxy.log().count("(EMFILE)") == 1
+    assert Counter(ask(port) for _ in range(4)) == {"a": 4}
     assert proxy.stop() == 0

@@ -369,8 +369,8 @@ def test_counters_are_exact_in_process(named_backends) -> None:
         0,
         app_slot=0,
         targets=[
-            (socket.AF_INET, "127.0.0.1", dead, 1, _relay.TARGET_UP),
-            (socket.AF_INET, "127.0.0.1", named_backends[0].port, 2, _relay.TARGET_UP),
+            (socket.AF_INET, "127.0.0.1", dead, 1, _relay.TARGET_UP, 1, False),
+            (socket.AF_INET, "127.0.0.1", named_backends[0].port, 2, _relay.TARGET_UP, 1, False),
         ],
     )
     relay.set_port(port, 0)

@@ -31,7 +31,7 @@ class Relay:
         self,
         app_id: int,
         *,
-        targets: list[tuple[int, str, int, int, int]],
+        targets: list[tuple[int, str, int, int, int, int, bool]],
         app_slot: int,
         balance: str = "round-robin",
         connect_timeout: float = 5.0,

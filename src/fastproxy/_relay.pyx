@@ -13,6 +13,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/api.pxi         the Relay class the orchestrator drives
 """
 
+from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memmove, memset

@@ -46,7 +46,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--steering", type=click.Choice(STEERING_MODES), help="Override Steering.")
 @click.option("--workers", type=click.IntRange(1, 1024), help="Relay threads (default: CPUs).")
 @click.option("--relay", type=click.Choice(RELAY_MODES), help="splice (zero copy) or copy.")
@@ -106,7 +106,7 @@ def serve(
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 def check(config: str) -> None:
     """Validate CONFIG and print a summary; exit non-zero when it is invalid."""
     try:
@@ -184,9 +184,22 @@ def format_status(status: dict[str, Any]) -> str:
         for t in app["targets"]:
             lines.append(
                 f"  {t['address']:<40} {t['state']:<9} {t['active']:>7} "
-                f"{t['connections']:>9} {t['connect_failures']:>7}"
+                f"{t['connections']:>9} {t['connect_failures']:>7}{_target_notes(t)}"
             )
     return "\n".join(lines)
+
+
+def _target_notes(target: dict[str, Any]) -> str:
+    """Weight and backup when not the default, and why the last check failed."""
+    notes = []
+    if target.get("weight", 1) != 1:
+        notes.append(f"weight {target['weight']}")
+    if target.get("backup"):
+        notes.append("backup")
+    check = target.get("last_check")
+    if check and not check["ok"]:
+        notes.append(f"check: {check['error']}")
+    return "  " + ", ".join(notes) if notes else ""
 
 
 @main.command()

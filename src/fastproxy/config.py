@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import stat
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "BALANCE_MODES",
+    "HEALTH_TYPES",
     "PROXY_PROTOCOLS",
     "RELAY_MODES",
     "STEERING_MODES",
@@ -65,7 +67,26 @@ APP_KEYS = (
     "MaxConnections",
     "ProxyProtocol",
 )
-HEALTH_KEYS = ("Interval", "Timeout", "Rise", "Fall")
+HEALTH_KEYS = (
+    "Interval",
+    "Timeout",
+    "Rise",
+    "Fall",
+    "Type",
+    "Send",
+    "Expect",
+    "Path",
+    "Host",
+    "ExpectStatus",
+)
+HEALTH_TYPES = ("tcp", "send-expect", "http")
+TARGET_KEYS = ("Address", "Weight", "Backup")
+MAX_WEIGHT = 1000
+# A probe sends its bytes with one send() on a fresh socket, whose buffer always has
+# room for this much, and keeps at most this much of the reply.
+MAX_PROBE_BYTES = 4096
+# A config is a human-sized file: anything larger is a mistake (a log, a disk image).
+MAX_CONFIG_BYTES = 16 << 20
 
 
 class ConfigError(Exception):
@@ -81,12 +102,20 @@ class HealthCheck:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    type: str = "tcp"  # "tcp" | "send-expect" | "http"
+    send: bytes = b""  # send-expect: sent once connected (may be empty)
+    expect: bytes = b""  # send-expect: the reply must contain these bytes
+    path: str = "/"  # http
+    host: str | None = None  # http: Host header; the target's address when None
+    expect_status: tuple[int, int] = (200, 399)  # http: inclusive range
 
 
 @dataclass(frozen=True)
 class Target:
     host: str  # hostname, IPv4 literal, or IPv6 literal WITHOUT brackets
     port: int
+    weight: int = 1  # 1..MAX_WEIGHT, share of new connections
+    backup: bool = False  # used only while no other target of the app is up
 
     @property
     def address(self) -> str:
@@ -141,12 +170,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file. Every failure, I/O included, is a ConfigError."""
     source = os.fsdecode(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = _read_regular_file(path, source)
     except FileNotFoundError:
         raise ConfigError(f"{source}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{source}: is a directory, expected a JSON file") from None
     except PermissionError:
         raise ConfigError(f"{source}: permission denied") from None
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
@@ -159,6 +185,40 @@ def parse_config_bytes(raw: bytes, source: str) -> Config:
     """Decode and validate a config document that did not come from a file (etcd);
     `source` names it in every message."""
     return parse_config(_decode_json(raw, source), source)
+
+
+def _not_a_file(mode: int) -> str | None:
+    """Why a file of this mode cannot be a config, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, expected a JSON file"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), expected a JSON file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, expected a JSON file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, expected a JSON file"
+    return "is not a regular file, expected a JSON file"
+
+
+def _read_regular_file(path: str | os.PathLike[str], source: str) -> bytes:
+    # A reload must never hang: reading a FIFO blocks until a writer comes, and opening
+    # some devices has side effects. So stat first, open without blocking, and check
+    # again what was opened (the path may have been replaced in between).
+    why = _not_a_file(os.stat(path).st_mode)
+    if why is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            why = _not_a_file(st.st_mode)
+            if why is None and st.st_size <= MAX_CONFIG_BYTES:
+                raw = f.read(MAX_CONFIG_BYTES + 1)  # it may have grown since fstat
+                if len(raw) <= MAX_CONFIG_BYTES:
+                    return raw
+    if why is None:
+        why = f"is larger than {MAX_CONFIG_BYTES >> 20} MiB, too large for a config file"
+    raise ConfigError(f"{source}: {why}")
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:
@@ -425,12 +485,105 @@ def _parse_health(value: object) -> HealthCheck:
         raise _Invalid("HealthCheck", f"expected an object with {keys}, {_got(value)}")
     _check_keys(value, HEALTH_KEYS, prefix="HealthCheck.")
     default = HealthCheck()
+    kind = _choice(value.get("Type", default.type), "HealthCheck.Type", HEALTH_TYPES)
+    owners = {"Send": "send-expect", "Expect": "send-expect"}
+    owners.update(dict.fromkeys(("Path", "Host", "ExpectStatus"), "http"))
+    for key, owner in owners.items():
+        if key in value and kind != owner:
+            raise _Invalid(
+                f"HealthCheck.{key}",
+                f'only used when HealthCheck.Type is "{owner}", not {_q(kind)}',
+            )
+    send, expect = default.send, default.expect
+    if kind == "send-expect":
+        if "Expect" not in value:
+            raise _Invalid("HealthCheck.Expect", 'missing required key for Type "send-expect"')
+        send = _probe_bytes(value.get("Send", ""), "HealthCheck.Send")
+        expect = _probe_bytes(value["Expect"], "HealthCheck.Expect")
+        if not expect:
+            raise _Invalid("HealthCheck.Expect", "must not be empty")
     return HealthCheck(
         interval=_duration(value.get("Interval", default.interval), "HealthCheck.Interval"),
         timeout=_duration(value.get("Timeout", default.timeout), "HealthCheck.Timeout"),
         rise=_integer(value.get("Rise", default.rise), "HealthCheck.Rise", 1, MAX_COUNT),
         fall=_integer(value.get("Fall", default.fall), "HealthCheck.Fall", 1, MAX_COUNT),
+        type=kind,
+        send=send,
+        expect=expect,
+        path=_http_path(value.get("Path", default.path)),
+        host=_http_host(value.get("Host")),
+        expect_status=_status_range(value.get("ExpectStatus", "200-399")),
     )
+
+
+_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.?)", re.DOTALL)
+
+
+def _probe_bytes(value: object, field: str) -> bytes:
+    r"""Bytes written as text with \r \n \t \0 \\ and \xHH escapes; the rest is UTF-8."""
+    if not isinstance(value, str):
+        raise _Invalid(field, f"expected a string, {_got(value)}")
+    out = bytearray()
+    pos = 0
+    for match in _ESCAPE.finditer(value):
+        out += value[pos : match.start()].encode()
+        code = match.group(1)
+        if code.startswith("x"):
+            out.append(int(code[1:], 16))
+        elif code in _ESCAPES:
+            out += _ESCAPES[code]
+        else:
+            what = f"unknown escape \\{code}" if code else "a lone \\ at the end"
+            raise _Invalid(field, f"{what}, use \\r \\n \\t \\0 \\\\ or \\xHH")
+        pos = match.end()
+    out += value[pos:].encode()
+    if len(out) > MAX_PROBE_BYTES:
+        raise _Invalid(field, f"at most {MAX_PROBE_BYTES} bytes, got {len(out)}")
+    return bytes(out)
+
+
+def _http_path(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("HealthCheck.Path", f"expected a string, {_got(value)}")
+    if not value.startswith("/"):
+        raise _Invalid("HealthCheck.Path", f'{_q(value)} must start with "/"')
+    if any(ch <= " " or ch == "\x7f" for ch in value) or not value.isascii():
+        raise _Invalid(
+            "HealthCheck.Path", f"{_q(value)} must be ASCII without spaces (percent-encode)"
+        )
+    return value
+
+
+def _http_host(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("HealthCheck.Host", f"expected a string, {_got(value)}")
+    if not value or any(ch <= " " or ch == "\x7f" for ch in value) or not value.isascii():
+        raise _Invalid("HealthCheck.Host", f"{_q(value)} is not a valid Host header value")
+    return value
+
+
+def _status_range(value: object) -> tuple[int, int]:
+    """ExpectStatus: 200, "200" or "200-399" (inclusive)."""
+    field = "HealthCheck.ExpectStatus"
+    if isinstance(value, int) and not isinstance(value, bool):
+        first = last = value
+    elif isinstance(value, str):
+        match = _PORT_RANGE.fullmatch(value)
+        if not match:
+            raise _Invalid(field, f'{_q(value)} is not a status code or a "first-last" range')
+        first = _port_value(match.group(1))
+        last = _port_value(match.group(2) or match.group(1))
+    else:
+        raise _Invalid(field, f'expected a status code or a "first-last" range, {_got(value)}')
+    for code in (first, last):
+        if not 100 <= code <= 599:
+            raise _Invalid(field, f"status {_num(code)} is out of range 100..599")
+    if first > last:
+        raise _Invalid(field, f'range "{first}-{last}" is reversed, write "{last}-{first}"')
+    return first, last
 
 
 # --------------------------------------------------------------------------- scalars
@@ -656,18 +809,42 @@ def _parse_targets(value: object) -> tuple[Target, ...]:
         raise _Invalid("Targets", "empty list, an app needs at least one target")
     targets: list[Target] = []
     for i, item in enumerate(value):
-        field = f"Targets[{i}]"
-        if not isinstance(item, str):
-            raise _Invalid(field, f'expected a "host:port" string, {_got(item)}')
-        try:
-            target = Target(*_host_port(item))
-        except ValueError as exc:
-            raise _Invalid(field, str(exc)) from None
-        if target in targets:  # the address is the target's name in metrics and admin
-            first = targets.index(target)
-            raise _Invalid(field, f"{_q(target.address)} is already listed as Targets[{first}]")
+        target = _parse_target(item, f"Targets[{i}]")
+        # the address is the target's name in metrics and admin
+        for first, other in enumerate(targets):
+            if other.address == target.address:
+                raise _Invalid(
+                    f"Targets[{i}]", f"{_q(target.address)} is already listed as Targets[{first}]"
+                )
         targets.append(target)
     return tuple(targets)
+
+
+def _parse_target(item: object, field: str) -> Target:
+    """ "host:port", or {"Address": "host:port", "Weight": 1..1000, "Backup": false}."""
+    if isinstance(item, dict):
+        _check_keys(item, TARGET_KEYS, prefix=field + ".")
+        address = item.get("Address")
+        if address is None:
+            raise _Invalid(field + ".Address", "missing required key")
+        address_field = field + ".Address"
+        weight = _integer(item.get("Weight", 1), field + ".Weight", 1, MAX_WEIGHT)
+        backup = item.get("Backup", False)
+        if not isinstance(backup, bool):
+            raise _Invalid(field + ".Backup", f"expected true or false, {_got(backup)}")
+    else:
+        address, address_field, weight, backup = item, field, 1, False
+    if not isinstance(address, str):
+        raise _Invalid(
+            address_field,
+            f'expected a "host:port" string or an object with {", ".join(TARGET_KEYS)},'
+            f" {_got(address)}",
+        )
+    try:
+        host, port = _host_port(address)
+    except ValueError as exc:
+        raise _Invalid(address_field, str(exc)) from None
+    return Target(host, port, weight, backup)
 
 
 def _listen_address(text: str) -> str:
@@ -755,17 +932,43 @@ def _wrap(label: str, text: str) -> str:
     )
 
 
+def _target_summary(target: Target) -> str:
+    notes = [f"weight {target.weight}"] if target.weight != 1 else []
+    if target.backup:
+        notes.append("backup")
+    return f"{target.address} ({', '.join(notes)})" if notes else target.address
+
+
+def _bytes_text(data: bytes) -> str:
+    """Probe bytes the way they are written in the config."""
+    text = data.decode("utf-8", "backslashreplace")
+    return _q(text).replace("\\\\x", "\\x")
+
+
+def _health_summary(hc: HealthCheck) -> str:
+    what = hc.type
+    if hc.type == "send-expect":
+        what += f" send {_bytes_text(hc.send)} expect {_bytes_text(hc.expect)}"
+    elif hc.type == "http":
+        first, last = hc.expect_status
+        status = str(first) if first == last else f"{first}-{last}"
+        host = f" Host {hc.host}" if hc.host else ""
+        what += f" GET {hc.path}{host} expect status {status}"
+    return (
+        f"{what}, every {_seconds(hc.interval)}, timeout {_seconds(hc.timeout)},"
+        f" rise {hc.rise}, fall {hc.fall}"
+    )
+
+
 def _app_summary(app: App) -> list[str]:
-    hc = app.health_check
     limit = str(app.max_connections) if app.max_connections else "unlimited"
     idle = _seconds(app.idle_timeout) if app.idle_timeout else "off"
     return [
         f"app {_q(app.name)}",
         _wrap("ports:       ", f"{format_ports(app.ports)} ({_plural(len(app.ports), 'port')})"),
-        _wrap("targets:     ", ", ".join(t.address for t in app.targets)),
+        _wrap("targets:     ", ", ".join(_target_summary(t) for t in app.targets)),
         f"  balance:     {app.balance}",
-        f"  health:      every {_seconds(hc.interval)}, timeout {_seconds(hc.timeout)},"
-        f" rise {hc.rise}, fall {hc.fall}",
+        _wrap("health:      ", _health_summary(app.health_check)),
         f"  connections: connect timeout {_seconds(app.connect_timeout)}, idle timeout {idle},"
         f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
     ]

@@ -1,25 +1,36 @@
-"""Health checks: active TCP connects on each app's HealthCheck schedule, plus
-passive evidence from real traffic (the relay's connect-failure counters), both
-fed through Rise/Fall hysteresis. One thread and one selector check every target,
-so checks never touch the relay's workers."""
+"""Health checks: active probes on each app's HealthCheck schedule (a TCP connect,
+or a connect then bytes sent and a reply expected, or an HTTP GET), plus passive
+evidence from real traffic (the relay's connect-failure counters), both fed through
+Rise/Fall hysteresis. One thread and one selector check every target, so checks
+never touch the relay's workers. The thread survives anything one probe does."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import random
+import re
 import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from .config import HealthCheck
 from .routing import AppRuntime, Routes, TargetRuntime
 
 log = logging.getLogger("fastproxy")
 
 PASSIVE_POLL = 0.2  # seconds between reads of the relay's counters
+MAX_REPLY = 64 * 1024  # bytes of a reply searched for Expect or an HTTP status line
+ERROR_PAUSE = 0.1  # seconds the loop rests after an unexpected error, so it never spins
+# Shortages of this host, not faults of the target: such a check is not counted.
+LOCAL_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_STATUS_LINE = re.compile(rb"HTTP/[0-9.]+ +([0-9]{3})")
 
 
 class Hysteresis:
@@ -49,8 +60,51 @@ class Hysteresis:
 class _Probe:
     app: str
     target: TargetRuntime
+    check: HealthCheck
     sock: socket.socket
     deadline: float
+    request: bytes = b""  # still to send once connected
+    connected: bool = False
+    reply: bytearray = field(default_factory=bytearray)
+
+
+def _request(check: HealthCheck, target: TargetRuntime) -> bytes:
+    if check.type == "send-expect":
+        return check.send
+    if check.type == "http":
+        host = check.host or target.target.address
+        return (
+            f"GET {check.path} HTTP/1.0\r\nHost: {host}\r\n"
+            "User-Agent: fastproxy-health\r\nConnection: close\r\n\r\n"
+        ).encode()
+    return b""
+
+
+def _judge(check: HealthCheck, reply: bytes, eof: bool) -> tuple[bool, str] | None:
+    """(ok, why) once the reply decides the check, None while it may still."""
+    if check.type == "send-expect":
+        if check.expect in reply:
+            return True, "check passed"
+        if eof:
+            return False, f"closed after {len(reply)} bytes without the expected reply"
+    else:
+        line, crlf, _ = reply.partition(b"\n")
+        if crlf or eof:
+            match = _STATUS_LINE.match(line)
+            if match is None:
+                return False, f"not an HTTP reply: {bytes(line[:40])!r}"
+            status = int(match.group(1))
+            first, last = check.expect_status
+            if first <= status <= last:
+                return True, "check passed"
+            return False, f"HTTP status {status}, expected {first}-{last}"
+    if len(reply) >= MAX_REPLY:
+        return False, f"no expected reply in the first {MAX_REPLY} bytes"
+    return None
+
+
+def _errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
 
 
 class HealthChecker:
@@ -62,10 +116,15 @@ class HealthChecker:
         self.routes = routes
         self.on_down = on_down
         self.checks_done = 0
+        self.errors: Counter[str] = Counter()  # checks that could not run, by kind
         self._hysteresis: dict[int, Hysteresis] = {}  # by counter slot
         self._due: dict[int, float] = {}
         self._seen: dict[int, tuple[int, int]] = {}  # slot -> (connections, failures)
+        self._last: dict[int, dict[str, Any]] = {}  # slot -> the last active check
+        self._counts: dict[int, Counter[str]] = {}  # slot -> passed/failed
         self._stop = threading.Event()
+        # Made here, where a failure stops the start-up, not the thread later.
+        self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._run, name="fastproxy-health", daemon=True)
 
     def start(self) -> None:
@@ -75,6 +134,15 @@ class HealthChecker:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+
+    def report(self, target: TargetRuntime) -> dict[str, Any]:
+        """The target's last active check and how many passed and failed, for /status."""
+        counts = self._counts.get(target.slot, Counter())
+        return {
+            "last_check": self._last.get(target.slot),
+            "checks_passed": counts["passed"],
+            "checks_failed": counts["failed"],
+        }
 
     # -- results ---------------------------------------------------------------
 
@@ -96,6 +164,23 @@ class HealthChecker:
             if not ok and self.on_down is not None:
                 self.on_down(target)
 
+    def _checked(self, app: AppRuntime, target: TargetRuntime, ok: bool, why: str) -> None:
+        """The result of one active check."""
+        self.checks_done += 1
+        self._last[target.slot] = {
+            "ok": ok,
+            "error": None if ok else why,
+            "at": round(time.time(), 3),
+        }
+        self._counts.setdefault(target.slot, Counter())["passed" if ok else "failed"] += 1
+        self._record(app, target, ok, why)
+
+    def _error(self, kind: str, what: str) -> None:
+        """A check that could not run: logged once per kind, counted, never fatal."""
+        self.errors[kind] += 1
+        if self.errors[kind] == 1:
+            log.error("health checks: %s (%s); counted, logged once, checks go on", what, kind)
+
     def _passive(self) -> None:
         """Connect failures seen by real clients count like failed checks; real
         connections that succeeded count like passed ones."""
@@ -116,61 +201,129 @@ class HealthChecker:
     def _start_probe(self, sel: selectors.BaseSelector, app: AppRuntime, t: TargetRuntime) -> None:
         check = app.app.health_check
         if t.address is None:
-            self._record(app, t, False, "does not resolve")
+            self._checked(app, t, False, "does not resolve")
             return
         family, ip = t.address
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        code = sock.connect_ex((ip, t.target.port))
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
-            self.checks_done += 1
-            self._record(app, t, False, f"check: {errno.errorcode.get(code, code)}")
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno in LOCAL_ERRORS:  # not the target's fault: no verdict
+                self._error(_errno_name(exc.errno), f"cannot open a probe socket: {exc.strerror}")
+                return
+            self._error(_errno_name(exc.errno or 0), f"cannot open a socket for {t.target}")
+            self._checked(app, t, False, f"socket: {exc.strerror}")
             return
-        probe = _Probe(app.app.name, t, sock, time.monotonic() + check.timeout)
-        sel.register(sock, selectors.EVENT_WRITE, probe)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex((ip, t.target.port))
+            if code not in (0, errno.EINPROGRESS):
+                sock.close()
+                self._checked(app, t, False, f"connect: {_errno_name(code)}")
+                return
+            probe = _Probe(
+                app.app.name, t, check, sock, time.monotonic() + check.timeout, _request(check, t)
+            )
+            sel.register(sock, selectors.EVENT_WRITE, probe)
+        except BaseException:
+            sock.close()
+            raise
 
-    def _finish_probe(self, sel: selectors.BaseSelector, probe: _Probe, timed_out: bool) -> None:
+    def _step(self, sel: selectors.BaseSelector, probe: _Probe) -> None:
+        """The probe's socket is ready: move it on, or finish it."""
+        sock, check = probe.sock, probe.check
+        if not probe.connected:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                return self._finish(sel, probe, False, f"connect: {_errno_name(code)}")
+            probe.connected = True
+            if check.type == "tcp":
+                return self._finish(sel, probe, True, "check passed")
+        try:
+            if probe.request:
+                probe.request = probe.request[sock.send(probe.request) :]
+                if not probe.request:
+                    sel.modify(sock, selectors.EVENT_READ, probe)
+                return None
+            if sel.get_key(sock).events != selectors.EVENT_READ:
+                sel.modify(sock, selectors.EVENT_READ, probe)
+                return None
+            data = sock.recv(MAX_REPLY - len(probe.reply))
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            return self._finish(sel, probe, False, f"{_errno_name(exc.errno or 0)}")
+        probe.reply += data
+        verdict = _judge(check, bytes(probe.reply), eof=not data)
+        if verdict is not None:
+            self._finish(sel, probe, *verdict)
+        return None
+
+    def _timeout(self, sel: selectors.BaseSelector, probe: _Probe) -> None:
+        if not probe.connected:
+            why = "connect timed out"
+        elif probe.request:
+            why = "timed out sending"
+        else:
+            why = f"timed out waiting for the reply ({len(probe.reply)} bytes received)"
+        self._finish(sel, probe, False, f"{why} after {probe.check.timeout:g}s")
+
+    def _finish(self, sel: selectors.BaseSelector, probe: _Probe, ok: bool, why: str) -> None:
         sel.unregister(probe.sock)
-        code = (
-            errno.ETIMEDOUT
-            if timed_out
-            else probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        )
         probe.sock.close()
-        self.checks_done += 1
         app = self.routes.apps.get(probe.app)
         if app is None or probe.target not in app.targets:
             return  # removed by a reload meanwhile
-        reason = "check passed" if code == 0 else f"check: {errno.errorcode.get(code, code)}"
-        self._record(app, probe.target, code == 0, reason)
+        self._checked(app, probe.target, ok, why)
+
+    def _drop(self, sel: selectors.BaseSelector, probe: _Probe) -> None:
+        """Forget a probe that failed in an unexpected way."""
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(probe.sock)
+        probe.sock.close()
+
+    def _guarded(self, action: Callable[..., object], *args: Any) -> None:
+        """One target's step: whatever goes wrong is counted, the others go on."""
+        try:
+            action(*args)
+        except Exception as exc:
+            self._error(type(exc).__name__, f"unexpected error in a check: {exc!r}")
+            probe = next((a for a in args if isinstance(a, _Probe)), None)
+            if probe is not None:
+                self._drop(args[0], probe)
+
+    def _round(self, sel: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        probing = {p.target.slot for p in (k.data for k in sel.get_map().values())}
+        for app in list(self.routes.apps.values()):
+            interval = app.app.health_check.interval
+            for t in app.targets:
+                if t.admin == "disabled" or t.slot in probing:
+                    continue
+                # The first check of a target is spread over one interval.
+                due = self._due.setdefault(t.slot, now + random.uniform(0, interval))
+                if now >= due:
+                    self._due[t.slot] = now + interval
+                    self._guarded(self._start_probe, sel, app, t)
+        for key, _ in sel.select(timeout=0.05):
+            self._guarded(self._step, sel, key.data)
+        now = time.monotonic()
+        for key in list(sel.get_map().values()):
+            if now >= key.data.deadline:
+                self._guarded(self._timeout, sel, key.data)
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         next_passive = time.monotonic()
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                probing = {p.target.slot for p in (k.data for k in sel.get_map().values())}
-                for app in list(self.routes.apps.values()):
-                    interval = app.app.health_check.interval
-                    for t in app.targets:
-                        if t.admin == "disabled" or t.slot in probing:
-                            continue
-                        # The first check of a target is spread over one interval.
-                        due = self._due.setdefault(t.slot, now + random.uniform(0, interval))
-                        if now >= due:
-                            self._due[t.slot] = now + interval
-                            self._start_probe(sel, app, t)
-                if now >= next_passive:
-                    self._passive()
-                    next_passive = now + PASSIVE_POLL
-                for key, _ in sel.select(timeout=0.05):
-                    self._finish_probe(sel, key.data, timed_out=False)
-                now = time.monotonic()
-                for key in list(sel.get_map().values()):
-                    if now >= key.data.deadline:
-                        self._finish_probe(sel, key.data, timed_out=True)
+                try:
+                    self._round(sel)
+                    if time.monotonic() >= next_passive:
+                        self._passive()
+                        next_passive = time.monotonic() + PASSIVE_POLL
+                except Exception as exc:
+                    self._error(type(exc).__name__, f"unexpected error: {exc!r}")
+                    self._stop.wait(ERROR_PAUSE)
         finally:
             for key in list(sel.get_map().values()):
                 key.data.sock.close()

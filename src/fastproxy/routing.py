@@ -118,7 +118,17 @@ class Routes:
         targets = []
         for t in runtime.targets:
             family, ip = t.address if t.address is not None else (0, "")
-            targets.append((family, ip, t.target.port, t.slot, STATE_CODES[t.state]))
+            targets.append(
+                (
+                    family,
+                    ip,
+                    t.target.port,
+                    t.slot,
+                    STATE_CODES[t.state],
+                    t.target.weight,
+                    t.target.backup,
+                )
+            )
         self.relay.set_app(
             runtime.app_id,
             targets=targets,

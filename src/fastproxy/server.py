@@ -344,6 +344,9 @@ class Server:
                     {
                         "address": t.target.address,
                         "state": t.state,
+                        "weight": t.target.weight,
+                        "backup": t.target.backup,
+                        **self.health.report(t),
                         "resolved": t.address[1] if t.address else None,
                         "active": tstats["active"],
                         "connections": tstats["connections"],
@@ -376,6 +379,7 @@ class Server:
             "uptime": round(time.monotonic() - self.started_at, 3),
             "connections": self.relay.connections(),
             "reloads": dict(self.reloads),
+            "health_check_errors": dict(self.health.errors),
             "apps": apps,
         }
 

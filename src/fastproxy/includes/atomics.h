@@ -11,6 +11,11 @@ static inline int64_t fp_load_i64(const int64_t *p) { return __atomic_load_n(p, 
 static inline int fp_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fp_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint32_t fp_next_u32(uint32_t *p) { return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
+static inline uint32_t fp_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+/* On failure *expected gets the current value, ready for the next attempt. */
+static inline int fp_cas_u32(uint32_t *p, uint32_t *expected, uint32_t v) {
+    return __atomic_compare_exchange_n(p, expected, v, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
 static inline int fp_incref(int *p) { return __atomic_add_fetch(p, 1, __ATOMIC_ACQ_REL); }
 static inline int fp_decref(int *p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }
 #endif

@@ -209,5 +209,7 @@ cdef extern from "includes/atomics.h" nogil:
     int fp_load_int(const int* p)
     void fp_store_int(int* p, int v)
     uint32_t fp_next_u32(uint32_t* p)
+    uint32_t fp_load_u32(const uint32_t* p)
+    bint fp_cas_u32(uint32_t* p, uint32_t* expected, uint32_t v)
     int fp_incref(int* p)
     int fp_decref(int* p)

@@ -40,6 +40,43 @@ cdef int fill_sockaddr(sockaddr_storage* ss, socklen_t* length, int family,
     return 0
 
 
+cdef uint32_t gcd(uint32_t a, uint32_t b) noexcept nogil:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+cdef int build_wrr(fp_route* rt) noexcept nogil:
+    """One cycle of smooth weighted round robin (nginx): every turn each target
+    gains its weight, the richest is picked and pays the total. Weights 3:1 give
+    a a b a, never a a a b. Dividing by the common divisor first keeps the cycle
+    (and the table) as short as the same sequence allows."""
+    cdef int n = rt.ntargets, i, best
+    cdef uint32_t g = 0, k
+    cdef int64_t total = 0
+    cdef int64_t* current
+    for i in range(n):
+        g = gcd(rt.targets[i].weight, g)
+    for i in range(n):
+        total += rt.targets[i].weight // g
+    current = <int64_t*>calloc(n, sizeof(int64_t))
+    rt.wrr = <uint32_t*>malloc(total * sizeof(uint32_t))
+    if current == NULL or rt.wrr == NULL:
+        free(current)
+        return -1
+    for k in range(<uint32_t>total):
+        best = 0
+        for i in range(n):
+            current[i] += rt.targets[i].weight // g
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        rt.wrr[k] = best
+    rt.nwrr = <uint32_t>total
+    free(current)
+    return 0
+
+
 cdef class Relay:
     """Worker threads moving bytes between clients and targets.
 
@@ -316,12 +353,12 @@ cdef class Relay:
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
                 int proxy_protocol=0):
-        """Publish an app's route. targets: [(family, ip, port, slot, state)], with
-        family 0 for a target not resolved (kept, never picked). The new route
-        applies to new connections; established ones are not touched."""
+        """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
+        backup)], with family 0 for a target not resolved (kept, never picked). The
+        new route applies to new connections; established ones are not touched."""
         cdef fp_route* rt
         cdef fp_target* t
-        cdef int i
+        cdef int i, rc = 0
         if not 0 <= app_id < MAX_APPS:
             raise ValueError(f"app id out of range: {app_id}")
         policy = BALANCE[balance]
@@ -336,17 +373,26 @@ cdef class Relay:
             free(rt)
             raise MemoryError()
         try:
-            for i, (family, host, port, slot, state) in enumerate(targets):
+            for i, (family, host, port, slot, state, weight, backup) in enumerate(targets):
+                if not 1 <= weight <= 1000:
+                    raise ValueError(f"weight out of range: {weight}")
                 t = &rt.targets[i]
                 t.slot = slot
                 t.state = state
+                t.weight = weight
+                t.backup = backup
                 if family:
                     fill_sockaddr(&t.addr, &t.addrlen, family, host.encode(), port)
+            rt.ntargets = len(targets)
+            if policy == BAL_ROUND_ROBIN and rt.ntargets:
+                with nogil:  # n x (sum of weights) steps: let the other threads run
+                    rc = build_wrr(rt)
+                if rc < 0:
+                    raise MemoryError()
         except BaseException:
             route_free(rt)
             raise
         rt.refcnt = 1
-        rt.ntargets = len(targets)
         rt.app_slot = app_slot
         rt.balance = policy
         rt.proxy_protocol = proxy_protocol

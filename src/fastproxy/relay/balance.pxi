@@ -1,13 +1,15 @@
 # Target selection. The orchestrator decides which targets are eligible (their
 # state); this only carries out the configured algorithm over them, per connection,
-# without the GIL. Failover walks the ring onwards from the first pick, so every
-# target is tried at most once per client.
+# without the GIL. Every policy honours the targets' weights. Failover walks the
+# ring onwards from the first pick, so every target is tried at most once per client.
 
-cdef inline bint target_eligible(fp_target* t, bint panic) noexcept nogil:
+cdef inline bint target_eligible(fp_target* t, int tier) noexcept nogil:
     if t.addrlen == 0:
         return False
     cdef int state = fp_load_int(&t.state)
-    return state == T_UP or (panic and state == T_DOWN)
+    if tier == TIER_PANIC:
+        return state == T_UP or state == T_DOWN
+    return state == T_UP and t.backup == (tier == TIER_BACKUP)
 
 
 cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
@@ -46,16 +48,6 @@ cdef enum:
     SNAPSHOT_MAX = 256     # targets whose states fit the on-stack snapshot
 
 
-cdef int nth_marked(const uint8_t* marks, int n, int nth) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        if marks[i]:
-            if nth == 0:
-                return i
-            nth -= 1
-    return -1
-
-
 cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
     """The policy's choice for a new client, or -1 when no target can be tried.
 
@@ -63,76 +55,125 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
     once into a snapshot, so counting and choosing agree."""
     cdef uint8_t local[SNAPSHOT_MAX]
     cdef uint8_t* marks = local
-    cdef int n = rt.ntargets, i, up = 0, best = -1
+    cdef int n = rt.ntargets, i, up = 0, best = -1, tier
     if n == 0:
         return -1
     if n > SNAPSHOT_MAX:
         marks = <uint8_t*>malloc(n)
         if marks == NULL:
             return -1
-    for i in range(n):
-        marks[i] = target_eligible(&rt.targets[i], False)
-        up += marks[i]
-    c.panic = up == 0
-    if c.panic:
+    # Primaries that are up; else backups that are up; else anything not taken
+    # out by an operator (panic: the checks may be wrong, trying beats refusing).
+    for tier in range(TIER_PRIMARY, TIER_PANIC + 1):
+        up = 0
         for i in range(n):
-            marks[i] = target_eligible(&rt.targets[i], True)
+            marks[i] = target_eligible(&rt.targets[i], tier)
             up += marks[i]
         if up > 0:
-            fp_add_u64(&c.app_st.panic, 1)
+            break
+    c.tier = tier
     if up > 0:
-        best = pick_among(w, rt, c, marks, up)
+        if tier == TIER_PANIC:
+            fp_add_u64(&c.app_st.panic, 1)
+        best = pick_among(w, rt, marks, addr_hash(&c.peer) if rt.balance == BAL_SOURCE_HASH else 0)
     if marks != local:
         free(marks)
     return best
 
 
-cdef int pick_among(fp_worker* w, fp_route* rt, fp_conn* c, const uint8_t* marks,
-                    int up) noexcept nogil:
+cdef inline bint lighter(fp_relay* r, fp_target* a, fp_target* b) noexcept nogil:
+    """a carries fewer connections per unit of weight than b."""
+    return target_active(r, a) * b.weight < target_active(r, b) * a.weight
+
+
+cdef int weighted_random(fp_worker* w, fp_route* rt, const uint8_t* marks,
+                         uint64_t total) noexcept nogil:
+    cdef uint64_t x = next_random(w) % total
+    cdef int i
+    for i in range(rt.ntargets):
+        if marks[i]:
+            if x < rt.targets[i].weight:
+                return i
+            x -= rt.targets[i].weight
+    return -1
+
+
+cdef double rendezvous_score(uint64_t h, fp_target* t) noexcept nogil:
+    """Weighted rendezvous hashing: -weight / ln(u), u uniform in (0, 1) from the
+    client and the target's slot. The highest score wins, and each target wins in
+    proportion to its weight; equal weights order targets as the plain hash does."""
+    cdef uint64_t x = mix64(h ^ (<uint64_t>t.slot * 0x9e3779b97f4a7c15ULL))
+    cdef double u = (<double>(x >> 11) + 0.5) * (1.0 / 9007199254740992.0)   # 2**-53
+    return -<double>t.weight / log(u)
+
+
+cdef int pick_round_robin(fp_route* rt, const uint8_t* marks) noexcept nogil:
+    """The next eligible entry of the weighted cycle. Ineligible entries are
+    consumed, not handed to the next target, so the others keep their ratios.
+    Some entry is eligible (the caller saw one), so the scan ends within a cycle."""
+    cdef uint32_t cur = fp_load_u32(&rt.rr), pos, i
+    while True:
+        pos = cur % rt.nwrr
+        for i in range(rt.nwrr):
+            if marks[rt.wrr[pos]]:
+                break
+            pos = pos + 1 if pos + 1 < rt.nwrr else 0
+        if fp_cas_u32(&rt.rr, &cur, pos + 1 if pos + 1 < rt.nwrr else 0):
+            return <int>rt.wrr[pos]
+        # another worker moved the cursor meanwhile: cur now holds its value
+
+
+cdef int pick_among(fp_worker* w, fp_route* rt, const uint8_t* marks,
+                    uint64_t client_hash) noexcept nogil:
     cdef int n = rt.ntargets, i, j, k, best = -1, a, b
-    cdef int64_t load, best_load = 0
-    cdef uint64_t score, best_score = 0, h
+    cdef uint64_t total = 0
+    cdef double score, best_score = 0
     if rt.balance == BAL_LEAST_CONN:
-        # Start the scan at a rotating offset so ties spread round robin.
+        # Fewest connections per unit of weight. The scan starts at a rotating
+        # offset so ties spread round robin.
         i = fp_next_u32(&rt.rr) % n
         for j in range(n):
             k = (i + j) % n
-            if marks[k]:
-                load = target_active(w.relay, &rt.targets[k])
-                if best < 0 or load < best_load:
-                    best = k
-                    best_load = load
+            if marks[k] and (best < 0 or lighter(w.relay, &rt.targets[k], &rt.targets[best])):
+                best = k
         return best
     if rt.balance == BAL_RANDOM:
-        # Power of two random choices: the less loaded of two random targets.
-        a = nth_marked(marks, n, <int>(next_random(w) % <uint64_t>up))
-        b = nth_marked(marks, n, <int>(next_random(w) % <uint64_t>up))
-        if target_active(w.relay, &rt.targets[b]) < target_active(w.relay, &rt.targets[a]):
+        # Power of two choices: two targets drawn in proportion to their weights,
+        # the lighter one (per unit of weight) wins.
+        for i in range(n):
+            if marks[i]:
+                total += rt.targets[i].weight
+        a = weighted_random(w, rt, marks, total)
+        b = weighted_random(w, rt, marks, total)
+        if lighter(w.relay, &rt.targets[b], &rt.targets[a]):
             return b
         return a
     if rt.balance == BAL_SOURCE_HASH:
-        # Rendezvous hashing keyed by the target's counter slot, which is stable
-        # across reloads: a client stays put unless its own target goes away.
-        h = addr_hash(&c.peer)
+        # Keyed by the target's counter slot, which is stable across reloads: a
+        # client stays put unless its own target goes away.
         for i in range(n):
             if marks[i]:
-                score = mix64(h ^ (<uint64_t>rt.targets[i].slot * 0x9e3779b97f4a7c15ULL))
+                score = rendezvous_score(client_hash, &rt.targets[i])
                 if best < 0 or score > best_score:
                     best = i
                     best_score = score
         return best
-    # Round robin over the eligible targets only: counting the cursor over all of
-    # them would give a down target's turns to its successor.
-    return nth_marked(marks, n, <int>(fp_next_u32(&rt.rr) % <uint32_t>up))
+    return pick_round_robin(rt, marks)
 
 
 cdef int pick_next(fp_route* rt, fp_conn* c) noexcept nogil:
     """The next target to try for this client: the first pick, then onwards round
     the ring, skipping ineligible ones. -1 when all have been tried."""
     cdef int j
-    while c.tries < rt.ntargets:
-        j = (c.start_idx + c.tries) % rt.ntargets
-        c.tries += 1
-        if target_eligible(&rt.targets[j], c.panic):
-            return j
-    return -1
+    while True:
+        while c.tries < rt.ntargets:
+            j = (c.start_idx + c.tries) % rt.ntargets
+            c.tries += 1
+            if target_eligible(&rt.targets[j], c.tier):
+                return j
+        if c.tier != TIER_PRIMARY:
+            return -1
+        # Every primary refused this client, whatever the checks still say: a
+        # primary that cannot be reached is not up, so the backups are next.
+        c.tier = TIER_BACKUP
+        c.tries = 0

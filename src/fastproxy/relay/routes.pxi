@@ -7,6 +7,7 @@ cdef inline fp_stats* stats_slot(fp_relay* r, uint32_t slot) noexcept nogil:
 
 cdef void route_free(fp_route* rt) noexcept nogil:
     free(rt.targets)
+    free(rt.wrr)
     free(rt)
 
 

@@ -19,11 +19,18 @@ cdef enum ConnState:
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
+# Backup targets are picked only while no other target is up.
 cdef enum TargetState:
     T_UP = 0
     T_DOWN = 1
     T_DRAINING = 2
     T_DISABLED = 3
+
+# Which targets a client may be sent to, first match wins (see pick_first).
+cdef enum Tier:
+    TIER_PRIMARY = 0            # up, not backup
+    TIER_BACKUP = 1             # up, backup: no primary is up
+    TIER_PANIC = 2              # up or down, any: nothing is up
 
 cdef enum Balance:
     BAL_ROUND_ROBIN = 0
@@ -62,12 +69,19 @@ ctypedef struct fp_target:
     sockaddr_storage addr
     socklen_t addrlen           # 0: not resolved, never picked
     uint32_t slot
+    uint32_t weight             # 1..1000
+    bint backup
     int state                   # TargetState, written by Python at any time
 
 
 # An app's routing table. Immutable once published except for target states and
 # the round-robin cursor; replaced whole on reload. Refcounted because a connecting
 # client keeps it for failover.
+#
+# Round robin walks `wrr`, one cycle of smooth weighted round robin (nginx's) over
+# all targets, computed when the route is built: the shared cursor `rr` is the only
+# state, moved with compare-and-swap, so workers need no lock and together follow
+# the exact sequence.
 ctypedef struct fp_route:
     int refcnt
     int ntargets
@@ -78,7 +92,9 @@ ctypedef struct fp_route:
     int64_t connect_timeout_ms
     int64_t idle_timeout_ms
     int64_t max_conns           # 0: unlimited
-    uint32_t rr
+    uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
+    uint32_t* wrr               # target indexes; NULL unless round robin
+    uint32_t nwrr
 
 
 ctypedef struct fp_listener:
@@ -122,7 +138,7 @@ cdef struct fp_conn:
     int start_idx               # first target picked; failover walks on from it
     bint starved                # could not get a pipe/buffer: pumped again on a tick
     int tries
-    bint panic
+    int tier                    # Tier the first pick came from; failover stays in it
     fp_stats* app_st
     fp_stats* tgt_st
     int64_t deadline_ms         # connect deadline
