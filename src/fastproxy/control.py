@@ -17,6 +17,10 @@ READY leaves the running one serving as before; the running one still checks tha
 its steering program is in effect when a successor goes away without READY.
 Clients arriving between READY and the new process accepting wait in the same
 sockets' accept queues: none is refused.
+
+Whoever gets the sockets can serve our ports, so the socket lives in a private
+directory (0700, owned by the proxy's user) and both ends check the other with
+SO_PEERCRED: only root or the proxy's own user may take over, or hand over.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -37,10 +42,52 @@ log = logging.getLogger("fastproxy")
 DEFAULT_PATH = "/run/fastproxy/control.sock"
 FDS_PER_MESSAGE = 200  # the kernel takes at most 253 descriptors per SCM_RIGHTS message
 HANDOVER_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 5.0  # for the request line: a silent peer must not block upgrades
 
 
 class TakeoverError(Exception):
     """One-line reason the takeover did not happen."""
+
+
+class UnsafeDirectory(OSError):
+    """The control socket's directory cannot be trusted; str() is one line."""
+
+
+def private_directory(path: str, owner: int | None = None) -> None:
+    """Make the directory of the socket at `path` safe to hand out listening sockets
+    from: created 0700 if missing; else it must be owned by `owner` (default: us)
+    and not writable by group or others. Root may hand a root-owned one (systemd's
+    RuntimeDirectory) to `owner`, the user it is about to become."""
+    directory = os.path.dirname(path) or "."
+    uid = os.geteuid() if owner is None else owner
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)  # the umask can only take bits away
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"control socket directory {directory} is not a directory")
+    if st.st_uid != uid and not (st.st_uid == 0 and os.geteuid() == 0):
+        raise UnsafeDirectory(
+            f"control socket directory {directory} is owned by uid {st.st_uid}, not {uid}"
+        )
+    if st.st_mode & 0o022:
+        raise UnsafeDirectory(
+            f"control socket directory {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    if st.st_uid != uid:
+        os.chown(directory, uid, -1)
+
+
+def peer_uid(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _trusted(uid: int, also: int | None = None) -> bool:
+    """Root, our own user, or (for a new process about to drop to it) the proxy's user."""
+    return uid in (0, os.geteuid()) or uid == also
 
 
 @dataclass
@@ -87,9 +134,12 @@ def _recv_handover(conn: socket.socket) -> Handover:
     if size > MAX_HEADER:
         raise TakeoverError(f"handover header too large ({size} bytes)")
     header = json.loads(_recv_exact(conn, size))
+    descriptions = header["sockets"]
+    if not isinstance(descriptions, list) or not all(isinstance(d, dict) for d in descriptions):
+        raise TakeoverError("bad handover: the socket list is malformed")
     fds: list[int] = []
     try:
-        while len(fds) < len(header["sockets"]):
+        while len(fds) < len(descriptions):
             _, got, flags, _ = socket.recv_fds(conn, 1, FDS_PER_MESSAGE)
             fds.extend(got)
             if flags & socket.MSG_CTRUNC:
@@ -98,28 +148,49 @@ def _recv_handover(conn: socket.socket) -> Handover:
                 raise TakeoverError("sockets lost in the handover (descriptor limit?)")
             if not got:
                 raise TakeoverError("the running fastproxy sent fewer sockets than announced")
+        socks = [(d, socket.socket(fileno=fd)) for d, fd in zip(descriptions, fds)]
     except BaseException:
         for fd in fds:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise
-    socks = [(d, socket.socket(fileno=fd)) for d, fd in zip(header["sockets"], fds)]
-    return Handover(header["steering"], socks, header["pid"])
+    for fd in fds[len(descriptions) :]:
+        os.close(fd)  # more than announced: not ours to keep
+    return Handover(str(header["steering"]), socks, int(header["pid"]))
 
 
 class Successor:
     """The new process's side: holds the connection until READY is sent."""
 
-    def __init__(self, path: str, timeout: float = HANDOVER_TIMEOUT) -> None:
+    def __init__(
+        self, path: str, timeout: float = HANDOVER_TIMEOUT, proxy_uid: int | None = None
+    ) -> None:
+        """`proxy_uid`: the user the running proxy may have dropped to (its `User`)."""
         self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.conn.settimeout(timeout)
         try:
             self.conn.connect(path)
+            pid, uid = peer_uid(self.conn)
+            if not _trusted(uid, proxy_uid):
+                raise TakeoverError(
+                    f"refusing to take over through {path}: it is served by uid {uid} "
+                    f"(pid {pid}), not root or our own user"
+                )
             self.conn.sendall(b"TAKEOVER\n")
             self.handover = _recv_handover(self.conn)
+        except TakeoverError:
+            self.conn.close()
+            raise
+        except (BrokenPipeError, ConnectionResetError):
+            self.conn.close()
+            raise TakeoverError(
+                f"cannot take over through {path}: the running fastproxy hung up "
+                "(it hands over to root and its own user only)"
+            ) from None
         except OSError as exc:
             self.conn.close()
             raise TakeoverError(f"cannot take over through {path}: {exc.strerror or exc}") from None
-        except (ValueError, KeyError, struct.error) as exc:
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
             self.conn.close()
             raise TakeoverError(f"bad handover from {path}: {exc}") from None
 
@@ -153,7 +224,7 @@ class ControlServer:
         self.lock = lock  # no reload while the sockets are being handed over
         self.on_successor = on_successor
         self.on_abandoned = on_abandoned
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        private_directory(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._bind()
         self._ino = os.stat(path).st_ino
@@ -180,15 +251,26 @@ class ControlServer:
             except OSError:
                 return
             with conn:
-                conn.settimeout(HANDOVER_TIMEOUT)
                 try:
+                    if self._refused(conn):
+                        continue
                     if self._handle(conn):
                         return
                 except Exception as exc:  # this thread must outlive any one peer
                     log.warning("takeover failed, still serving: %s", exc)
 
+    @staticmethod
+    def _refused(conn: socket.socket) -> bool:
+        pid, uid = peer_uid(conn)
+        if _trusted(uid):
+            return False
+        log.warning("control socket: refused pid %d of uid %d (not root or our user)", pid, uid)
+        return True
+
     def _handle(self, conn: socket.socket) -> bool:
+        conn.settimeout(REQUEST_TIMEOUT)
         request = conn.recv(64)
+        conn.settimeout(HANDOVER_TIMEOUT)
         if request != b"TAKEOVER\n":
             conn.sendall(b"ERROR unknown request\n")
             return False
