@@ -8,9 +8,11 @@
 #   util-linux           nsenter (tests enter a network namespace without a mount namespace)
 #   redis-server, procps demo backend, pgrep/ps
 #   etcd-server          the cluster tests run a real etcd (a fleet's config, SPEC section 8)
+#   systemd              systemd-analyze (tests verify packaging/fastproxy.service)
 set -euo pipefail
 
-PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps etcd-server)
+PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps etcd-server
+  systemd)
 
 log() { echo "install-system-deps: $*" >&2; }
 
@@ -74,11 +76,15 @@ link_kernel_headers() {
 }
 
 # Steering pins its program, maps and link under /sys/fs/bpf; bpffs is not mounted at boot
-# on every machine.
+# on every machine. Mode 0700: only root may create pins (some systems mount it 1777, where
+# any user could take /sys/fs/bpf/fastproxy first).
 mount_bpffs() {
   [ -d /sys/fs/bpf ] || return 0
-  [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" = "bpf_fs" ] && return 0
-  mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs on /sys/fs/bpf"
+  if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" = "bpf_fs" ]; then
+    (((8#$(stat -c %a /sys/fs/bpf) & 8#077) == 0)) || chmod 0700 /sys/fs/bpf
+    return 0
+  fi
+  mount -t bpf -o mode=0700 bpf /sys/fs/bpf || log "could not mount bpffs on /sys/fs/bpf"
 }
 
 install_packages

@@ -557,3 +557,90 @@ def test_attach_errors_are_one_line(ns: Netns, sockets) -> None:
 
 def _cookie(sock: socket.socket) -> int:
     return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, 57, 8), sys.byteorder)  # SO_COOKIE
+
+
+# --- trust in the pin root (SPEC section 7) -------------------------------------------------
+
+LOCKER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def own_root() -> Iterator[str]:
+    """A pin root for this test alone (its owner and mode are the test's subject)."""
+    root = f"/sys/fs/bpf/fastproxy-privs-systemd-{os.getpid()}"
+    yield root
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root):
+            _force_remove(os.path.join(root, name))
+        os.rmdir(root)
+
+
+@contextlib.contextmanager
+def locked_by_another_process(directory: str) -> Iterator[int]:
+    child = subprocess.Popen([sys.executable, "-c", LOCKER, directory], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"locked\n"
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def test_pin_root_is_created_0700_by_root(ns: Netns, sockets, own_root: str) -> None:
+    st = Steering.attach([sockets()], [20000], pin_root=own_root)
+    info = os.stat(own_root)
+    assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o700)
+    st.close()
+
+
+@pytest.mark.parametrize(
+    "owner, mode, reason",
+    [
+        (65534, 0o700, "is owned by uid 65534, not root"),
+        (0, 0o1777, "is writable by group or others (mode 1777)"),
+        (0, 0o770, "is writable by group or others (mode 0770)"),
+    ],
+)
+def test_an_untrusted_pin_root_is_refused(
+    ns: Netns, sockets, own_root: str, owner: int, mode: int, reason: str
+) -> None:
+    os.mkdir(own_root)
+    os.chown(own_root, owner, -1)
+    os.chmod(own_root, mode)
+    srv = sockets()
+    with pytest.raises(SteeringUnavailable) as info:
+        Steering.attach([srv], [20000], pin_root=own_root)
+    assert str(info.value) == f"{own_root} {reason}"
+    assert os.listdir(own_root) == []  # nothing pinned where others could replace it
+    assert sk_lookup_links(ns) == []
+    assert refused("127.0.0.1", 20000)
+
+
+def test_a_lock_held_by_another_process_fails_attach_and_close_in_seconds(
+    ns: Netns, sockets, own_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(steering, "LOCK_TIMEOUT", 1.0)
+    os.mkdir(own_root, 0o700)
+    srv = sockets()
+    with locked_by_another_process(own_root) as pid:
+        started = time.monotonic()
+        with pytest.raises(SteeringUnavailable) as info:
+            Steering.attach([srv], [20000], pin_root=own_root)
+        assert time.monotonic() - started < 30  # compiling first, then 1 s of waiting
+    assert str(info.value) == f"{own_root} is locked by pid {pid} (waited 1s)"
+    assert sk_lookup_links(ns) == []
+
+    st = Steering.attach([srv], [20000], pin_root=own_root)  # free again: it attaches
+    with locked_by_another_process(own_root) as pid:
+        started = time.monotonic()
+        with pytest.raises(SteeringUnavailable, match=f"locked by pid {pid}"):
+            st.close()
+        assert time.monotonic() - started < 5
+    with pytest.raises(SteeringUnavailable, match="closed"):
+        st.read_ports()  # our descriptors are released all the same

@@ -141,7 +141,10 @@ class SteeredListeners:
         if successor or self._pending:
             self.steering.release()
         else:
-            self.steering.close()
+            try:
+                self.steering.close()
+            except SteeringUnavailable as exc:  # its pins stay, for the next start to replace
+                log.warning("steering: not cleaned up: %s", exc)
 
     def counters(self) -> dict[str, int] | None:
         return self.steering.counters()

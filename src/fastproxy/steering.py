@@ -29,10 +29,12 @@ import json
 import os
 import platform
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
@@ -317,27 +319,80 @@ def _is_bpffs(path: str) -> bool:
 
 
 def _ensure_bpffs(pin_root: str) -> None:
-    """Mount bpffs on /sys/fs/bpf if pin_root lives there and it is not mounted (boot default)."""
+    """Mount bpffs on /sys/fs/bpf if pin_root lives there and it is not mounted (boot default).
+
+    Mode 0700: only root may create pins there (the boot default, 1777, lets anyone)."""
     if _is_bpffs(pin_root):
         return
     mount_point = "/sys/fs/bpf"
     if not os.path.realpath(pin_root).startswith(mount_point + "/"):
         raise SteeringUnavailable(f"{pin_root} is not on a bpf filesystem")
     os.makedirs(mount_point, exist_ok=True)
-    if _libc.mount(b"bpf", mount_point.encode(), b"bpf", 0, None) != 0:
+    if _libc.mount(b"bpf", mount_point.encode(), b"bpf", 0, b"mode=0700") != 0:
         err = ctypes.get_errno()
         raise SteeringUnavailable(f"cannot mount bpffs on {mount_point}: {os.strerror(err)}")
 
 
+def _private_pin_root(pin_root: str) -> None:
+    """Create pin_root 0700, or check that an existing one is root's and writable by
+    root only: whoever can write there can replace the program steering our ports, and
+    whoever owns it can lock us out."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(pin_root, 0o700)
+    st = os.lstat(pin_root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SteeringUnavailable(f"{pin_root} is not a directory")
+    if st.st_uid != 0:
+        raise SteeringUnavailable(f"{pin_root} is owned by uid {st.st_uid}, not root")
+    if st.st_mode & 0o022:
+        raise SteeringUnavailable(
+            f"{pin_root} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(pin_root, 0o700)  # made by an older version: readable by all
+
+
+def _dropped() -> bool:
+    """Running without root, after a privilege drop: root's 0700 pin root is out of reach."""
+    return os.geteuid() != 0
+
+
+LOCK_TIMEOUT = 10.0  # seconds: held for milliseconds by a fastproxy at work; longer is a fault
+
+
 @contextlib.contextmanager
-def _locked(directory: str) -> Iterator[None]:
-    """Exclusive flock on a directory: attaches and closes never interleave."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _locked(directory: str, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive flock on a directory: attaches and closes never interleave. A lock
+    held for longer than `timeout` (default LOCK_TIMEOUT) is an error, not a hang."""
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SteeringUnavailable(
+                        f"{directory} is locked by {_lock_holder(fd)} (waited {wait:g}s)"
+                    ) from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N' holding a flock on fd's file, from /proc/locks, for the message."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError), open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted:
+                return f"pid {fields[4]}"
+    return "another process"
 
 
 def _start_time(pid: int) -> int | None:
@@ -729,7 +784,7 @@ class Steering:
             if reason:
                 raise SteeringUnavailable(reason)
             _ensure_bpffs(pin_root)
-            os.makedirs(pin_root, exist_ok=True)
+            _private_pin_root(pin_root)
             ino = netns_inode()
             objects = _compile()
             try:
@@ -799,11 +854,12 @@ class Steering:
     def restore(self) -> None:
         """Put our program back in effect (and our pins back) if something replaced or
         detached it: a successor that died or gave up half way through a takeover."""
-        if self.in_effect() and self._owns_pins():
+        dropped = _dropped()  # then the pins are out of reach: being in effect is what counts
+        if self.in_effect() and (dropped or self._owns_pins()):
             return
         netns_fd, _ = _netns()
         try:
-            with _locked(self._pin_root):
+            with contextlib.nullcontext() if dropped else _locked(self._pin_root):
                 fds = self._objects.fds
                 link = fds.get("link")
                 try:
@@ -814,8 +870,11 @@ class Steering:
                     # Detached links cannot be updated: attach afresh.
                     if link is not None:
                         os.close(fds.pop("link"))
-                    _detach_orphans(self._ino, None, takeover=True)
+                    if not dropped:  # listing links takes CAP_SYS_ADMIN
+                        _detach_orphans(self._ino, None, takeover=True)
                     fds["link"] = _link_create(fds["prog"], netns_fd, _BPF_SK_LOOKUP)
+                if dropped:
+                    return
                 os.makedirs(self._directory, exist_ok=True)
                 for name, fd in fds.items():
                     path = os.path.join(self._directory, name)
@@ -935,13 +994,20 @@ class Steering:
     # -- shutdown -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Detach the program, unpin everything and remove the pin directory.
+        """Detach the program, unpin everything and remove the pin directory (after a
+        privilege drop, only detach).
 
         Only while we still own the state: after a takeover the pins belong to the new
         process, and in a forked child they belong to the parent; then this is release()."""
         if self._closed:
             return
         try:
+            if _dropped() and os.getpid() == self._pid:
+                # Root's 0700 pin root is out of reach: detach our link (steering stops at
+                # once) and leave the pins, which the next start replaces.
+                with contextlib.suppress(OSError, KeyError):  # KeyError: never committed
+                    _link_detach(self._fd("link"))
+                return
             with _locked(self._pin_root):
                 if self._owns_pins():
                     # Detach explicitly: unpinning alone would leave the program attached
