@@ -49,7 +49,12 @@ class Proxy:
     """`fastproxy serve` on a config written to tmp_path; stopped with SIGTERM."""
 
     def __init__(
-        self, tmp_path: Path, config: dict[str, Any], *args: str, prefix: list[str] | None = None
+        self,
+        tmp_path: Path,
+        config: dict[str, Any],
+        *args: str,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, and an
         # admin endpoint on a free port (read back from the log).
@@ -74,6 +79,7 @@ class Proxy:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid
         RUNNING.append(self)

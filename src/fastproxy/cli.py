@@ -23,6 +23,7 @@ from .config import (
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import TakeoverError
 from .listeners import ListenError
+from .privileges import PrivilegeError
 from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
 
 
@@ -98,7 +99,7 @@ def serve(
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
         code = run(config, cluster=cluster, **overrides)
-    except (ConfigError, ListenError, TakeoverError) as exc:
+    except (ConfigError, ListenError, TakeoverError, PrivilegeError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     except KeyboardInterrupt:  # Ctrl-C while waiting for etcd, before serving
         sys.exit(130)

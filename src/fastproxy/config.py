@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .privileges import account
+
 __all__ = [
     "BALANCE_MODES",
     "HEALTH_TYPES",
@@ -55,7 +57,18 @@ MAX_DURATION = 365 * 86400.0
 # Counters (Rise, Fall, MaxConnections) must fit a C int in the relay.
 MAX_COUNT = 2**31 - 1
 
-TOP_KEYS = ("Apps", "Listen", "Admin", "Workers", "Steering", "DrainTimeout", "Relay", "PipeSize")
+TOP_KEYS = (
+    "Apps",
+    "Listen",
+    "Admin",
+    "Workers",
+    "Steering",
+    "DrainTimeout",
+    "Relay",
+    "PipeSize",
+    "User",
+    "Group",
+)
 APP_KEYS = (
     "Name",
     "Ports",
@@ -149,6 +162,8 @@ class Config:
     drain_timeout: float = 30.0
     relay: str = "splice"
     pipe_size: int = 0  # bytes; 0 = kernel default
+    user: str | None = None  # started as root: drop to this user once set up
+    group: str | None = None  # ...and this group (default: the user's)
     source: str = "<config>"  # the file it came from, for messages
 
     def port_owner(self) -> dict[int, str]:
@@ -403,6 +418,7 @@ def _parse_top(data: object, source: str) -> Config:
     drain = _duration(data.get("DrainTimeout", 30.0), "DrainTimeout", allow_zero=True)
     relay = _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES)
     pipe_size = _parse_pipe_size(data.get("PipeSize", 0))
+    user, group = _parse_account(data.get("User"), data.get("Group"))
     apps = _parse_apps(raw_apps, source)
     _check_admin_port(admin, apps, explicit="Admin" in data)
     return Config(
@@ -414,6 +430,8 @@ def _parse_top(data: object, source: str) -> Config:
         drain_timeout=drain,
         relay=relay,
         pipe_size=pipe_size,
+        user=user,
+        group=group,
         source=source,
     )
 
@@ -632,6 +650,24 @@ def _parse_pipe_size(value: object) -> int:
             f" got {size}",
         )
     return size
+
+
+def _parse_account(user: object, group: object) -> tuple[str | None, str | None]:
+    """User and Group name existing accounts (looked up now: a typo is an error here,
+    not a proxy that cannot drop root later)."""
+    if user is None:
+        if group is not None:
+            raise _Invalid("Group", "needs User")
+        return None, None
+    for field, value in (("User", user), ("Group", group)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _Invalid(field, f"expected an account name, {_got(value)}")
+    assert isinstance(user, str) and (group is None or isinstance(group, str))
+    try:
+        account(user, group)
+    except KeyError as exc:
+        raise _Invalid("Group" if "group" in exc.args[0] else "User", exc.args[0]) from None
+    return user, group
 
 
 # --------------------------------------------------------------------------- ports
@@ -1005,4 +1041,6 @@ def summary(config: Config) -> str:
         f"  relay:       {config.relay}, pipe size {pipe}",
         f"  drain:       {_seconds(config.drain_timeout)}",
     ]
+    if config.user is not None:
+        lines.append(f"  user:        {config.user}" + (f":{config.group}" if config.group else ""))
     return "\n".join(lines)

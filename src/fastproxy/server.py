@@ -5,6 +5,7 @@ calls."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -20,15 +21,17 @@ from . import __version__, _relay
 from .admin import AdminServer
 from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import ControlServer, Handover, Successor, TakeoverError
+from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
 from .failpoints import failpoint
 from .health import HealthChecker
 from .listener_set import Change, ListenerSet
 from .listeners import ListenError
 from .metrics import ProxyCollector, make_registry
 from .port_listeners import PortListeners
+from .privileges import drop_to, forbid_new_privileges, target
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
+from .sdnotify import notify, reloading
 from .sources import ClusterOptions, ConfigSource, open_source
 
 log = logging.getLogger("fastproxy")
@@ -37,7 +40,7 @@ STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
 # Settings a running relay cannot change: a reload keeps the old ones (and says so).
-RESTART_ONLY = ("listen", "workers", "steering", "relay", "pipe_size", "admin")
+RESTART_ONLY = ("listen", "workers", "steering", "relay", "pipe_size", "admin", "user", "group")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,9 @@ class Server:
         for a successor: swapped in atomically for its predecessor's)."""
         assert self.listeners is not None and self.admin is not None
         self.listeners.take_over()
+        # Root's work is done. Threads started from here on (admin, watcher, control)
+        # inherit the capabilities kept; the relay's and helpers' keep none.
+        drop_to(self.config.user, self.config.group, bpf=self.steering_mode == "bpf")
         self.admin.start()
         if self.source is not None:
             self.source.start(self.reload, self._describe)
@@ -259,6 +265,7 @@ class Server:
         with self.reload_lock:
             if self._stopping.is_set():
                 raise ReloadError("shutting down")
+            reloading()  # systemd: "reloading" until the READY=1 below
             try:
                 new = self._load_for_reload()
                 self._apply(new)
@@ -269,6 +276,8 @@ class Server:
                 log.error("reload (%s) rejected, the running config stays: %s", reason, why)
                 log.debug("reload failure", exc_info=True)
                 raise ReloadError(why) from None
+            finally:
+                notify("READY=1")
             self.reloads["success"] += 1
             log.info(
                 "reloaded (%s): %d apps on %d ports",
@@ -491,6 +500,12 @@ def run(
     )
     source = open_source(config_path, cluster)
     config = options.apply(source.load())
+    account = target(config.user, config.group)  # None unless we will drop root
+    if account is not None:
+        forbid_new_privileges()  # first: every thread inherits it
+        # The control socket is bound after the drop: its directory must be the user's.
+        with contextlib.suppress(OSError):  # refused again, with the reason, below
+            private_directory(control_socket, account.uid)
     raise_fd_limit()  # before a takeover receives thousands of sockets
     stop = threading.Event()
     stop_now = threading.Event()
@@ -513,7 +528,8 @@ def run(
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     control: ControlServer | None = None
     try:
-        successor = Successor(control_socket) if takeover else None
+        proxy_uid = account.uid if account else None  # the running one may have dropped to it
+        successor = Successor(control_socket, proxy_uid=proxy_uid) if takeover else None
         handover = successor.handover if successor is not None else None
         server = Server(config, source=source, options=options, inherited=handover)
         try:
@@ -543,6 +559,7 @@ def run(
             control.start()
         except OSError as exc:
             log.warning("no control socket at %s (no takeover possible): %s", control_socket, exc)
+        notify("READY=1")
         while not stop.is_set():
             wake.wait(0.2)  # a successor is noticed within 0.2 s, a signal at once
             wake.clear()
@@ -552,6 +569,7 @@ def run(
                 reload_requested.clear()
                 server.try_reload("SIGHUP")
         timeout = server.config.drain_timeout
+        notify("STOPPING=1")
         log.info("stopping: no new connections; draining for up to %gs", timeout)
         server.stop_accepting()
         if not server.drain(timeout, stop_now):

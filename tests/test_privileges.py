@@ -1,0 +1,167 @@
+"""Privilege drop (SPEC section 7, `User`): started as root, fastproxy binds, loads BPF,
+then runs as the user with only the capabilities it still needs, and keeps serving,
+reloading (a port below 1024 included) and upgrading. Each test in a fresh netns."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastproxy import netns, steering
+from fastproxy.privileges import CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
+from proxyproc import ROOT, Proxy, app, wait_for_port
+from servers import HashingEcho, talk
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root"),
+    pytest.mark.timeout(120),
+]
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture
+def ns() -> Iterator[int]:
+    """A fresh netns entered by this thread (the proxy inherits it): any port is free."""
+    with netns.temporary("fp-privs-systemd") as _:
+        ino = netns.inode()
+        yield ino
+        # A proxy without root leaves its (detached) pins for the next start: remove them.
+        pins = os.path.join(steering.DEFAULT_PIN_ROOT, str(ino))
+        with contextlib.suppress(OSError):
+            fd = steering._obj_get(os.path.join(pins, "link"))
+            with contextlib.suppress(OSError):
+                steering._link_detach(fd)
+            os.close(fd)
+        steering._remove_dir(pins)
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    """A directory the user can reach (pytest's tmp_path is root's, 0700), for the
+    control socket: like /run, where fastproxy makes its own 0700 directory."""
+    path = Path(tempfile.mkdtemp(prefix="fp-privs-systemd-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def assert_dropped(pid: int, caps: int) -> None:
+    """The process: all four uids and gids the user's, exactly `caps` permitted,
+    effective and bounding, NO_NEW_PRIVS. Every thread: the user's ids, NO_NEW_PRIVS,
+    and `caps` or none at all (threads started before the drop keep none)."""
+    st = proc_status(pid)
+    for field in ("CapPrm", "CapEff", "CapBnd"):
+        assert int(st[field], 16) == caps, (field, st[field])
+    for task in os.listdir(f"/proc/{pid}/task"):
+        st = _task_status(pid, task)
+        assert st["Uid"].split() == [str(NOBODY.pw_uid)] * 4, st["Uid"]
+        assert st["Gid"].split() == [str(NOBODY.pw_gid)] * 4, st["Gid"]
+        assert st["Groups"].split() == [str(NOBODY.pw_gid)]
+        assert int(st["CapPrm"], 16) in (caps, 0) and st["CapEff"] == st["CapPrm"], task
+        assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+        assert st["NoNewPrivs"] == "1"
+
+
+def _task_status(pid: int, task: str) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def assert_serves(port: int) -> None:
+    payload = os.urandom(1 << 20)
+    assert hashlib.sha256(talk(port, payload)).digest() == hashlib.sha256(payload).digest()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("mode", ["ports", "bpf"])
+def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
+    mode: str, ns: int, rundir: Path
+) -> None:
+    caps = 1 << CAP_NET_BIND_SERVICE
+    if mode == "bpf":
+        caps |= 1 << CAP_NET_ADMIN | 1 << CAP_BPF
+    echo = HashingEcho()
+    config = {
+        "Apps": [app("web", [8080], [echo.address])],
+        "Steering": mode,
+        "Listen": "::" if mode == "bpf" else "127.0.0.1",
+        "User": "nobody",
+    }
+    control = str(rundir / "run" / "control.sock")
+    (rundir / "run").mkdir(0o700)  # root's, as systemd's RuntimeDirectory makes it
+    # The config is where the user can read it again for reloads.
+    (rundir / "old").mkdir()
+    (rundir / "new").mkdir()
+    old = Proxy(rundir / "old", config, "--control-socket", control)
+    assert old.steering == mode
+    assert_dropped(old.pid, caps)
+    assert_serves(8080)
+    run = (rundir / "run").stat()
+    assert (run.st_uid, run.st_mode & 0o777) == (NOBODY.pw_uid, 0o700)
+
+    # A reload (SIGHUP) adds a port below 1024: the kept CAP_NET_BIND_SERVICE binds it.
+    config["Apps"] = [app("web", [8080, 80], [echo.address])]
+    old.write_config(config)
+    old.proc.send_signal(signal.SIGHUP)
+    try:
+        wait_for_port(80)
+    except OSError:
+        raise AssertionError(old.log()) from None
+    assert_serves(80)
+    # The operator's commands, as root, against the proxy running as nobody.
+    status = cli("status", "--admin", old.admin)
+    assert status.returncode == 0 and "web" in status.stdout, status.stderr
+    config["Apps"] = [app("web", [8080, 80, 81], [echo.address])]
+    old.write_config(config)
+    reload = cli("reload", "--admin", old.admin)
+    assert reload.returncode == 0 and reload.stdout.strip() == "reloaded", reload.stderr
+    assert_serves(81)
+    assert old.status()["reloads"]["failure"] == 0
+
+    # Upgrade: a new process started as root takes the sockets over and drops too.
+    new = Proxy(rundir / "new", config, "--takeover", "--control-socket", control)
+    assert old.proc.wait(30) == 0
+    assert new.steering == mode
+    assert_dropped(new.pid, caps)
+    for port in (8080, 80, 81):
+        assert_serves(port)
+    assert "Traceback" not in old.log() + new.log()
+    assert new.stop() == 0
+    echo.backend.close()
+
+
+def test_unknown_user_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(
+        '{"Apps": [{"Name": "a", "Ports": [1], "Targets": ["127.0.0.1:9"]}],'
+        ' "User": "fp-no-such-user"}'
+    )
+    result = cli("check", str(config))
+    assert result.returncode == 2
+    assert result.stderr == f'error: {config}: User: no such user "fp-no-such-user"\n'
