@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,44 @@ def test_unknown_user_is_a_one_line_error(tmp_path: Path) -> None:
     result = cli("check", str(config))
     assert result.returncode == 2
     assert result.stderr == f'error: {config}: User: no such user "fp-no-such-user"\n'
+
+
+def test_a_successor_killed_half_way_leaves_the_dropped_proxy_steering(
+    ns: int, rundir: Path
+) -> None:
+    """The running proxy, without root, checks after an abandoned takeover that its
+    program is still in effect (its pins are root's: out of its reach)."""
+    echo = HashingEcho()
+    config = {
+        "Apps": [app("web", [8080], [echo.address])],
+        "Steering": "bpf",
+        "Listen": "::",
+        "User": "nobody",
+    }
+    control = str(rundir / "run" / "control.sock")
+    (rundir / "old").mkdir()
+    old = Proxy(rundir / "old", config, "--control-socket", control)
+    successor = subprocess.Popen(
+        [sys.executable, "-m", "fastproxy", "serve", str(old.config_path), "--takeover",
+         "--control-socket", control, "--admin", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "FASTPROXY_FAILPOINTS": "takeover.before-ready=pause"},
+    )  # fmt: skip
+    try:
+        assert successor.stdout is not None
+        while b"failpoint takeover.before-ready paused" not in successor.stdout.readline():
+            assert successor.poll() is None
+    finally:
+        successor.kill()
+        successor.wait(10)
+    deadline = time.monotonic() + 10
+    while "gave up; still serving" not in old.log():
+        assert time.monotonic() < deadline, old.log()
+        time.sleep(0.05)
+    assert_serves(8080)
+    assert "ERROR" not in old.log() and "Traceback" not in old.log()
+    assert_dropped(old.pid, 1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_ADMIN | 1 << CAP_BPF)
+    assert old.stop() == 0
+    echo.backend.close()
