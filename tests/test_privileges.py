@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from fastproxy import netns, steering
 from fastproxy.privileges import CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
-from proxyproc import ROOT, Proxy, app, wait_for_port
+from proxyproc import ROOT, Proxy, app, free_ports, wait_for_port
 from servers import HashingEcho, talk
 
 pytestmark = [
@@ -207,3 +208,19 @@ def test_a_successor_killed_half_way_leaves_the_dropped_proxy_steering(
     assert_dropped(old.pid, 1 << CAP_NET_BIND_SERVICE | 1 << CAP_NET_ADMIN | 1 << CAP_BPF)
     assert old.stop() == 0
     echo.backend.close()
+
+
+def test_no_capability_to_drop_is_a_one_line_error_before_anything(
+    tmp_path: Path, rundir: Path
+) -> None:
+    config = tmp_path / "c.json"
+    (port,) = free_ports(1)
+    config.write_text(json.dumps({"Apps": [app("a", [port], ["127.0.0.1:9"])], "User": "nobody"}))
+    result = subprocess.run(
+        ["setpriv", "--bounding-set", "-setuid", sys.executable, "-m", "fastproxy", "serve",
+         str(config), "--control-socket", str(rundir / "run" / "c.sock")],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot drop privileges to nobody: no CAP_SETUID\n"
+    assert not (rundir / "run").exists()

@@ -70,11 +70,35 @@ def account(user: str, group: str | None = None) -> Account:
         raise KeyError(f'no such group "{group}"') from None
 
 
+CAP_SETGID, CAP_SETUID, CAP_SETPCAP = 6, 7, 8
+_NEEDED_TO_DROP = {CAP_SETGID: "setgid", CAP_SETUID: "setuid", CAP_SETPCAP: "setpcap"}
+
+
 def target(user: str | None, group: str | None) -> Account | None:
-    """The account a proxy started now will run as, if it switches (root with User)."""
+    """The account a proxy started now will run as, if it switches (root with User).
+    PrivilegeError now if it could not: a successor must not find out after its
+    predecessor has stopped."""
     if user is None or os.geteuid() != 0:
         return None
-    return account(user, group)
+    try:
+        to = account(user, group)
+    except KeyError as exc:
+        raise PrivilegeError(f"cannot drop privileges: {exc.args[0]}") from None
+    effective = _effective_caps()
+    missing = [name for cap, name in _NEEDED_TO_DROP.items() if not effective >> cap & 1]
+    if missing:
+        raise PrivilegeError(
+            f"cannot drop privileges to {user}: no CAP_{', CAP_'.join(missing).upper()}"
+        )
+    return to
+
+
+def _effective_caps() -> int:
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
 
 
 def needed(bpf: bool) -> tuple[int, ...]:
