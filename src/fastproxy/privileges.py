@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 log = logging.getLogger("fastproxy")
 
+CAP_SETGID, CAP_SETUID, CAP_SETPCAP = 6, 7, 8
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_BPF = 39
 CAP_NAMES = {CAP_NET_BIND_SERVICE: "net_bind_service", CAP_NET_ADMIN: "net_admin", CAP_BPF: "bpf"}
+_NEEDED_TO_DROP = {CAP_SETGID: "setgid", CAP_SETUID: "setuid", CAP_SETPCAP: "setpcap"}
 
 _PR_SET_KEEPCAPS = 8
 _PR_CAPBSET_DROP = 24
@@ -68,10 +70,6 @@ def account(user: str, group: str | None = None) -> Account:
         return Account(user, entry.pw_uid, grp.getgrnam(group).gr_gid)
     except KeyError:
         raise KeyError(f'no such group "{group}"') from None
-
-
-CAP_SETGID, CAP_SETUID, CAP_SETPCAP = 6, 7, 8
-_NEEDED_TO_DROP = {CAP_SETGID: "setgid", CAP_SETUID: "setuid", CAP_SETPCAP: "setpcap"}
 
 
 def target(user: str | None, group: str | None) -> Account | None:
