@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -160,9 +161,13 @@ def test_an_untrusted_directory_gets_no_control_socket(
         "--control-socket",
         str(run / "control.sock"),
     )
-    assert not (run / "control.sock").exists()
-    assert f"no control socket at {run}/control.sock (no takeover possible): " in proxy.log()
+    refusal = f"no control socket at {run}/control.sock (no takeover possible): "
+    deadline = time.monotonic() + 10  # logged just after "serving"
+    while refusal not in proxy.log():
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.05)
     assert reason in proxy.log()
+    assert not (run / "control.sock").exists()
     assert_serves(port)
     assert proxy.stop() == 0
     echo.backend.close()
