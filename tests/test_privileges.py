@@ -22,6 +22,7 @@ import pytest
 
 from fastproxy import netns, steering
 from fastproxy.privileges import CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
+from fastproxy.steering import bpfsys, pins
 from proxyproc import ROOT, Proxy, app, free_ports, wait_for_port
 from servers import HashingEcho, talk
 
@@ -40,13 +41,13 @@ def ns() -> Iterator[int]:
         ino = netns.inode()
         yield ino
         # A proxy without root leaves its (detached) pins for the next start: remove them.
-        pins = os.path.join(steering.DEFAULT_PIN_ROOT, str(ino))
+        directory = os.path.join(steering.DEFAULT_PIN_ROOT, str(ino))
         with contextlib.suppress(OSError):
-            fd = steering._obj_get(os.path.join(pins, "link"))
+            fd = bpfsys.obj_get(os.path.join(directory, "link"))
             with contextlib.suppress(OSError):
-                steering._link_detach(fd)
+                bpfsys.link_detach(fd)
             os.close(fd)
-        steering._remove_dir(pins)
+        pins.remove_dir(directory)
 
 
 @pytest.fixture

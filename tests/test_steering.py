@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from fastproxy import netns, steering
-from fastproxy.steering import Steering, SteeringUnavailable
+from fastproxy.steering import Steering, SteeringUnavailable, bpfsys, loader, pins
 
 pytestmark = [
     pytest.mark.skipif(
@@ -123,11 +123,11 @@ def sockets() -> Iterator[Callable[..., socket.socket]]:
 def _force_remove(directory: str) -> None:
     """Detach the pinned link (if any) and remove a pin directory."""
     with contextlib.suppress(OSError):
-        fd = steering._obj_get(os.path.join(directory, "link"))
+        fd = bpfsys.obj_get(os.path.join(directory, "link"))
         with contextlib.suppress(OSError):
-            steering._link_detach(fd)
+            bpfsys.link_detach(fd)
         os.close(fd)
-    steering._remove_dir(directory)
+    pins.remove_dir(directory)
 
 
 def connect(host: str, port: int) -> socket.socket:
@@ -457,7 +457,7 @@ def test_program_attached_from_another_bpffs_is_found(ns: Netns, sockets, attach
             Steering.attach([srv], [20000], pin_root=PIN_ROOT)
         # Its bpffs, and the pin with it, dies with the child: hold the link, as a surviving
         # process of that mount namespace would, so that a dead owner's link is left.
-        held = steering._get_fd_by_id(steering._BPF_LINK_GET_FD_BY_ID, link_id)
+        held = bpfsys.get_fd_by_id(bpfsys.BPF_LINK_GET_FD_BY_ID, link_id)
         kill9(pid)
 
     try:
@@ -478,12 +478,12 @@ def test_pins_of_a_deleted_netns_are_swept(ns: Netns, sockets, attach) -> None:
     finally:
         netns.delete(gone)
     # The kernel tears the netns down asynchronously; its link turns defunct then.
-    link = steering._obj_get(os.path.join(gone_dir, "link"))
+    link = bpfsys.obj_get(os.path.join(gone_dir, "link"))
     try:
         deadline = time.monotonic() + 10
-        while steering._link_info(link).netns_ino and time.monotonic() < deadline:
+        while bpfsys.link_info(link).netns_ino and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert steering._link_info(link).netns_ino == 0
+        assert bpfsys.link_info(link).netns_ino == 0
     finally:
         os.close(link)
 
@@ -506,11 +506,12 @@ def test_takeover_replaces_a_live_owner_in_place(ns: Netns, sockets, attach) -> 
 BPFFS_ABSENT = """
 import socket, sys
 from fastproxy import steering
+from fastproxy.steering import pins
 root = sys.argv[1]
-assert not steering._is_bpffs(root), "bpffs still mounted"
+assert not pins.is_bpffs(root), "bpffs still mounted"
 srv = socket.create_server(("127.0.0.1", 0))
 st = steering.Steering.attach([srv], [20000], pin_root=root)
-assert steering._is_bpffs(root)
+assert pins.is_bpffs(root)
 socket.create_connection(("127.0.0.1", 20000), timeout=5).close()
 srv.settimeout(5)
 assert srv.accept()[0].getsockname()[1] == 20000
@@ -535,7 +536,7 @@ def test_bpffs_is_mounted_when_absent(ns: Netns) -> None:
 def test_compile_error_is_one_line(ns: Netns, sockets, tmp_path, monkeypatch) -> None:
     broken = tmp_path / "steer.c"
     broken.write_text("int fastproxy_steer(struct bpf_sk_lookup *ctx) { return nope; }\n")
-    monkeypatch.setattr(steering, "_source_path", lambda: str(broken))
+    monkeypatch.setattr(loader, "_source_path", lambda: str(broken))
     with pytest.raises(SteeringUnavailable, match="cannot compile .*error") as info:
         Steering.attach([sockets()], [20000], pin_root=PIN_ROOT)
     assert "\n" not in str(info.value)
@@ -625,7 +626,7 @@ def test_an_untrusted_pin_root_is_refused(
 def test_a_lock_held_by_another_process_fails_attach_and_close_in_seconds(
     ns: Netns, sockets, own_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(steering, "LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(pins, "LOCK_TIMEOUT", 1.0)
     os.mkdir(own_root, 0o700)
     srv = sockets()
     with locked_by_another_process(own_root) as pid:

@@ -1,0 +1,223 @@
+"""bpf(2) through ctypes: the few commands steering needs, each a small struct.pack of
+union bpf_attr. Everything after loading (maps, pins, links) goes through these, so pinned
+objects of another process are handled the same way as our own."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_DETACH = 34
+_CMD_NAMES = {value: name for name, value in list(globals().items()) if name.startswith("BPF_")}
+
+BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_SK_LOOKUP = 36  # attach type
+BPF_LINK_TYPE_NETNS = 5
+BPF_MAP_TYPE_SOCKMAP = 15
+
+_ATTR_SIZE = 128  # >= every bpf_attr variant used here; the kernel wants the tail zeroed
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+
+
+def _bpf_attr(cmd: int, attr: ctypes.Array[ctypes.c_char], path: str | None = None) -> int:
+    """bpf(cmd, attr, sizeof attr); raises OSError (FileNotFoundError, ...) on failure."""
+    ret = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_long(cmd), attr, ctypes.c_ulong(len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{_CMD_NAMES.get(cmd, cmd)}: {os.strerror(err)}", path)
+    return int(ret)
+
+
+def _bpf(cmd: int, fmt: str, *fields: object, path: str | None = None) -> int:
+    """bpf(cmd, attr) with attr packed from fmt/fields, the rest of union bpf_attr zero."""
+    return _bpf_attr(cmd, ctypes.create_string_buffer(struct.pack(fmt, *fields), _ATTR_SIZE), path)
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buf)
+
+
+def _buf(data: bytes) -> ctypes.Array[ctypes.c_char]:
+    """A C buffer holding exactly `data` (create_string_buffer alone would add a NUL)."""
+    return ctypes.create_string_buffer(data, len(data))
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    k, v = _buf(key), ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, "=I4xQQQ", map_fd, _addr(k), _addr(v), 0)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    k, v = _buf(key), _buf(value)
+    _bpf(BPF_MAP_UPDATE_ELEM, "=I4xQQQ", map_fd, _addr(k), _addr(v), 0)
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    k = _buf(key)
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, "=I4xQ", map_fd, _addr(k))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_keys(map_fd: int, key_size: int) -> Iterator[bytes]:
+    """Every key of a map (GET_NEXT_KEY from no key starts at the first)."""
+    key: ctypes.Array[ctypes.c_char] | None = None
+    while True:
+        nxt = ctypes.create_string_buffer(key_size)
+        try:
+            _bpf(
+                BPF_MAP_GET_NEXT_KEY,
+                "=I4xQQ",
+                map_fd,
+                0 if key is None else _addr(key),
+                _addr(nxt),
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        yield nxt.raw
+        key = nxt
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(BPF_OBJ_PIN, "=QII", _addr(p), fd, 0, path=path)
+
+
+def obj_get(path: str) -> int:
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, "=QII", _addr(p), 0, 0, path=path)
+
+
+def obj_info(fd: int, size: int, preset: bytes = b"") -> bytes:
+    info = ctypes.create_string_buffer(preset, size)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, "=IIQ", fd, size, _addr(info))
+    return info.raw
+
+
+def get_fd_by_id(cmd: int, obj_id: int) -> int:
+    return _bpf(cmd, "=III", obj_id, 0, 0)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    return _bpf(BPF_LINK_CREATE, "=IIII", prog_fd, target_fd, attach_type, 0)
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    _bpf(BPF_LINK_UPDATE, "=IIII", link_fd, new_prog_fd, 0, 0)
+
+
+def link_detach(link_fd: int) -> None:
+    _bpf(BPF_LINK_DETACH, "=I", link_fd)
+
+
+def link_ids() -> Iterator[int]:
+    """Ids of every BPF link on the system."""
+    link_id = 0
+    while True:
+        attr = ctypes.create_string_buffer(struct.pack("=I", link_id), _ATTR_SIZE)
+        try:
+            _bpf_attr(BPF_LINK_GET_NEXT_ID, attr)  # {start_id, next_id (out)}
+        except FileNotFoundError:
+            return
+        link_id = struct.unpack_from("=I", attr.raw, 4)[0]
+        yield link_id
+
+
+@dataclass(frozen=True)
+class _LinkInfo:
+    link_id: int
+    prog_id: int
+    netns_ino: int  # 0 once the netns is gone (the link is then "defunct")
+    is_sk_lookup: bool
+
+
+def link_info(link_fd: int) -> _LinkInfo:
+    # struct bpf_link_info: type, id, prog_id, (pad), union { netns: { netns_ino, attach_type } }
+    kind, link_id, prog_id, ino, attach = struct.unpack_from("=III4xII", obj_info(link_fd, 64))
+    is_sk_lookup = kind == BPF_LINK_TYPE_NETNS and attach == BPF_SK_LOOKUP
+    return _LinkInfo(link_id, prog_id, ino, is_sk_lookup)
+
+
+def prog_name_and_maps(prog_fd: int) -> tuple[str, list[int]]:
+    # struct bpf_prog_info: nr_map_ids at 52, map_ids (pointer, in) at 56, name[16] at 64.
+    ids = (ctypes.c_uint32 * 8)()
+    preset = struct.pack("=52xIQ", len(ids), ctypes.addressof(ids))
+    raw = obj_info(prog_fd, 128, preset)
+    nr_maps = struct.unpack_from("=I", raw, 52)[0]
+    name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    return name, list(ids[: min(nr_maps, len(ids))])
+
+
+def map_type(map_fd: int) -> int:
+    return int(struct.unpack_from("=I", obj_info(map_fd, 80))[0])
+
+
+def probe_sk_lookup() -> str | None:
+    """Load `r0 = SK_PASS; exit` as an sk_lookup program: the kernel says if it has the type."""
+    insns = ctypes.create_string_buffer(
+        struct.pack("=BBhi", 0xB7, 0, 0, 1) + struct.pack("=BBhi", 0x95, 0, 0, 0)
+    )
+    license_ = ctypes.create_string_buffer(b"GPL")
+    try:
+        fd = _bpf(
+            BPF_PROG_LOAD,
+            "=IIQQIIQII16sII",
+            BPF_PROG_TYPE_SK_LOOKUP, 2, _addr(insns), _addr(license_),
+            0, 0, 0, 0, 0, b"", 0, BPF_SK_LOOKUP,
+        )  # fmt: skip
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return "kernel has no sk_lookup support (needs Linux 5.9 or later)"
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return "not permitted to load BPF programs (needs CAP_BPF and CAP_NET_ADMIN)"
+        if exc.errno == errno.ENOSYS:
+            return "kernel has no bpf() system call"
+        return f"cannot load BPF programs: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the width of a per-CPU map value."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        spec = f.read().strip()
+    count = 0
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
