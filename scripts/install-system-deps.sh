@@ -12,7 +12,7 @@
 set -euo pipefail
 
 PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps etcd-server
-  systemd)
+  systemd openssl)
 
 log() { echo "install-system-deps: $*" >&2; }
 

@@ -6,9 +6,14 @@ Layout (after uvloop): this file only stitches the parts together.
   includes/system.pxd   kernel and libc declarations, all nogil
   relay/structs.pxi     data layout and ownership rules
   relay/routes.pxi      counter slots, per-app routes, PROXY protocol header
+  relay/proxyproto.pxi  PROXY protocol in: the header parser
+  relay/sni.pxi         ClientHello parser, server name tables
+  relay/persource.pxi   MaxConnectionsPerSource counters
+  relay/accesslog.pxi   access log rings
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
   relay/conn.pxi        the connection state machine
+  relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
 """
@@ -16,14 +21,19 @@ Layout (after uvloop): this file only stitches the parts together.
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from fastproxy.includes.system cimport *
 
 include "relay/structs.pxi"
 include "relay/routes.pxi"
+include "relay/proxyproto.pxi"
+include "relay/sni.pxi"
+include "relay/persource.pxi"
+include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"
 include "relay/conn.pxi"
+include "relay/preface.pxi"
 include "relay/worker.pxi"
 include "relay/api.pxi"

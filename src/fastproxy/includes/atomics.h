@@ -18,4 +18,9 @@ static inline int fp_cas_u32(uint32_t *p, uint32_t *expected, uint32_t v) {
 }
 static inline int fp_incref(int *p) { return __atomic_add_fetch(p, 1, __ATOMIC_ACQ_REL); }
 static inline int fp_decref(int *p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }
+static inline int fp_add_fetch_int(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t fp_load_acq_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store_rel_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void *fp_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 #endif

@@ -123,6 +123,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_WR
         MSG_NOSIGNAL
         MSG_MORE
+        MSG_PEEK
 
 
 cdef extern from "<netinet/in.h>" nogil:
@@ -169,6 +170,7 @@ cdef extern from "<time.h>" nogil:
     int nanosleep(const timespec* req, timespec* rem)
     enum:
         CLOCK_MONOTONIC
+        CLOCK_REALTIME
 
 
 cdef extern from "<signal.h>" nogil:
@@ -193,6 +195,19 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_sigmask(int how, const sigset_t* s, sigset_t* old)
 
 
+cdef extern from "<sys/mman.h>" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    int mprotect(void* addr, size_t length, int prot)
+    void* MAP_FAILED
+    enum:
+        PROT_NONE
+        PROT_READ
+        PROT_WRITE
+        MAP_PRIVATE
+        MAP_ANONYMOUS
+
+
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
 
@@ -213,3 +228,8 @@ cdef extern from "includes/atomics.h" nogil:
     bint fp_cas_u32(uint32_t* p, uint32_t* expected, uint32_t v)
     int fp_incref(int* p)
     int fp_decref(int* p)
+    int fp_add_fetch_int(int* p, int v)
+    uint64_t fp_load_acq_u64(const uint64_t* p)
+    void fp_store_rel_u64(uint64_t* p, uint64_t v)
+    void* fp_load_ptr(void** p)
+    void fp_store_ptr(void** p, void* v)

@@ -15,7 +15,14 @@ MAX_SLOTS = STATS_CHUNK * STATS_CHUNKS
 STATS_FIELDS = (
     "connections", "active", "bytes_in", "bytes_out", "connect_failures",
     "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
+    "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
 )
+# Access log results, indexed by AccessResult.
+ACCESS_RESULTS = (
+    "ok", "reset", "no-target", "connect-timeout", "rejected", "idle-timeout",
+    "proxy-protocol-error", "sni-unmatched", "sni-error", "local-error", "shutdown",
+)
+NO_SLOT_ID = NO_SLOT
 
 
 cdef int fill_sockaddr(sockaddr_storage* ss, socklen_t* length, int family,
@@ -104,9 +111,11 @@ cdef class Relay:
         self.r.pipe_size = pipe_size
         self.r.apps = <fp_route**>calloc(MAX_APPS, sizeof(fp_route*))
         self.r.port_app = <int*>malloc(65536 * sizeof(int))
+        self.r.port_sni = <fp_sni**>calloc(65536, sizeof(fp_sni*))
         self.r.chunks = <fp_stats**>calloc(STATS_CHUNKS, sizeof(fp_stats*))
         self.r.workers = <fp_worker*>calloc(workers, sizeof(fp_worker))
-        if not (self.r.apps and self.r.port_app and self.r.chunks and self.r.workers):
+        if not (self.r.apps and self.r.port_app and self.r.port_sni and self.r.chunks
+                and self.r.workers):
             raise MemoryError()
         for i in range(65536):
             self.r.port_app[i] = -1
@@ -133,11 +142,14 @@ cdef class Relay:
             w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
             w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
             w.bounce = <char*>malloc(BOUNCE_SIZE)
+            w.peek = <uint8_t*>malloc(SNI_MAX)
+            w.hello = <uint8_t*>malloc(SNI_MAX)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             w.reserve_fd = open_devnull()
             self.r.nworkers += 1
-            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.epfd < 0 \
+            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.peek == NULL \
+                    or w.hello == NULL or w.epfd < 0 \
                     or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
             self._epoll_add(w, w.wakefd, EPOLLIN, w)
@@ -159,6 +171,9 @@ cdef class Relay:
             free(self.r.workers[i].pipes)
             free(self.r.workers[i].bufs)
             free(self.r.workers[i].bounce)
+            free(self.r.workers[i].peek)
+            free(self.r.workers[i].hello)
+            free(self.r.workers[i].alog)
         l = self.r.listeners
         while l != NULL:
             nxt = <fp_listener*>l.next
@@ -171,8 +186,13 @@ cdef class Relay:
         if self.r.chunks != NULL:
             for i in range(STATS_CHUNKS):
                 free(self.r.chunks[i])
+        if self.r.port_sni != NULL:
+            for i in range(65536):
+                if self.r.port_sni[i] != NULL:
+                    sni_decref(self.r.port_sni[i])
         free(self.r.apps)
         free(self.r.port_app)
+        free(self.r.port_sni)
         free(self.r.chunks)
         free(self.r.workers)
         pthread_mutex_destroy(&self.r.lock)
@@ -337,6 +357,51 @@ cdef class Relay:
         if not -1 <= app_id < MAX_APPS:
             raise ValueError(f"app id out of range: {app_id}")
         fp_store_int(&self.r.port_app[port], app_id)
+        sni_publish(self.r, port, NULL)
+
+    def set_port_sni(self, int port, list names, *, int default_app=-1,
+                     bint accept_proxy=False, bint need_local=False, int count_slot):
+        """Route the port by TLS server name. names: [(name, app_id)], exact
+        names or "*.suffix" wildcards (matching one label or more before .suffix);
+        default_app takes other names and hellos without one (-1: closed).
+        count_slot: the app slot counting clients before their app is known."""
+        cdef fp_sni* t
+        cdef fp_sni_name* e
+        cdef size_t size = 0, off = 0
+        cdef int i
+        if not 0 < port < 65536:
+            raise ValueError(f"port out of range: {port}")
+        entries = []
+        for name, app in names:
+            raw = name.lower().encode("ascii")
+            wildcard = raw.startswith(b"*.")
+            entries.append((wildcard, -len(raw), raw[1:] if wildcard else raw, app))
+        entries.sort()      # exact names first, then wildcards, longest suffix first
+        self.ensure_slot(count_slot)
+        t = <fp_sni*>calloc(1, sizeof(fp_sni))
+        if t == NULL:
+            raise MemoryError()
+        t.refcnt = 1
+        t.names = <fp_sni_name*>calloc(max(1, len(entries)), sizeof(fp_sni_name))
+        t.blob = <char*>malloc(max(1, sum(len(e[2]) for e in entries)))
+        if t.names == NULL or t.blob == NULL:
+            sni_free(t)
+            raise MemoryError()
+        for i, (wildcard, _, raw, app) in enumerate(entries):
+            e = &t.names[i]
+            memcpy(t.blob + off, <const char*>raw, len(raw))
+            e.name = t.blob + off
+            e.len = len(raw)
+            e.wildcard = wildcard
+            e.app = app
+            off += len(raw)
+        t.nnames = len(entries)
+        t.default_app = default_app
+        t.accept_proxy = accept_proxy
+        t.need_local = need_local
+        t.count_slot = count_slot
+        sni_publish(self.r, port, t)
+        fp_store_int(&self.r.port_app[port], PORT_SNI)
 
     def ensure_slot(self, unsigned int slot):
         """Make a counter slot usable (zeroed on first use, never freed)."""
@@ -352,7 +417,8 @@ cdef class Relay:
 
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
-                int proxy_protocol=0):
+                int proxy_protocol=0, bint accept_proxy_protocol=False,
+                long max_connections_per_source=0):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched."""
@@ -399,7 +465,30 @@ cdef class Relay:
         rt.connect_timeout_ms = <int64_t>(connect_timeout * 1000)
         rt.idle_timeout_ms = <int64_t>(idle_timeout * 1000)
         rt.max_conns = max_connections
+        rt.accept_proxy = accept_proxy_protocol
+        if max_connections_per_source > 0:
+            rt.persource = self._persource(app_id, max_connections_per_source)
+            if rt.persource == NULL:
+                route_free(rt)
+                raise MemoryError()
         route_publish(self.r, app_id, rt)
+
+    cdef fp_persource* _persource(self, int app_id, long limit):
+        """The app's per-source table, kept from its current route so a reload
+        does not forget who is connected; a new one if it had none."""
+        cdef fp_persource* ps = NULL
+        pthread_mutex_lock(&self.r.lock)
+        if self.r.apps[app_id] != NULL and self.r.apps[app_id].persource != NULL:
+            ps = self.r.apps[app_id].persource
+            fp_incref(&ps.refcnt)
+        pthread_mutex_unlock(&self.r.lock)
+        if ps == NULL:
+            ps = <fp_persource*>calloc(1, sizeof(fp_persource))
+            if ps == NULL:
+                return NULL
+            ps.refcnt = 1
+        ps.limit = limit
+        return ps
 
     def remove_app(self, int app_id):
         if 0 <= app_id < MAX_APPS:
@@ -429,7 +518,9 @@ cdef class Relay:
                 fp_load_u64(&s.bytes_in), fp_load_u64(&s.bytes_out),
                 fp_load_u64(&s.connect_failures), fp_load_u64(&s.no_target),
                 fp_load_u64(&s.rejected), fp_load_u64(&s.panic),
-                fp_load_u64(&s.idle_timeouts), fp_load_u64(&s.local_errors))
+                fp_load_u64(&s.idle_timeouts), fp_load_u64(&s.local_errors),
+                fp_load_u64(&s.proxy_errors), fp_load_u64(&s.rejected_per_source),
+                fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors))
 
     def connections(self):
         """Connections open in all workers (connecting or relaying)."""
@@ -437,3 +528,129 @@ cdef class Relay:
         for i in range(self.r.nworkers):
             total += fp_load_int(&self.r.workers[i].nconns)
         return total
+
+    # -- access log -----------------------------------------------------------
+
+    def set_access_log(self, bint on):
+        """Start (or stop) filling the access log rings; they are made on first use."""
+        cdef int i
+        cdef fp_alog* ring
+        if on:
+            for i in range(self.r.nworkers):
+                if self.r.workers[i].alog == NULL:
+                    ring = <fp_alog*>aligned_alloc(64, sizeof(fp_alog))
+                    if ring == NULL:
+                        raise MemoryError()
+                    memset(ring, 0, sizeof(fp_alog))
+                    fp_store_ptr(<void**>&self.r.workers[i].alog, ring)
+        fp_store_int(&self.r.alog_on, on)
+
+    def drain_access_log(self):
+        """Records of connections ended since the last call: (time_ns, duration_ms,
+        bytes_in, bytes_out, app_slot, target_slot, port, result, attempts, client
+        ip, client port); slots are NO_SLOT_ID where unknown."""
+        cdef int i
+        cdef fp_alog* a
+        cdef fp_alog_rec* rec
+        cdef uint64_t tail, head
+        cdef char text[INET6_ADDRSTRLEN]
+        out = []
+        for i in range(self.r.nworkers):
+            a = <fp_alog*>fp_load_ptr(<void**>&self.r.workers[i].alog)
+            if a == NULL:
+                continue
+            tail = a.tail
+            head = fp_load_acq_u64(&a.head)
+            while tail != head:
+                rec = &a.recs[tail % ALOG_SLOTS]
+                inet_ntop(rec.family, rec.client_addr, text, sizeof(text))
+                out.append((rec.time_ns, rec.duration_ms, rec.bytes_in, rec.bytes_out,
+                            rec.app_slot, rec.tgt_slot, rec.port, rec.result, rec.attempts,
+                            text.decode(), rec.client_port))
+                tail += 1
+            fp_store_rel_u64(&a.tail, tail)
+        return out
+
+    def access_log_dropped(self):
+        """Records lost to full rings since start."""
+        cdef int i
+        cdef fp_alog* a
+        total = 0
+        for i in range(self.r.nworkers):
+            a = <fp_alog*>fp_load_ptr(<void**>&self.r.workers[i].alog)
+            if a != NULL:
+                total += fp_load_u64(&a.dropped)
+        return total
+
+
+# -- test entry points: the parsers, on bytes from Python (fuzzed in the tests) --
+
+cdef object sockaddr_tuple(sockaddr_storage* ss):
+    cdef char text[INET6_ADDRSTRLEN]
+    cdef sockaddr_in* a4 = <sockaddr_in*>ss
+    cdef sockaddr_in6* a6 = <sockaddr_in6*>ss
+    if ss.ss_family == AF_INET:
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode(), ntohs(a4.sin_port))
+    inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+    return (text.decode(), ntohs(a6.sin6_port))
+
+
+cdef class GuardedBytes:
+    """A copy of some bytes ending right at an inaccessible page: a parser that
+    reads one byte past them crashes the process instead of going unnoticed."""
+    cdef uint8_t* map
+    cdef size_t maplen
+    cdef uint8_t* data
+    cdef size_t n
+
+    def __cinit__(self, bytes data):
+        cdef size_t page = 4096
+        self.n = len(data)
+        self.maplen = (self.n + page - 1) // page * page + page
+        self.map = <uint8_t*>mmap(NULL, self.maplen, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if self.map == <uint8_t*>MAP_FAILED:
+            self.map = NULL
+            raise MemoryError()
+        if mprotect(self.map + self.maplen - page, page, PROT_NONE) < 0:
+            raise OSError(errno, "mprotect failed")
+        self.data = self.map + self.maplen - page - self.n
+        memcpy(self.data, <const char*>data, self.n)
+
+    def __dealloc__(self):
+        if self.map != NULL:
+            munmap(self.map, self.maplen)
+
+
+def parse_proxy_header_for_tests(bytes data):
+    """(length, source, destination) with source/destination (ip, port) or None
+    when the header does not carry them; 0: incomplete; -1: invalid."""
+    cdef GuardedBytes g = GuardedBytes(data)
+    cdef sockaddr_storage src, dst
+    cdef bint carried = False
+    cdef int rc
+    with nogil:
+        rc = proxy_parse(g.data, g.n, &src, &dst, &carried)
+    if rc <= 0:
+        return rc
+    if carried:
+        return (rc, sockaddr_tuple(&src), sockaddr_tuple(&dst))
+    return (rc, None, None)
+
+
+def parse_client_hello_for_tests(bytes data):
+    """The server name (str), None when the hello has none, 0: incomplete, -1:
+    malformed, as the relay sees the first len(data) bytes of a connection."""
+    cdef GuardedBytes g = GuardedBytes(data)
+    cdef GuardedBytes hello = GuardedBytes(bytes(SNI_MAX))
+    cdef uint8_t* name = NULL
+    cdef size_t name_len = 0
+    cdef int rc
+    with nogil:
+        rc = sni_parse(g.data, g.n, hello.data, &name, &name_len)
+    if rc == SNI_FOUND:
+        return (<char*>name)[:name_len].decode("latin-1")
+    if rc == SNI_ABSENT:
+        return None
+    return rc

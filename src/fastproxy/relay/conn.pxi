@@ -180,9 +180,11 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     if moved:
         c.last_active_ms = w.now_ms
         if inbound:
+            c.bytes_in += moved
             fp_add_u64(&c.app_st.bytes_in, moved)
             fp_add_u64(&c.tgt_st.bytes_in, moved)
         else:
+            c.bytes_out += moved
             fp_add_u64(&c.app_st.bytes_out, moved)
             fp_add_u64(&c.tgt_st.bytes_out, moved)
     return PUMP_OK
@@ -227,6 +229,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.up.pipe_r = c.up.pipe_w = -1
     c.down.pipe_r = c.down.pipe_w = -1
     c.last_active_ms = w.now_ms
+    c.start_ms = w.now_ms
     c.next = w.conns
     if w.conns != NULL:
         w.conns.prev = c
@@ -246,6 +249,7 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     later events of the same batch may still point at it."""
     if c.state == ST_CLOSED:
         return
+    conn_finish(w, c)
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
     if c.tgt_st != NULL:
@@ -276,6 +280,8 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
 
 cdef void conn_abort(fp_worker* w, fp_conn* c, fp_side* victim) noexcept nogil:
     """One side reset: reset the other one too, so the reset is propagated."""
+    if c.result == R_OK:
+        c.result = R_RESET
     if victim.fd >= 0:
         set_reset_on_close(victim.fd)
     conn_close(w, c)
@@ -305,10 +311,13 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         idx = pick_next(rt, c)
         if idx < 0:
             fp_add_u64(&c.app_st.no_target, 1)
+            c.result = R_CONNECT_TIMEOUT if c.timed_out else R_NO_TARGET
             conn_close(w, c)
             return
         t = &rt.targets[idx]
         c.target_idx = idx
+        c.tgt_slot = t.slot
+        c.attempts += 1
         fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             conn_local_error(w, c)  # our shortage, not the target's fault
@@ -371,6 +380,10 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.urgent = True
     if events & EV_WRITE:
         s.writable = True
+    if c.state == ST_PREFACE:
+        if s == &c.cli:
+            preface_step(w, c)
+        return
     if c.state == ST_RETRY:
         if s == &c.cli and events & (EPOLLERR | EPOLLHUP):
             conn_close(w, c)        # the client is gone: stop failing over for it
@@ -410,6 +423,7 @@ cdef bint shed_one_client(fp_worker* w, int listen_fd) noexcept nogil:
 
 
 cdef void conn_local_error(fp_worker* w, fp_conn* c) noexcept nogil:
+    c.result = R_LOCAL_ERROR
     fp_add_u64(&c.app_st.local_errors, 1)
     conn_abort(w, c, &c.cli)
 
@@ -449,6 +463,9 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
             getsockname(fd, <sockaddr*>&local, &llen)
             port = ntohs((<sockaddr_in*>&local).sin_port)   # same offset for IPv6
         app = fp_load_int(&r.port_app[port])
+        if app == PORT_SNI:
+            accept_by_name(w, fd, &peer, &local, port)
+            continue
         rt = route_get(r, app) if app >= 0 else NULL
         if rt == NULL:
             close(fd)               # a port no app owns (any more)
@@ -458,6 +475,7 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
         app_st = stats_slot(r, rt.app_slot)
         if rt.max_conns > 0 and fp_load_i64(&app_st.active) >= rt.max_conns:
             fp_add_u64(&app_st.rejected, 1)
+            alog_rejected(w, &peer, port, rt.app_slot)
             route_decref(rt)
             close(fd)
             continue
@@ -471,14 +489,14 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
         c.route = rt
         c.app_st = app_st
         c.idle_timeout_ms = rt.idle_timeout_ms
+        c.port = port
+        c.app_slot = rt.app_slot
         fp_add_u64(&app_st.connections, 1)
         fp_add_i64(&app_st.active, 1)
         if register_side(w, &c.cli) < 0:
             conn_close(w, c)
             continue
-        c.start_idx = pick_first(w, rt, c)
-        if c.start_idx < 0:
-            fp_add_u64(&app_st.no_target, 1)
-            conn_close(w, c)
-            continue
-        conn_connect_next(w, c)
+        if rt.accept_proxy:
+            preface_begin(w, c, True)
+        else:
+            conn_start(w, c)

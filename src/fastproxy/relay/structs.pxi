@@ -16,6 +16,7 @@ cdef enum ConnState:
     ST_RETRY = 2        # the connect failed; retried after the current event batch
     ST_RELAYING = 3
     ST_CLOSED = 4       # freed after the current event batch
+    ST_PREFACE = 5      # reading a PROXY header and/or a TLS ClientHello (preface.pxi)
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -47,6 +48,12 @@ cdef enum:
     POOL_MAX = 256             # idle pipes / buffers kept per worker
     TICK_MS = 100              # connect-timeout resolution
     SWEEP_MS = 1000            # idle-timeout resolution
+    PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
+    PREFACE_TIMEOUT_MS = 5000  # time a client has to send its PROXY header / ClientHello
+    PP_MAX = 536               # longest PROXY header read: v2 16 + 520 (v1 is 107)
+    SNI_MAX = 16384            # ClientHello bytes read before giving up
+    PORT_SNI = -2              # port_app value: route this port by server name
+    ALOG_SLOTS = 4096          # access log records per worker ring
 
 
 # One counter slot per app and per (app, target). Slots are never freed, so
@@ -62,7 +69,11 @@ ctypedef struct fp_stats:
     uint64_t panic              # picks made with no target up
     uint64_t idle_timeouts
     uint64_t local_errors       # clients closed for a local shortage (fds, ports, memory)
-    uint64_t _pad[6]            # 128 bytes, 64-aligned: no false sharing between slots
+    uint64_t proxy_errors       # no valid PROXY header in time
+    uint64_t rejected_per_source    # over MaxConnectionsPerSource
+    uint64_t sni_unmatched      # server name of no app, and no default app
+    uint64_t sni_errors         # malformed, truncated or late ClientHello
+    uint64_t _pad[2]            # 128 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -72,6 +83,17 @@ ctypedef struct fp_target:
     uint32_t weight             # 1..1000
     bint backup
     int state                   # TargetState, written by Python at any time
+
+
+# Concurrent connections per client address, for MaxConnectionsPerSource: a
+# fixed-size table of atomic counters indexed by a hash of the address. Shared by
+# every route of the app across reloads (refcounted), so a reload does not forget
+# who is connected. Two addresses in one bucket share its count: collisions may
+# over-count (turn a client away early), never under-count.
+ctypedef struct fp_persource:
+    int refcnt
+    int64_t limit
+    int counts[PERSOURCE_BUCKETS]
 
 
 # An app's routing table. Immutable once published except for target states and
@@ -92,6 +114,8 @@ ctypedef struct fp_route:
     int64_t connect_timeout_ms
     int64_t idle_timeout_ms
     int64_t max_conns           # 0: unlimited
+    bint accept_proxy           # clients start with a PROXY header
+    fp_persource* persource     # MaxConnectionsPerSource counters, or NULL
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin
     uint32_t nwrr
@@ -116,6 +140,24 @@ ctypedef struct fp_chan:
     bint shut                   # FIN passed on to the destination
 
 cdef struct fp_conn
+
+# Which app a server name goes to, on a port shared by apps with ServerNames.
+# Immutable once published, replaced whole on reload, refcounted like routes.
+ctypedef struct fp_sni_name:
+    const char* name            # lower case; for a wildcard, the suffix with its dot
+    int len
+    bint wildcard
+    int app
+
+ctypedef struct fp_sni:
+    int refcnt
+    int nnames
+    fp_sni_name* names          # exact names first, then wildcards, longest first
+    char* blob                  # the names' bytes
+    int default_app             # -1: none
+    bint accept_proxy
+    bint need_local             # some app sends a PROXY header: keep the local address
+    uint32_t count_slot         # the app slot counting errors before an app is known
 
 ctypedef struct fp_side:
     int kind                    # KIND_SIDE
@@ -146,11 +188,49 @@ cdef struct fp_conn:
     int64_t idle_timeout_ms
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
+    # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)
+    fp_sni* sni                 # held while reading the ClientHello
+    fp_persource* persource     # held while counted against a client address
+    int src_bucket
+    int port                    # the port the client dialled
+    uint32_t app_slot
+    uint32_t tgt_slot
+    int attempts                # connects started
+    int result                  # AccessResult, set where the connection is given up
+    bint timed_out              # a connect attempt timed out
+    bint preface_proxy          # still expecting the PROXY header
+    uint64_t bytes_in
+    uint64_t bytes_out
+    int64_t start_ms
     fp_conn* prev
     fp_conn* next
     fp_conn* later              # retry / graveyard list link
 
 cdef struct fp_relay
+
+# One ended connection, as the access log needs it.
+ctypedef struct fp_alog_rec:
+    int64_t time_ns             # wall clock at the end
+    int64_t duration_ms
+    uint64_t bytes_in
+    uint64_t bytes_out
+    uint32_t app_slot           # 0xffffffff: no app known
+    uint32_t tgt_slot           # 0xffffffff: no target tried
+    int port
+    int result
+    int attempts
+    int family                  # of the client address
+    uint16_t client_port
+    uint8_t client_addr[16]
+
+# Single producer (the worker) / single consumer (the Python drain thread) ring.
+ctypedef struct fp_alog:
+    uint64_t head               # written by the worker
+    uint64_t _pad1[7]
+    uint64_t tail               # written by the consumer
+    uint64_t _pad2[7]
+    uint64_t dropped            # records lost to a full ring
+    fp_alog_rec recs[ALOG_SLOTS]
 
 ctypedef struct fp_worker:
     int kind                    # KIND_WAKE: the eventfd points here
@@ -168,6 +248,9 @@ ctypedef struct fp_worker:
     int nstarved
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
     char* bounce                # small buffer to step past TCP urgent marks
+    uint8_t* peek               # SNI_MAX bytes: the ClientHello as peeked
+    uint8_t* hello              # SNI_MAX bytes: the handshake message reassembled
+    fp_alog* alog               # access log ring, NULL while the log is off
     int64_t now_ms
     int64_t next_tick_ms
     int64_t next_sweep_ms
@@ -188,6 +271,8 @@ cdef struct fp_relay:
     int pipe_size               # F_SETPIPE_SZ value, 0 = kernel default
     pthread_mutex_t lock        # guards apps[] swaps and the listener list
     fp_route** apps
-    int* port_app               # 65536 entries: app id or -1
+    int* port_app               # 65536 entries: app id, -1, or PORT_SNI
+    fp_sni** port_sni           # 65536 entries: the port's server name table
+    int alog_on                 # access log wanted (rings exist once it was)
     fp_stats** chunks
     fp_listener* listeners

@@ -29,7 +29,10 @@ cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
     while c != NULL:
         nxt = c.next
         if c.state == ST_CONNECTING and w.now_ms >= c.deadline_ms:
+            c.timed_out = True
             conn_connect_failed(w, c)
+        elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
+            preface_timeout(w, c)
         elif c.starved and c.state == ST_RELAYING:
             c.starved = False
             w.nstarved -= 1
@@ -37,6 +40,7 @@ cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
         elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
                 and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
             fp_add_u64(&c.app_st.idle_timeouts, 1)
+            c.result = R_IDLE_TIMEOUT
             conn_close_forced(w, c, False)
         c = nxt
 
@@ -93,6 +97,7 @@ cdef void* worker_main(void* arg) noexcept nogil:
         fp_store_int(&w.epoch, w.epoch + 1)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
+        w.conns.result = R_SHUTDOWN
         conn_close_forced(w, w.conns, True)
     free_graveyard(w)
     pool_drain(w)

@@ -1,0 +1,177 @@
+# Before a target is chosen, a client may owe us a PROXY header (AcceptProxyProtocol)
+# and, on a port routed by server name, a TLS ClientHello. Both are read with
+# MSG_PEEK, so nothing is taken from the socket but the PROXY header itself (read
+# exactly); the ClientHello and everything after it is relayed untouched. A client
+# has PREFACE_TIMEOUT_MS for all of it.
+
+cdef void preface_begin(fp_worker* w, fp_conn* c, bint want_proxy) noexcept nogil:
+    c.state = ST_PREFACE
+    c.preface_proxy = want_proxy
+    c.deadline_ms = w.now_ms + PREFACE_TIMEOUT_MS
+
+
+cdef void preface_fail(fp_worker* w, fp_conn* c, int result) noexcept nogil:
+    if result == R_PROXY_ERROR:
+        fp_add_u64(&c.app_st.proxy_errors, 1)
+    elif result == R_SNI_UNMATCHED:
+        fp_add_u64(&c.app_st.sni_unmatched, 1)
+    else:
+        fp_add_u64(&c.app_st.sni_errors, 1)
+    c.result = result
+    conn_close(w, c)
+
+
+cdef void preface_timeout(fp_worker* w, fp_conn* c) noexcept nogil:
+    preface_fail(w, c, R_PROXY_ERROR if c.preface_proxy else R_SNI_ERROR)
+
+
+cdef ssize_t preface_peek(fp_worker* w, fp_conn* c, void* buf, size_t size,
+                          int failure) noexcept nogil:
+    """Bytes waiting from the client (>0), or 0 after closing it or to wait."""
+    cdef ssize_t n = recv(c.cli.fd, buf, size, MSG_PEEK)
+    if n > 0:
+        return n
+    if n < 0 and errno == EAGAIN:
+        c.cli.readable = False
+    else:
+        preface_fail(w, c, failure)     # gone, or reset, before it said enough
+    return 0
+
+
+cdef int preface_read_proxy(fp_worker* w, fp_conn* c) noexcept nogil:
+    """1: header read (and taken off the socket); 0: wait, or closed."""
+    cdef uint8_t buf[PP_MAX]
+    cdef sockaddr_storage src, dst
+    cdef bint carried
+    cdef int length
+    cdef ssize_t n = preface_peek(w, c, buf, PP_MAX, R_PROXY_ERROR)
+    if n == 0:
+        return 0
+    length = proxy_parse(buf, <size_t>n, &src, &dst, &carried)
+    if length == PP_NEED_MORE and not c.cli.hup:
+        return 0                        # the rest raises a new edge
+    if length <= 0 or recv(c.cli.fd, buf, length, 0) != length:
+        preface_fail(w, c, R_PROXY_ERROR)
+        return 0
+    if carried:
+        memcpy(&c.peer, &src, sizeof(sockaddr_storage))
+        memcpy(&c.local, &dst, sizeof(sockaddr_storage))
+    c.preface_proxy = False
+    return 1
+
+
+cdef int preface_read_hello(fp_worker* w, fp_conn* c) noexcept nogil:
+    """The app the ClientHello's server name goes to; -1: wait, or closed."""
+    cdef uint8_t* name = NULL
+    cdef size_t name_len = 0
+    cdef int rc, app
+    cdef ssize_t n = preface_peek(w, c, w.peek, SNI_MAX, R_SNI_ERROR)
+    if n == 0:
+        return -1
+    rc = sni_parse(w.peek, <size_t>n, w.hello, &name, &name_len)
+    if rc == SNI_NEED_MORE and not c.cli.hup and n < SNI_MAX:
+        return -1
+    if rc != SNI_FOUND and rc != SNI_ABSENT:
+        preface_fail(w, c, R_SNI_ERROR)
+        return -1
+    app = sni_lookup(c.sni, name, name_len)
+    if app < 0:
+        preface_fail(w, c, R_SNI_UNMATCHED)
+    return app
+
+
+cdef bint preface_route(fp_worker* w, fp_conn* c, int app) noexcept nogil:
+    """Hand a client routed by name over to its app: counters, route, limits."""
+    cdef fp_route* rt = route_get(w.relay, app)
+    cdef fp_stats* app_st
+    if rt == NULL:
+        preface_fail(w, c, R_SNI_UNMATCHED)    # the app went away in a reload
+        return False
+    sni_decref(c.sni)
+    c.sni = NULL
+    app_st = stats_slot(w.relay, rt.app_slot)
+    fp_add_i64(&c.app_st.active, -1)
+    fp_add_i64(&app_st.active, 1)
+    c.app_st = app_st
+    c.app_slot = rt.app_slot
+    c.route = rt
+    c.idle_timeout_ms = rt.idle_timeout_ms
+    if rt.max_conns > 0 and fp_load_i64(&app_st.active) > rt.max_conns:
+        fp_add_u64(&app_st.rejected, 1)
+        c.result = R_REJECTED
+        conn_close(w, c)
+        return False
+    fp_add_u64(&app_st.connections, 1)
+    return True
+
+
+cdef void preface_step(fp_worker* w, fp_conn* c) noexcept nogil:
+    """The client sent something (or went away): read on, and once all is there,
+    route and connect."""
+    cdef int app
+    if c.preface_proxy and not preface_read_proxy(w, c):
+        return
+    if c.sni != NULL:
+        app = preface_read_hello(w, c)
+        if app < 0 or not preface_route(w, c, app):
+            return
+    # The bytes after the preface wait in the socket; no new edge will say so.
+    c.cli.readable = True
+    conn_start(w, c)
+
+
+cdef void conn_start(fp_worker* w, fp_conn* c) noexcept nogil:
+    """The client's address and app are known: apply the per-source limit, pick
+    a target and connect."""
+    cdef fp_route* rt = c.route
+    c.state = ST_NEW
+    if rt.persource != NULL and not persource_admit(c, rt.persource):
+        fp_add_u64(&c.app_st.rejected_per_source, 1)
+        c.result = R_REJECTED
+        conn_close(w, c)
+        return
+    c.start_idx = pick_first(w, rt, c)
+    if c.start_idx < 0:
+        fp_add_u64(&c.app_st.no_target, 1)
+        c.result = R_NO_TARGET
+        conn_close(w, c)
+        return
+    conn_connect_next(w, c)
+
+
+cdef void accept_by_name(fp_worker* w, int fd, sockaddr_storage* peer,
+                         sockaddr_storage* local, int port) noexcept nogil:
+    """A client of a port shared by apps with ServerNames: its app is known once
+    its ClientHello is in. Until then it counts against the table's count_slot."""
+    cdef fp_sni* t = sni_get(w.relay, port)
+    cdef socklen_t llen = sizeof(sockaddr_storage)
+    cdef fp_conn* c
+    if t == NULL:
+        close(fd)
+        return
+    if t.need_local and local.ss_family == 0:
+        getsockname(fd, <sockaddr*>local, &llen)
+    c = conn_new(w, fd)
+    if c == NULL:
+        sni_decref(t)
+        close(fd)
+        return
+    memcpy(&c.peer, peer, sizeof(sockaddr_storage))
+    memcpy(&c.local, local, sizeof(sockaddr_storage))
+    c.port = port
+    c.sni = t
+    c.app_st = stats_slot(w.relay, t.count_slot)
+    fp_add_i64(&c.app_st.active, 1)
+    if register_side(w, &c.cli) < 0:
+        conn_close(w, c)
+        return
+    preface_begin(w, c, t.accept_proxy)
+
+
+cdef void conn_finish(fp_worker* w, fp_conn* c) noexcept nogil:
+    """What conn_close owes the features of this file and its neighbours."""
+    alog_conn(w, c)
+    persource_release(c)
+    if c.sni != NULL:
+        sni_decref(c.sni)
+        c.sni = NULL
