@@ -657,7 +657,11 @@ def test_error_messages(data: object, expected: list[str]) -> None:
 
 def test_error_names_both_apps_for_duplicate_port() -> None:
     message = error_of(with_app(1, Ports=[5002]))
-    assert message == f'{SRC}: app "b" (Apps[1]): Ports: port 5002 is already used by app "a"'
+    assert message == (
+        f'{SRC}: app "b" (Apps[1]): Ports: port 5002 is already used by app "a" (apps share'
+        " a port only when they route by ServerNames; at most one of them, the default, may"
+        " have none)"
+    )
 
 
 def test_messages_stay_on_one_line_with_hostile_text() -> None:

@@ -7,6 +7,13 @@ TARGET_DISABLED: int
 BALANCE: dict[str, int]
 MAX_SLOTS: int
 STATS_FIELDS: tuple[str, ...]
+ACCESS_RESULTS: tuple[str, ...]
+NO_SLOT_ID: int
+
+def parse_proxy_header_for_tests(
+    data: bytes,
+) -> int | tuple[int, tuple[str, int] | None, tuple[str, int] | None]: ...
+def parse_client_hello_for_tests(data: bytes) -> str | None | int: ...
 
 class Relay:
     def __init__(
@@ -38,7 +45,24 @@ class Relay:
         idle_timeout: float = 0.0,
         max_connections: int = 0,
         proxy_protocol: int = 0,
+        accept_proxy_protocol: bool = False,
+        max_connections_per_source: int = 0,
     ) -> None: ...
+    def set_port_sni(
+        self,
+        port: int,
+        names: list[tuple[str, int]],
+        *,
+        default_app: int = -1,
+        accept_proxy: bool = False,
+        need_local: bool = False,
+        count_slot: int,
+    ) -> None: ...
+    def set_access_log(self, on: bool) -> None: ...
+    def drain_access_log(
+        self,
+    ) -> list[tuple[int, int, int, int, int, int, int, int, int, str, int]]: ...
+    def access_log_dropped(self) -> int: ...
     def remove_app(self, app_id: int) -> None: ...
     def set_target_state(self, app_id: int, index: int, state: int) -> None: ...
     def stats(self, slot: int) -> tuple[int, ...]: ...

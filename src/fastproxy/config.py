@@ -68,6 +68,7 @@ TOP_KEYS = (
     "PipeSize",
     "User",
     "Group",
+    "AccessLog",
 )
 APP_KEYS = (
     "Name",
@@ -79,6 +80,9 @@ APP_KEYS = (
     "IdleTimeout",
     "MaxConnections",
     "ProxyProtocol",
+    "AcceptProxyProtocol",
+    "ServerNames",
+    "MaxConnectionsPerSource",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -150,6 +154,9 @@ class App:
     idle_timeout: float = 3600.0  # seconds; 0 disables
     max_connections: int = 0  # 0 = unlimited
     proxy_protocol: str | None = None  # None | "v1" | "v2"
+    accept_proxy_protocol: bool = False  # clients start with a PROXY header
+    server_names: tuple[str, ...] = ()  # TLS server names (lower case), exact or "*.suffix"
+    max_connections_per_source: int = 0  # 0 = unlimited
 
 
 @dataclass(frozen=True)
@@ -164,11 +171,25 @@ class Config:
     pipe_size: int = 0  # bytes; 0 = kernel default
     user: str | None = None  # started as root: drop to this user once set up
     group: str | None = None  # ...and this group (default: the user's)
+    access_log: str | None = None  # a path, "-" for stderr, None: off
     source: str = "<config>"  # the file it came from, for messages
 
     def port_owner(self) -> dict[int, str]:
-        """Map every configured port to the name of the app that owns it."""
-        return {port: app.name for app in self.apps for port in app.ports}
+        """Map every configured port to the name of the app that owns it; on a port
+        shared by name, the default app (the one without ServerNames), else the first."""
+        owner: dict[int, str] = {}
+        for port, apps in self.port_apps().items():
+            default = [app for app in apps if not app.server_names]
+            owner[port] = (default or apps)[0].name
+        return owner
+
+    def port_apps(self) -> dict[int, list[App]]:
+        """Map every configured port to the apps on it (several when shared by name)."""
+        apps: dict[int, list[App]] = {}
+        for app in self.apps:
+            for port in app.ports:
+                apps.setdefault(port, []).append(app)
+        return apps
 
     def app(self, name: str) -> App:
         """The app called `name`; KeyError if there is none."""
@@ -419,6 +440,7 @@ def _parse_top(data: object, source: str) -> Config:
     relay = _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES)
     pipe_size = _parse_pipe_size(data.get("PipeSize", 0))
     user, group = _parse_account(data.get("User"), data.get("Group"))
+    access_log = _parse_access_log(data.get("AccessLog"))
     apps = _parse_apps(raw_apps, source)
     _check_admin_port(admin, apps, explicit="Admin" in data)
     return Config(
@@ -432,6 +454,7 @@ def _parse_top(data: object, source: str) -> Config:
         pipe_size=pipe_size,
         user=user,
         group=group,
+        access_log=access_log,
         source=source,
     )
 
@@ -439,16 +462,49 @@ def _parse_top(data: object, source: str) -> Config:
 def _parse_apps(raw_apps: Sequence[object], source: str) -> tuple[App, ...]:
     apps: list[App] = []
     names: dict[str, int] = {}  # app name -> index, for duplicate names
-    owners: dict[int, str] = {}  # port -> app name, for duplicate ports
+    owners: dict[int, list[App]] = {}  # port -> apps on it, for duplicate ports
     for i, raw in enumerate(raw_apps):
         try:
-            app = _parse_app(raw, names, owners)
+            app = _parse_app(raw, names)
+            _check_port_sharing(app, owners)
         except _Invalid as err:
             raise _error(source, _app_label(raw, i), err) from None
         names[app.name] = i
-        owners.update(dict.fromkeys(app.ports, app.name))
+        for port in app.ports:
+            owners.setdefault(port, []).append(app)
         apps.append(app)
     return tuple(apps)
+
+
+def _check_port_sharing(app: App, owners: dict[int, list[App]]) -> None:
+    """Apps share a port only when the relay can tell their clients apart by TLS
+    server name: all of them have ServerNames, but for at most one default."""
+    for port in app.ports:
+        others = owners.get(port, [])
+        if not others:
+            continue
+        first = others[0]
+        unnamed = [other for other in others if not other.server_names]
+        if not app.server_names and unnamed:
+            raise _Invalid(
+                "Ports",
+                f"port {port} is already used by app {_q(unnamed[0].name)}"
+                " (apps share a port only when they route by ServerNames; at most one"
+                " of them, the default, may have none)",
+            )
+        for other in others:
+            both = sorted(set(app.server_names) & set(other.server_names))
+            if both:
+                raise _Invalid(
+                    "ServerNames",
+                    f"{_q(both[0])} is also a server name of app {_q(other.name)} on port {port}",
+                )
+        if app.accept_proxy_protocol != first.accept_proxy_protocol:
+            theirs = "true" if first.accept_proxy_protocol else "false"
+            raise _Invalid(
+                "AcceptProxyProtocol",
+                f"apps sharing port {port} must agree, app {_q(first.name)} has {theirs}",
+            )
 
 
 def _app_label(raw: object, index: int) -> str:
@@ -459,14 +515,14 @@ def _app_label(raw: object, index: int) -> str:
     return f"Apps[{index}]"
 
 
-def _parse_app(raw: object, names: dict[str, int], owners: dict[int, str]) -> App:
+def _parse_app(raw: object, names: dict[str, int]) -> App:
     if not isinstance(raw, dict):
         raise _Invalid("", f"expected an app object, {_got(raw)}")
     _check_keys(raw, APP_KEYS)
     proxy_protocol = raw.get("ProxyProtocol")
     return App(
         name=_parse_name(_required(raw, "Name"), names),
-        ports=_parse_ports(_required(raw, "Ports"), owners),
+        ports=_parse_ports(_required(raw, "Ports")),
         targets=_parse_targets(_required(raw, "Targets")),
         balance=_choice(raw.get("Balance", "round-robin"), "Balance", BALANCE_MODES),
         health_check=_parse_health(raw.get("HealthCheck", {})),
@@ -478,7 +534,52 @@ def _parse_app(raw: object, names: dict[str, int], owners: dict[int, str]) -> Ap
             if proxy_protocol is None
             else _choice(proxy_protocol, "ProxyProtocol", PROXY_PROTOCOLS)
         ),
+        accept_proxy_protocol=_boolean(
+            raw.get("AcceptProxyProtocol", False), "AcceptProxyProtocol"
+        ),
+        server_names=_parse_server_names(raw.get("ServerNames")),
+        max_connections_per_source=_integer(
+            raw.get("MaxConnectionsPerSource", 0), "MaxConnectionsPerSource", 0, MAX_COUNT
+        ),
     )
+
+
+_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
+
+
+def _parse_server_names(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid("ServerNames", f"expected a list of server names, {_got(value)}")
+    if not value:
+        raise _Invalid("ServerNames", "empty list, leave the key out to route without names")
+    names: list[str] = []
+    for i, item in enumerate(value):
+        field = f"ServerNames[{i}]"
+        if not isinstance(item, str):
+            raise _Invalid(field, f"expected a server name string, {_got(item)}")
+        name = item.lower()
+        if len(name) > 255 or not _SERVER_NAME.fullmatch(name):
+            raise _Invalid(
+                field,
+                f'{_q(item)} is not a server name ("www.example.com") or a wildcard'
+                ' ("*.example.com")',
+            )
+        if name in names:
+            raise _Invalid(field, f"{_q(item)} is listed more than once")
+        names.append(name)
+    return tuple(names)
+
+
+def _parse_access_log(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("AccessLog", f'expected a file path or "-" for stderr, {_got(value)}')
+    if not value.strip() or "\0" in value:
+        raise _Invalid("AccessLog", f'{_q(value)} is not a file path (or "-" for stderr)')
+    return value
 
 
 def _parse_name(value: object, names: dict[str, int]) -> str:
@@ -607,6 +708,12 @@ def _status_range(value: object) -> tuple[int, int]:
 # --------------------------------------------------------------------------- scalars
 
 
+def _boolean(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(field, f"expected true or false, {_got(value)}")
+    return value
+
+
 def _integer(value: object, field: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(field, f"expected an integer, {_got(value)}")
@@ -705,7 +812,7 @@ def _expand_port(item: object, field: str) -> range:
     return range(first, last + 1)
 
 
-def _parse_ports(value: object, owners: dict[int, str]) -> tuple[int, ...]:
+def _parse_ports(value: object) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)):
         raise _Invalid("Ports", f"expected a list of ports, {_got(value)}")
     if not value:
@@ -716,8 +823,6 @@ def _parse_ports(value: object, owners: dict[int, str]) -> tuple[int, ...]:
         for port in _expand_port(item, f"Ports[{i}]"):
             if port in seen:
                 raise _Invalid("Ports", f"port {port} is listed more than once")
-            if port in owners:
-                raise _Invalid("Ports", f"port {port} is already used by app {_q(owners[port])}")
             seen.add(port)
             ports.append(port)
     return tuple(ports)
@@ -998,7 +1103,9 @@ def _health_summary(hc: HealthCheck) -> str:
 
 def _app_summary(app: App) -> list[str]:
     limit = str(app.max_connections) if app.max_connections else "unlimited"
+    per_source = str(app.max_connections_per_source or "unlimited")
     idle = _seconds(app.idle_timeout) if app.idle_timeout else "off"
+    names = ", ".join(app.server_names) if app.server_names else "any (no SNI routing)"
     return [
         f"app {_q(app.name)}",
         _wrap("ports:       ", f"{format_ports(app.ports)} ({_plural(len(app.ports), 'port')})"),
@@ -1007,7 +1114,16 @@ def _app_summary(app: App) -> list[str]:
         _wrap("health:      ", _health_summary(app.health_check)),
         f"  connections: connect timeout {_seconds(app.connect_timeout)}, idle timeout {idle},"
         f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
+        f"  clients:     max {per_source} per source address, PROXY header"
+        f" {'required' if app.accept_proxy_protocol else 'not accepted'}",
+        _wrap("server names:", " " + names),
     ]
+
+
+def _access_log_summary(path: str | None) -> str:
+    if path is None:
+        return "off"
+    return "stderr" if path == "-" else path
 
 
 def _listen_summary(address: str) -> str:
@@ -1040,6 +1156,7 @@ def summary(config: Config) -> str:
         f"  steering:    {config.steering}",
         f"  relay:       {config.relay}, pipe size {pipe}",
         f"  drain:       {_seconds(config.drain_timeout)}",
+        f"  access log:  {_access_log_summary(config.access_log)}",
     ]
     if config.user is not None:
         lines.append(f"  user:        {config.user}" + (f":{config.group}" if config.group else ""))

@@ -20,7 +20,9 @@ class ProxyCollector(Collector):
         steering_counters: Callable[[], dict[str, int] | None],
         health_checks: Callable[[], int],
         source_gauges: Callable[[], dict[str, float]] = dict,
+        access_log_dropped: Callable[[], int] = lambda: 0,
     ) -> None:
+        self.access_log_dropped = access_log_dropped
         self.routes = routes
         self.reloads = reloads
         self.steering_counters = steering_counters
@@ -54,7 +56,14 @@ class ProxyCollector(Collector):
                 "fastproxy_panic", "Clients sent to targets while none was up", labels=["app"]
             ),
             "rejected": CounterMetricFamily(
-                "fastproxy_rejected", "Clients closed over MaxConnections", labels=["app"]
+                "fastproxy_rejected",
+                "Clients closed at once: over MaxConnections or MaxConnectionsPerSource",
+                labels=["app", "reason"],
+            ),
+            "proxy_errors": CounterMetricFamily(
+                "fastproxy_proxy_protocol_errors",
+                "Clients closed without a valid PROXY header in time",
+                labels=["app"],
             ),
             "idle": CounterMetricFamily(
                 "fastproxy_idle_timeouts", "Connections closed for idleness", labels=["app"]
@@ -70,6 +79,7 @@ class ProxyCollector(Collector):
         }
         with self.routes.lock:
             apps = list(self.routes.apps.values())
+        sni_unmatched = sni_errors = 0
         for app in apps:
             name = app.app.name
             stats = self.routes.stats(app.slot)
@@ -77,7 +87,11 @@ class ProxyCollector(Collector):
             m["bytes"].add_metric([name, "out"], stats["bytes_out"])
             m["no_target"].add_metric([name], stats["no_target"])
             m["panic"].add_metric([name], stats["panic"])
-            m["rejected"].add_metric([name], stats["rejected"])
+            m["rejected"].add_metric([name, "max-connections"], stats["rejected"])
+            m["rejected"].add_metric([name, "per-source"], stats["rejected_per_source"])
+            m["proxy_errors"].add_metric([name], stats["proxy_errors"])
+            sni_unmatched += stats["sni_unmatched"]
+            sni_errors += stats["sni_errors"]
             m["idle"].add_metric([name], stats["idle_timeouts"])
             m["accepted"].add_metric([name], stats["connections"])
             m["local"].add_metric([name], stats["local_errors"])
@@ -89,6 +103,21 @@ class ProxyCollector(Collector):
                 m["failures"].add_metric(labels, tstats["connect_failures"])
                 m["up"].add_metric(labels, 1 if target.state == "up" else 0)
         yield from m.values()
+        yield CounterMetricFamily(
+            "fastproxy_sni_unmatched",
+            "TLS clients closed: no app has their server name and the port has no default",
+            value=sni_unmatched,
+        )
+        yield CounterMetricFamily(
+            "fastproxy_sni_errors",
+            "TLS clients closed: malformed, truncated or late ClientHello",
+            value=sni_errors,
+        )
+        yield CounterMetricFamily(
+            "fastproxy_access_log_dropped",
+            "Access log lines lost (ring full, or the destination could not take them)",
+            value=self.access_log_dropped(),
+        )
 
         reloads = CounterMetricFamily(
             "fastproxy_reloads", "Configuration reloads", labels=["result"]

@@ -55,8 +55,11 @@ class Routes:
         self.relay = relay
         self.apps: dict[str, AppRuntime] = {}
         self.port_owner: dict[int, str] = {}
+        self.sni_ports: set[int] = set()  # ports routed by TLS server name
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}
+        # slot -> ("app", name) or ("target", app name, address), for the access log
+        self.slot_keys: dict[int, tuple[str, ...]] = {}
         self._known: dict[tuple[str, str], TargetRuntime] = {}
         # Last good answer per host: a reload whose lookup is slow or fails (or a
         # rollback, which resolves nothing) keeps routing to it.
@@ -68,6 +71,7 @@ class Routes:
     def _slot(self, *key: str) -> int:
         if key not in self._slots:
             self._slots[key] = len(self._slots)
+            self.slot_keys[self._slots[key]] = key
         return self._slots[key]
 
     def _app_id(self, name: str) -> int:
@@ -97,15 +101,34 @@ class Routes:
             apps[app.name] = runtime
             self.publish(runtime)
         port_owner = config.port_owner()
-        for port, name in port_owner.items():
-            if self.port_owner.get(port) != name:
-                self.relay.set_port(port, apps[name].app_id)
+        sni_ports = set()
+        for port, on_port in config.port_apps().items():
+            if any(app.server_names for app in on_port):
+                self._route_by_name(port, on_port, apps)
+                sni_ports.add(port)
+            elif self.port_owner.get(port) != port_owner[port] or port in self.sni_ports:
+                self.relay.set_port(port, apps[port_owner[port]].app_id)
         for port in self.port_owner.keys() - port_owner.keys():
             self.relay.set_port(port, -1)
         for name in self.apps.keys() - apps.keys():
             self.relay.remove_app(self.apps[name].app_id)
         self.apps = apps
         self.port_owner = port_owner
+        self.sni_ports = sni_ports
+
+    def _route_by_name(self, port: int, on_port: list[App], apps: dict[str, AppRuntime]) -> None:
+        """A port whose clients go to an app by TLS server name (config.py made sure
+        the apps on it may share it)."""
+        default = [app for app in on_port if not app.server_names]
+        names = [(name, apps[app.name].app_id) for app in on_port for name in app.server_names]
+        self.relay.set_port_sni(
+            port,
+            names,
+            default_app=apps[default[0].name].app_id if default else -1,
+            accept_proxy=on_port[0].accept_proxy_protocol,
+            need_local=any(app.proxy_protocol for app in on_port),
+            count_slot=apps[(default or on_port)[0].name].slot,
+        )
 
     def _remember(self, addresses: Mapping[str, Address | None], hosts: set[str]) -> None:
         fresh = {host: a for host, a in addresses.items() if a is not None}
@@ -138,6 +161,8 @@ class Routes:
             idle_timeout=app.idle_timeout,
             max_connections=app.max_connections,
             proxy_protocol=PROXY_PROTOCOL[app.proxy_protocol],
+            accept_proxy_protocol=app.accept_proxy_protocol,
+            max_connections_per_source=app.max_connections_per_source,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from . import __version__, _relay
+from .accesslog import AccessLog
 from .admin import AdminServer
 from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
@@ -97,6 +98,7 @@ class Server:
         self.helper_errors = {"dns": 0}  # unexpected errors a helper thread survived
         self.started_at = time.monotonic()
         self.health = HealthChecker(self.routes, on_down=self._target_down)
+        self.access_log = AccessLog(self.relay, self.routes)
         self.registry = make_registry(
             ProxyCollector(
                 self.routes,
@@ -104,6 +106,7 @@ class Server:
                 self._steering_counters,
                 lambda: self.health.checks_done,
                 source.gauges if source is not None else dict,
+                self.access_log.dropped,
             )
         )
         self.admin: AdminServer | None = None
@@ -132,6 +135,7 @@ class Server:
         except BaseException:
             self._release_listeners()
             raise
+        self.access_log.configure(self.config.access_log)
         self.relay.start()
         self.health.start()
         self._maintenance.start()
@@ -323,6 +327,7 @@ class Server:
             self._roll_back(change)
             raise
         self.listeners.commit(change)
+        self.access_log.configure(new.access_log)
         self.config = new
 
     def _roll_back(self, change: Change) -> None:
@@ -464,6 +469,7 @@ class Server:
         if self.admin is not None:
             self.admin.stop()
         self.relay.stop()
+        self.access_log.close()
 
     def abandon(self) -> None:
         """A successor giving up before go_live(): release what it holds (copies of its
@@ -476,6 +482,7 @@ class Server:
         if self.admin is not None:
             self.admin.stop()
         self.relay.stop()
+        self.access_log.close()
 
 
 def run(
@@ -522,9 +529,20 @@ def run(
         reload_requested.set()
         wake.set()
 
+    server: Server | None = None
+
+    def on_usr1(signum: int, frame: FrameType | None) -> None:
+        if server is not None:
+            server.access_log.reopen()  # logrotate moved the file away
+
     # Installed before a takeover starts: a signal during it abandons the takeover
     # instead of killing us half way (the running process would survive that too).
-    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+    handlers = {
+        signal.SIGTERM: on_stop,
+        signal.SIGINT: on_stop,
+        signal.SIGHUP: on_hup,
+        signal.SIGUSR1: on_usr1,
+    }
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     control: ControlServer | None = None
     try:
