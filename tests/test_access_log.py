@@ -1,0 +1,125 @@
+"""AccessLog: one JSON line per connection when it ends, written from rings the
+relay fills; SIGUSR1 reopens the file; a destination that cannot take the lines
+never slows relaying, and the lost lines are counted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from metricsutil import metric
+from proxyproc import Proxy, app, free_ports
+from servers import HashingEcho
+
+
+def lines_of(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The log's entries once there are `count` of them (and no more after a pause)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        entries = [json.loads(line) for line in text.splitlines()]
+        if len(entries) >= count:
+            time.sleep(0.3)  # the drain runs every 100 ms: nothing more may come
+            text = path.read_text()
+            return [json.loads(line) for line in text.splitlines()]
+        assert time.monotonic() < deadline, f"{len(entries)} lines, expected {count}"
+        time.sleep(0.05)
+
+
+def client(port: int, payload: bytes, header: bytes = b"") -> tuple[str, bytes]:
+    """One exchange; (the client's own "ip:port", what came back)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        me = "{}:{}".format(*sock.getsockname())
+        chunks = []
+        with contextlib.suppress(OSError):  # closed at once: no target, or turned away
+            sock.sendall(header + payload)
+            sock.shutdown(socket.SHUT_WR)
+            chunks += iter(lambda: sock.recv(65536), b"")
+        return me, b"".join(chunks)
+
+
+def test_one_line_per_connection_with_its_fields(tmp_path: Path) -> None:
+    echo = HashingEcho()
+    port, dead_port, lb_port, capped_port, nowhere = free_ports(5)
+    log = tmp_path / "access.log"
+    apps = [
+        app("echo", [port], [echo.address]),
+        app("dead", [dead_port], [f"127.0.0.1:{nowhere}"]),
+        app("lb", [lb_port], [echo.address], AcceptProxyProtocol=True),
+        app("capped", [capped_port], [echo.address], MaxConnections=1),
+    ]
+    proxy = Proxy(tmp_path, {"Apps": apps, "AccessLog": str(log)})
+    sizes = {}
+    for size in (0, 1, 1000, 300_000):
+        me, reply = client(port, os.urandom(size))
+        assert len(reply) == size
+        sizes[me] = size
+    dead_client, _ = client(dead_port, b"lost")
+    lb_client, _ = client(lb_port, b"hello", b"PROXY TCP4 203.0.113.9 10.0.0.1 4242 443\r\n")
+    with socket.create_connection(("127.0.0.1", capped_port), timeout=10) as held:
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"
+        rejected_client, reply = client(capped_port, b"y")
+        assert reply == b""
+    entries = lines_of(log, 8)
+    assert len(entries) == 8
+    by_client = {e["client"]: e for e in entries}
+    for me, size in sizes.items():
+        e = by_client[me]
+        assert (e["app"], e["port"], e["target"], e["result"]) == ("echo", port, echo.address, "ok")
+        assert (e["bytes_in"], e["bytes_out"], e["connect_attempts"]) == (size, size, 1)
+        assert 0 <= e["duration"] < 10
+        assert e["time"].endswith("Z")
+    dead = by_client[dead_client]
+    assert (dead["app"], dead["result"], dead["target"]) == (
+        "dead",
+        "no-target",
+        f"127.0.0.1:{nowhere}",
+    )
+    assert (dead["bytes_in"], dead["bytes_out"], dead["connect_attempts"]) == (0, 0, 1)
+    carried = by_client["203.0.113.9:4242"]  # the address the PROXY header carries
+    assert lb_client not in by_client
+    assert (carried["app"], carried["result"], carried["bytes_in"]) == ("lb", "ok", 5)
+    assert by_client[rejected_client]["result"] == "rejected"
+    capped = [e for e in entries if e["app"] == "capped"]
+    assert sorted(e["result"] for e in capped) == ["ok", "rejected"]
+    assert metric(proxy, "fastproxy_access_log_dropped_total") == 0
+
+
+def test_sigusr1_reopens_after_rotation(tmp_path: Path) -> None:
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    log = tmp_path / "access.log"
+    proxy = Proxy(tmp_path, {"Apps": [app("echo", [port], [echo.address])], "AccessLog": str(log)})
+    before = {client(port, b"before")[0] for _ in range(3)}
+    assert len(lines_of(log, 3)) == 3
+    log.rename(tmp_path / "access.log.1")  # what logrotate does
+    proxy.proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    after = {client(port, b"after")[0] for _ in range(2)}
+    assert {e["client"] for e in lines_of(log, 2)} == after
+    assert {e["client"] for e in lines_of(tmp_path / "access.log.1", 3)} == before
+
+
+def test_a_stuck_destination_never_stalls_relaying(tmp_path: Path) -> None:
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)  # nobody reads it: the proxy cannot even open it for writing
+    proxy = Proxy(tmp_path, {"Apps": [app("echo", [port], [echo.address])], "AccessLog": str(fifo)})
+    begun = time.monotonic()
+    for i in range(50):
+        assert client(port, b"%d" % i)[1] == b"%d" % i
+    assert time.monotonic() - begun < 20
+    deadline = time.monotonic() + 5
+    while metric(proxy, "fastproxy_access_log_dropped_total") < 50:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert metric(proxy, "fastproxy_access_log_dropped_total") == 50
+    assert proxy.stop() == 0  # and it stops promptly
