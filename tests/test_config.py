@@ -879,3 +879,99 @@ def test_fuzz_corrupted_json_text_only_raises_config_error(tmp_path: Path) -> No
 @pytest.mark.parametrize("data", [None, 1, "x", [], 1.5, True, {1: 2}, {"Apps": [None]}])
 def test_any_top_level_value_is_a_config_error(data: object) -> None:
     error_of(data)
+
+
+# --------------------------------------------------------------------------- L4 client features
+
+
+def sharing(*apps: dict[str, Any]) -> dict[str, Any]:
+    return {"Apps": [{"Targets": ["10.0.0.1:443"], **a} for a in apps]}
+
+
+def test_apps_share_a_port_by_server_name() -> None:
+    config = parse_config(
+        sharing(
+            {"Name": "a", "Ports": [443], "ServerNames": ["A.example.com"]},
+            {"Name": "w", "Ports": [443, 8443], "ServerNames": ["*.example.com"]},
+            {"Name": "default", "Ports": [443]},
+        ),
+        SRC,
+    )
+    assert config.app("a").server_names == ("a.example.com",)
+    assert [a.name for a in config.port_apps()[443]] == ["a", "w", "default"]
+    assert config.port_owner() == {443: "default", 8443: "w"}
+    text = summary(config)
+    assert "server names: a.example.com" in text
+    assert "access log:  off" in text
+
+
+def test_new_keys_parse_and_show_in_the_summary() -> None:
+    data = with_app(0, AcceptProxyProtocol=True, MaxConnectionsPerSource=3)
+    data["AccessLog"] = "/var/log/fastproxy/access.log"
+    config = parse_config(data, SRC)
+    assert config.apps[0].accept_proxy_protocol is True
+    assert config.apps[0].max_connections_per_source == 3
+    assert config.access_log == "/var/log/fastproxy/access.log"
+    text = summary(config)
+    assert "max 3 per source address, PROXY header required" in text
+    assert "access log:  /var/log/fastproxy/access.log" in text
+    assert "access log:  stderr" in summary(parse_config(two_apps(AccessLog="-"), SRC))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            with_app(1, AcceptProxyProtocol="yes"),
+            APP_B + 'AcceptProxyProtocol: expected true or false, got string "yes"',
+        ),
+        (
+            with_app(1, MaxConnectionsPerSource=-1),
+            APP_B + "MaxConnectionsPerSource: must be between 0 and 2147483647, got -1",
+        ),
+        (with_app(1, ServerNames="a.com"), APP_B + "ServerNames: expected a list of server names"),
+        (with_app(1, ServerNames=[]), APP_B + "ServerNames: empty list"),
+        (
+            with_app(1, ServerNames=["a.com", "bad name"]),
+            APP_B + 'ServerNames[1]: "bad name" is not a server name',
+        ),
+        (with_app(1, ServerNames=["a.*.com"]), APP_B + 'ServerNames[0]: "a.*.com" is not a server'),
+        (
+            with_app(1, ServerNames=["a.com", "A.com"]),
+            APP_B + 'ServerNames[1]: "A.com" is listed more than once',
+        ),
+        (two_apps(AccessLog=1), f'{SRC}: AccessLog: expected a file path or "-" for stderr'),
+        (two_apps(AccessLog=" "), f'{SRC}: AccessLog: " " is not a file path'),
+        (
+            sharing(
+                {"Name": "x", "Ports": [443], "ServerNames": ["x.com"]},
+                {"Name": "y", "Ports": [443]},
+                {"Name": "z", "Ports": [443]},
+            ),
+            f'{SRC}: app "z" (Apps[2]): Ports: port 443 is already used by app "y" (apps share',
+        ),
+        (
+            sharing(
+                {"Name": "x", "Ports": [443], "ServerNames": ["x.com", "*.x.com"]},
+                {"Name": "y", "Ports": [443], "ServerNames": ["*.x.com"]},
+            ),
+            f'{SRC}: app "y" (Apps[1]): ServerNames: "*.x.com" is also a server name of app "x"'
+            " on port 443",
+        ),
+        (
+            sharing(
+                {"Name": "x", "Ports": [443], "ServerNames": ["x.com"]},
+                {
+                    "Name": "y",
+                    "Ports": [443],
+                    "ServerNames": ["y.com"],
+                    "AcceptProxyProtocol": True,
+                },
+            ),
+            f'{SRC}: app "y" (Apps[1]): AcceptProxyProtocol: apps sharing port 443 must agree,'
+            ' app "x" has false',
+        ),
+    ],
+)
+def test_new_key_errors(data: dict[str, Any], expected: str) -> None:
+    assert error_of(data).startswith(expected)
