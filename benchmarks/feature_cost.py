@@ -1,0 +1,165 @@
+"""What AcceptProxyProtocol, ServerNames, MaxConnectionsPerSource and AccessLog cost
+in new connections per second: wrk (one request per connection) through fastproxy to
+nginx, each feature against the same proxy without it, interleaved in rounds.
+
+    python benchmarks/feature_cost.py [SECONDS] [ROUNDS]      (defaults 5, 3)
+
+Bounded (variants x rounds x SECONDS of load) and stand-alone: it starts and stops its
+own nginx and proxies, and prints one line per variant with the median rate."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_procs import HOST, free_ports
+from bench_wrk import parse
+
+CONCURRENCY = 32
+NGINX = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp;
+    proxy_temp_path {d}/tmp;
+    fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp;
+    scgi_temp_path {d}/tmp;
+    server {{ listen {host}:{http} backlog=4096; location / {{ return 200 "ok\\n"; }} }}
+    server {{
+        listen {host}:{https} ssl backlog=4096;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+# wrk cannot send a PROXY header: HAProxy in front does, for both sides of that pair.
+HAPROXY = """\
+global
+    maxconn 8192
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+listen front
+    bind {host}:{port}
+    server proxy {host}:{target}{send_proxy}
+"""
+
+
+def variants(http: int, https: int, d: Path) -> dict[str, tuple[dict, str, bool | None]]:
+    """name -> (app settings, scheme, behind HAProxy: None no, else with send-proxy?)"""
+    plain = {"Targets": [f"{HOST}:{http}"]}
+    tls = {"Targets": [f"{HOST}:{https}"]}
+    return {
+        "http": (plain, "http", None),
+        "http + AccessLog": ({**plain, "access_log": str(d / "access.log")}, "http", None),
+        "http + MaxConnectionsPerSource": (
+            {**plain, "MaxConnectionsPerSource": 100000}, "http", None),
+        "haproxy > http": (plain, "http", False),
+        "haproxy > http + AcceptProxyProtocol": (
+            {**plain, "AcceptProxyProtocol": True}, "http", True),
+        "https": (tls, "https", None),
+        "https + ServerNames": ({**tls, "ServerNames": [HOST]}, "https", None),  # wrk's SNI
+    }  # fmt: skip
+
+
+def start_proxy(d: Path, name: str, settings: dict) -> tuple[subprocess.Popen, int]:
+    (port,) = free_ports(1)
+    settings = dict(settings)
+    access_log = settings.pop("access_log", None)
+    config = {"Apps": [{"Name": "bench", "Ports": [port], **settings}], "Workers": 1,
+              "Steering": "ports", "Listen": HOST, "Admin": f"{HOST}:0"}  # fmt: skip
+    if access_log:
+        config["AccessLog"] = access_log
+    path = d / f"{abs(hash(name))}.json"
+    path.write_text(json.dumps(config))
+    log = open(d / f"{abs(hash(name))}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "serve", str(path),
+                             "--control-socket", str(d / f"{abs(hash(name))}.sock")],
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 15
+    while b"serving" not in (d / f"{abs(hash(name))}.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((d / f"{abs(hash(name))}.log").read_text())
+        time.sleep(0.05)
+    return proc, port
+
+
+def start_haproxy(d: Path, target: int, send_proxy: bool) -> tuple[subprocess.Popen, int]:
+    (port,) = free_ports(1)
+    config = d / f"haproxy-{port}.cfg"
+    config.write_text(HAPROXY.format(host=HOST, port=port, target=target,
+                                     send_proxy=" send-proxy" if send_proxy else ""))  # fmt: skip
+    proc = subprocess.Popen(["haproxy", "-f", str(config)])
+    time.sleep(0.5)
+    return proc, port
+
+
+def run(port: int, scheme: str, seconds: float) -> float:
+    argv = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds:g}s", "--timeout", "5s"]
+    argv += ["-H", "Connection: close"]
+    out = subprocess.run([*argv, f"{scheme}://{HOST}:{port}/"], capture_output=True,
+                         text=True, timeout=seconds + 30)  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk ({out.returncode}): {out.stderr or out.stdout}")
+    load = parse(out.stdout, None)
+    if load.errors > load.requests // 100:
+        raise RuntimeError(f"{load.errors} errors: {out.stdout}")
+    return load.rate
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    with tempfile.TemporaryDirectory(prefix="fp-feature-cost-") as tmp:
+        d = Path(tmp)
+        (d / "tmp").mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(d / "key.pem"),
+                        "-out", str(d / "cert.pem"), "-days", "1", "-subj", "/CN=bench"],
+                       check=True, capture_output=True)  # fmt: skip
+        http, https = free_ports(2)
+        (d / "nginx.conf").write_text(NGINX.format(d=d, host=HOST, http=http, https=https))
+        nginx = subprocess.Popen(["nginx", "-p", str(d), "-e", str(d / "nginx-error.log"),
+                                  "-c", str(d / "nginx.conf")])  # fmt: skip
+        procs: list[subprocess.Popen] = []
+        entry: dict[str, tuple[int, str]] = {}  # variant -> (port wrk loads, scheme)
+        try:
+            time.sleep(0.5)
+            for name, (settings, scheme, haproxy) in variants(http, https, d).items():
+                proc, port = start_proxy(d, name, settings)
+                procs.append(proc)
+                if haproxy is not None:
+                    proc, port = start_haproxy(d, port, haproxy)
+                    procs.append(proc)
+                entry[name] = (port, scheme)
+            rates: dict[str, list[float]] = {name: [] for name in entry}
+            for _ in range(rounds):
+                for name, (port, scheme) in entry.items():
+                    rates[name].append(run(port, scheme, seconds))
+            for name, values in rates.items():
+                shown = ", ".join(f"{v:.0f}" for v in values)
+                print(f"{name:34s} median {statistics.median(values):7.0f} conn/s  ({shown})")
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(15)
+            nginx.terminate()
+            nginx.wait(15)
+
+
+if __name__ == "__main__":
+    main()
