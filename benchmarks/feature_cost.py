@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_procs import HOST, free_ports
+from bench_procs import HOST, cpu_seconds, free_ports
 from bench_wrk import parse
 
 CONCURRENCY = 32
@@ -108,17 +108,20 @@ def start_haproxy(d: Path, target: int, send_proxy: bool) -> tuple[subprocess.Po
     return proc, port
 
 
-def run(port: int, scheme: str, seconds: float) -> float:
+def run(port: int, scheme: str, seconds: float, pid: int) -> tuple[float, float]:
+    """(new connections/s, CPU µs of the fastproxy process per connection)"""
     argv = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds:g}s", "--timeout", "5s"]
     argv += ["-H", "Connection: close"]
+    before = cpu_seconds(pid)
     out = subprocess.run([*argv, f"{scheme}://{HOST}:{port}/"], capture_output=True,
                          text=True, timeout=seconds + 30)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"wrk ({out.returncode}): {out.stderr or out.stdout}")
-    load = parse(out.stdout, None)
+    load = parse(out.stdout, cpu_seconds(pid) - before)
     if load.errors > load.requests // 100:
         raise RuntimeError(f"{load.errors} errors: {out.stdout}")
-    return load.rate
+    assert load.cpu_us_per_request is not None
+    return load.rate, load.cpu_us_per_request
 
 
 def main() -> None:
@@ -136,23 +139,27 @@ def main() -> None:
         nginx = subprocess.Popen(["nginx", "-p", str(d), "-e", str(d / "nginx-error.log"),
                                   "-c", str(d / "nginx.conf")])  # fmt: skip
         procs: list[subprocess.Popen] = []
-        entry: dict[str, tuple[int, str]] = {}  # variant -> (port wrk loads, scheme)
+        entry: dict[str, tuple[int, str, int]] = {}  # variant -> (port wrk loads, scheme, pid)
         try:
             time.sleep(0.5)
             for name, (settings, scheme, haproxy) in variants(http, https, d).items():
                 proc, port = start_proxy(d, name, settings)
                 procs.append(proc)
+                pid = proc.pid
                 if haproxy is not None:
                     proc, port = start_haproxy(d, port, haproxy)
                     procs.append(proc)
-                entry[name] = (port, scheme)
-            rates: dict[str, list[float]] = {name: [] for name in entry}
+                entry[name] = (port, scheme, pid)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in entry}
             for _ in range(rounds):
-                for name, (port, scheme) in entry.items():
-                    rates[name].append(run(port, scheme, seconds))
-            for name, values in rates.items():
-                shown = ", ".join(f"{v:.0f}" for v in values)
-                print(f"{name:34s} median {statistics.median(values):7.0f} conn/s  ({shown})")
+                for name, (port, scheme, pid) in entry.items():
+                    runs[name].append(run(port, scheme, seconds, pid))
+            for name, values in runs.items():
+                rates = [rate for rate, _ in values]
+                cpu = statistics.median(us for _, us in values)
+                shown = ", ".join(f"{v:.0f}" for v in rates)
+                print(f"{name:37s} {statistics.median(rates):6.0f} conn/s ({shown}),"
+                      f" fastproxy {cpu:5.1f} µs CPU/conn")  # fmt: skip
         finally:
             for proc in procs:
                 proc.terminate()
