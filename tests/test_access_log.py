@@ -123,3 +123,27 @@ def test_a_stuck_destination_never_stalls_relaying(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert metric(proxy, "fastproxy_access_log_dropped_total") == 50
     assert proxy.stop() == 0  # and it stops promptly
+
+
+def test_idle_timeout_and_reset_results(tmp_path: Path) -> None:
+    echo = HashingEcho()
+    port, idle_port = free_ports(2)
+    log = tmp_path / "access.log"
+    apps = [app("echo", [port], [echo.address]),
+            app("idle", [idle_port], [echo.address], IdleTimeout=1)]  # fmt: skip
+    Proxy(tmp_path, {"Apps": apps, "AccessLog": str(log)})
+    with socket.create_connection(("127.0.0.1", idle_port), timeout=10) as quiet:
+        quiet.sendall(b"z")
+        assert quiet.recv(1) == b"z"
+        with contextlib.suppress(OSError):
+            assert quiet.recv(1) == b""  # closed by the proxy after about a second
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as rude:
+        rude.sendall(b"abc")
+        assert rude.recv(3) == b"abc"
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    results = {e["app"]: e for e in lines_of(log, 2)}
+    assert results["idle"]["result"] == "idle-timeout"
+    assert (results["idle"]["bytes_in"], results["idle"]["bytes_out"]) == (1, 1)
+    assert 1 <= results["idle"]["duration"] < 5
+    assert results["echo"]["result"] == "reset"
+    assert results["echo"]["bytes_in"] == 3

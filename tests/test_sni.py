@@ -250,3 +250,23 @@ def test_names_route_in_bpf_steering_mode(tmp_path: Path, backends, cert) -> Non
         proxy.stop()
         for server in inside.values():
             server.backend.close()
+
+
+def test_reload_moves_a_name_to_another_app(tmp_path: Path, backends, cert) -> None:
+    port, other = free_ports(2)
+    apps = shared_apps(backends, port, other)
+    proxy = Proxy(tmp_path, {"Apps": apps})
+    assert ask(port, cert, "c.example.org") == "fallback"
+    apps[0] = dict(apps[0], ServerNames=["a.example.com", "c.example.org"])
+    apps[3] = dict(apps[3], ServerNames=["other.test"])  # no default any more
+    proxy.write_config({"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0",
+                        "Apps": apps})  # fmt: skip
+    deadline = time.monotonic() + 10
+    while proxy.status()["reloads"]["success"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ask(port, cert, "c.example.org") == "exact"
+    assert ask(port, cert, "other.test") == "fallback"
+    with pytest.raises((ssl.SSLError, OSError)):
+        ask(port, cert, "nobody.test")
+    assert metric(proxy, "fastproxy_sni_unmatched_total") == 1
