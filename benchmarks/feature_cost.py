@@ -117,11 +117,11 @@ def run(port: int, scheme: str, seconds: float, pid: int) -> tuple[float, float]
                          text=True, timeout=seconds + 30)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"wrk ({out.returncode}): {out.stderr or out.stdout}")
-    load = parse(out.stdout, cpu_seconds(pid) - before)
-    if load.errors > load.requests // 100:
-        raise RuntimeError(f"{load.errors} errors: {out.stdout}")
-    assert load.cpu_us_per_request is not None
-    return load.rate, load.cpu_us_per_request
+    cpu = cpu_seconds(pid) - before
+    figures = parse(out.stdout)
+    if not figures["requests"] or figures["errors"] > figures["requests"] // 100:
+        raise RuntimeError(f"{figures['errors']} errors: {out.stdout}")
+    return figures["rate"], cpu * 1e6 / figures["requests"]
 
 
 def main() -> None:
