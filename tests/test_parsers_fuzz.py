@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fastproxy._relay import parse_client_hello_for_tests as parse_hello
 from fastproxy._relay import parse_proxy_header_for_tests as parse_proxy
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 ipv4 = st.ip_addresses(v=4).map(str)
