@@ -135,7 +135,6 @@ class Server:
         except BaseException:
             self._release_listeners()
             raise
-        self.access_log.configure(self.config.access_log)
         self.relay.start()
         self.health.start()
         self._maintenance.start()
@@ -150,6 +149,8 @@ class Server:
         # Root's work is done. Threads started from here on (admin, watcher, control)
         # inherit the capabilities kept; the relay's and helpers' keep none.
         drop_to(self.config.user, self.config.group, bpf=self.steering_mode == "bpf")
+        # Opened as the user, like every reopen after it (SIGUSR1).
+        self.access_log.configure(self.config.access_log)
         self.admin.start()
         if self.source is not None:
             self.source.start(self.reload, self._describe)
