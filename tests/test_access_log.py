@@ -7,11 +7,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from metricsutil import metric
 from proxyproc import Proxy, app, free_ports
@@ -147,3 +152,31 @@ def test_idle_timeout_and_reset_results(tmp_path: Path) -> None:
     assert 1 <= results["idle"]["duration"] < 5
     assert results["echo"]["result"] == "reset"
     assert results["echo"]["bytes_in"] == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_written_and_reopened_as_the_user(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    where = Path(tempfile.mkdtemp(prefix="fp-l4-relay-alog-"))
+    try:
+        where.chmod(0o755)
+        (where / "logs").mkdir()
+        os.chown(where / "logs", nobody.pw_uid, nobody.pw_gid)
+        (where / "run").mkdir(0o700)  # for the control socket, as systemd makes it
+        log = where / "logs" / "access.log"
+        echo = HashingEcho()
+        (port,) = free_ports(1)
+        config = {"Apps": [app("echo", [port], [echo.address])], "AccessLog": str(log),
+                  "User": "nobody"}  # fmt: skip
+        proxy = Proxy(tmp_path, config, "--control-socket", str(where / "run" / "c.sock"))
+        client(port, b"one")
+        assert len(lines_of(log, 1)) == 1
+        log.rename(where / "logs" / "access.log.1")
+        proxy.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        client(port, b"two")
+        assert [e["bytes_in"] for e in lines_of(log, 1)] == [3]
+        for path in (log, where / "logs" / "access.log.1"):
+            assert path.stat().st_uid == nobody.pw_uid
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
