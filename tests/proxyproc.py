@@ -56,8 +56,9 @@ class Proxy:
         prefix: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        # Unless a test says otherwise: one socket per port, loopback only, and an
-        # admin endpoint on a free port (read back from the log).
+        # Unless a test says otherwise: one socket per port, loopback only, an admin
+        # endpoint on a free port (read back from the log) and its token in tmp_path.
+        self.token_file = tmp_path / "admin-token"
         config = {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
         self.config_path = tmp_path / "fastproxy.json"
         self.write_config(config)
@@ -92,6 +93,7 @@ class Proxy:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Replace the config file the way editors do: write aside, rename over."""
+        config = {"AdminTokenFile": str(self.token_file), **config}
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config))
         tmp.rename(self.config_path)
@@ -109,12 +111,20 @@ class Proxy:
         self.admin = f"{found.group(1).decode()}:{found.group(2).decode()}"
         self.steering = re.search(rb"steering=(\w+)", self.log_path.read_bytes()).group(1).decode()
 
-    def http(self, method: str, path: str) -> tuple[int, bytes]:
-        """One request to the admin endpoint: (status, body)."""
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def http(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """One request to the admin endpoint: (status, body). POSTs carry the token
+        unless `headers` says otherwise."""
+        if method == "POST" and headers is None:
+            headers = {"Authorization": f"Bearer {self.token()}"}
         host, port = self.admin.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
-            conn.request(method, path)
+            conn.request(method, path, headers=headers or {})
             response = conn.getresponse()
             return response.status, response.read()
         finally:

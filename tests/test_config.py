@@ -95,6 +95,7 @@ def test_all_optional_keys() -> None:
     data = two_apps(
         Listen=["0.0.0.0", "[::1]"],
         Admin="[::1]:9000",
+        AdminTokenFile="/etc/fastproxy/token",
         Workers=4,
         Steering="ports",
         DrainTimeout=0,
@@ -118,6 +119,7 @@ def test_all_optional_keys() -> None:
     assert app.proxy_protocol == "v2"
     assert config.listen == ("0.0.0.0", "::1")
     assert config.admin == ("::1", 9000)
+    assert config.admin_token_file == "/etc/fastproxy/token"
     assert (config.workers, config.steering, config.relay) == (4, "ports", "copy")
     assert (config.drain_timeout, config.pipe_size) == (0.0, 65536)
 
@@ -199,6 +201,7 @@ def test_summary() -> None:
     assert "[::1]:8080" in text
     assert "round-robin" in text
     assert "127.0.0.1:9901" in text
+    assert "admin token: /run/fastproxy/admin-token" in text
     assert "one per CPU" in text
     assert all(len(line) <= 100 for line in text.splitlines())
 
@@ -283,6 +286,26 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
         [f'{SRC}: Listen[1]: "::" is listed more than once'],
     ),
     ("admin no port", two_apps(Admin="localhost"), [f'{SRC}: Admin: "localhost": missing port']),
+    (
+        "token file type",
+        two_apps(AdminTokenFile=1),
+        [f"{SRC}: AdminTokenFile: expected a file path, got integer 1"],
+    ),
+    (
+        "token file relative",
+        two_apps(AdminTokenFile="token"),
+        [f'{SRC}: AdminTokenFile: "token" is not an absolute path to a file'],
+    ),
+    (
+        "token file a directory",
+        two_apps(AdminTokenFile="/run/"),
+        [f'{SRC}: AdminTokenFile: "/run/" is not an absolute path to a file'],
+    ),
+    (
+        "token file NUL",
+        two_apps(AdminTokenFile="/run/a\0b"),
+        [f"{SRC}: AdminTokenFile: ", "contains a NUL character"],
+    ),
     (
         "admin bare ipv6",
         two_apps(Admin="::1:9901"),

@@ -329,8 +329,10 @@ def test_reload_adds_removes_and_moves_ports(tmp_path: Path) -> None:
     proxy = Proxy(tmp_path, before)
     assert [first_line(p) for p in (kept, moved, removed)] == ["red"] * 3
     proxy.write_config(full(after))
+    reload_cli = [sys.executable, "-m", "fastproxy", "reload"]
     result = subprocess.run(
-        [sys.executable, "-m", "fastproxy", "reload", "--admin", proxy.admin],
+        # the token file named by the config (its Admin has port 0: --admin says where)
+        [*reload_cli, "--config", str(proxy.config_path), "--admin", proxy.admin],
         capture_output=True,
         text=True,
         timeout=30,
@@ -342,7 +344,7 @@ def test_reload_adds_removes_and_moves_ports(tmp_path: Path) -> None:
     # A rejected reload through the CLI: one line, non-zero.
     proxy.config_path.write_text("{")
     result = subprocess.run(
-        [sys.executable, "-m", "fastproxy", "reload", "--admin", proxy.admin],
+        [*reload_cli, "--admin", proxy.admin, "--token-file", str(proxy.token_file)],
         capture_output=True,
         text=True,
         timeout=30,

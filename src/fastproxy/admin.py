@@ -1,21 +1,23 @@
-"""The admin endpoint (SPEC section 4): health, status, metrics, reload and
-per-target control over plain HTTP, on loopback by default. Anything it does not
-know gets a 4xx; nothing a client sends can stop it serving."""
+"""The admin endpoint (SPEC sections 4 and 7): health, status, metrics, reload and
+per-target control over plain HTTP, on loopback by default. Reads are open; every
+POST needs the admin token and must not come from a web page of another origin.
+Anything it does not know gets a 4xx; nothing a client sends can stop it serving
+(boundedhttp.py keeps the cost of any client bounded)."""
 
 from __future__ import annotations
 
-import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import socket
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+
+from .boundedhttp import BoundedHTTPServer, Deferred, Request, Response
 
 log = logging.getLogger("fastproxy")
 
@@ -27,6 +29,8 @@ class Controlled(Protocol):
 
     registry: CollectorRegistry
 
+    def healthz(self) -> tuple[int, str]: ...
+
     def status(self) -> dict[str, Any]: ...
 
     def reload(self, reason: str) -> None: ...
@@ -34,119 +38,136 @@ class Controlled(Protocol):
     def set_target(self, app: str, target: str, action: str) -> dict[str, Any]: ...
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    timeout = 10  # a stalled client cannot hold a thread for long
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("admin: " + format, *args)
-
-    def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, code: int, value: Any) -> None:
-        self._send(code, json.dumps(value, indent=1).encode() + b"\n", "application/json")
-
-    def _error(self, code: int, message: str) -> None:
-        self._json(code, {"error": message})
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # Protocol errors (bad request line, unsupported method) as 4xx JSON;
-        # an unknown method is "405", never the default 501.
-        if code == HTTPStatus.NOT_IMPLEMENTED:
-            code = HTTPStatus.METHOD_NOT_ALLOWED
-        elif code >= 500:  # e.g. 505 for "HTTP/9.9": the client's fault all the same
-            code = HTTPStatus.BAD_REQUEST
-        if self.request_version == "HTTP/0.9":
-            self.request_version = "HTTP/1.0"  # else http.server omits the status line
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self._error(code, message or HTTPStatus(code).phrase)
-
-    def do_GET(self) -> None:
-        control = self.server.control
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._send(200, b"ok\n")
-        elif path == "/status":
-            self._json(200, control.status())
-        elif path == "/metrics":
-            self._send(200, generate_latest(control.registry), CONTENT_TYPE_LATEST)
-        else:
-            self._error(404, f"no such endpoint: GET {path}")
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        control = self.server.control
-        length = self.headers.get("Content-Length", "0")
-        if length.isdigit() and 0 < int(length) <= 65536:
-            self.rfile.read(int(length))  # bodies carry nothing; drain them
-        parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if parts == ["reload"]:
-            try:
-                control.reload("admin endpoint")
-            except Exception as exc:  # the reason goes back to the operator
-                self._json(400, {"result": "failure", "error": str(exc)})
-            else:
-                self._json(200, {"result": "success"})
-        elif len(parts) == 4 and parts[0] == "targets":
-            app, target, action = (unquote(p) for p in parts[1:])
-            if action not in TARGET_ACTIONS:
-                self._error(404, f"unknown action {action!r}: use drain, disable or enable")
-                return
-            try:
-                self._json(200, control.set_target(app, target, action))
-            except KeyError as exc:
-                self._error(404, str(exc.args[0]))
-        else:
-            self._error(404, f"no such endpoint: POST {self.path}")
-
-    def _not_allowed(self) -> None:
-        self._error(405, f"method {self.command} not allowed")
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+def _json(status: int, value: Any) -> Response:
+    return Response(status, json.dumps(value, indent=1).encode() + b"\n", "application/json")
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    control: Controlled
+def _error(status: int, message: str, *headers: tuple[str, str]) -> Response:
+    return Response(
+        status,
+        json.dumps({"error": message}, indent=1).encode() + b"\n",
+        "application/json",
+        headers,
+    )
+
+
+def _origin(host: str, port: int) -> bytes:
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}".encode()
 
 
 class AdminServer:
     def __init__(
-        self, control: Controlled, host: str, port: int, sock: socket.socket | None = None
+        self,
+        control: Controlled,
+        host: str,
+        port: int,
+        sock: socket.socket | None = None,
+        *,
+        token: str,
     ) -> None:
         """Listen on host:port, or serve on `sock`, a listening socket handed over by
-        the process we took over from."""
-        _HTTPServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        the process we took over from. `token` authorizes POSTs."""
+        self.control = control
+        self._token = token.encode()
         if sock is None:
-            self.httpd = _HTTPServer((host, port), _Handler)
-        else:
-            self.httpd = _HTTPServer((host, port), _Handler, bind_and_activate=False)
-            self.httpd.socket.close()
-            self.httpd.socket = sock
-            self.httpd.server_address = sock.getsockname()[:2]
-        self.httpd.control = control
-        self.address: tuple[str, int] = (host, self.httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="fastproxy-admin", daemon=True
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+            except BaseException:
+                sock.close()
+                raise
+        self.address: tuple[str, int] = (host, sock.getsockname()[1])
+        # Reads and operator actions each on a worker of their own: a slow reload
+        # does not hold up scrapes, and neither holds up /healthz (on the loop).
+        self.http = BoundedHTTPServer(
+            self._route, sock, lanes=("read", "write"), name="fastproxy-admin"
         )
 
     def start(self) -> None:
-        self._thread.start()
+        bound = self.socket.getsockname()[0].split("%")[0]
+        if not ipaddress.ip_address(bound).is_loopback:
+            log.warning(
+                "admin endpoint on %s:%d is not loopback: /healthz, /status and /metrics"
+                " are open to the network (POSTs need the token)",
+                *self.address,
+            )
+        self.http.start()
 
     @property
     def socket(self) -> socket.socket:
-        return self.httpd.socket
+        return self.http.socket
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.stop()
+
+    # -- requests ----------------------------------------------------------------
+
+    def _route(self, request: Request) -> Response | Deferred:
+        control = self.control
+        path = request.path
+        if request.method in ("GET", "HEAD"):
+            if path == "/healthz":
+                status, text = control.healthz()
+                return Response(status, text.encode() + b"\n")
+            if path == "/status":
+                return Deferred("read", lambda: _json(200, control.status()))
+            if path == "/metrics":
+                return Deferred(
+                    "read",
+                    lambda: Response(200, generate_latest(control.registry), CONTENT_TYPE_LATEST),
+                )
+            return _error(404, f"no such endpoint: {request.method} {path}")
+        if request.method != "POST":
+            return _error(405, f"method {request.method} not allowed")
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        parts = path.strip("/").split("/")
+        if parts == ["reload"]:
+            return Deferred("write", self._reload)
+        if len(parts) == 4 and parts[0] == "targets":
+            app, target, action = (unquote(p) for p in parts[1:])
+            if action not in TARGET_ACTIONS:
+                return _error(404, f"unknown action {action!r}: use drain, disable or enable")
+            return Deferred("write", lambda: self._set_target(app, target, action))
+        return _error(404, f"no such endpoint: POST {path}")
+
+    def _refuse(self, request: Request) -> Response | None:
+        """403 for a web page of another origin (a browser sends Origin with its
+        cross-site POSTs), 401 without the right token; None to go ahead."""
+        origin = request.header(b"origin")
+        if origin is not None and origin not in self._own_origins(request):
+            log.debug("admin: POST %s from origin %r refused", request.path, origin)
+            return _error(403, "cross-origin requests are refused")
+        scheme, _, given = (request.header(b"authorization") or b"").partition(b" ")
+        # compare_digest: the time taken says nothing about how much of the token matched
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            log.debug("admin: POST %s without a valid token refused", request.path)
+            return _error(
+                401,
+                "POST needs the header 'Authorization: Bearer TOKEN' with the admin token",
+                ("WWW-Authenticate", 'Bearer realm="fastproxy admin"'),
+            )
+        return None
+
+    def _own_origins(self, request: Request) -> tuple[bytes, ...]:
+        """The endpoint's own origin, as configured and as the client reached it
+        (the configured host may be a name or a wildcard)."""
+        port = self.address[1]
+        own = (_origin(self.address[0], port), _origin(request.local[0], port))
+        return own + tuple(o.removesuffix(b":80") for o in own if port == 80)
+
+    def _reload(self) -> Response:
+        try:
+            self.control.reload("admin endpoint")
+        except Exception as exc:  # the reason goes back to the operator
+            return _json(400, {"result": "failure", "error": str(exc)})
+        return _json(200, {"result": "success"})
+
+    def _set_target(self, app: str, target: str, action: str) -> Response:
+        try:
+            return _json(200, self.control.set_target(app, target, action))
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]))

@@ -10,10 +10,14 @@ from typing import Any
 import click
 
 from . import __version__
+from .admin import TARGET_ACTIONS
+from .admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
+from .admintoken import TokenError, read_token
 from .cluster_cli import cluster_group, config_group
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
+    Config,
     ConfigError,
     format_ports,
     load_config,
@@ -99,7 +103,7 @@ def serve(
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
         code = run(config, cluster=cluster, **overrides)
-    except (ConfigError, ListenError, TakeoverError, PrivilegeError) as exc:
+    except (ConfigError, ListenError, TakeoverError, PrivilegeError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     except KeyboardInterrupt:  # Ctrl-C while waiting for etcd, before serving
         sys.exit(130)
@@ -124,42 +128,108 @@ def _admin_address(text: str) -> tuple[str, int]:
         raise ConfigError(f"--admin: {exc}") from None
 
 
+# -- talking to a running proxy ----------------------------------------------------
+
 admin_option = click.option(
     "--admin",
     metavar="HOST:PORT",
-    default="127.0.0.1:9901",
-    show_default=True,
-    help="Admin endpoint of the running proxy.",
+    help="Admin endpoint of the running proxy (default: Admin of --config, else 127.0.0.1:9901).",
+)
+config_option = click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="The running proxy's config file: its Admin and AdminTokenFile are used.",
+)
+token_option = click.option(
+    "--token-file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help=f"Admin token (default: AdminTokenFile of --config, else {DEFAULT_TOKEN_FILE}).",
 )
 
+# A proxy serving on every address is reached on loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
-def _admin_request(admin: str, method: str, path: str) -> tuple[int, bytes]:
-    import http.client
 
-    try:
-        host, port = _admin_address(admin)
-    except ConfigError as exc:
-        _fail(exc, 2)
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    except OSError as exc:
-        _fail(f"cannot reach the admin endpoint at {admin}: {exc}")
-    finally:
-        conn.close()
-    raise AssertionError("unreachable")
+class _Endpoint:
+    """Where the running proxy's admin endpoint is, and its token when needed."""
+
+    def __init__(self, admin: str | None, config_path: str | None) -> None:
+        self.config: Config | None = None
+        if config_path is not None:
+            try:
+                self.config = load_config(config_path)
+            except ConfigError as exc:
+                _fail(exc, 2)
+        if admin is not None:
+            try:
+                self.address = _admin_address(admin)
+            except ConfigError as exc:
+                _fail(exc, 2)
+        elif self.config is not None:
+            host, port = self.config.admin
+            if port == 0:
+                _fail(f"{config_path}: Admin has port 0 (any free port): give --admin", 2)
+            self.address = (_WILDCARDS.get(host, host), port)
+        else:
+            self.address = ("127.0.0.1", 9901)
+
+    def token(self, token_file: str | None) -> str:
+        path = token_file or (self.config.admin_token_file if self.config else DEFAULT_TOKEN_FILE)
+        try:
+            return read_token(path)
+        except TokenError as exc:
+            _fail(exc)
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, token: str | None = None) -> tuple[int, bytes]:
+        import http.client
+
+        host, port = self.address
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            _fail(f"cannot reach the admin endpoint at {where}: {exc}")
+        finally:
+            conn.close()
+        raise AssertionError("unreachable")
+
+    def post(self, path: str, token_file: str | None, what: str) -> dict[str, Any]:
+        """POST with the token; the JSON answer, or a one-line error and exit."""
+        import json
+
+        code, body = self.request("POST", path, self.token(token_file))
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = {"error": body.decode(errors="replace").strip()}
+        if code == 200:
+            return dict(answer)
+        if code == 401:
+            _fail(
+                f"{what} refused: the admin endpoint does not accept the token (see --token-file)"
+            )
+        _fail(f"{what} rejected: {answer.get('error', '')}")
+        raise AssertionError("unreachable")
 
 
 @main.command()
 @admin_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON.")
-def status(admin: str, as_json: bool) -> None:
-    """Apps, ports and targets of a running proxy, with health and connections."""
+def status(admin: str | None, config_path: str | None, as_json: bool) -> None:
+    """Apps, ports and targets of a running proxy, with health and connections.
+    A read: no token needed."""
     import json
 
-    code, body = _admin_request(admin, "GET", "/status")
+    code, body = _Endpoint(admin, config_path).request("GET", "/status")
     if code != 200:
         _fail(f"admin endpoint answered {code}: {body.decode(errors='replace').strip()}")
     if as_json:
@@ -205,18 +275,37 @@ def _target_notes(target: dict[str, Any]) -> str:
 
 @main.command()
 @admin_option
-def reload(admin: str) -> None:
+@config_option
+@token_option
+def reload(admin: str | None, config_path: str | None, token_file: str | None) -> None:
     """Ask the running proxy to reload its config file."""
-    import json
-
-    code, body = _admin_request(admin, "POST", "/reload")
-    if code != 200:
-        try:
-            reason = json.loads(body).get("error", "")
-        except ValueError:
-            reason = body.decode(errors="replace").strip()
-        _fail(f"reload rejected: {reason}")
+    _Endpoint(admin, config_path).post("/reload", token_file, "reload")
     click.echo("reloaded")
+
+
+@main.command()
+@click.argument("action", type=click.Choice(TARGET_ACTIONS))
+@click.argument("app")
+@click.argument("target", metavar="TARGET")
+@admin_option
+@config_option
+@token_option
+def target(
+    action: str,
+    app: str,
+    target: str,
+    admin: str | None,
+    config_path: str | None,
+    token_file: str | None,
+) -> None:
+    """Drain, disable or enable TARGET (host:port, as in the config) of APP in the
+    running proxy. drain: no new connections, open ones finish; disable: no new
+    connections; enable: back in rotation."""
+    from urllib.parse import quote
+
+    path = f"/targets/{quote(app, safe='')}/{quote(target, safe='')}/{action}"
+    answer = _Endpoint(admin, config_path).post(path, token_file, action)
+    click.echo(f"app {answer.get('app')}: target {answer.get('target')}: {answer.get('state')}")
 
 
 @main.command()

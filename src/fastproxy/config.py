@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
 from .privileges import account
 
 __all__ = [
@@ -61,6 +62,7 @@ TOP_KEYS = (
     "Apps",
     "Listen",
     "Admin",
+    "AdminTokenFile",
     "Workers",
     "Steering",
     "DrainTimeout",
@@ -164,6 +166,7 @@ class Config:
     apps: tuple[App, ...]
     listen: tuple[str, ...] = ("::",)  # addresses only; "::" = all IPv4 and IPv6
     admin: tuple[str, int] = ("127.0.0.1", 9901)
+    admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
     workers: int = 0  # 0 = one per CPU, resolved by the server
     steering: str = "auto"
     drain_timeout: float = 30.0
@@ -434,6 +437,7 @@ def _parse_top(data: object, source: str) -> Config:
         raise _Invalid("Apps", "empty list, define at least one app")
     listen = _parse_listen(data.get("Listen", ["::"]))
     admin = _parse_admin(data.get("Admin", "127.0.0.1:9901"))
+    admin_token_file = _parse_token_file(data.get("AdminTokenFile", DEFAULT_ADMIN_TOKEN_FILE))
     workers = _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS)
     steering = _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES)
     drain = _duration(data.get("DrainTimeout", 30.0), "DrainTimeout", allow_zero=True)
@@ -447,6 +451,7 @@ def _parse_top(data: object, source: str) -> Config:
         apps=apps,
         listen=listen,
         admin=admin,
+        admin_token_file=admin_token_file,
         workers=workers,
         steering=steering,
         drain_timeout=drain,
@@ -1041,6 +1046,17 @@ def _parse_admin(value: object) -> tuple[str, int]:
         raise _Invalid("Admin", str(exc)) from None
 
 
+def _parse_token_file(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("AdminTokenFile", f"expected a file path, {_got(value)}")
+    # Absolute: the server and the CLI must find the same file from any directory.
+    if not value.startswith("/") or value.endswith("/"):
+        raise _Invalid("AdminTokenFile", f"{_q(value)} is not an absolute path to a file")
+    if "\0" in value:
+        raise _Invalid("AdminTokenFile", f"{_q(value)} contains a NUL character")
+    return value
+
+
 def _check_admin_port(admin: tuple[str, int], apps: Sequence[App], explicit: bool) -> None:
     # An app listening on all addresses (or steering by port) would take the admin port.
     for app in apps:
@@ -1152,6 +1168,7 @@ def summary(config: Config) -> str:
         "global",
         _wrap("listen:      ", ", ".join(_listen_summary(a) for a in config.listen)),
         f"  admin:       {admin}",
+        f"  admin token: {config.admin_token_file}",
         f"  workers:     {config.workers or 'one per CPU'}",
         f"  steering:    {config.steering}",
         f"  relay:       {config.relay}, pipe size {pipe}",

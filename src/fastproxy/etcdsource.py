@@ -98,6 +98,9 @@ class EtcdSource:
         self._stop.set()
         self.membership.stop()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def gauges(self) -> dict[str, float]:
         served = self._served.revision if self._served is not None else 0
         return {"config_revision": served, "config_source_up": 1 if self._up else 0}

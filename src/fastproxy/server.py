@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__, _relay
 from .accesslog import AccessLog
 from .admin import AdminServer
+from .admintoken import ensure_token
 from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
@@ -41,7 +42,17 @@ STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
 # Settings a running relay cannot change: a reload keeps the old ones (and says so).
-RESTART_ONLY = ("listen", "workers", "steering", "relay", "pipe_size", "admin", "user", "group")
+RESTART_ONLY = (
+    "listen",
+    "workers",
+    "steering",
+    "relay",
+    "pipe_size",
+    "admin",
+    "admin_token_file",
+    "user",
+    "group",
+)
 
 
 @dataclass(frozen=True)
@@ -126,12 +137,13 @@ class Server:
         successor serves only at go_live(), once its predecessor has stopped accepting,
         so one that fails or is stopped before that has changed nothing."""
         raise_fd_limit()
+        token = ensure_token(self.config.admin_token_file)  # TokenError before any change
         addresses = self._resolve(self.config)
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()
             self.steering_mode = self.listeners.mode
-            self.admin = self._admin_server()
+            self.admin = self._admin_server(token)
         except BaseException:
             self._release_listeners()
             raise
@@ -151,9 +163,9 @@ class Server:
         drop_to(self.config.user, self.config.group, bpf=self.steering_mode == "bpf")
         # Opened as the user, like every reopen after it (SIGUSR1).
         self.access_log.configure(self.config.access_log)
-        self.admin.start()
         if self.source is not None:
             self.source.start(self.reload, self._describe)
+        self.admin.start()  # last: /healthz checks the threads above
         log.info(
             "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
             len(self.config.apps),
@@ -172,10 +184,10 @@ class Server:
                 log.warning("target host %s does not resolve (yet): its targets are down", host)
         return addresses
 
-    def _admin_server(self) -> AdminServer:
+    def _admin_server(self, token: str) -> AdminServer:
         host, port = self.config.admin
         try:
-            return AdminServer(self, host, port, self._inherited_admin())
+            return AdminServer(self, host, port, self._inherited_admin(), token=token)
         except OSError as exc:
             raise ListenError(
                 f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
@@ -484,6 +496,23 @@ class Server:
             self.admin.stop()
         self.relay.stop()
         self.access_log.close()
+
+    # -- health of the process itself ----------------------------------------
+
+    def healthz(self) -> tuple[int, str]:
+        """What GET /healthz answers: 503 while draining, so a load balancer in
+        front stops sending, and when a helper thread has died."""
+        if self._stopping.is_set():
+            return 503, "draining"
+        helpers = {
+            "health-check": self.health.alive(),
+            "DNS": self._maintenance.is_alive(),
+            "config-watch": self.source is None or self.source.alive(),
+        }
+        dead = [name for name, alive in helpers.items() if not alive]
+        if dead:
+            return 503, f"helper thread died: {', '.join(dead)}"
+        return 200, "ok"
 
 
 def run(

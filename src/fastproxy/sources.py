@@ -33,6 +33,9 @@ class ConfigSource(Protocol):
 
     def stop(self) -> None: ...
 
+    def alive(self) -> bool:
+        """False once the thread watching for changes has died (for /healthz)."""
+
     def gauges(self) -> dict[str, float]:
         """Metrics about the source: name (without fastproxy_) -> value."""
 
@@ -71,6 +74,9 @@ class FileSource:
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+
+    def alive(self) -> bool:
+        return self._watcher is None or self._watcher.alive()
 
     def gauges(self) -> dict[str, float]:
         return {}
