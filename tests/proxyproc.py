@@ -55,11 +55,14 @@ class Proxy:
         *args: str,
         prefix: list[str] | None = None,
         env: dict[str, str] | None = None,
+        default_admin: bool = False,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
-        # endpoint on a free port (read back from the log) and its token in tmp_path.
-        self.token_file = tmp_path / "admin-token"
-        config = {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
+        # endpoint on a free port (read back from the log; `default_admin`: the real
+        # default) and its token in tmp_path.
+        self.token_file = Path(config.get("AdminTokenFile", tmp_path / "admin-token"))
+        admin = {} if default_admin else {"Admin": "127.0.0.1:0"}
+        config = {"Steering": "ports", "Listen": "127.0.0.1", **admin, **config}
         self.config_path = tmp_path / "fastproxy.json"
         self.write_config(config)
         self.log_path = tmp_path / "fastproxy.log"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def test_junk_gets_4xx_and_the_endpoint_keeps_serving(tmp_path: Path) -> None:
 
 def test_admin_is_loopback_only_by_default(tmp_path: Path) -> None:
     """From another host (a netns joined by a veth pair) the app port answers and
-    the admin port, on its default address, does not."""
+    the admin port, on its default address (no Admin in the config, no --admin),
+    does not."""
     with netns.temporary("fp-admin") as server_ns:
         peer_ns = server_ns + "-peer"
         netns.create(peer_ns)
@@ -165,13 +167,12 @@ def test_admin_is_loopback_only_by_default(tmp_path: Path) -> None:
             ):
                 subprocess.run(["ip", "-n", peer_ns, *cmd], check=True)
             a = NamedEchoServer("a")
-            config = {
-                "Apps": [app("far", [8080], [f"127.0.0.1:{a.port}"])],
-                "Listen": "::",
-                "Admin": "127.0.0.1:9901",
-            }
-            proxy = Proxy(tmp_path, config)
+            config = {"Apps": [app("far", [8080], [f"127.0.0.1:{a.port}"])], "Listen": "::"}
+            proxy = Proxy(tmp_path, config, default_admin=True)
+            assert "Admin" not in json.loads(proxy.config_path.read_text())
+            assert proxy.admin == "127.0.0.1:9901"
             assert proxy.http("GET", "/healthz")[0] == 200  # from the proxy's own host
+            assert "not loopback" not in proxy.log()
             with netns.entered(netns.path(peer_ns)):
                 assert talk(8080, b"hi", host="192.0.2.1") == b"a\nhi"
                 try:
