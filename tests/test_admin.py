@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
+from fastproxy.config import load_config
+from fastproxy.server import Server
 from proxyproc import ROOT, Proxy, app, free_ports
 from servers import talk
 
@@ -185,3 +189,70 @@ def test_admin_is_loopback_only_by_default(tmp_path: Path) -> None:
             a.close()
         finally:
             netns.delete(peer_ns)
+
+
+def test_healthz_is_503_while_draining(tmp_path: Path) -> None:
+    """After SIGTERM, while open connections drain, a load balancer in front must
+    see the proxy as unavailable."""
+    backend = NamedEchoServer("d")
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("d", [port], [backend.address])], "DrainTimeout": 60})
+    held = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert held.recv(100) == b"d\n"
+    assert proxy.http("GET", "/healthz") == (200, b"ok\n")
+    proxy.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while (answer := proxy.http("GET", "/healthz"))[0] == 200:
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.05)
+    assert answer == (503, b"draining\n")
+    held.sendall(b"still here")
+    assert held.recv(100) == b"still here"  # draining indeed
+    assert proxy.http("GET", "/healthz") == (503, b"draining\n")
+    held.close()
+    assert proxy.proc.wait(5) == 0
+    backend.close()
+
+
+def test_healthz_names_a_helper_thread_that_died(tmp_path: Path) -> None:
+    """In-process, so the threads can be ended: a health-check or file-watch thread
+    that is gone makes /healthz 503 with its name."""
+    (port,) = free_ports(1)
+    config_path = tmp_path / "fastproxy.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "Apps": [app("h", [port], ["127.0.0.1:9"])],
+                "Steering": "ports",
+                "Listen": "127.0.0.1",
+                "Admin": "127.0.0.1:0",
+                "AdminTokenFile": str(tmp_path / "admin-token"),
+            }
+        )
+    )
+    server = Server(load_config(config_path), config_path=str(config_path))
+    server.start()
+    try:
+        assert server.admin is not None
+        host, admin_port = server.admin.address
+
+        def healthz() -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(host, admin_port, timeout=10)
+            try:
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                return response.status, response.read()
+            finally:
+                conn.close()
+
+        assert healthz() == (200, b"ok\n")
+        server.health.stop()  # returns once the thread has ended
+        assert healthz() == (503, b"helper thread died: health-check\n")
+        assert server.watcher is not None
+        server.watcher.stop()
+        deadline = time.monotonic() + 5
+        while healthz() != (503, b"helper thread died: health-check, file-watch\n"):
+            assert time.monotonic() < deadline, healthz()
+            time.sleep(0.05)
+    finally:
+        server.close()
