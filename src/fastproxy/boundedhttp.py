@@ -45,7 +45,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_REQUESTS_PER_CONNECTION = 100  # keep-alive, bounded: then "Connection: close"
 BACKLOG = 1024  # a burst of scrapes waits in the kernel, not refused
 ACCEPT_BATCH = 16  # accepts per wake-up: fewer than MAX_CONNECTIONS, see _accept
-RECV_SIZE = 64 * 1024
+RECV_SIZE = 16 * 1024  # with h11's own cap, at most ~32 KiB buffered per connection
 ACCEPT_PAUSE = 0.1  # seconds without accepting when out of descriptors
 
 
@@ -334,6 +334,13 @@ class BoundedHTTPServer:
             if event is h11.NEED_DATA:
                 return
             if isinstance(event, h11.Request):
+                # h11 caps only a head still incomplete; one that arrived whole in a
+                # read or two is measured here.
+                head = len(event.method) + len(event.target) + 12
+                head += sum(len(name) + len(value) + 4 for name, value in event.headers)
+                if head > MAX_HEADER_BYTES:
+                    self._respond(conn, _HEAD_TOO_LARGE)
+                    continue
                 conn.request = Request(
                     event.method.decode("ascii", "replace"),
                     event.target.decode("ascii", "replace"),
@@ -470,3 +477,4 @@ def _plain(status: int, text: str) -> Response:
 
 
 _TOO_LARGE = _plain(413, f"bodies are limited to {MAX_BODY_BYTES} bytes")
+_HEAD_TOO_LARGE = _plain(431, f"request line and headers are limited to {MAX_HEADER_BYTES} bytes")
