@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastproxy import netns
+from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
 from servers import HashingEcho
 
@@ -221,3 +223,40 @@ def test_slow_clients_cannot_starve_healthz(tmp_path: Path) -> None:
     assert proxy.http("GET", "/healthz") == (200, b"ok\n")
     assert "Traceback" not in proxy.log()
     assert proxy.stop() == 0
+
+
+def test_a_long_reload_does_not_hold_up_healthz(tmp_path: Path) -> None:
+    """A reload that opens 15,000 ports runs on the endpoint's worker: /healthz keeps
+    answering meanwhile. In a netns of its own, so those ports are surely free."""
+    with netns.temporary("fp-adminsec"):
+        backend = NamedEchoServer("r")
+        config = {"Apps": [app("r", [20000], [backend.address])]}
+        proxy = Proxy(tmp_path, config)
+        proxy.write_config(full({"Apps": [app("r", ["20000-34999"], [backend.address])]}))
+        answer: list[tuple[int, bytes]] = []
+        reload = threading.Thread(target=lambda: answer.append(proxy.http("POST", "/reload")))
+        started = time.monotonic()
+        reload.start()
+        latencies = []
+        while reload.is_alive():
+            probe = time.monotonic()
+            assert proxy.http("GET", "/healthz") == (200, b"ok\n")
+            latencies.append(time.monotonic() - probe)
+            time.sleep(0.02)
+        took = time.monotonic() - started
+        assert answer == [(200, b'{\n "result": "success"\n}\n')]
+        print(
+            f"\nreload of 15,000 ports took {took:.2f}s; {len(latencies)} /healthz meanwhile:"
+            f" median {statistics.median(latencies) * 1000:.1f} ms,"
+            f" max {max(latencies) * 1000:.1f} ms"
+        )
+        assert len(latencies) >= 5, "the reload was too quick to test anything"
+        assert statistics.median(latencies) < 0.1 and max(latencies) < 1.0, latencies
+        with socket.create_connection(("127.0.0.1", 34999), timeout=5) as sock:
+            assert sock.recv(100) == b"r\n"
+        assert proxy.stop() == 0
+        backend.close()
+
+
+def full(config: dict[str, object]) -> dict[str, object]:
+    return {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
