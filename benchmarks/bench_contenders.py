@@ -173,7 +173,8 @@ def start_fastproxy(config: dict, workdir: Path, *extra: str, cpus: str = "") ->
     """fastproxy serving `config` from workdir/fastproxy.json; returns once it logged
     "serving". Unavailable when it exits instead (bpf steering that cannot load)."""
     path = workdir / "fastproxy.json"
-    path.write_text(json.dumps(config))
+    # The admin token beside it (admin POSTs read it from there), not in /run.
+    path.write_text(json.dumps({"AdminTokenFile": str(workdir / "admin-token"), **config}))
     argv = [sys.executable, "-m", "fastproxy", "serve", str(path), *extra]
     argv += ["--control-socket", str(workdir / "control.sock")]
     proxy = Pinned(argv, cpus or str(SERVER_CPU), workdir / "fastproxy.log")

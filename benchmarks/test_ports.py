@@ -83,9 +83,12 @@ def test_startup_many_ports(
     run_series(request, "ports-startup", names, measure, info={"ports": PORTS})
 
 
-def _reload(admin: str, answered: list[float] | None = None) -> None:
+def _reload(admin: str, token_file: Path, answered: list[float] | None = None) -> None:
     """POST /reload; the time of the answer appended to `answered`."""
-    request = urllib.request.Request(f"http://{admin}/reload", method="POST")
+    token = token_file.read_text().strip()
+    request = urllib.request.Request(
+        f"http://{admin}/reload", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         response.read()
     if answered is not None:
@@ -129,7 +132,8 @@ def test_reload_adding_ports(
             proxy.log_path.with_name("fastproxy.json").write_text(json.dumps(config))
             started = time.monotonic()
             answered: list[float] = []
-            reload = threading.Thread(target=_reload, args=(admin, answered))
+            token_file = proxy.log_path.with_name("admin-token")
+            reload = threading.Thread(target=_reload, args=(admin, token_file, answered))
             reload.start()
             wait_accepting(proxy, [added[-1]], timeout=10)
             accepting = time.monotonic()

@@ -46,7 +46,12 @@ def _change(variant: str, workdir: Path, first: Pinned, front: int, backend: int
     if variant == "fastproxy-reload":
         admin = re.search(r"admin=([0-9.]+:[0-9]+)", first.log())
         assert admin, first.log()
-        request = urllib.request.Request(f"http://{admin.group(1)}/reload", method="POST")
+        token = first.log_path.with_name("admin-token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://{admin.group(1)}/reload",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
         return first

@@ -319,7 +319,7 @@ def demo(config: str, connections: int) -> None:
     _setup_logging("info")
     try:
         sys.exit(run_demo(config, connections=connections))
-    except (ConfigError, ListenError) as exc:
+    except (ConfigError, ListenError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
 
 
