@@ -1,6 +1,7 @@
-"""Slow and stalled admin clients (issue 10, item 2): 1,000 slow-loris connections
-and 200 that trickle 16 KiB of headers, reconnecting whenever they are shed, cost
-the proxy little memory, leave /healthz answering at once and the relay untouched."""
+"""Slow and stalled admin clients (issue 10, item 2): 1,000 slow-loris connections,
+200 that trickle 16 KiB of headers and 50 that send headers without end, all
+reconnecting whenever they are shed, cost the proxy little memory, leave /healthz
+answering at once and the relay untouched."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
 from servers import HashingEcho
 
-LORIS, TRICKLERS = 1000, 200
+LORIS, TRICKLERS, BLOATERS = 1000, 200, 50
 RECONNECT = 0.5  # seconds before a shed client comes back (slowloris's own loop)
 TRICKLE_STEP, TRICKLE_EVERY, TRICKLE_TOTAL = 512, 0.1, 16 * 1024
+BLOAT_LINE = b"X-Bloat: " + b"b" * 60_000 + b"\r\n"  # as fast as the endpoint reads
 
 
 @dataclass
@@ -39,9 +41,10 @@ class _Client:
 
 
 class SlowClients:
-    """Keeps LORIS sockets that sent part of a request line and stall, and TRICKLERS
-    sending a header line every TRICKLE_EVERY up to 16 KiB, never finishing; each
-    comes back RECONNECT after the endpoint closes it. In a process of its own, as
+    """Keeps LORIS sockets that sent part of a request line and stall, TRICKLERS
+    sending a header line every TRICKLE_EVERY up to 16 KiB, never finishing, and
+    BLOATERS sending long header lines as fast as they can; each comes back
+    RECONNECT after the endpoint closes it. In a process of its own, as
     an attacker would be (and so the probes here compete with it for no lock)."""
 
     def __init__(self, address: tuple[str, int], seconds: float) -> None:
@@ -74,7 +77,7 @@ class SlowClients:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
         self.selector = selectors.DefaultSelector()
-        for kind in ["loris"] * LORIS + ["trickle"] * TRICKLERS:
+        for kind in ["loris"] * LORIS + ["trickle"] * TRICKLERS + ["bloat"] * BLOATERS:
             self._open(kind)
         self._run(time.monotonic() + self.seconds)
         results.send((self.connects, self.shed, self.answers))
@@ -99,11 +102,16 @@ class SlowClients:
                     first = b"GET /healthz HTT" if client.kind == "loris" else b"GET / HTTP/1.1\r\n"
                     if not self._send(sock, client, first):
                         continue
-                    self.selector.modify(sock, selectors.EVENT_READ, client)
+                    events = selectors.EVENT_READ
+                    if client.kind == "bloat":
+                        events |= selectors.EVENT_WRITE
+                    self.selector.modify(sock, events, client)
                 elif mask & selectors.EVENT_READ:
                     with contextlib.suppress(OSError):
                         self.answers[sock.recv(4096)[:12]] += 1
                     self._drop_and_return(sock, client)
+                elif mask & selectors.EVENT_WRITE:
+                    self._send(sock, client, BLOAT_LINE)
             self._trickle()
             now = time.monotonic()
             while self._comebacks and self._comebacks[0][0] <= now:
@@ -177,13 +185,28 @@ def stream_through(port: int, size: int, result: dict[str, object]) -> None:
     )
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped for a full accept queue, in the
+    calling thread's network namespace."""
+    with open("/proc/thread-self/net/netstat") as f:
+        names, values = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(values[names.index("ListenOverflows")])
+
+
 def test_slow_clients_cannot_starve_healthz(tmp_path: Path) -> None:
+    # In a netns of its own: the figures are those of this test alone.
+    with netns.temporary("fp-adminsec"):
+        slow_clients_cannot_starve_healthz(tmp_path)
+
+
+def slow_clients_cannot_starve_healthz(tmp_path: Path) -> None:
     echo = HashingEcho()
     (port,) = free_ports(1)
     proxy = Proxy(tmp_path, {"Apps": [app("s", [port], [echo.address])]})
     for path in ("/healthz", "/status", "/metrics"):  # everything imported and warm
         assert proxy.http("GET", path)[0] == 200
     rss_before = rss_kib(proxy.pid)
+    overflows = listen_overflows()
     host, admin_port = proxy.admin.rsplit(":", 1)
     attack = SlowClients((host, int(admin_port)), seconds=7)
     attack.start()
@@ -204,18 +227,20 @@ def test_slow_clients_cannot_starve_healthz(tmp_path: Path) -> None:
         attack.wait()
     finally:
         attack.kill()
+    overflows = listen_overflows() - overflows
     median, worst = statistics.median(latencies), max(latencies)
     grown = (rss_max - rss_before) / 1024
     print(
         f"\n{attack.connects} slow connections ({attack.shed} shed; answers"
         f" {dict(attack.answers.most_common(4))}); /healthz median {median * 1000:.1f} ms,"
         f" max {worst * 1000:.1f} ms; RSS {rss_before / 1024:.1f} -> {rss_max / 1024:.1f} MiB;"
-        f" stream {stream.get('size', 0)} B in {stream.get('seconds', 0):.2f}s"
+        f" stream {stream.get('size', 0)} B in {stream.get('seconds', 0):.2f}s;"
+        f" {overflows} accept queue overflows"
     )
-    assert attack.connects >= LORIS + TRICKLERS
+    assert attack.connects >= LORIS + TRICKLERS + BLOATERS
     assert attack.shed >= LORIS  # the endpoint does shed them
     assert median < 0.1, latencies
-    assert worst < 1.0, latencies  # generous: the machine is shared
+    assert worst < 2.0, latencies  # generous: the machine is shared and loaded
     assert grown < 20, f"RSS grew by {grown:.1f} MiB"
     assert stream["size"] == 64 << 20 and stream["sent"] == stream["received"]
     health_checks = hashlib.sha256().hexdigest()  # connections that sent nothing

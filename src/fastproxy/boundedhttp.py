@@ -40,6 +40,7 @@ MAX_CONNECTIONS = 64
 REQUEST_DEADLINE = 5.0  # seconds for a whole request, and for an idle keep-alive wait
 RESPONSE_DEADLINE = 10.0  # seconds for a client to read a response
 LINGER = 1.0  # seconds to drain a client's unread bytes before closing (see _linger)
+LINGER_BYTES = 64 * 1024  # ...and at most this many: a client still sending is cut off
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUESTS_PER_CONNECTION = 100  # keep-alive, bounded: then "Connection: close"
@@ -103,6 +104,7 @@ class _Conn:
         "request",
         "out",
         "served",
+        "dropped",
     )
 
     def __init__(self, sock: socket.socket, now: float) -> None:
@@ -116,6 +118,7 @@ class _Conn:
         self.request: Request | None = None
         self.out = bytearray()
         self.served = 0
+        self.dropped = 0  # bytes read and dropped while lingering
 
 
 _Jobs = queue.SimpleQueue[tuple[_Conn, Callable[[], Response]] | None]  # None: stop
@@ -463,7 +466,8 @@ class BoundedHTTPServer:
 
     def _linger(self, conn: _Conn) -> None:
         try:
-            if conn.sock.recv(RECV_SIZE):
+            conn.dropped += len(data := conn.sock.recv(RECV_SIZE))
+            if data and conn.dropped <= LINGER_BYTES:
                 return
         except (BlockingIOError, InterruptedError):
             return
