@@ -201,7 +201,7 @@ def test_version_and_help() -> None:
     from fastproxy import __version__
 
     assert fastproxy("--version").stdout.strip().endswith(__version__)
-    for command in ("serve", "check", "demo"):
+    for command in ("serve", "check", "demo", "status", "reload", "target"):
         result = fastproxy(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
 

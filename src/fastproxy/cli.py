@@ -299,8 +299,8 @@ def target(
     token_file: str | None,
 ) -> None:
     """Drain, disable or enable TARGET (host:port, as in the config) of APP in the
-    running proxy. drain: no new connections, open ones finish; disable: no new
-    connections; enable: back in rotation."""
+    running proxy. drain: no new connections, open ones finish, checks go on;
+    disable: the same, without checks; enable: back in rotation."""
     from urllib.parse import quote
 
     path = f"/targets/{quote(app, safe='')}/{quote(target, safe='')}/{action}"
