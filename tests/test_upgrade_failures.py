@@ -50,7 +50,7 @@ def successor(
 ) -> subprocess.Popen[bytes]:
     """`fastproxy serve --takeover`, not waited for (it may be meant to fail)."""
     path = tmp_path / "successor.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps({"AdminTokenFile": str(tmp_path / "admin-token"), **config}))
     env = {**os.environ, "FASTPROXY_FAILPOINTS": failpoints}
     cmd = [sys.executable, "-m", "fastproxy", "serve", str(path), "--takeover"]
     return subprocess.Popen(
