@@ -285,3 +285,41 @@ def test_a_long_reload_does_not_hold_up_healthz(tmp_path: Path) -> None:
 
 def full(config: dict[str, object]) -> dict[str, object]:
     return {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", **config}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_endpoint_waits_and_recovers(tmp_path: Path) -> None:
+    """With the descriptor limit reached, accepting pauses (no busy loop, one warning)
+    and resumes once descriptors are free again."""
+    (port,) = free_ports(1)
+    config = {"Apps": [app("tight", [port], ["127.0.0.1:9"], HealthCheck={"Interval": 3600})]}
+    proxy = Proxy(tmp_path, config, "--workers", "1", prefix=["prlimit", "--nofile=64:64"])
+    host, admin_port = proxy.admin.rsplit(":", 1)
+    held = [socket.create_connection((host, int(admin_port)), timeout=5) for _ in range(80)]
+    for sock in held:
+        sock.sendall(b"GET /healthz HTT")  # and stall
+    time.sleep(1.5)
+    before = cpu_seconds(proxy.pid)
+    time.sleep(1.0)
+    busy = cpu_seconds(proxy.pid) - before
+    assert busy < 0.3, f"the proxy spun: {busy:.2f}s of CPU in 1s"
+    for sock in held:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if proxy.http("GET", "/healthz") == (200, b"ok\n"):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.1)
+    log = proxy.log()
+    assert log.count("admin: cannot accept: Too many open files") == 1, log
+    assert "Traceback" not in log
+    assert proxy.stop() == 0

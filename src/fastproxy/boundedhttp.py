@@ -48,6 +48,7 @@ BACKLOG = 4096  # a burst of connections waits in the kernel (up to net.core.som
 ACCEPT_BATCH = 16  # accepts per wake-up: fewer than MAX_CONNECTIONS, see _accept
 RECV_SIZE = 16 * 1024  # with h11's own cap, at most ~32 KiB buffered per connection
 ACCEPT_PAUSE = 0.1  # seconds without accepting when out of descriptors
+WARN_EVERY = 10.0  # seconds between two warnings that we are out of descriptors
 
 
 @dataclass
@@ -144,6 +145,7 @@ class BoundedHTTPServer:
         self._conns: dict[socket.socket, _Conn] = {}
         self._done: collections.deque[tuple[_Conn, Response]] = collections.deque()
         self._accept_paused_until = 0.0
+        self._warned_at = -WARN_EVERY
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._jobs: dict[str, _Jobs] = {lane: queue.SimpleQueue() for lane in lanes}
@@ -240,9 +242,13 @@ class BoundedHTTPServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("admin: cannot accept: %s; pausing briefly", exc.strerror)
+                    # Pending clients wait in the backlog; retried in a moment.
+                    now = time.monotonic()
+                    if now - self._warned_at >= WARN_EVERY:
+                        self._warned_at = now
+                        log.warning("admin: cannot accept: %s; retrying shortly", exc.strerror)
                     self._selector.unregister(self.socket)
-                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                    self._accept_paused_until = now + ACCEPT_PAUSE
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)
