@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
-from fastproxy.config import load_config
 from fastproxy.server import Server
+from fastproxy.sources import FileSource
 from proxyproc import ROOT, Proxy, app, free_ports
 from servers import talk
 
@@ -215,7 +215,7 @@ def test_healthz_is_503_while_draining(tmp_path: Path) -> None:
 
 
 def test_healthz_names_a_helper_thread_that_died(tmp_path: Path) -> None:
-    """In-process, so the threads can be ended: a health-check or file-watch thread
+    """In-process, so the threads can be ended: a health-check or config-watch thread
     that is gone makes /healthz 503 with its name."""
     (port,) = free_ports(1)
     config_path = tmp_path / "fastproxy.json"
@@ -230,7 +230,8 @@ def test_healthz_names_a_helper_thread_that_died(tmp_path: Path) -> None:
             }
         )
     )
-    server = Server(load_config(config_path), config_path=str(config_path))
+    source = FileSource(str(config_path))
+    server = Server(source.load(), source=source)
     server.start()
     try:
         assert server.admin is not None
@@ -248,10 +249,9 @@ def test_healthz_names_a_helper_thread_that_died(tmp_path: Path) -> None:
         assert healthz() == (200, b"ok\n")
         server.health.stop()  # returns once the thread has ended
         assert healthz() == (503, b"helper thread died: health-check\n")
-        assert server.watcher is not None
-        server.watcher.stop()
+        source.stop()  # the file watcher's thread ends within a poll
         deadline = time.monotonic() + 5
-        while healthz() != (503, b"helper thread died: health-check, file-watch\n"):
+        while healthz() != (503, b"helper thread died: health-check, config-watch\n"):
             assert time.monotonic() < deadline, healthz()
             time.sleep(0.05)
     finally:
