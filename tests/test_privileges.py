@@ -142,7 +142,7 @@ def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
     assert status.returncode == 0 and "web" in status.stdout, status.stderr
     config["Apps"] = [app("web", [8080, 80, 81], [echo.address])]
     old.write_config(config)
-    reload = cli("reload", "--admin", old.admin)
+    reload = cli("reload", "--admin", old.admin, "--token-file", str(old.token_file))
     assert reload.returncode == 0 and reload.stdout.strip() == "reloaded", reload.stderr
     assert_serves(81)
     assert old.status()["reloads"]["failure"] == 0
