@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -62,19 +63,20 @@ def successor(
     )
 
 
-def wait_line(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 20) -> bytes:
-    """Read the process's output until a line containing text appears."""
+def wait_line(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60) -> bytes:
+    """Read the process's output until text appears (bcc may take a while on a busy host)."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     seen = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} in: {seen.decode(errors='replace')}")
+    while text not in seen:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            raise AssertionError(f"no {text!r} in: {seen.decode(errors='replace')}")
+        seen += chunk
+    return seen
 
 
 def reload_applies(old: Proxy, config: dict[str, Any], new_port: int) -> None:
