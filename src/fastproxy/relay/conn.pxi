@@ -230,6 +230,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.down.pipe_r = c.down.pipe_w = -1
     c.last_active_ms = w.now_ms
     c.start_ms = w.now_ms
+    dbg_count(&w.dbg_conns, 1)
     c.next = w.conns
     if w.conns != NULL:
         w.conns.prev = c
@@ -260,10 +261,10 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     c.state = ST_CLOSED
     conn_release_route(c)
     if c.cli.fd >= 0:
-        close(c.cli.fd)
+        close_socket(w, c.cli.fd)
         c.cli.fd = -1
     if c.srv.fd >= 0:
-        close(c.srv.fd)
+        close_socket(w, c.srv.fd)
         c.srv.fd = -1
     chan_release(w, &c.up)
     chan_release(w, &c.down)
@@ -318,7 +319,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.target_idx = idx
         c.tgt_slot = t.slot
         c.attempts += 1
-        fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        fd = open_socket(w, t.addr.ss_family)
         if fd < 0:
             conn_local_error(w, c)  # our shortage, not the target's fault
             return
@@ -326,7 +327,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
         if rc < 0 and errno != EINPROGRESS:
             err = errno
-            close(fd)
+            close_socket(w, fd)
             if err == EADDRNOTAVAIL or err == ENOBUFS or err == ENOMEM or err == EAGAIN:
                 conn_local_error(w, c)  # no local port or memory: another target won't help
                 return
@@ -336,7 +337,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.srv.readable = False
         c.srv.writable = False
         if register_side(w, &c.srv) < 0:
-            close(fd)
+            close_socket(w, fd)
             c.srv.fd = -1
             continue
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
@@ -356,7 +357,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     fp_add_u64(&c.tgt_st.connect_failures, 1)
     fp_add_i64(&c.tgt_st.active, -1)
     c.tgt_st = NULL
-    close(c.srv.fd)
+    close_socket(w, c.srv.fd)
     c.srv.fd = -1
     c.srv.hup = False
     c.srv.urgent = False
@@ -442,6 +443,8 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
     for i in range(ACCEPT_BATCH):
         plen = sizeof(peer)
         fd = accept4(l.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd >= 0:
+            dbg_count(&w.dbg_sockets, 1)
         if fd < 0:
             if errno == EINTR or errno == ECONNABORTED:
                 continue
@@ -468,7 +471,7 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
             continue
         rt = route_get(r, app) if app >= 0 else NULL
         if rt == NULL:
-            close(fd)               # a port no app owns (any more)
+            close_socket(w, fd)     # a port no app owns (any more)
             continue
         if rt.proxy_protocol and local.ss_family == 0:
             getsockname(fd, <sockaddr*>&local, &llen)
@@ -477,12 +480,12 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
             fp_add_u64(&app_st.rejected, 1)
             alog_rejected(w, &peer, port, rt.app_slot)
             route_decref(rt)
-            close(fd)
+            close_socket(w, fd)
             continue
         c = conn_new(w, fd)
         if c == NULL:
             route_decref(rt)
-            close(fd)
+            close_socket(w, fd)
             continue
         memcpy(&c.peer, &peer, sizeof(peer))
         memcpy(&c.local, &local, sizeof(local))

@@ -262,6 +262,11 @@ ctypedef struct fp_worker:
     int npipes
     char** bufs                 # pool (copy mode)
     int nbufs
+    # Debug builds only (FP_DEBUG): what this worker holds, so a test can prove
+    # that every path gives it back.
+    int dbg_conns               # fp_conn allocated and not yet freed
+    int dbg_sockets             # client and target sockets open
+    int dbg_pipes               # pipes held by channels (not the idle pool)
 
 cdef struct fp_relay:
     int nworkers

@@ -20,6 +20,7 @@ cdef void free_graveyard(fp_worker* w) noexcept nogil:
     while c != NULL:
         nxt = c.later
         free(c)
+        dbg_count(&w.dbg_conns, -1)
         c = nxt
 
 
@@ -63,11 +64,36 @@ cdef void drain_wakefd(fp_worker* w) noexcept nogil:
     read(w.wakefd, &value, sizeof(value))
 
 
+cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
+    """Handle one batch of events, then what waits for the batch to end: retries,
+    timeouts on each tick, and freeing the connections it closed."""
+    cdef int i, kind
+    cdef bint sweep
+    w.now_ms = monotonic_ms()
+    for i in range(n):
+        kind = (<int*>events[i].data.ptr)[0]
+        if kind == KIND_SIDE:
+            side_event(w, <fp_side*>events[i].data.ptr, events[i].events)
+        elif kind == KIND_LISTENER:
+            accept_clients(w, <fp_listener*>events[i].data.ptr)
+        else:
+            drain_wakefd(w)
+    process_retries(w)
+    if w.now_ms >= w.next_tick_ms:
+        sweep = w.now_ms >= w.next_sweep_ms
+        check_timeouts(w, sweep)
+        process_retries(w)
+        w.next_tick_ms = w.now_ms + TICK_MS
+        if sweep:
+            w.next_sweep_ms = w.now_ms + SWEEP_MS
+    free_graveyard(w)
+    fp_store_int(&w.epoch, w.epoch + 1)
+
+
 cdef void* worker_main(void* arg) noexcept nogil:
     cdef fp_worker* w = <fp_worker*>arg
     cdef epoll_event events[MAX_EVENTS]
-    cdef int n, i, kind, timeout
-    cdef bint sweep
+    cdef int n, timeout
     # Signals stay blocked (Relay.start creates us with all of them blocked): they
     # belong to the Python main thread.
     w.now_ms = monotonic_ms()
@@ -76,25 +102,7 @@ cdef void* worker_main(void* arg) noexcept nogil:
     while not fp_load_int(&w.stop):
         timeout = TICK_MS if w.nconnecting > 0 or w.nstarved > 0 else SWEEP_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
-        w.now_ms = monotonic_ms()
-        for i in range(n):
-            kind = (<int*>events[i].data.ptr)[0]
-            if kind == KIND_SIDE:
-                side_event(w, <fp_side*>events[i].data.ptr, events[i].events)
-            elif kind == KIND_LISTENER:
-                accept_clients(w, <fp_listener*>events[i].data.ptr)
-            else:
-                drain_wakefd(w)
-        process_retries(w)
-        if w.now_ms >= w.next_tick_ms:
-            sweep = w.now_ms >= w.next_sweep_ms
-            check_timeouts(w, sweep)
-            process_retries(w)
-            w.next_tick_ms = w.now_ms + TICK_MS
-            if sweep:
-                w.next_sweep_ms = w.now_ms + SWEEP_MS
-        free_graveyard(w)
-        fp_store_int(&w.epoch, w.epoch + 1)
+        run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
         w.conns.result = R_SHUTDOWN
