@@ -248,6 +248,7 @@ cdef void conn_release_route(fp_conn* c) noexcept nogil:
 cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     """Close both sockets and unlink; the memory goes after the event batch, since
     later events of the same batch may still point at it."""
+    cdef bint queued = c.state == ST_RETRY
     if c.state == ST_CLOSED:
         return
     conn_finish(w, c)
@@ -275,7 +276,13 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     fp_store_int(&w.nconns, w.nconns - 1)
-    c.later = w.graveyard
+    if not queued:              # else the retry pass buries it, keeping that list whole
+        bury(w, c)
+
+
+cdef inline void bury(fp_worker* w, fp_conn* c) noexcept nogil:
+    list_join(c, LIST_GRAVE)
+    c.grave_next = w.graveyard
     w.graveyard = c
 
 
@@ -364,7 +371,8 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     c.srv.muted = False
     w.nconnecting -= 1
     c.state = ST_RETRY
-    c.later = w.retry
+    list_join(c, LIST_RETRY)
+    c.retry_next = w.retry
     w.retry = c
 
 

@@ -24,3 +24,14 @@ cdef inline int open_socket(fp_worker* w, int family) noexcept nogil:
 cdef inline void close_socket(fp_worker* w, int fd) noexcept nogil:
     close(fd)
     dbg_count(&w.dbg_sockets, -1)
+
+
+cdef inline void list_join(fp_conn* c, int which) noexcept nogil:
+    fp_check(c.lists == 0, "a connection is on at most one list")
+    if FP_DEBUG:
+        c.lists |= which
+
+
+cdef inline void list_leave(fp_conn* c, int which) noexcept nogil:
+    if FP_DEBUG:
+        c.lists &= ~which

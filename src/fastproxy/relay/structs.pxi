@@ -10,12 +10,17 @@ cdef enum HandleKind:
     KIND_SIDE = 2
     KIND_WAKE = 3
 
+cdef enum ConnList:
+    LIST_RETRY = 1
+    LIST_GRAVE = 2
+
 cdef enum ConnState:
     ST_NEW = 0
     ST_CONNECTING = 1
     ST_RETRY = 2        # the connect failed; retried after the current event batch
     ST_RELAYING = 3
-    ST_CLOSED = 4       # freed after the current event batch
+    ST_CLOSED = 4       # freed after the current event batch (the retry pass buries
+                        # one that closed while queued for a retry)
     ST_PREFACE = 5      # reading a PROXY header and/or a TLS ClientHello (preface.pxi)
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
@@ -204,7 +209,11 @@ cdef struct fp_conn:
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
-    fp_conn* later              # retry / graveyard list link
+    # A connection is on at most one of the two lists below, and each has its own
+    # link, so that one list can never swallow the other's tail.
+    fp_conn* retry_next         # queued to try the next target after the batch
+    fp_conn* grave_next         # closed, freed after the batch
+    int lists                   # debug builds: the lists it is on (LIST_* bits)
 
 cdef struct fp_relay
 

@@ -7,9 +7,14 @@ cdef void process_retries(fp_worker* w) noexcept nogil:
     cdef fp_conn* nxt
     w.retry = NULL
     while c != NULL:
-        nxt = c.later
+        nxt = c.retry_next
+        c.retry_next = NULL
+        list_leave(c, LIST_RETRY)
         if c.state == ST_RETRY:
             conn_connect_next(w, c)
+        else:
+            fp_check(c.state == ST_CLOSED, "a queued connection is retried or closed")
+            bury(w, c)          # its client left while it waited
         c = nxt
 
 
@@ -18,7 +23,7 @@ cdef void free_graveyard(fp_worker* w) noexcept nogil:
     cdef fp_conn* nxt
     w.graveyard = NULL
     while c != NULL:
-        nxt = c.later
+        nxt = c.grave_next
         free(c)
         dbg_count(&w.dbg_conns, -1)
         c = nxt
