@@ -7,16 +7,22 @@ the test chooses when each event batch runs and may add chosen events to it."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from fastproxy import _relay
 from fastproxy.backends import NamedEchoServer
-from servers import reset
+from proxyproc import Proxy, app, free_ports
+from servers import Backend, reset
 
 RESET = select.EPOLLERR | select.EPOLLHUP | select.EPOLLIN | select.EPOLLRDHUP
 
@@ -143,3 +149,189 @@ def test_retry_queue_survives_a_client_reset_in_the_same_batch(
         assert relay.stats(0)["connections"] == 3
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
+    """The client's urgent byte and FIN arrive while the relay still holds bytes for
+    a target that is not reading: splice() says 0 at the mark, which is not the end
+    of the stream. Every byte after the mark must arrive, then the FIN."""
+    target_listener = socket.socket()
+    # A small window, so that the target stops taking bytes soon.
+    target_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven(
+        [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
+    )
+    try:
+        (client,) = relay.connect(1)
+        target, _ = target_listener.accept()
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client.setblocking(False)
+        target.setblocking(False)
+        sent = hashlib.sha256()
+        # Feed the target until it takes no more while the relay still holds bytes.
+        deadline = time.monotonic() + 10
+        while True:
+            conn = next(iter(relay.connections().values()))
+            if not conn["srv_writable"] and conn["up"]:
+                break
+            assert time.monotonic() < deadline, conn
+            chunk = os.urandom(1000)
+            client.sendall(chunk)
+            sent.update(chunk)
+            relay.step(0)
+        client.sendall(b"A" * 100)
+        client.send(b"U", socket.MSG_OOB)  # dropped, as by most proxies
+        client.sendall(b"B" * 100)
+        client.shutdown(socket.SHUT_WR)
+        sent.update(b"A" * 100 + b"B" * 100)
+        time.sleep(0.05)
+        relay.step()
+        received = hashlib.sha256()
+        deadline = time.monotonic() + 10
+        while True:
+            relay.step(1)
+            try:
+                chunk = target.recv(1 << 16)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "no FIN"
+                continue
+            if not chunk:
+                break  # a reset would raise here: also allowed, but not a short clean end
+            received.update(chunk)
+        assert received.hexdigest() == sent.hexdigest(), "a clean FIN after a truncated stream"
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def holds_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+def test_reset_while_the_direction_is_blocked_is_propagated(tmp_path: Path) -> None:
+    """A target that does not read, a client that fills every buffer on the way and
+    resets: the relay reads nothing from the client (no room), yet must notice the
+    reset and pass it on."""
+    accepted: list[socket.socket] = []
+    backend = Backend(lambda conn: (accepted.append(conn.dup()), time.sleep(30)))
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = Proxy(
+        tmp_path, {"Apps": [app("blocked", [port], [backend.address], HealthCheck=quiet)]}
+    )
+    try:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setblocking(False)
+        deadline = time.monotonic() + 10
+        stalled_since = None
+        while True:  # fill until nothing moves for a while
+            try:
+                client.send(b"x" * 65536)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.5:
+                    break
+                time.sleep(0.01)
+            assert time.monotonic() < deadline, "the client never filled up"
+        reset(client)
+        # The relay's connection is the one holding the client's bytes (health
+        # checks connect too, and leave without a byte).
+        (target,) = [s for s in accepted if holds_bytes(s)]
+        poller = select.poll()
+        poller.register(target, select.POLLERR | select.POLLHUP)
+        assert poller.poll(5000), "the target never heard of the client's reset"
+        error = target.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert error == errno.ECONNRESET
+        deadline = time.monotonic() + 5
+        while proxy.status()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.status()["connections"] == 0
+        target.close()
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def test_reply_sent_just_before_a_target_reset_reaches_the_client(tmp_path: Path) -> None:
+    """The target reads a request, answers and resets while the client is still
+    sending: the relay's write toward the target fails, but the answer it already
+    holds (or can still read) goes to the client before the reset does."""
+    reply = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n"
+
+    def answer_and_reset(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(reply)
+        reset(conn)
+
+    backend = Backend(answer_and_reset)
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("early", [port], [backend.address])]})
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            stop = threading.Event()
+
+            def keep_sending(sock: socket.socket = sock, stop: threading.Event = stop) -> None:
+                try:
+                    while not stop.is_set():
+                        sock.sendall(b"y" * 65536)
+                except OSError:
+                    pass
+
+            sender = threading.Thread(target=keep_sending)
+            sender.start()
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            stop.set()
+            sender.join(10)
+            sock.close()
+            assert received == reply
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
+    """The client sends and resets at once: the relay reads the bytes, then the
+    reset, in one pump. The bytes still reach the target (then the reset does), and
+    they are counted, though the pump ended in an error."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    try:
+        (client,) = relay.connect(1)
+        target, _ = target_listener.accept()
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        payload = os.urandom(30000)
+        client.sendall(payload)
+        reset(client)
+        time.sleep(0.05)
+        relay.run_until(lambda: relay.relay.connections() == 0)
+        received = b""
+        target.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            while chunk := target.recv(65536):
+                received += chunk
+        assert received == payload
+        for slot in (0, 1):
+            assert relay.stats(slot)["bytes_in"] == len(payload)
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()

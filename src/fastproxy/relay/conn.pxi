@@ -46,6 +46,8 @@ cdef void side_mute(fp_worker* w, fp_side* s, bint mute) noexcept nogil:
     ev.data.ptr = s
     if epoll_ctl(w.epfd, EPOLL_CTL_MOD, s.fd, &ev) == 0:
         s.muted = mute
+        if mute:
+            s.blind = True
 
 
 cdef void set_reset_on_close(int fd) noexcept nogil:
@@ -100,6 +102,7 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
         return 0
     if errno == EAGAIN:
         src.urgent = False      # past the mark, and nothing more to read yet
+        src.blind = False
         return -EAGAIN
     return -errno
 
@@ -113,6 +116,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     cdef ssize_t n
     cdef size_t room
     cdef bint progress = True
+    cdef int rc = PUMP_OK
     cdef uint64_t moved = 0
     while progress:
         progress = False
@@ -127,7 +131,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             elif n == -EAGAIN:
                 dst.writable = False
             else:
-                return PUMP_DST_FAILED
+                rc = PUMP_DST_FAILED
+                break
         if ch.len == 0 and ch.eof and not ch.shut:
             # Half-close: pass the FIN on only once every byte before it is out.
             # When the other way is done too, the close that follows sends it.
@@ -151,8 +156,16 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     ch.off = 0
                 room = r.chan_cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
-            if src.urgent and r.use_splice and ch.len == 0 and (n == 0 or n == -EAGAIN):
-                n = fill_past_urgent_mark(w, ch, src)
+            if r.use_splice and ((n == -EAGAIN and src.urgent)
+                                 or (n == 0 and (src.urgent or src.blind))):
+                # splice() stops at an urgent mark, and says 0 there once a FIN
+                # has come, however many bytes follow: not the end of the stream.
+                # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
+                # too.) Step over it with recv() once the pipe is empty.
+                if ch.len == 0:
+                    n = fill_past_urgent_mark(w, ch, src)
+                else:
+                    n = -EAGAIN
             if n > 0:
                 if <size_t>n < room and not src.hup and not src.urgent:
                     # A short recv emptied the socket: skip the read that would
@@ -173,11 +186,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 if ch.len == 0 or not r.use_splice:
                     src.readable = False
             else:
-                return PUMP_SRC_FAILED
-    side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
-    if ch.len == 0:
-        chan_release(w, ch)
-    if moved:
+                rc = PUMP_SRC_FAILED
+                break
+    if rc == PUMP_OK:
+        side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
+        if ch.len == 0:
+            chan_release(w, ch)
+    if moved:   # counted on failure too: those bytes were taken from the source
         c.last_active_ms = w.now_ms
         if inbound:
             c.bytes_in += moved
@@ -187,7 +202,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             c.bytes_out += moved
             fp_add_u64(&c.app_st.bytes_out, moved)
             fp_add_u64(&c.tgt_st.bytes_out, moved)
-    return PUMP_OK
+    return rc
 
 
 cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
@@ -195,23 +210,43 @@ cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
     if rc == PUMP_OK:
         rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
         if rc == PUMP_SRC_FAILED:
-            conn_abort(w, c, &c.cli)        # target reset: reset the client
+            conn_fail(w, c, &c.srv)         # the target reset
         elif rc == PUMP_DST_FAILED:
-            conn_abort(w, c, &c.srv)
+            conn_fail(w, c, &c.cli)
     elif rc == PUMP_SRC_FAILED:
-        conn_abort(w, c, &c.srv)            # client reset: reset the target
+        conn_fail(w, c, &c.cli)             # the client reset
     else:
-        conn_abort(w, c, &c.cli)
+        conn_fail(w, c, &c.srv)
     if c.state == ST_RELAYING and c.up.shut and c.down.shut:
         conn_close(w, c)
 
 
-cdef void conn_check_reset(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events) noexcept nogil:
-    """An error on a side we no longer read from (it sent its FIN already) is not
-    seen by any read: propagate that reset here."""
+cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
+    """One side failed: it reset, or a write to it failed. What it sent before
+    (held here, or still queued on its socket: a reset socket reads to its end at
+    once) goes to the other side as far as that side takes it now, and never
+    with a FIN: the other side is then reset, so it knows the stream was cut. The
+    bytes held for the failed side are dropped with it."""
+    cdef bint from_target = dead == &c.srv
+    cdef fp_side* live = &c.cli if from_target else &c.srv
+    cdef fp_chan* toward_live = &c.down if from_target else &c.up
+    cdef fp_chan* toward_dead = &c.up if from_target else &c.down
+    if not toward_live.shut:
+        toward_live.shut = True
+        dead.readable = True
+        chan_pump(w, c, toward_live, dead, live, toward_dead, not from_target)
+    conn_abort(w, c, live)
+
+
+cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
+    """EPOLLERR the pump did not act on: the side reset while we were neither
+    reading it (it sent its FIN already, or its bytes have no room here: the
+    other side is not reading) nor writing to it. Only its pending error tells."""
     cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
-    if c.state == ST_RELAYING and (events & EPOLLERR) and reading.eof:
-        conn_abort(w, c, &c.srv if s == &c.cli else &c.cli)
+    cdef int err = 0
+    cdef socklen_t size = sizeof(err)
+    if reading.eof or (getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) == 0 and err != 0):
+        conn_fail(w, c, s)
 
 
 # -- life cycle -------------------------------------------------------------------
@@ -369,6 +404,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     c.srv.hup = False
     c.srv.urgent = False
     c.srv.muted = False
+    c.srv.blind = False
     w.nconnecting -= 1
     c.state = ST_RETRY
     list_join(c, LIST_RETRY)
@@ -385,6 +421,8 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.readable = True
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         s.hup = True
+    if not s.muted:
+        s.blind = False         # events now say whether urgent data waits
     if events & EPOLLPRI:
         s.urgent = True
     if events & EV_WRITE:
@@ -399,7 +437,8 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         return
     if c.state == ST_RELAYING:
         conn_pump(w, c)
-        conn_check_reset(w, c, s, events)
+        if c.state == ST_RELAYING and events & EPOLLERR:
+            conn_check_error(w, c, s)
         return
     # Connecting
     if s == &c.srv:

@@ -173,6 +173,8 @@ ctypedef struct fp_side:
     bint hup                    # the peer's FIN, or an error, has been signalled
     bint muted                  # EPOLLIN dropped while its channel cannot drain
     bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
+    bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
+                                # data may have come unseen
 
 cdef struct fp_conn:
     fp_side cli
