@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy import _relay
+from fastproxy import _relay, netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
 from servers import Backend, reset
@@ -39,10 +39,10 @@ class HandDriven:
     """A relay with one app on one listening port, whose worker runs only when the
     test says so."""
 
-    def __init__(self, targets: list[tuple[str, int]], **app: object) -> None:
+    def __init__(self, targets: list[tuple[str, int]], port: int = 0, **app: object) -> None:
         self.relay = _relay.Relay(workers=1, **app.pop("relay", {}))  # type: ignore[arg-type]
         self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1", port))
         self.listener.listen(64)
         self.port: int = self.listener.getsockname()[1]
         self.relay.set_app(
@@ -335,3 +335,37 @@ def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
     finally:
         relay.close()
         target_listener.close()
+
+
+def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:
+    """EADDRNOTAVAIL from connect() is per destination on Linux: with every local
+    port toward one target in use, the next target still has them. In a namespace of
+    our own with two local ports; the test holds both toward the first target."""
+    with netns.temporary("fp-relay-faults"):
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as sysctl:
+            sysctl.write("40000 40001")
+        # Fixed ports, out of that range: the namespace is ours alone.
+        first, second = NamedEchoServer("first", port=5001), NamedEchoServer("second", port=5002)
+        held = []
+        try:
+            with pytest.raises(OSError) as exhausted:
+                for _ in range(10):
+                    held.append(socket.create_connection(("127.0.0.1", first.port), timeout=5))
+            assert exhausted.value.errno == errno.EADDRNOTAVAIL
+            relay = HandDriven([("127.0.0.1", first.port), ("127.0.0.1", second.port)], port=5000)
+            try:
+                for i in range(2):  # round robin starts the first one on the first target
+                    client = ("127.0.0.1", 6000 + i)  # the two ephemeral ports are taken
+                    with socket.create_connection(("127.0.0.1", relay.port), 5, client) as sock:
+                        payload = f"client {i}".encode()
+                        assert relay.exchange(sock, payload) == b"second\n" + payload
+                assert relay.stats(0)["local_errors"] == 0
+                assert relay.stats(1)["connect_failures"] == 1
+                relay.assert_nothing_held()
+            finally:
+                relay.close()
+        finally:
+            for sock in held:
+                sock.close()
+            first.close()
+            second.close()

@@ -370,9 +370,11 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         if rc < 0 and errno != EINPROGRESS:
             err = errno
             close_socket(w, fd)
-            if err == EADDRNOTAVAIL or err == ENOBUFS or err == ENOMEM or err == EAGAIN:
-                conn_local_error(w, c)  # no local port or memory: another target won't help
+            if err == ENOBUFS or err == ENOMEM or err == EAGAIN:
+                conn_local_error(w, c)  # out of memory: another target won't help
                 return
+            # Refused, unreachable, or EADDRNOTAVAIL: no local port or source address
+            # left toward this destination, which says nothing about the next one.
             fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
             continue
         c.srv.fd = fd
