@@ -226,6 +226,7 @@ cdef extern from "includes/atomics.h" nogil:
     uint32_t fp_next_u32(uint32_t* p)
     uint32_t fp_load_u32(const uint32_t* p)
     bint fp_cas_u32(uint32_t* p, uint32_t* expected, uint32_t v)
+    void fp_add_int(int* p, int v)
     int fp_incref(int* p)
     int fp_decref(int* p)
     int fp_add_fetch_int(int* p, int v)

@@ -61,8 +61,10 @@ cdef enum:
     ALOG_SLOTS = 4096          # access log records per worker ring
 
 
-# One counter slot per app and per (app, target). Slots are never freed, so
-# a connection may keep a pointer to its slots across reloads.
+# One counter slot per app and per (app, target). A connection keeps pointers to
+# its slots across reloads, and routes name them: a slot is in use while a route
+# naming it is alive (`routes`) or a connection holds it (`active`). The
+# orchestrator hands a slot out again only once neither holds, zeroed.
 ctypedef struct fp_stats:
     uint64_t connections
     int64_t active
@@ -78,7 +80,9 @@ ctypedef struct fp_stats:
     uint64_t rejected_per_source    # over MaxConnectionsPerSource
     uint64_t sni_unmatched      # server name of no app, and no default app
     uint64_t sni_errors         # malformed, truncated or late ClientHello
-    uint64_t _pad[2]            # 128 bytes, 64-aligned: no false sharing between slots
+    int routes                  # live routes naming this slot
+    int _pad_int
+    uint64_t _pad[1]            # 128 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -100,6 +104,8 @@ ctypedef struct fp_persource:
     int64_t limit
     int counts[PERSOURCE_BUCKETS]
 
+cdef struct fp_relay
+
 
 # An app's routing table. Immutable once published except for target states and
 # the round-robin cursor; replaced whole on reload. Refcounted because a connecting
@@ -111,6 +117,7 @@ ctypedef struct fp_persource:
 # the exact sequence.
 ctypedef struct fp_route:
     int refcnt
+    fp_relay* relay
     int ntargets
     fp_target* targets
     uint32_t app_slot
@@ -216,8 +223,6 @@ cdef struct fp_conn:
     fp_conn* retry_next         # queued to try the next target after the batch
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
-
-cdef struct fp_relay
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:
