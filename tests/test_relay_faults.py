@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import select
 import socket
 import threading
@@ -369,3 +370,36 @@ def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:
                 sock.close()
             first.close()
             second.close()
+
+
+def test_random_event_orders_leave_nothing_behind(named_backends: list[NamedEchoServer]) -> None:
+    """Seeded random batches of connect failures and client resets, in any order
+    and several per connection: every client that stayed gets its echo, and every
+    connection is finished and given back (checked more closely in debug builds)."""
+    rng = random.Random(9)
+    failed = select.EPOLLERR | select.EPOLLHUP
+    relay = HandDriven([("127.0.0.1", b.port) for b in named_backends])
+    try:
+        for _ in range(25):
+            clients = relay.connect(6)
+            conns = relay.connections()
+            ids = {s: conns[s.getsockname()[1]]["id"] for s in clients}
+            batch, gone = [], set()
+            for sock in clients:
+                for action in rng.choices(["fail", "reset", "none"], k=rng.randint(1, 3)):
+                    if action == "fail":
+                        batch.append((ids[sock], "srv", failed))
+                    elif action == "reset" and sock not in gone:
+                        reset(sock)
+                        gone.add(sock)
+                        batch.append((ids[sock], "cli", RESET))
+            rng.shuffle(batch)
+            _relay.harness_inject(relay.relay, batch)
+            for sock in clients:
+                if sock not in gone:
+                    name, _, echo = relay.exchange(sock, b"still here").partition(b"\n")
+                    assert name.startswith(b"backend-") and echo == b"still here"
+                    sock.close()
+            relay.assert_nothing_held()
+    finally:
+        relay.close()
