@@ -59,10 +59,13 @@ def test_10000_reloads_replacing_every_target_hit_no_cap() -> None:
         started = time.monotonic()
         kept_slot = None
         for n in range(RELOADS):
-            # Every target address is new each time, and the second app's name too.
-            cfg = config(
-                {"kept": (ports[0], churned(n, 1)), f"renamed-{n}": (ports[1], churned(n, 2))}
-            )
+            # Every target address is new each time, and the second app's name every
+            # tenth time (handing its id on waits for the workers: a quiesce).
+            apps = {
+                "kept": (ports[0], churned(n, 1)),
+                f"renamed-{n // 10}": (ports[1], churned(n, 2)),
+            }
+            cfg = config(apps)
             routes.apply(cfg, addresses(cfg))
             kept_slot = kept_slot if kept_slot is not None else routes.apps["kept"].slot
             assert routes.apps["kept"].slot == kept_slot  # an app that stays keeps its counters
