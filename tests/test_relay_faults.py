@@ -8,11 +8,14 @@ the test chooses when each event batch runs and may add chosen events to it."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import random
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -403,3 +406,53 @@ def test_random_event_orders_leave_nothing_behind(named_backends: list[NamedEcho
             relay.assert_nothing_held()
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_a_slow_client_gets_the_whole_reply_of_a_target_that_reset(
+    tmp_path: Path, mode: str
+) -> None:
+    """The target answers, every byte of it leaves the target, and it resets, while
+    the client is not reading yet: the relay holds part of the answer (in its pipe,
+    on its sockets). The client, reading later, still gets all of it, then the reset."""
+    answer = os.urandom(200_000)
+    reset_done = threading.Event()
+
+    def answer_and_reset(conn: socket.socket) -> None:
+        conn.recv(100)
+        conn.sendall(answer)
+        deadline = time.monotonic() + 5
+        while unsent(conn) and time.monotonic() < deadline:
+            time.sleep(0.01)  # all of it out of our socket, or the reset would drop it
+        reset(conn)
+        reset_done.set()
+
+    backend = Backend(answer_and_reset)
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = Proxy(
+        tmp_path,
+        {"Apps": [app("reply", [port], [backend.address], HealthCheck=quiet)]},
+        "--relay",
+        mode,
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"question")
+            assert reset_done.wait(10)
+            time.sleep(0.3)  # the relay has seen the reset, and holds the rest
+            received = b""
+            with pytest.raises(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    received += chunk
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(answer).hexdigest(), (
+            f"{len(received)} of {len(answer)} bytes"
+        )
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue: not sent yet, or not acknowledged."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]

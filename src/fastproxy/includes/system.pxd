@@ -152,6 +152,15 @@ cdef extern from "<netinet/in.h>" nogil:
         INET6_ADDRSTRLEN
 
 
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+
+cdef extern from "<linux/sockios.h>" nogil:
+    enum:
+        SIOCOUTQ
+
+
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY

@@ -223,19 +223,48 @@ cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
 
 cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     """One side failed: it reset, or a write to it failed. What it sent before
-    (held here, or still queued on its socket: a reset socket reads to its end at
-    once) goes to the other side as far as that side takes it now, and never
-    with a FIN: the other side is then reset, so it knows the stream was cut. The
+    (held here, or still queued on its socket: a reset socket reads to its end)
+    goes on to the other side, never with a FIN; once that side has it all, or
+    RESET_GRACE_MS has passed, it is reset, so it knows the stream was cut. The
     bytes held for the failed side are dropped with it."""
     cdef bint from_target = dead == &c.srv
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
-    cdef fp_chan* toward_dead = &c.up if from_target else &c.down
-    if not toward_live.shut:
-        toward_live.shut = True
-        dead.readable = True
-        chan_pump(w, c, toward_live, dead, live, toward_dead, not from_target)
-    conn_abort(w, c, live)
+    chan_release(w, &c.up if from_target else &c.down)
+    toward_live.shut = True
+    dead.readable = True
+    side_mute(w, live, True)        # nothing more is read from it
+    if c.starved:
+        c.starved = False
+        w.nstarved -= 1
+    c.state = ST_FAILING
+    c.failed = dead
+    c.deadline_ms = w.now_ms + RESET_GRACE_MS
+    w.nfailing += 1
+    conn_fail_flush(w, c)
+
+
+cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Move the failed side's last bytes on; reset the other side once it has
+    them all (sent and acknowledged: a reset would drop what is still queued)
+    or the grace is over."""
+    cdef bint from_target = c.failed == &c.srv
+    cdef fp_side* live = &c.cli if from_target else &c.srv
+    cdef fp_chan* toward_live = &c.down if from_target else &c.up
+    cdef int queued = 0
+    cdef int rc = chan_pump(w, c, toward_live, c.failed, live,
+                            &c.up if from_target else &c.down, not from_target)
+    if rc == PUMP_DST_FAILED:
+        conn_abort(w, c, live)      # the other side failed too
+        return
+    if rc == PUMP_SRC_FAILED:
+        toward_live.eof = True      # its error ends what it sent
+    if toward_live.len == 0 and toward_live.eof:
+        if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
+            conn_abort(w, c, live)
+            return
+    if w.now_ms >= c.deadline_ms:
+        conn_abort(w, c, live)
 
 
 cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
@@ -293,6 +322,8 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         fp_add_i64(&c.tgt_st.active, -1)
     if c.starved:
         w.nstarved -= 1
+    if c.state == ST_FAILING:
+        w.nfailing -= 1
     fp_add_i64(&c.app_st.active, -1)
     c.state = ST_CLOSED
     conn_release_route(c)
@@ -441,6 +472,12 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         conn_pump(w, c)
         if c.state == ST_RELAYING and events & EPOLLERR:
             conn_check_error(w, c, s)
+        return
+    if c.state == ST_FAILING:
+        if s != c.failed and events & EPOLLERR:
+            conn_abort(w, c, s)     # the other side is gone too
+        else:
+            conn_fail_flush(w, c)
         return
     # Connecting
     if s == &c.srv:

@@ -22,6 +22,8 @@ cdef enum ConnState:
     ST_CLOSED = 4       # freed after the current event batch (the retry pass buries
                         # one that closed while queued for a retry)
     ST_PREFACE = 5      # reading a PROXY header and/or a TLS ClientHello (preface.pxi)
+    ST_FAILING = 6      # one side failed: what it sent still goes to the other side,
+                        # for up to RESET_GRACE_MS, then that side is reset
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -59,6 +61,7 @@ cdef enum:
     SNI_MAX = 16384            # ClientHello bytes read before giving up
     PORT_SNI = -2              # port_app value: route this port by server name
     ALOG_SLOTS = 4096          # access log records per worker ring
+    RESET_GRACE_MS = 2000      # a failed side's bytes get this long to reach the other
 
 
 # One counter slot per app and per (app, target). A connection keeps pointers to
@@ -197,7 +200,8 @@ cdef struct fp_conn:
     int tier                    # Tier the first pick came from; failover stays in it
     fp_stats* app_st
     fp_stats* tgt_st
-    int64_t deadline_ms         # connect deadline
+    int64_t deadline_ms         # connect deadline, or the end of the reset grace
+    fp_side* failed             # ST_FAILING: the side that failed
     int64_t last_active_ms
     int64_t idle_timeout_ms
     sockaddr_storage peer       # the client
@@ -262,6 +266,7 @@ ctypedef struct fp_worker:
     int nconns                  # live connections, read by Python
     int nconnecting
     int nstarved
+    int nfailing
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
     char* bounce                # small buffer to step past TCP urgent marks
     uint8_t* peek               # SNI_MAX bytes: the ClientHello as peeked
