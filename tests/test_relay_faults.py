@@ -53,7 +53,7 @@ class HandDriven:
             0,
             app_slot=0,
             targets=[
-                (socket.AF_INET, host, port, i + 1, _relay.TARGET_UP)
+                (socket.AF_INET, host, port, i + 1, _relay.TARGET_UP, 1, False)
                 for i, (host, port) in enumerate(targets)
             ],
             **app,  # type: ignore[arg-type]
