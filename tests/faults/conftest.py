@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import faultkit  # noqa: E402
 from records import Tally, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +41,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 _OUTCOME = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True)
+def _no_target_outlives_its_test() -> Iterator[None]:
+    yield
+    while faultkit.TARGETS:
+        faultkit.TARGETS.pop().close()
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from proxyproc import Proxy, free_ports
 HERE = Path(__file__).resolve().parent
 
 
+TARGETS: list[TargetProcess] = []  # killed after each test (conftest)
+
+
 class TargetProcess:
     """tests/faults/target_server.py as a separate process (in `ns` if given)."""
 
@@ -33,6 +36,7 @@ class TargetProcess:
         self.port = port or free_ports(1)[0]
         self.address = f"{host}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        TARGETS.append(self)
         self.start()
 
     def start(self) -> None:
@@ -45,7 +49,9 @@ class TargetProcess:
         ]
         if self.ns is not None:
             argv = netns.nsenter_argv(self.ns, *argv)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=HERE)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=HERE
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line == b"ready\n", f"target on {self.address} did not start"
@@ -143,7 +149,10 @@ class Load:
         port, (low, high), ns, host = self._args
         with entered(ns):
             while not self._stop.is_set():
+                ok = self.outcome["ok"]
                 echo_client(port, random.randint(low, high), self.outcome, host=host)
+                if self.outcome["ok"] == ok:
+                    time.sleep(0.01)  # turned away: do not spin (ephemeral ports)
 
     def stop(self) -> Outcome:
         self._stop.set()
