@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 
@@ -106,11 +107,22 @@ class Link:
                 nft(
                     ns,
                     "table inet fpfaults_loss {\n chain out { type filter hook output priority 0;"
-                    f' oifname "{dev}" numgen random mod 100 < {loss_percent} drop\n }}\n}}\n',
+                    f' oifname "{dev}" numgen random mod 100 < {loss_percent}'
+                    " counter drop\n }\n}\n",
                 )
             return (
                 f"nftables: {loss_percent}% loss each way; no delay (this kernel has no sch_netem)"
             )
+
+    def dropped(self) -> int:
+        """Packets dropped by the nftables loss rules so far (0 with netem)."""
+        total = 0
+        for ns in (self.near, self.far):
+            out = subprocess.run(
+                netns.nsenter_argv(ns, "nft", "list", "ruleset"), capture_output=True, text=True
+            ).stdout
+            total += sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+        return total
 
     def close(self) -> None:
         netns.delete(self.far)
