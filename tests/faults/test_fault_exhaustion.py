@@ -30,7 +30,7 @@ NOFILE = 96
 
 @needs_root
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # seen in 5 of 6 runs: strict would make the suite flaky
     reason="not in issue 9: after RLIMIT_NOFILE exhaustion, connections whose clients"
     " closed (with a reset) stay open for ever: active gauges and sockets leak",
 )
