@@ -74,6 +74,10 @@ class Outcome(Counter[str]):
 
     lock = threading.Lock()
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []  # the first few, for the failure message
+
     def add(self, kind: str, verified: int = 0) -> None:
         with self.lock:
             self[kind] += 1
@@ -95,8 +99,9 @@ def echo_client(
     check = PrefixCheck(seed)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
+    except OSError as exc:
         outcome.add("refused")
+        outcome.errors.append(f"connect: {exc!r}")
         return
     try:
         with sock:

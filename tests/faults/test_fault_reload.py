@@ -21,8 +21,6 @@ from faultkit import Load, TargetProcess, assert_nothing_left_open, assert_serve
 from proxyproc import Proxy, app, free_ports
 from records import Tally
 
-ITEM12 = "issue 9 item 12: config loading does not refuse"
-
 
 def invalid_json(path: Path) -> None:
     path.write_text('{"Apps": [')
@@ -57,18 +55,8 @@ BAD: dict[str, Callable[[Path], None]] = {
 CASES = [
     pytest.param("invalid-json", "short"),
     pytest.param("directory", "short"),
-    pytest.param(
-        "fifo",
-        "short",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{ITEM12} a FIFO: the reload blocks in open()"
-        ),
-    ),
-    pytest.param(
-        "huge",
-        "short",
-        marks=pytest.mark.xfail(strict=True, reason=f"{ITEM12} a file over 16 MiB: it is loaded"),
-    ),
+    pytest.param("fifo", "short"),
+    pytest.param("huge", "short"),
     pytest.param("not-utf8", "short"),
     pytest.param("invalid-json", "long", marks=pytest.mark.soak),
     pytest.param("directory", "long", marks=pytest.mark.soak),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VARIANTS
+from conftest import VARIANTS, needs_root
 from faultkit import (
     Load,
     Outcome,
@@ -20,6 +20,7 @@ from faultkit import (
     echo_client,
     open_state,
 )
+from faultnet import namespace
 from proxyproc import Proxy, app, free_ports
 from records import Tally
 
@@ -64,8 +65,15 @@ def test_targets_killed_mid_stream_and_restarted(
         survivor.close()
 
 
+@needs_root
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_target_flapping_every_200ms_under_load(tmp_path: Path, tally: Tally, variant: str) -> None:
+    # Its own netns: thousands of client ports, none reused from other tests' churn.
+    with namespace() as ns:
+        flapping(tmp_path, tally, variant, ns)
+
+
+def flapping(tmp_path: Path, tally: Tally, variant: str, ns: str) -> None:
     seconds = {"short": 6, "long": 120}[variant]
     flapper, steady = TargetProcess("echo"), TargetProcess("echo")
     (port,) = free_ports(1)
@@ -84,7 +92,7 @@ def test_target_flapping_every_200ms_under_load(tmp_path: Path, tally: Tally, va
     )
     baseline = open_state(proxy)
     try:
-        load = Load(port, threads=4, sizes=(1, 256 << 10))
+        load = Load(port, threads=4, sizes=(1, 256 << 10), ns=ns)
         deadline = time.monotonic() + seconds
         flaps = 0
         while time.monotonic() < deadline:
@@ -96,7 +104,10 @@ def test_target_flapping_every_200ms_under_load(tmp_path: Path, tally: Tally, va
         outcome = load.stop()
         tally.count(outcome, FAILED)
         tally.note(f"{flaps} kill/restart cycles of one of two targets; {dict(outcome)}")
-        assert outcome["corrupt"] == outcome["hang"] == outcome["refused"] == 0, outcome
+        assert outcome["corrupt"] == outcome["hang"] == outcome["refused"] == 0, (
+            outcome,
+            outcome.errors[:5],
+        )
         assert outcome["ok"] > 100, f"the load did not run: {outcome}"
         # While the other target was up, no client was turned away for want of one.
         assert proxy.status()["apps"][0]["no_target"] == 0

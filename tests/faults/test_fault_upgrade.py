@@ -41,7 +41,7 @@ def steering(mode: str) -> Iterator[tuple[dict[str, Any], str | None]]:
 
 
 def start_successor(
-    tmp_path: Path, config: dict[str, Any], control_socket: str
+    tmp_path: Path, config: dict[str, Any], control_socket: str, failpoints: str = ""
 ) -> subprocess.Popen:
     tmp_path.mkdir()
     path = tmp_path / "fastproxy.json"
@@ -61,6 +61,7 @@ def start_successor(
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
+        env={**os.environ, "FASTPROXY_FAILPOINTS": failpoints},
     )
 
 
@@ -71,50 +72,27 @@ def wait_log(proxy: Proxy, text: bytes, timeout: float = 30) -> None:
         time.sleep(0.002)
 
 
-# The successor logs this from inside its start (signal handlers installed, READY
-# not sent yet): the moment for "mid-start".
-IN_START = b"does not resolve"
-ITEM6 = "issue 9 item 6: upgrade is not two-phase"
 CASES = [
-    pytest.param("ports", "busy-admin"),
-    pytest.param("ports", "kill9-at-handover"),
-    pytest.param("ports", "kill9-mid-start"),
-    pytest.param(
-        "ports",
-        "sigterm-during-start",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{ITEM6}: the successor sends READY and exits, the old drains"
-        ),
-    ),
-    pytest.param(
-        "bpf",
-        "busy-admin",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{ITEM6}: the failed successor removes the old's steering"
-        ),
-    ),
-    pytest.param("bpf", "kill9-at-handover"),
-    pytest.param("bpf", "kill9-mid-start"),
-    pytest.param(
-        "bpf",
-        "sigterm-during-start",
-        marks=pytest.mark.xfail(
-            strict=True, reason=f"{ITEM6}: the successor sends READY and exits, the old drains"
-        ),
-    ),
+    (mode, step)
+    for mode in ("ports", "bpf")
+    for step in ("busy-admin", "kill9-at-handover", "kill9-mid-start", "sigterm-during-start")
 ]
+# The successor's failpoints (src/fastproxy/failpoints.py) stop it at an exact step.
+FAILPOINTS = {
+    "kill9-mid-start": ("takeover.before-ready=pause", b"failpoint takeover.before-ready paused"),
+    "sigterm-during-start": (
+        "takeover.before-ready=delay",
+        b"failpoint takeover.before-ready delayed",
+    ),
+}
 
 
-def stop_mid_start(successor: subprocess.Popen, log: Path, sig: signal.Signals) -> None:
-    """Freeze the successor as soon as it logs from inside its start, then signal it."""
-    deadline = time.monotonic() + 30
-    while IN_START not in log.read_bytes():
-        assert successor.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the successor never started"
-        time.sleep(0.001)
-    successor.send_signal(signal.SIGSTOP)
-    successor.send_signal(sig)
-    successor.send_signal(signal.SIGCONT)
+def wait_file(path: Path, text: bytes, successor: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_bytes():
+        assert successor.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize(("mode", "step"), CASES)
@@ -130,11 +108,10 @@ def failed_upgrade(
 ) -> None:
     backends = [NamedEchoServer(f"b{i}") for i in range(2)]
     ports = free_ports(4)
-    admin_port, extra_port, dns_port = free_ports(3)
+    admin_port, extra_port = free_ports(2)
     config = {
         "Apps": [
             app("web", ports, [b.address for b in backends]),
-            app("dns", [dns_port], ["unresolvable.invalid:80"]),
         ],
         "Admin": f"127.0.0.1:{admin_port}",
         **keys,
@@ -149,20 +126,21 @@ def failed_upgrade(
         if step == "busy-admin":
             busy = socket.create_server(("127.0.0.1", 0))
             successor_config["Admin"] = f"127.0.0.1:{busy.getsockname()[1]}"
-        successor = start_successor(tmp_path / "new", successor_config, old.control_socket)
+        failpoints, paused = FAILPOINTS.get(step, ("", b""))
+        successor = start_successor(
+            tmp_path / "new", successor_config, old.control_socket, failpoints
+        )
         try:
             if step == "busy-admin":
                 assert successor.wait(60) != 0
+            elif step == "kill9-at-handover":
+                wait_log(old, HANDED_OVER)
+                successor.send_signal(signal.SIGKILL)
             else:
-                log = tmp_path / "new" / "fastproxy.log"
-                if step == "kill9-at-handover":
-                    wait_log(old, HANDED_OVER)
-                    successor.send_signal(signal.SIGKILL)
-                elif step == "kill9-mid-start":
-                    stop_mid_start(successor, log, signal.SIGKILL)
-                else:
-                    stop_mid_start(successor, log, signal.SIGTERM)
-                successor.wait(60)
+                wait_file(tmp_path / "new" / "fastproxy.log", paused, successor)
+                kill = signal.SIGKILL if step == "kill9-mid-start" else signal.SIGTERM
+                successor.send_signal(kill)
+            successor.wait(60)
         finally:
             if successor.poll() is None:
                 successor.kill()
