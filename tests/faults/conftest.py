@@ -36,7 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
     if report.when == "call":
-        item.stash[_OUTCOME] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        outcome = report.outcome
+        if hasattr(report, "wasxfail"):
+            outcome = "xpassed" if report.passed else "xfailed"
+        item.stash[_OUTCOME] = outcome
     return report
 
 
