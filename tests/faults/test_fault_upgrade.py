@@ -79,6 +79,9 @@ CASES = [
 ]
 # The successor's failpoints (src/fastproxy/failpoints.py) stop it at an exact step.
 FAILPOINTS = {
+    # Killed as soon as the sockets are handed over; paused before READY in case the
+    # kill comes later than that (a fast start), so it is always a kill before READY.
+    "kill9-at-handover": ("takeover.before-ready=pause", b""),
     "kill9-mid-start": ("takeover.before-ready=pause", b"failpoint takeover.before-ready paused"),
     "sigterm-during-start": (
         "takeover.before-ready=delay",
