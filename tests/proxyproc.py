@@ -107,7 +107,7 @@ class Proxy:
         before = os.stat(self.config_path)
         fd = os.open(self.config_path, os.O_WRONLY)
         try:
-            data = padded(config)
+            data = padded({"AdminTokenFile": str(self.token_file), **config})
             assert len(data) == before.st_size, "configs are padded to one size"
             assert os.pwrite(fd, data, 0) == len(data)
         finally:

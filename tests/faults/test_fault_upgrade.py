@@ -45,7 +45,7 @@ def start_successor(
 ) -> subprocess.Popen:
     tmp_path.mkdir()
     path = tmp_path / "fastproxy.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps({"AdminTokenFile": str(tmp_path / "admin-token"), **config}))
     log = open(tmp_path / "fastproxy.log", "wb")  # noqa: SIM115 - the child writes it
     return subprocess.Popen(
         [
