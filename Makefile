@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test faults lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -46,6 +46,11 @@ lint:
 # The tests include a smoke run of every benchmark (tests/test_bench_smoke.py): its tools too.
 test: setup bench-deps lint
 	$(VENV)/bin/pytest -q tests
+
+# The fault-injection suite with its long variants (1 GiB streams, 50,000 resetting
+# clients, a 30-minute soak): about an hour. `make test` runs the short variants.
+faults: setup
+	$(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 bench-deps: venv
