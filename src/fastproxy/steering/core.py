@@ -25,7 +25,7 @@ from .bpfsys import (
 )
 from .errors import SteeringUnavailable, describe
 from .links import detach_orphans, pinned_link
-from .loader import Objects, compile_program, port_key, probe, slot_key
+from .loader import Objects, load_program, port_key, probe, slot_key
 from .pins import (
     DEFAULT_PIN_ROOT,
     dropped,
@@ -137,7 +137,7 @@ class Steering:
             ensure_bpffs(pin_root)
             private_pin_root(pin_root)
             ino = netns_inode()
-            objects = compile_program()
+            objects = load_program()
             try:
                 fds = objects.fds
                 for port in sorted(wanted):
