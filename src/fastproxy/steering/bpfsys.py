@@ -27,6 +27,7 @@ BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
+BPF_MAP_UPDATE_BATCH = 26
 BPF_LINK_DETACH = 34
 _CMD_NAMES = {value: name for name, value in list(globals().items()) if name.startswith("BPF_")}
 
@@ -81,6 +82,13 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
 def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     k, v = _buf(key), _buf(value)
     _bpf(BPF_MAP_UPDATE_ELEM, "=I4xQQQ", map_fd, _addr(k), _addr(v), 0)
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """`count` updates in one call: keys and values each `count` equal-sized, packed."""
+    k, v = _buf(keys), _buf(values)
+    # struct bpf_attr.batch: in_batch, out_batch, keys, values, count, map_fd, elem_flags, flags
+    _bpf(BPF_MAP_UPDATE_BATCH, "=QQQQIIQQ", 0, 0, _addr(k), _addr(v), count, map_fd, 0, 0)
 
 
 def map_delete(map_fd: int, key: bytes) -> bool:
