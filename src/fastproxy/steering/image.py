@@ -11,7 +11,9 @@ their new fds back in."""
 from __future__ import annotations
 
 import base64
+import errno
 import os
+import resource
 import struct
 from dataclasses import dataclass
 from typing import TypeVar
@@ -43,6 +45,17 @@ class ProgramImage:
         """Create the maps, point the program at them and load it: {"prog": fd, map: fd}.
 
         Raises OSError (EACCES when the verifier rejects the program)."""
+        try:
+            return self._load()
+        except PermissionError:
+            # Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK: lift it, as bcc does.
+            try:
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY,) * 2)
+            except (ValueError, OSError):
+                raise PermissionError(errno.EPERM, "BPF memory over RLIMIT_MEMLOCK") from None
+            return self._load()
+
+    def _load(self) -> dict[str, int]:
         fds: dict[str, int] = {}
         try:
             for spec in self.maps:
