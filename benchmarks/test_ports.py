@@ -93,7 +93,7 @@ def test_startup_many_ports(
             assert "loaded from the cache" in log, f"not a warm start: {log[-2000:]}"
         return {"startup_ms": elapsed * 1e3, "rss_mib": rss / 2**20}, log[-2000:]
 
-    info = {"ports": PORTS, "fastproxy-bpf": "program cached", "fastproxy-bpf-cold": "compiled"}
+    info = {"ports": PORTS, "bpf_cache": {"fastproxy-bpf": "warm", "fastproxy-bpf-cold": "off"}}
     run_series(request, "ports-startup", names, measure, info=info)
 
 
