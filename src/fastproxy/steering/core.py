@@ -125,10 +125,10 @@ class Steering:
     def prepare(
         cls, sockets: list[socket.socket], ports: Iterable[int], *, pin_root: str = DEFAULT_PIN_ROOT
     ) -> Steering:
-        """Compile and load the program with its maps filled, without putting it in effect:
-        nothing that steers connections in this netns changes until commit(). A takeover
-        prepares while the running process still serves, and commits only once it has
-        handed over, so a successor that fails before that changes nothing."""
+        """Load the program (cached, else compiled) with its maps filled, without putting it
+        in effect: nothing that steers connections in this netns changes until commit(). A
+        takeover prepares while the running process still serves, and commits only once it
+        has handed over, so a successor that fails before that changes nothing."""
         try:
             wanted = _check_ports(ports)
             slots = _socket_slots(list(sockets))
