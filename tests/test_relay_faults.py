@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import random
+import resource
 import select
 import socket
 import struct
@@ -339,6 +340,66 @@ def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
     finally:
         relay.close()
         target_listener.close()
+
+
+def test_out_of_descriptors_a_connection_still_ends() -> None:
+    """Every descriptor is taken, so the relay can have no pipe: the client's bytes
+    and FIN must still reach the target, and the target's answer and FIN the client.
+    (Connections used to wait for a pipe on every tick; once all descriptors were
+    held by connections waiting so, none ever ended.)"""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        (client,) = relay.connect(1)
+        target, _ = target_listener.accept()
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client.setblocking(False)
+        target.setblocking(False)
+        # No descriptor left below a lowered limit: pipe2() fails with EMFILE.
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, limit[1]))
+        with pytest.raises(OSError) as full:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        assert full.value.errno == errno.EMFILE
+        question, answer = os.urandom(20000), os.urandom(30000)
+        client.sendall(question)
+        client.shutdown(socket.SHUT_WR)
+        assert read_to_eof(relay, target) == question
+        target.sendall(answer)
+        target.shutdown(socket.SHUT_WR)
+        assert read_to_eof(relay, client) == answer
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+        assert relay.stats(0)["bytes_in"] == len(question)
+        assert relay.stats(0)["bytes_out"] == len(answer)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+        relay.close()
+        target_listener.close()
+
+
+def read_to_eof(relay: HandDriven, sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything up to the FIN, stepping the worker meanwhile."""
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        relay.step()
+        try:
+            chunk = sock.recv(1 << 16)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    raise AssertionError(f"no EOF after {timeout} s: {len(b''.join(chunks))} bytes came")
 
 
 def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:

@@ -107,6 +107,32 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
     return -errno
 
 
+cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_side* src, fp_side* dst,
+                     ssize_t* moved) noexcept nogil:
+    """Move up to BOUNCE_SIZE bytes from src to dst with no pipe or buffer: peek,
+    send what dst takes, then consume as much. Sets moved, ch.eof at the end of the
+    stream, and the readiness an EAGAIN disproves; returns a PumpResult."""
+    cdef ssize_t n = recv(src.fd, w.bounce, BOUNCE_SIZE, MSG_PEEK)
+    moved[0] = 0
+    if n == 0:
+        ch.eof = True
+        return PUMP_OK
+    if n < 0:
+        if errno != EAGAIN:
+            return PUMP_SRC_FAILED
+        src.readable = False
+        return PUMP_OK
+    n = send(dst.fd, w.bounce, n, MSG_NOSIGNAL)
+    if n < 0:
+        if errno != EAGAIN:
+            return PUMP_DST_FAILED
+        dst.writable = False
+        return PUMP_OK
+    recv(src.fd, w.bounce, n, 0)    # the bytes just peeked: they are there
+    moved[0] = n
+    return PUMP_OK
+
+
 cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
                    fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
@@ -141,12 +167,21 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             ch.shut = True
         if not ch.eof and src.readable and ch.len < r.chan_cap:
             if chan_acquire(w, ch) < 0:
-                # Out of descriptors or memory. The source's edge is spent, so no
-                # event would bring us back: the next tick pumps it again.
-                if not c.starved:
-                    c.starved = True
-                    w.nstarved += 1
-                break
+                # Out of descriptors or memory (the channel is empty: one holding
+                # bytes keeps its pipe). Waiting for a pipe could be for ever: once
+                # every descriptor is held by connections waiting for one, none of
+                # them ends. Copy through the worker's bounce buffer, which needs none.
+                if not dst.writable:
+                    break       # its EPOLLOUT brings us back; src stays readable
+                rc = bounce_copy(w, ch, src, dst, &n)
+                if rc != PUMP_OK:
+                    break
+                if n > 0:
+                    moved += n
+                    progress = True
+                elif ch.eof:
+                    progress = True
+                continue
             room = 0
             if not r.use_splice:
                 if ch.len == 0:
@@ -234,9 +269,6 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     toward_live.shut = True
     dead.readable = True
     side_mute(w, live, True)        # nothing more is read from it
-    if c.starved:
-        c.starved = False
-        w.nstarved -= 1
     c.state = ST_FAILING
     c.failed = dead
     c.deadline_ms = w.now_ms + RESET_GRACE_MS
@@ -320,8 +352,6 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         w.nconnecting -= 1
     if c.tgt_st != NULL:
         fp_add_i64(&c.tgt_st.active, -1)
-    if c.starved:
-        w.nstarved -= 1
     if c.state == ST_FAILING:
         w.nfailing -= 1
     fp_add_i64(&c.app_st.active, -1)

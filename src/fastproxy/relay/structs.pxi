@@ -195,7 +195,6 @@ cdef struct fp_conn:
     fp_route* route             # held while connecting, for failover
     int target_idx              # the target being tried, then the connected one
     int start_idx               # first target picked; failover walks on from it
-    bint starved                # could not get a pipe/buffer: pumped again on a tick
     int tries
     int tier                    # Tier the first pick came from; failover stays in it
     fp_stats* app_st
@@ -265,7 +264,6 @@ ctypedef struct fp_worker:
     int exited                  # the thread has left its loop
     int nconns                  # live connections, read by Python
     int nconnecting
-    int nstarved
     int nfailing
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
     char* bounce                # small buffer to step past TCP urgent marks

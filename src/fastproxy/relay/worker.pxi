@@ -41,10 +41,6 @@ cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
             conn_fail_flush(w, c)
         elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
             preface_timeout(w, c)
-        elif c.starved and c.state == ST_RELAYING:
-            c.starved = False
-            w.nstarved -= 1
-            conn_pump(w, c)
         elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
                 and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
             fp_add_u64(&c.app_st.idle_timeouts, 1)
@@ -107,7 +103,7 @@ cdef void* worker_main(void* arg) noexcept nogil:
     w.next_tick_ms = w.now_ms + TICK_MS
     w.next_sweep_ms = w.now_ms + SWEEP_MS
     while not fp_load_int(&w.stop):
-        timeout = TICK_MS if w.nconnecting > 0 or w.nstarved > 0 or w.nfailing > 0 else SWEEP_MS
+        timeout = TICK_MS if w.nconnecting > 0 or w.nfailing > 0 else SWEEP_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
