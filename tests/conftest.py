@@ -12,6 +12,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxyproc  # noqa: E402
 
+
+@pytest.fixture(params=["ports", "bpf"])
+def steering(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Config keys for both steering modes; bpf runs in a fresh netns (root only)."""
+    if request.param == "ports":
+        yield {"Steering": "ports"}
+        return
+    if os.geteuid() != 0:
+        pytest.skip("bpf steering needs root")
+    from fastproxy import netns
+
+    with netns.temporary("fpsteer"):
+        yield {"Steering": "bpf", "Listen": "::"}
+
+
 # The compiled BPF program is cached for the session in a private directory of its own,
 # not in the system's /var/cache (a run may set FASTPROXY_BPF_CACHE itself: "off" compiles
 # at every start, a warmed directory loads every start from the cache).

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,20 +200,6 @@ def test_invalid_config_keeps_the_old_one_serving(tmp_path: Path) -> None:
     code, body = proxy.http("POST", "/reload")
     assert code == 400 and b"failure" in body
     assert proxy.stop() == 0
-
-
-@pytest.fixture(params=["ports", "bpf"])
-def steering(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """Config keys for both steering modes; bpf runs in a fresh netns."""
-    if request.param == "ports":
-        yield {"Steering": "ports"}
-        return
-    if os.geteuid() != 0:
-        pytest.skip("bpf steering needs root")
-    from fastproxy import netns
-
-    with netns.temporary("fpupgrade"):
-        yield {"Steering": "bpf", "Listen": "::"}
 
 
 def test_upgrade_under_load_refuses_nothing_and_keeps_streams(

@@ -23,18 +23,6 @@ from proxyproc import ROOT, Proxy, app, free_ports, wait_for_port
 from servers import talk
 
 
-@pytest.fixture(params=["ports", "bpf"])
-def steering(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """Config keys for both steering modes; bpf runs in a fresh netns."""
-    if request.param == "ports":
-        yield {"Steering": "ports"}
-        return
-    if os.geteuid() != 0:
-        pytest.skip("bpf steering needs root")
-    with netns.temporary("fpfail"):
-        yield {"Steering": "bpf", "Listen": "::"}
-
-
 def answers(port: int) -> str:
     name, _, echo = talk(port, b"ping").partition(b"\n")
     assert echo == b"ping", f"port {port}: {name!r} {echo!r}"
