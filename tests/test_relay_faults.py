@@ -92,18 +92,7 @@ class HandDriven:
         sock.setblocking(False)
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.step()
-            try:
-                chunk = sock.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-        raise AssertionError(f"no EOF after {timeout} s; got {b''.join(chunks)[:80]!r}")
+        return read_to_eof(self, sock, timeout)
 
     def stats(self, slot: int) -> dict[str, int]:
         return dict(zip(_relay.STATS_FIELDS, self.relay.stats(slot)))
