@@ -73,6 +73,53 @@ def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     echo.backend.close()
 
 
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -> None:
+    """Splice mode reads small messages with recv() into a buffer and moves a direction
+    to the pipe once it carries bulk, and back: across every switch, with a small
+    message queued right behind a bulk one, the bytes must stay intact and in order."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("mixed", [port], [echo.address])]}, "--relay", mode)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    got = 0
+    arrived = threading.Condition()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            nonlocal got
+            while chunk := sock.recv(1 << 20):
+                received.update(chunk)
+                with arrived:
+                    got += len(chunk)
+                    arrived.notify_all()
+
+        def send_and_wait(payload: bytes, total: int) -> int:
+            sent.update(payload)
+            sock.sendall(payload)
+            total += len(payload)
+            with arrived:
+                assert arrived.wait_for(lambda: got == total, 30), f"{got} of {total} bytes back"
+            return total
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        total = 0
+        for round_ in range(4):
+            for size in (1, 300, 4000):
+                total = send_and_wait(os.urandom(size), total)     # request / response
+            bulk = os.urandom((1 << 20) + 12345 * round_)
+            total = send_and_wait(bulk + os.urandom(700), total)   # small right behind bulk
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    streams = [d for d in echo.digests if d != hashlib.sha256(b"").hexdigest()]
+    assert streams == [sent.hexdigest()], "the backend did not receive the bytes in order"
+    assert received.hexdigest() == sent.hexdigest(), "the client did not get the bytes in order"
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
 def test_500_concurrent_connections(tmp_path: Path, named_backends: list[NamedEchoServer]) -> None:
     ports = free_ports(2)
     targets = [f"127.0.0.1:{b.port}" for b in named_backends]

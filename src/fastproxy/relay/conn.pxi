@@ -59,13 +59,13 @@ cdef void set_reset_on_close(int fd) noexcept nogil:
 # -- moving bytes -----------------------------------------------------------------
 
 cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
-    """Read from src into the channel: >0 bytes, 0 EOF, -errno."""
+    """Read from src into the channel's pipe or buffer: >0 bytes, 0 EOF, -errno."""
     cdef ssize_t n
-    if r.use_splice:
+    if c.piped:
         n = splice(src, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = recv(src, c.buf + c.off + c.len, r.chan_cap - c.off - c.len, 0)
+        n = recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
     if n < 0:
         return -errno
     return n
@@ -76,7 +76,7 @@ cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst) noexcept nogil:
     corks the socket for up to 200 ms when no more data follows, and we cannot
     know that it will."""
     cdef ssize_t n
-    if r.use_splice:
+    if c.piped:
         n = splice(c.pipe_r, NULL, dst, NULL, c.len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
         n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL)
@@ -111,7 +111,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     the kernel's receive window pushes back on the sender."""
     cdef fp_relay* r = w.relay
     cdef ssize_t n
-    cdef size_t room
+    cdef size_t room, cap
     cdef bint progress = True
     cdef uint64_t moved = 0
     while progress:
@@ -119,7 +119,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
         if ch.len > 0 and dst.writable:
             n = chan_drain(r, ch, dst.fd)
             if n > 0:
-                if not r.use_splice and <size_t>n < ch.len:
+                if not ch.piped and <size_t>n < ch.len:
                     dst.writable = False    # a short send: the socket buffer is full
                 ch.len -= n
                 c.last_active_ms = w.now_ms     # a slow reader taking bytes is not idle
@@ -134,8 +134,11 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             if not other.shut:
                 shutdown(dst.fd, SHUT_WR)
             ch.shut = True
-        if not ch.eof and src.readable and ch.len < r.chan_cap:
-            if chan_acquire(w, ch) < 0:
+        if ch.len == 0:
+            ch.piped = ch.bulk      # held bytes stay where they are: order holds
+        cap = r.chan_cap if ch.piped else buf_cap(r)
+        if not ch.eof and src.readable and ch.len < cap:
+            if chan_acquire(w, ch, ch.piped) < 0:
                 # Out of descriptors or memory. The source's edge is spent, so no
                 # event would bring us back: the next tick pumps it again.
                 if not c.starved:
@@ -143,15 +146,15 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     w.nstarved += 1
                 break
             room = 0
-            if not r.use_splice:
+            if not ch.piped:
                 if ch.len == 0:
                     ch.off = 0
-                elif ch.off + ch.len == r.chan_cap:
+                elif ch.off + ch.len == cap:
                     memmove(ch.buf, ch.buf + ch.off, ch.len)   # room only at the front
                     ch.off = 0
-                room = r.chan_cap - ch.off - ch.len
+                room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
-            if src.urgent and r.use_splice and ch.len == 0 and (n == 0 or n == -EAGAIN):
+            if src.urgent and ch.piped and ch.len == 0 and (n == 0 or n == -EAGAIN):
                 n = fill_past_urgent_mark(w, ch, src)
             if n > 0:
                 if <size_t>n < room and not src.hup and not src.urgent:
@@ -160,6 +163,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
+                if r.use_splice:
+                    # splice-auto: a full buffer means bulk, a short read into an
+                    # empty pipe means small messages again.
+                    if not ch.piped and ch.off + ch.len + n == cap:
+                        ch.bulk = True
+                    elif ch.piped and ch.len == 0 and <size_t>n < SMALL_BUF:
+                        ch.bulk = False
                 ch.len += n
                 moved += n
                 progress = True
@@ -170,8 +180,10 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 # EAGAIN from splice is ambiguous: the socket is empty, or the pipe
                 # is full (it holds skb fragments, not full pages, so it can fill
                 # below chan_cap). Only an empty pipe proves the socket is empty.
-                if ch.len == 0 or not r.use_splice:
+                if ch.len == 0 or not ch.piped:
                     src.readable = False
+                if not ch.piped:
+                    src.urgent = False  # recv() steps over the mark: nothing left before it
             else:
                 return PUMP_SRC_FAILED
     side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)

@@ -46,6 +46,7 @@ cdef enum:
     MAX_EVENTS = 256
     ACCEPT_BATCH = 64
     POOL_MAX = 256             # idle pipes / buffers kept per worker
+    SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
     TICK_MS = 100              # connect-timeout resolution
     SWEEP_MS = 1000            # idle-timeout resolution
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
@@ -129,13 +130,18 @@ ctypedef struct fp_listener:
 
 
 # One direction of a connection: bytes read from one side wait here (in a pipe,
-# or a buffer in copy mode) until the other side takes them.
+# or a buffer) until the other side takes them. Copy mode only uses buffers. Splice
+# mode reads small messages into a SMALL_BUF buffer with recv() (no EAGAIN splice
+# per message) and moves a direction to the pipe once a read fills that buffer
+# (HAProxy's splice-auto); the held bytes are in one place only, so order holds.
 ctypedef struct fp_chan:
     int pipe_r
     int pipe_w
     char* buf
     size_t len                  # bytes held
-    size_t off                  # copy mode: start of the held bytes in buf
+    size_t off                  # start of the held bytes in buf
+    bint piped                  # the held bytes are in the pipe, not in buf
+    bint bulk                   # splice mode: the next read from empty goes to the pipe
     bint eof                    # the source sent FIN
     bint shut                   # FIN passed on to the destination
 
@@ -260,7 +266,7 @@ ctypedef struct fp_worker:
     fp_conn* graveyard
     int* pipes                  # pool: pairs of fds
     int npipes
-    char** bufs                 # pool (copy mode)
+    char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
 
 cdef struct fp_relay:
