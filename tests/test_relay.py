@@ -120,6 +120,51 @@ def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -
     echo.backend.close()
 
 
+def test_bulk_flow_does_not_starve_a_small_request(tmp_path: Path) -> None:
+    """One worker, one bulk stream each way at full speed: a small request on another
+    connection of the same worker must still be answered promptly (each wake-up
+    moves a bounded number of bytes per connection, then serves the others)."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("busy", [port], [echo.address])]}, "--workers", "1")
+    stop = threading.Event()
+    chunk = os.urandom(1 << 20)
+    bulk = socket.create_connection(("127.0.0.1", port), timeout=30)
+
+    def push() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                bulk.sendall(chunk)
+
+    def pull() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and bulk.recv(1 << 20):
+                pass
+
+    threads = [threading.Thread(target=push), threading.Thread(target=pull)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        worst = 0.0
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as small:
+                started = time.monotonic()
+                small.sendall(b"ping")
+                assert small.recv(16) == b"ping"
+                worst = max(worst, time.monotonic() - started)
+        # Generous for a loaded machine; a worker stuck in one flow takes the whole run.
+        assert worst < 1.0, f"a small request waited {worst:.2f}s behind a bulk flow"
+    finally:
+        stop.set()
+        bulk.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(30)
+        bulk.close()
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
 def test_500_concurrent_connections(tmp_path: Path, named_backends: list[NamedEchoServer]) -> None:
     ports = free_ports(2)
     targets = [f"127.0.0.1:{b.port}" for b in named_backends]

@@ -104,6 +104,13 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
     return -errno
 
 
+cdef inline void conn_ready(fp_worker* w, fp_conn* c) noexcept nogil:
+    if not c.ready:
+        c.ready = True
+        c.ready_next = w.ready
+        w.ready = c
+
+
 cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
                    fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
@@ -116,6 +123,11 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     cdef uint64_t moved = 0
     while progress:
         progress = False
+        if moved >= PUMP_BUDGET:
+            # Fairness: the other connections, the timers and a stop get their
+            # turn; the readiness kept in fp_side lets the ready list resume here.
+            conn_ready(w, c)
+            break
         if ch.len > 0 and dst.writable:
             n = chan_drain(r, ch, dst.fd)
             if n > 0:

@@ -47,6 +47,7 @@ cdef enum:
     ACCEPT_BATCH = 64
     POOL_MAX = 256             # idle pipes / buffers kept per worker
     SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
+    PUMP_BUDGET = 262144       # bytes one direction moves per wake-up before yielding
     TICK_MS = 100              # connect-timeout resolution
     SWEEP_MS = 1000            # idle-timeout resolution
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
@@ -211,6 +212,8 @@ cdef struct fp_conn:
     fp_conn* prev
     fp_conn* next
     fp_conn* later              # retry / graveyard list link
+    bint ready                  # on the worker's ready list: out of budget, not of data
+    fp_conn* ready_next
 
 cdef struct fp_relay
 
@@ -264,6 +267,7 @@ ctypedef struct fp_worker:
     fp_conn* conns
     fp_conn* retry
     fp_conn* graveyard
+    fp_conn* ready              # connections to pump again before sleeping
     int* pipes                  # pool: pairs of fds
     int npipes
     char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)

@@ -13,13 +13,32 @@ cdef void process_retries(fp_worker* w) noexcept nogil:
         c = nxt
 
 
+cdef void process_ready(fp_worker* w) noexcept nogil:
+    """Pump again the connections that stopped at their byte budget."""
+    cdef fp_conn* c = w.ready
+    cdef fp_conn* nxt
+    w.ready = NULL
+    while c != NULL:
+        nxt = c.ready_next
+        c.ready = False
+        if c.state == ST_RELAYING:
+            conn_pump(w, c)
+        c = nxt
+
+
 cdef void free_graveyard(fp_worker* w) noexcept nogil:
+    """Free the connections closed in this batch; one still on the ready list waits
+    for the next batch, when process_ready has let go of it."""
     cdef fp_conn* c = w.graveyard
     cdef fp_conn* nxt
     w.graveyard = NULL
     while c != NULL:
         nxt = c.later
-        free(c)
+        if c.ready:
+            c.later = w.graveyard
+            w.graveyard = c
+        else:
+            free(c)
         c = nxt
 
 
@@ -74,7 +93,12 @@ cdef void* worker_main(void* arg) noexcept nogil:
     w.next_tick_ms = w.now_ms + TICK_MS
     w.next_sweep_ms = w.now_ms + SWEEP_MS
     while not fp_load_int(&w.stop):
-        timeout = TICK_MS if w.nconnecting > 0 or w.nstarved > 0 else SWEEP_MS
+        if w.ready != NULL:
+            timeout = 0         # collect other events, then resume the ready ones
+        elif w.nconnecting > 0 or w.nstarved > 0:
+            timeout = TICK_MS
+        else:
+            timeout = SWEEP_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         w.now_ms = monotonic_ms()
         for i in range(n):
@@ -93,12 +117,14 @@ cdef void* worker_main(void* arg) noexcept nogil:
             w.next_tick_ms = w.now_ms + TICK_MS
             if sweep:
                 w.next_sweep_ms = w.now_ms + SWEEP_MS
+        process_ready(w)
         free_graveyard(w)
         fp_store_int(&w.epoch, w.epoch + 1)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
         w.conns.result = R_SHUTDOWN
         conn_close_forced(w, w.conns, True)
+    process_ready(w)            # every connection is closed: this only lets go of them
     free_graveyard(w)
     pool_drain(w)
     fp_store_int(&w.exited, 1)
