@@ -389,6 +389,52 @@ def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends) 
     assert proxy.stop() == 0
 
 
+def test_idle_timeout_spares_active_connections(tmp_path: Path) -> None:
+    """Activity only stores a time; the idle timer, when it comes round, must see it
+    and wait again rather than close a connection that kept talking."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("busy", [port], [echo.address], IdleTimeout=1)]})
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as active,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as silent,
+    ):
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            active.sendall(b"x")
+            assert active.recv(10) == b"x", "an active connection was closed as idle"
+            time.sleep(0.3)
+        assert silent.recv(10) == b""  # the silent one was closed meanwhile
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
+def test_connect_timeout_gives_up_on_a_silent_target(tmp_path: Path) -> None:
+    """A target whose accept queue is full drops SYNs: the connect hangs until the
+    connect timeout on the worker's timer wheel gives up on it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    fillers = []
+    for _ in range(3):  # fill the accept queue: later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(silent.getsockname())
+        fillers.append(filler)
+    target = "127.0.0.1:%d" % silent.getsockname()[1]
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("hang", [port], [target], ConnectTimeout=1)]})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""
+        waited = time.monotonic() - started
+    assert 0.8 < waited < 3.0, f"gave up after {waited:.2f}s"
+    assert proxy.stop() == 0
+    for filler in fillers:
+        filler.close()
+    silent.close()
+
+
 def test_max_connections_turns_away_the_extra_client(tmp_path: Path, named_backends) -> None:
     (port,) = free_ports(1)
     target = f"127.0.0.1:{named_backends[0].port}"

@@ -156,6 +156,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 if not c.starved:
                     c.starved = True
                     w.nstarved += 1
+                    timer_set(w, c, w.now_ms + TICK_MS)
                 break
             room = 0
             if not ch.piped:
@@ -254,6 +255,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.down.pipe_r = c.down.pipe_w = -1
     c.last_active_ms = w.now_ms
     c.start_ms = w.now_ms
+    c.tslot = -1
     c.next = w.conns
     if w.conns != NULL:
         w.conns.prev = c
@@ -282,6 +284,7 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         w.nstarved -= 1
     fp_add_i64(&c.app_st.active, -1)
     c.state = ST_CLOSED
+    timer_del(w, c)
     conn_release_route(c)
     if c.cli.fd >= 0:
         close(c.cli.fd)
@@ -319,6 +322,7 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     c.state = ST_RELAYING
     c.last_active_ms = w.now_ms
     c.srv.writable = True
+    conn_rearm(w, c)
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)
         return
@@ -366,6 +370,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
         c.state = ST_CONNECTING
         w.nconnecting += 1
+        timer_set(w, c, c.deadline_ms)
         # Busy from the first SYN on, so least-conn and random see a burst coming.
         c.tgt_st = stats_slot(w.relay, t.slot)
         fp_add_i64(&c.tgt_st.active, 1)
@@ -387,6 +392,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     c.srv.muted = False
     w.nconnecting -= 1
     c.state = ST_RETRY
+    timer_del(w, c)
     c.later = w.retry
     w.retry = c
 

@@ -48,8 +48,9 @@ cdef enum:
     POOL_MAX = 256             # idle pipes / buffers kept per worker
     SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
     PUMP_BUDGET = 262144       # bytes one direction moves per wake-up before yielding
-    TICK_MS = 100              # connect-timeout resolution
-    SWEEP_MS = 1000            # idle-timeout resolution
+    TICK_MS = 100              # timer resolution (timers.pxi)
+    WHEEL_SLOTS = 256          # one turn of the timer wheel: 25.6 s
+    IDLE_WAIT_MS = 1000        # longest sleep with no connect/preface/starved timer
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
     PREFACE_TIMEOUT_MS = 5000  # time a client has to send its PROXY header / ClientHello
     PP_MAX = 536               # longest PROXY header read: v2 16 + 520 (v1 is 107)
@@ -213,6 +214,9 @@ cdef struct fp_conn:
     fp_conn* next
     fp_conn* later              # retry / graveyard list link
     bint ready                  # on the worker's ready list: out of budget, not of data
+    int tslot                   # timer wheel slot, -1: no timer (timers.pxi)
+    fp_conn* tprev
+    fp_conn* tnext
     fp_conn* ready_next
 
 cdef struct fp_relay
@@ -261,8 +265,8 @@ ctypedef struct fp_worker:
     uint8_t* hello              # SNI_MAX bytes: the handshake message reassembled
     fp_alog* alog               # access log ring, NULL while the log is off
     int64_t now_ms
-    int64_t next_tick_ms
-    int64_t next_sweep_ms
+    int64_t wheel_tick          # the last tick run (now_ms // TICK_MS)
+    fp_conn* wheel[WHEEL_SLOTS] # timers.pxi
     uint64_t rng
     fp_conn* conns
     fp_conn* retry

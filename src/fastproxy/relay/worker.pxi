@@ -42,28 +42,6 @@ cdef void free_graveyard(fp_worker* w) noexcept nogil:
         c = nxt
 
 
-cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
-    cdef fp_conn* c = w.conns
-    cdef fp_conn* nxt
-    while c != NULL:
-        nxt = c.next
-        if c.state == ST_CONNECTING and w.now_ms >= c.deadline_ms:
-            c.timed_out = True
-            conn_connect_failed(w, c)
-        elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
-            preface_timeout(w, c)
-        elif c.starved and c.state == ST_RELAYING:
-            c.starved = False
-            w.nstarved -= 1
-            conn_pump(w, c)
-        elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
-                and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
-            fp_add_u64(&c.app_st.idle_timeouts, 1)
-            c.result = R_IDLE_TIMEOUT
-            conn_close_forced(w, c, False)
-        c = nxt
-
-
 cdef void conn_close_forced(fp_worker* w, fp_conn* c, bint abort_open) noexcept nogil:
     """Closing on our own initiative. When bytes were still in flight (or, with
     abort_open, a direction still open: the proxy stopping), a FIN would pass
@@ -86,19 +64,17 @@ cdef void* worker_main(void* arg) noexcept nogil:
     cdef fp_worker* w = <fp_worker*>arg
     cdef epoll_event events[MAX_EVENTS]
     cdef int n, i, kind, timeout
-    cdef bint sweep
     # Signals stay blocked (Relay.start creates us with all of them blocked): they
     # belong to the Python main thread.
     w.now_ms = monotonic_ms()
-    w.next_tick_ms = w.now_ms + TICK_MS
-    w.next_sweep_ms = w.now_ms + SWEEP_MS
+    w.wheel_tick = w.now_ms // TICK_MS
     while not fp_load_int(&w.stop):
         if w.ready != NULL:
             timeout = 0         # collect other events, then resume the ready ones
         elif w.nconnecting > 0 or w.nstarved > 0:
             timeout = TICK_MS
         else:
-            timeout = SWEEP_MS
+            timeout = IDLE_WAIT_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         w.now_ms = monotonic_ms()
         for i in range(n):
@@ -110,13 +86,8 @@ cdef void* worker_main(void* arg) noexcept nogil:
             else:
                 drain_wakefd(w)
         process_retries(w)
-        if w.now_ms >= w.next_tick_ms:
-            sweep = w.now_ms >= w.next_sweep_ms
-            check_timeouts(w, sweep)
-            process_retries(w)
-            w.next_tick_ms = w.now_ms + TICK_MS
-            if sweep:
-                w.next_sweep_ms = w.now_ms + SWEEP_MS
+        timers_run(w)
+        process_retries(w)
         process_ready(w)
         free_graveyard(w)
         fp_store_int(&w.epoch, w.epoch + 1)
