@@ -242,9 +242,12 @@ cdef void conn_check_reset(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events
 # -- life cycle -------------------------------------------------------------------
 
 cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
-    cdef fp_conn* c = <fp_conn*>calloc(1, sizeof(fp_conn))
+    # Cache-line aligned, so the hot fields at its start share one line.
+    cdef size_t size = (sizeof(fp_conn) + 63) & ~(<size_t>63)
+    cdef fp_conn* c = <fp_conn*>aligned_alloc(64, size)
     if c == NULL:
         return NULL
+    memset(c, 0, size)
     c.cli.kind = KIND_SIDE
     c.cli.fd = fd
     c.cli.conn = c

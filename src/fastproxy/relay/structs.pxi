@@ -178,22 +178,32 @@ ctypedef struct fp_side:
     bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
 
 cdef struct fp_conn:
+    # Hot while relaying: this first cache line (conn_new aligns it) and the sides
+    # and channels right after it are all a pump touches.
+    int state
+    bint starved                # could not get a pipe/buffer: pumped again on a tick
+    bint ready                  # on the worker's ready list: out of budget, not of data
+    int tslot                   # timer wheel slot, -1: no timer (timers.pxi)
+    int64_t last_active_ms
+    int64_t idle_timeout_ms
+    fp_stats* app_st
+    fp_stats* tgt_st
+    uint64_t bytes_in
+    uint64_t bytes_out
     fp_side cli
     fp_side srv
     fp_chan up                  # client -> target
     fp_chan down                # target -> client
-    int state
+    fp_conn* ready_next
+    fp_conn* tprev              # timer wheel slot links
+    fp_conn* tnext
+    # Connecting and failover
     fp_route* route             # held while connecting, for failover
     int target_idx              # the target being tried, then the connected one
     int start_idx               # first target picked; failover walks on from it
-    bint starved                # could not get a pipe/buffer: pumped again on a tick
     int tries
     int tier                    # Tier the first pick came from; failover stays in it
-    fp_stats* app_st
-    fp_stats* tgt_st
     int64_t deadline_ms         # connect deadline
-    int64_t last_active_ms
-    int64_t idle_timeout_ms
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
     # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)
@@ -207,17 +217,10 @@ cdef struct fp_conn:
     int result                  # AccessResult, set where the connection is given up
     bint timed_out              # a connect attempt timed out
     bint preface_proxy          # still expecting the PROXY header
-    uint64_t bytes_in
-    uint64_t bytes_out
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
     fp_conn* later              # retry / graveyard list link
-    bint ready                  # on the worker's ready list: out of budget, not of data
-    int tslot                   # timer wheel slot, -1: no timer (timers.pxi)
-    fp_conn* tprev
-    fp_conn* tnext
-    fp_conn* ready_next
 
 cdef struct fp_relay
 
@@ -276,6 +279,7 @@ ctypedef struct fp_worker:
     int npipes
     char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
+    uint64_t _pad[8]            # workers sit side by side: keep each off its neighbour's lines
 
 cdef struct fp_relay:
     int nworkers
