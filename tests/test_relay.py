@@ -108,9 +108,9 @@ def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -
         total = 0
         for round_ in range(4):
             for size in (1, 300, 4000):
-                total = send_and_wait(os.urandom(size), total)     # request / response
+                total = send_and_wait(os.urandom(size), total)  # request / response
             bulk = os.urandom((1 << 20) + 12345 * round_)
-            total = send_and_wait(bulk + os.urandom(700), total)   # small right behind bulk
+            total = send_and_wait(bulk + os.urandom(700), total)  # small right behind bulk
         sock.shutdown(socket.SHUT_WR)
         reader.join(30)
     streams = [d for d in echo.digests if d != hashlib.sha256(b"").hexdigest()]
@@ -421,7 +421,7 @@ def test_connect_timeout_gives_up_on_a_silent_target(tmp_path: Path) -> None:
         filler.setblocking(False)
         filler.connect_ex(silent.getsockname())
         fillers.append(filler)
-    target = "127.0.0.1:%d" % silent.getsockname()[1]
+    target = f"127.0.0.1:{silent.getsockname()[1]}"
     (port,) = free_ports(1)
     proxy = Proxy(tmp_path, {"Apps": [app("hang", [port], [target], ConnectTimeout=1)]})
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
