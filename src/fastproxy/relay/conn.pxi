@@ -176,13 +176,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
-                if r.use_splice:
-                    # splice-auto: a full buffer means bulk, a short read into an
-                    # empty pipe means small messages again.
-                    if not ch.piped and ch.off + ch.len + n == cap:
-                        ch.bulk = True
-                    elif ch.piped and ch.len == 0 and <size_t>n < SMALL_BUF:
-                        ch.bulk = False
+                if r.use_splice and not ch.piped and ch.off + ch.len + n == cap:
+                    ch.bulk = True      # splice-auto: a full buffer means bulk
                 ch.len += n
                 moved += n
                 progress = True
@@ -195,6 +190,11 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 # below chan_cap). Only an empty pipe proves the socket is empty.
                 if ch.len == 0 or not ch.piped:
                     src.readable = False
+                if ch.piped and ch.len == 0 and moved < SMALL_BUF:
+                    # The socket is empty after less than a buffer's worth in this
+                    # wake-up: small messages again (a single short splice is no
+                    # sign, a fast stream has many while the pipe keeps emptying).
+                    ch.bulk = False
                 if not ch.piped:
                     src.urgent = False  # recv() steps over the mark: nothing left before it
             else:

@@ -47,7 +47,7 @@ cdef enum:
     ACCEPT_BATCH = 64
     POOL_MAX = 256             # idle pipes / buffers kept per worker
     SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
-    PUMP_BUDGET = 262144       # bytes one direction moves per wake-up before yielding
+    PUMP_BUDGET = 1048576      # bytes one direction moves per wake-up before yielding
     TICK_MS = 100              # timer resolution (timers.pxi)
     WHEEL_SLOTS = 256          # one turn of the timer wheel: 25.6 s
     IDLE_WAIT_MS = 1000        # longest sleep with no connect/preface/starved timer
