@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build demo test lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test faults lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -22,9 +22,18 @@ venv:
 	$(PIP) install -q --no-build-isolation -e '.[dev]'
 	bash scripts/link-bcc.sh $(PY)
 
-# Rebuild the Cython relay in place (editable install)
+# Rebuild the Cython relay in place (editable install). --force: the C compile
+# differs between the release and the debug build, not the sources.
 build:
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --force
+
+# The relay with its invariant checks and held-resource counters (see setup.py)
+build-debug:
+	FASTPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+
+# The relay's fault tests against the debug build, then back to the release build
+test-debug: build-debug
+	$(VENV)/bin/pytest -q tests/test_relay_faults.py; status=$$?; $(MAKE) build; exit $$status
 
 demo: setup
 	$(VENV)/bin/fastproxy demo examples/demo.json
@@ -37,6 +46,11 @@ lint:
 # The tests include a smoke run of every benchmark (tests/test_bench_smoke.py): its tools too.
 test: setup bench-deps lint
 	$(VENV)/bin/pytest -q tests
+
+# The fault-injection suite with its long variants (1 GiB streams, 50,000 resetting
+# clients, a 30-minute soak): about an hour. `make test` runs the short variants.
+faults: setup
+	$(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 bench-deps: venv

@@ -9,10 +9,11 @@
 #   redis-server, procps demo backend, pgrep/ps
 #   etcd-server          the cluster tests run a real etcd (a fleet's config, SPEC section 8)
 #   systemd              systemd-analyze (tests verify packaging/fastproxy.service)
+#   nftables             fault tests: dropped SYNs and packet loss inside a test netns
 set -euo pipefail
 
 PACKAGES=(python3-bpfcc bpftool iproute2 linux-headers-amd64 util-linux redis-server procps etcd-server
-  systemd openssl)
+  systemd openssl nftables)
 
 log() { echo "install-system-deps: $*" >&2; }
 

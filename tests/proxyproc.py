@@ -98,8 +98,21 @@ class Proxy:
         """Replace the config file the way editors do: write aside, rename over."""
         config = {"AdminTokenFile": str(self.token_file), **config}
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config))
+        tmp.write_bytes(padded(config))
         tmp.rename(self.config_path)
+
+    def write_config_unnoticed(self, config: dict[str, Any]) -> None:
+        """Rewrite the config in place, same inode, size and mtime: the file watcher
+        cannot see it, so only an explicit reload (SIGHUP, admin, CLI) applies it."""
+        before = os.stat(self.config_path)
+        fd = os.open(self.config_path, os.O_WRONLY)
+        try:
+            data = padded({"AdminTokenFile": str(self.token_file), **config})
+            assert len(data) == before.st_size, "configs are padded to one size"
+            assert os.pwrite(fd, data, 0) == len(data)
+        finally:
+            os.close(fd)
+        os.utime(self.config_path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
     def _wait_serving(self, port: int) -> None:
         deadline = time.monotonic() + 15
@@ -157,6 +170,17 @@ class Proxy:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+CONFIG_SIZE = 16384
+
+
+def padded(config: dict[str, Any]) -> bytes:
+    """The config as JSON, padded with spaces to CONFIG_SIZE so that any two test
+    configs have the same size (see Proxy.write_config_unnoticed)."""
+    data = json.dumps(config).encode()
+    assert len(data) <= CONFIG_SIZE, "test config too big to pad"
+    return data.ljust(CONFIG_SIZE)
 
 
 def app(name: str, ports: list[int], targets: list[str], **extra: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ cut and no new connection is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -113,9 +114,8 @@ def reload_by(proxy: Proxy, how: str, config: dict[str, Any]) -> None:
     if how == "file":
         proxy.write_config(full(config))
     else:
-        # Write in place (same inode, same size possible): the watcher may or may
-        # not see it; the explicit trigger is what we are testing.
-        proxy.write_config(full(config))
+        # Unseen by the file watcher: only the explicit trigger can apply it.
+        proxy.write_config_unnoticed(full(config))
         if how == "sighup":
             proxy.proc.send_signal(signal.SIGHUP)
         else:
@@ -222,13 +222,13 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
 ) -> None:
     echo = HashingEcho()
     backends = [NamedEchoServer(f"u{i}") for i in range(2)]
-    p1, p2, stream_port = free_ports(3)
+    p1, p2, stream_port, admin_port = free_ports(4)
     config = {
         "Apps": [
             app("web", [p1, p2], [b.address for b in backends]),
             app("stream", [stream_port], [echo.address]),
         ],
-        "Admin": "127.0.0.1:0",
+        "Admin": f"127.0.0.1:{admin_port}",  # the same address: its socket is handed over
         **steering,
     }
     (tmp_path / "old").mkdir()
@@ -237,9 +237,18 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
     stream = Stream(stream_port)
     load = Load([p1, p2])
     time.sleep(0.3)
+    admin_socket = listening_inode(admin_port)
+    assert admin_socket in socket_inodes(old.pid)
     new = Proxy(tmp_path / "new", config, "--takeover", "--control-socket", old.control_socket)
     time.sleep(0.5)
     assert old.proc.poll() is None, "the old process must wait for its stream"
+    # The admin endpoint moved with its socket: same address, same socket (inode),
+    # answered by the new process; the old one, still draining, holds it no longer.
+    assert new.admin == old.admin
+    assert listening_inode(admin_port) == admin_socket
+    assert admin_socket in socket_inodes(new.pid)
+    assert admin_socket not in socket_inodes(old.pid)
+    assert new.status()["pid"] == new.pid
     stream.check()  # opened before the upgrade, still in the old process: intact
     assert old.proc.wait(10) == 0  # its last connection closed: it exits
     time.sleep(0.3)
@@ -257,6 +266,27 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
     with socket.create_connection(("127.0.0.1", p1), timeout=5) as sock:
         assert sock.recv(100) in (b"u0\n", b"u1\n")
     assert newer.stop() == 0
+
+
+def listening_inode(port: int) -> int:
+    """The inode of the socket listening on 127.0.0.1:port (this thread's netns)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/thread-self/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+                return int(fields[9])
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
 
 
 def test_sigterm_drains_and_a_second_one_exits_at_once(tmp_path: Path) -> None:
@@ -303,7 +333,7 @@ def test_bpf_reload_adding_1000_ports(tmp_path: Path) -> None:
         proxy = Proxy(tmp_path, {**before, **bpf})
         assert proxy.steering == "bpf"
         started = time.monotonic()
-        proxy.write_config({**after, **bpf, "Admin": "127.0.0.1:0"})
+        proxy.write_config_unnoticed({**after, **bpf, "Admin": "127.0.0.1:0"})
         proxy.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while reload_count(proxy) == 0:
@@ -328,7 +358,7 @@ def test_reload_adds_removes_and_moves_ports(tmp_path: Path) -> None:
     }
     proxy = Proxy(tmp_path, before)
     assert [first_line(p) for p in (kept, moved, removed)] == ["red"] * 3
-    proxy.write_config(full(after))
+    proxy.write_config_unnoticed(full(after))  # only `fastproxy reload` can apply it
     reload_cli = [sys.executable, "-m", "fastproxy", "reload"]
     result = subprocess.run(
         # the token file named by the config (its Admin has port 0: --admin says where)

@@ -5,6 +5,7 @@ bytes socket -> pipe -> socket with splice() (or recv/send in copy mode).
 Layout (after uvloop): this file only stitches the parts together.
   includes/system.pxd   kernel and libc declarations, all nogil
   relay/structs.pxi     data layout and ownership rules
+  relay/debug.pxi       invariant checks and leak counters of debug builds
   relay/routes.pxi      counter slots, per-app routes, PROXY protocol header
   relay/proxyproto.pxi  PROXY protocol in: the header parser
   relay/sni.pxi         ClientHello parser, server name tables
@@ -16,6 +17,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
+  relay/harness.pxi     test-only: drive a worker by hand, one event batch at a time
 """
 
 from libc.math cimport log
@@ -26,6 +28,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from fastproxy.includes.system cimport *
 
 include "relay/structs.pxi"
+include "relay/debug.pxi"
 include "relay/routes.pxi"
 include "relay/proxyproto.pxi"
 include "relay/sni.pxi"
@@ -38,3 +41,4 @@ include "relay/preface.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"
 include "relay/api.pxi"
+include "relay/harness.pxi"

@@ -122,6 +122,9 @@ class HealthChecker:
         self._seen: dict[int, tuple[int, int]] = {}  # slot -> (connections, failures)
         self._last: dict[int, dict[str, Any]] = {}  # slot -> the last active check
         self._counts: dict[int, Counter[str]] = {}  # slot -> passed/failed
+        # Whose the entries above are: a reload hands the slot of a target that
+        # went away to a new one, which must start afresh.
+        self._owner: dict[int, TargetRuntime] = {}
         self._stop = threading.Event()
         # Made here, where a failure stops the start-up, not the thread later.
         self._sel = selectors.DefaultSelector()
@@ -138,11 +141,22 @@ class HealthChecker:
         if self._thread.is_alive():
             self._thread.join(5)
 
+    def _slot(self, target: TargetRuntime) -> int:
+        """The target's counter slot, the key of everything kept for it; what was
+        kept for a target that had the slot before is dropped."""
+        slot = target.slot
+        if self._owner.get(slot) is not target:
+            self._owner[slot] = target
+            for kept in (self._hysteresis, self._due, self._seen, self._last, self._counts):
+                kept.pop(slot, None)
+        return slot
+
     def report(self, target: TargetRuntime) -> dict[str, Any]:
         """The target's last active check and how many passed and failed, for /status."""
-        counts = self._counts.get(target.slot, Counter())
+        slot = self._slot(target)
+        counts = self._counts.get(slot, Counter())
         return {
-            "last_check": self._last.get(target.slot),
+            "last_check": self._last.get(slot),
             "checks_passed": counts["passed"],
             "checks_failed": counts["failed"],
         }
@@ -151,9 +165,10 @@ class HealthChecker:
 
     def _record(self, app: AppRuntime, target: TargetRuntime, ok: bool, why: str) -> None:
         check = app.app.health_check
-        state = self._hysteresis.get(target.slot)
+        slot = self._slot(target)
+        state = self._hysteresis.get(slot)
         if state is None:
-            state = self._hysteresis[target.slot] = Hysteresis(check.rise, check.fall)
+            state = self._hysteresis[slot] = Hysteresis(check.rise, check.fall)
         state.rise, state.fall = check.rise, check.fall  # a reload may change them
         if state.record(ok):
             log.warning(
@@ -170,12 +185,13 @@ class HealthChecker:
     def _checked(self, app: AppRuntime, target: TargetRuntime, ok: bool, why: str) -> None:
         """The result of one active check."""
         self.checks_done += 1
-        self._last[target.slot] = {
+        slot = self._slot(target)
+        self._last[slot] = {
             "ok": ok,
             "error": None if ok else why,
             "at": round(time.time(), 3),
         }
-        self._counts.setdefault(target.slot, Counter())["passed" if ok else "failed"] += 1
+        self._counts.setdefault(slot, Counter())["passed" if ok else "failed"] += 1
         self._record(app, target, ok, why)
 
     def _error(self, kind: str, what: str) -> None:
@@ -189,10 +205,11 @@ class HealthChecker:
         connections that succeeded count like passed ones."""
         for app in list(self.routes.apps.values()):
             for target in app.targets:
-                stats = self.routes.stats(target.slot)
+                slot = self._slot(target)
+                stats = self.routes.stats(slot)
                 now = (stats["connections"], stats["connect_failures"])
-                before = self._seen.get(target.slot, now)
-                self._seen[target.slot] = now
+                before = self._seen.get(slot, now)
+                self._seen[slot] = now
                 failures = now[1] - before[1]
                 for _ in range(min(failures, app.app.health_check.fall)):
                     self._record(app, target, False, "client connects failed")
@@ -303,9 +320,10 @@ class HealthChecker:
                 if t.admin == "disabled" or t.slot in probing:
                     continue
                 # The first check of a target is spread over one interval.
-                due = self._due.setdefault(t.slot, now + random.uniform(0, interval))
+                slot = self._slot(t)
+                due = self._due.setdefault(slot, now + random.uniform(0, interval))
                 if now >= due:
-                    self._due[t.slot] = now + interval
+                    self._due[slot] = now + interval
                     self._guarded(self._start_probe, sel, app, t)
         for key, _ in sel.select(timeout=0.05):
             self._guarded(self._step, sel, key.data)

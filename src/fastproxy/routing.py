@@ -3,7 +3,12 @@ to which app, and each target's address and state.
 
 Ids and slots are keyed by name (app name; app name + target address), so a
 reload that keeps an app or a target keeps its counters and its connections'
-bookkeeping.
+bookkeeping. Those of apps and targets a reload drops become spares: given back
+whole if the name returns (a rolled-back reload loses no counts), else handed to a
+new one, so a proxy whose targets churn never runs out. A spare counter slot is
+handed on only once no route names it and no connection holds it, zeroed; a spare
+app id or app slot only once the workers have also finished every event batch that
+could have read the old port map or server-name table.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ class Routes:
         # slot -> ("app", name) or ("target", app name, address), for the access log
         self.slot_keys: dict[int, tuple[str, ...]] = {}
         self._known: dict[tuple[str, str], TargetRuntime] = {}
+        # Ids and slots of apps and targets that went away, oldest first.
+        self._spare_app_ids: dict[str, int] = {}
+        self._spare_slots: dict[tuple[str, ...], int] = {}
+        self._unsettled = False  # an app went away since the workers last quiesced
         # Last good answer per host: a reload whose lookup is slow or fails (or a
         # rollback, which resolves nothing) keeps routing to it.
         self.resolved: dict[str, Address] = {}
@@ -68,16 +77,72 @@ class Routes:
         # change target states while the main thread may be reloading.
         self.lock = threading.RLock()
 
+    @property
+    def slots_allocated(self) -> int:
+        """Counter slots handed out so far, in use or spare."""
+        return len(self._slots) + len(self._spare_slots)
+
+    @property
+    def app_ids_allocated(self) -> int:
+        return len(self._app_ids) + len(self._spare_app_ids)
+
     def _slot(self, *key: str) -> int:
-        if key not in self._slots:
-            self._slots[key] = len(self._slots)
-            self.slot_keys[self._slots[key]] = key
-        return self._slots[key]
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._spare_slots.pop(key, None)
+            if slot is None:
+                slot = self._hand_on_slot()
+            self._slots[key] = slot
+            self.slot_keys[slot] = key
+        return slot
+
+    def _hand_on_slot(self) -> int:
+        """A spare slot nothing can reach any more, zeroed; else a new one."""
+        for old, slot in self._spare_slots.items():
+            if old[0] == "app":
+                self._settle()  # a server-name table may name it, uncounted
+            # A connection still counting into it, or a connecting one's route
+            # naming it, keeps it out of use until it closes.
+            if not self.relay.slot_in_use(slot):
+                del self._spare_slots[old]
+                if old[0] == "target":
+                    self._known.pop((old[1], old[2]), None)
+                self.relay.clear_slot(slot)
+                return slot
+        return self.slots_allocated
 
     def _app_id(self, name: str) -> int:
-        if name not in self._app_ids:
-            self._app_ids[name] = len(self._app_ids)
-        return self._app_ids[name]
+        app_id = self._app_ids.get(name)
+        if app_id is None:
+            app_id = self._spare_app_ids.pop(name, None)
+            if app_id is None:
+                app_id = self._hand_on_app_id()
+            self._app_ids[name] = app_id
+        return app_id
+
+    def _hand_on_app_id(self) -> int:
+        if not self._spare_app_ids:
+            return self.app_ids_allocated
+        self._settle()
+        return self._spare_app_ids.pop(next(iter(self._spare_app_ids)))
+
+    def _settle(self) -> None:
+        """A worker may have read a removed app's id from the port map (or its slot
+        from a server-name table) just before they changed: once every batch under
+        way has ended, none has."""
+        if self._unsettled:
+            self.relay.quiesce()
+            self._unsettled = False
+
+    def _retire(self, apps: dict[str, AppRuntime]) -> None:
+        """Make spares of the ids and slots of apps and targets that are gone."""
+        for name in self._app_ids.keys() - apps.keys():
+            self._spare_app_ids[name] = self._app_ids.pop(name)
+            self._unsettled = True
+        targets = {(name, t.target.address) for name, app in apps.items() for t in app.targets}
+        kept = {("app", name) for name in apps} | {("target", *key) for key in targets}
+        for key in self._slots.keys() - kept:
+            self._spare_slots[key] = self._slots.pop(key)
 
     def apply(self, config: Config, addresses: Mapping[str, Address | None]) -> None:
         """Make the relay route as `config` says. Routes are published before the
@@ -91,9 +156,10 @@ class Routes:
         for app in config.apps:
             runtime = AppRuntime(app, self._app_id(app.name), self._slot("app", app.name))
             for target in app.targets:
+                slot = self._slot("target", app.name, target.address)
                 known = self._known.get((app.name, target.address))
                 if known is None:
-                    known = TargetRuntime(target, self._slot("target", app.name, target.address))
+                    known = TargetRuntime(target, slot)
                     self._known[(app.name, target.address)] = known
                 known.target = target
                 known.address = self.resolved.get(target.host)
@@ -115,6 +181,7 @@ class Routes:
         self.apps = apps
         self.port_owner = port_owner
         self.sni_ports = sni_ports
+        self._retire(apps)
 
     def _route_by_name(self, port: int, on_port: list[App], apps: dict[str, AppRuntime]) -> None:
         """A port whose clients go to an app by TLS server name (config.py made sure

@@ -152,6 +152,15 @@ cdef extern from "<netinet/in.h>" nogil:
         INET6_ADDRSTRLEN
 
 
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+
+cdef extern from "<linux/sockios.h>" nogil:
+    enum:
+        SIOCOUTQ
+
+
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
@@ -226,6 +235,7 @@ cdef extern from "includes/atomics.h" nogil:
     uint32_t fp_next_u32(uint32_t* p)
     uint32_t fp_load_u32(const uint32_t* p)
     bint fp_cas_u32(uint32_t* p, uint32_t* expected, uint32_t v)
+    void fp_add_int(int* p, int v)
     int fp_incref(int* p)
     int fp_decref(int* p)
     int fp_add_fetch_int(int* p, int v)

@@ -321,6 +321,7 @@ cdef class Relay:
                         nanosleep(&pause, NULL)
         finally:
             free(seen)
+        self._retire(0, False)          # every table replaced before the call can go
 
     # -- listeners ------------------------------------------------------------
 
@@ -438,7 +439,7 @@ cdef class Relay:
         fp_store_int(&self.r.port_app[port], PORT_SNI)
 
     def ensure_slot(self, unsigned int slot):
-        """Make a counter slot usable (zeroed on first use, never freed)."""
+        """Make a counter slot usable (zeroed on first use; see clear_slot)."""
         cdef unsigned int chunk = slot // STATS_CHUNK
         if slot >= MAX_SLOTS:
             raise ValueError(f"counter slot out of range: {slot}")
@@ -448,6 +449,27 @@ cdef class Relay:
             if self.r.chunks[chunk] == NULL:
                 raise MemoryError()
             memset(self.r.chunks[chunk], 0, STATS_CHUNK * sizeof(fp_stats))
+
+    def slot_in_use(self, unsigned int slot):
+        """Whether a live route names the slot or a connection holds it. Once False
+        it stays False until the slot is named in a route again."""
+        cdef fp_stats* s
+        if self._retired:
+            self.quiesce()              # a replaced route names its slots until retired
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            return False
+        s = stats_slot(self.r, slot)
+        # routes first (acquire): a route's last release comes after its
+        # connection took its `active` count.
+        return fp_load_int(&s.routes) != 0 or fp_load_i64(&s.active) != 0
+
+    def clear_slot(self, unsigned int slot):
+        """Zero a slot that is no longer in use, so it can count something new."""
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            return
+        if self.slot_in_use(slot):
+            raise ValueError(f"counter slot {slot} is still in use")
+        memset(stats_slot(self.r, slot), 0, sizeof(fp_stats))
 
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
@@ -493,6 +515,7 @@ cdef class Relay:
             route_free(rt)
             raise
         rt.refcnt = 1
+        rt.relay = self.r
         rt.app_slot = app_slot
         rt.balance = policy
         rt.proxy_protocol = proxy_protocol
@@ -505,6 +528,7 @@ cdef class Relay:
             if rt.persource == NULL:
                 route_free(rt)
                 raise MemoryError()
+        route_claim_slots(rt, 1)
         self._retire(<size_t>route_publish(self.r, app_id, rt), False)
 
     cdef fp_persource* _persource(self, int app_id, long limit):

@@ -46,6 +46,8 @@ cdef void side_mute(fp_worker* w, fp_side* s, bint mute) noexcept nogil:
     ev.data.ptr = s
     if epoll_ctl(w.epfd, EPOLL_CTL_MOD, s.fd, &ev) == 0:
         s.muted = mute
+        if mute:
+            s.blind = True
 
 
 cdef void set_reset_on_close(int fd) noexcept nogil:
@@ -100,6 +102,7 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
         return 0
     if errno == EAGAIN:
         src.urgent = False      # past the mark, and nothing more to read yet
+        src.blind = False
         return -EAGAIN
     return -errno
 
@@ -120,6 +123,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     cdef ssize_t n
     cdef size_t room, cap
     cdef bint progress = True
+    cdef int rc = PUMP_OK
     cdef uint64_t moved = 0
     while progress:
         progress = False
@@ -139,7 +143,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             elif n == -EAGAIN:
                 dst.writable = False
             else:
-                return PUMP_DST_FAILED
+                rc = PUMP_DST_FAILED
+                break
         if ch.len == 0 and ch.eof and not ch.shut:
             # Half-close: pass the FIN on only once every byte before it is out.
             # When the other way is done too, the close that follows sends it.
@@ -167,8 +172,16 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     ch.off = 0
                 room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
-            if src.urgent and ch.piped and ch.len == 0 and (n == 0 or n == -EAGAIN):
-                n = fill_past_urgent_mark(w, ch, src)
+            if ch.piped and ((n == -EAGAIN and src.urgent)
+                             or (n == 0 and (src.urgent or src.blind))):
+                # splice() stops at an urgent mark, and says 0 there once a FIN
+                # has come, however many bytes follow: not the end of the stream.
+                # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
+                # too.) Step over it with recv() once the pipe is empty.
+                if ch.len == 0:
+                    n = fill_past_urgent_mark(w, ch, src)
+                else:
+                    n = -EAGAIN
             if n > 0:
                 if <size_t>n < room and not src.hup and not src.urgent:
                     # A short recv emptied the socket: skip the read that would
@@ -197,12 +210,15 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     ch.bulk = False
                 if not ch.piped:
                     src.urgent = False  # recv() steps over the mark: nothing left before it
+                    src.blind = False
             else:
-                return PUMP_SRC_FAILED
-    side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
-    if ch.len == 0:
-        chan_release(w, ch)
-    if moved:
+                rc = PUMP_SRC_FAILED
+                break
+    if rc == PUMP_OK:
+        side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
+        if ch.len == 0:
+            chan_release(w, ch)
+    if moved:   # counted on failure too: those bytes were taken from the source
         c.last_active_ms = w.now_ms
         if inbound:
             c.bytes_in += moved
@@ -212,7 +228,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             c.bytes_out += moved
             fp_add_u64(&c.app_st.bytes_out, moved)
             fp_add_u64(&c.tgt_st.bytes_out, moved)
-    return PUMP_OK
+    return rc
 
 
 cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
@@ -220,23 +236,73 @@ cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
     if rc == PUMP_OK:
         rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
         if rc == PUMP_SRC_FAILED:
-            conn_abort(w, c, &c.cli)        # target reset: reset the client
+            conn_fail(w, c, &c.srv)         # the target reset
         elif rc == PUMP_DST_FAILED:
-            conn_abort(w, c, &c.srv)
+            conn_fail(w, c, &c.cli)
     elif rc == PUMP_SRC_FAILED:
-        conn_abort(w, c, &c.srv)            # client reset: reset the target
+        conn_fail(w, c, &c.cli)             # the client reset
     else:
-        conn_abort(w, c, &c.cli)
+        conn_fail(w, c, &c.srv)
     if c.state == ST_RELAYING and c.up.shut and c.down.shut:
         conn_close(w, c)
 
 
-cdef void conn_check_reset(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events) noexcept nogil:
-    """An error on a side we no longer read from (it sent its FIN already) is not
-    seen by any read: propagate that reset here."""
+cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
+    """One side failed: it reset, or a write to it failed. What it sent before
+    (held here, or still queued on its socket: a reset socket reads to its end)
+    goes on to the other side, never with a FIN; once that side has it all, or
+    RESET_GRACE_MS has passed, it is reset, so it knows the stream was cut. The
+    bytes held for the failed side are dropped with it."""
+    cdef bint from_target = dead == &c.srv
+    cdef fp_side* live = &c.cli if from_target else &c.srv
+    cdef fp_chan* toward_live = &c.down if from_target else &c.up
+    chan_release(w, &c.up if from_target else &c.down)
+    toward_live.shut = True
+    dead.readable = True
+    side_mute(w, live, True)        # nothing more is read from it
+    if c.starved:
+        c.starved = False
+        w.nstarved -= 1
+    c.state = ST_FAILING
+    c.failed = dead
+    c.deadline_ms = w.now_ms + RESET_GRACE_MS
+    w.nfailing += 1
+    timer_set(w, c, w.now_ms + TICK_MS)
+    conn_fail_flush(w, c)
+
+
+cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Move the failed side's last bytes on; reset the other side once it has
+    them all (sent and acknowledged: a reset would drop what is still queued)
+    or the grace is over."""
+    cdef bint from_target = c.failed == &c.srv
+    cdef fp_side* live = &c.cli if from_target else &c.srv
+    cdef fp_chan* toward_live = &c.down if from_target else &c.up
+    cdef int queued = 0
+    cdef int rc = chan_pump(w, c, toward_live, c.failed, live,
+                            &c.up if from_target else &c.down, not from_target)
+    if rc == PUMP_DST_FAILED:
+        conn_abort(w, c, live)      # the other side failed too
+        return
+    if rc == PUMP_SRC_FAILED:
+        toward_live.eof = True      # its error ends what it sent
+    if toward_live.len == 0 and toward_live.eof:
+        if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
+            conn_abort(w, c, live)
+            return
+    if w.now_ms >= c.deadline_ms:
+        conn_abort(w, c, live)
+
+
+cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
+    """EPOLLERR the pump did not act on: the side reset while we were neither
+    reading it (it sent its FIN already, or its bytes have no room here: the
+    other side is not reading) nor writing to it. Only its pending error tells."""
     cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
-    if c.state == ST_RELAYING and (events & EPOLLERR) and reading.eof:
-        conn_abort(w, c, &c.srv if s == &c.cli else &c.cli)
+    cdef int err = 0
+    cdef socklen_t size = sizeof(err)
+    if reading.eof or (getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) == 0 and err != 0):
+        conn_fail(w, c, s)
 
 
 # -- life cycle -------------------------------------------------------------------
@@ -259,6 +325,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.last_active_ms = w.now_ms
     c.start_ms = w.now_ms
     c.tslot = -1
+    dbg_count(&w.dbg_conns, 1)
     c.next = w.conns
     if w.conns != NULL:
         w.conns.prev = c
@@ -276,6 +343,7 @@ cdef void conn_release_route(fp_conn* c) noexcept nogil:
 cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     """Close both sockets and unlink; the memory goes after the event batch, since
     later events of the same batch may still point at it."""
+    cdef bint queued = c.state == ST_RETRY
     if c.state == ST_CLOSED:
         return
     conn_finish(w, c)
@@ -285,15 +353,17 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         fp_add_i64(&c.tgt_st.active, -1)
     if c.starved:
         w.nstarved -= 1
+    if c.state == ST_FAILING:
+        w.nfailing -= 1
     fp_add_i64(&c.app_st.active, -1)
     c.state = ST_CLOSED
     timer_del(w, c)
     conn_release_route(c)
     if c.cli.fd >= 0:
-        close(c.cli.fd)
+        close_socket(w, c.cli.fd)
         c.cli.fd = -1
     if c.srv.fd >= 0:
-        close(c.srv.fd)
+        close_socket(w, c.srv.fd)
         c.srv.fd = -1
     chan_release(w, &c.up)
     chan_release(w, &c.down)
@@ -304,7 +374,13 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     fp_store_int(&w.nconns, w.nconns - 1)
-    c.later = w.graveyard
+    if not queued:              # else the retry pass buries it, keeping that list whole
+        bury(w, c)
+
+
+cdef inline void bury(fp_worker* w, fp_conn* c) noexcept nogil:
+    list_join(c, LIST_GRAVE)
+    c.grave_next = w.graveyard
     w.graveyard = c
 
 
@@ -349,7 +425,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.target_idx = idx
         c.tgt_slot = t.slot
         c.attempts += 1
-        fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        fd = open_socket(w, t.addr.ss_family)
         if fd < 0:
             conn_local_error(w, c)  # our shortage, not the target's fault
             return
@@ -357,17 +433,19 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
         if rc < 0 and errno != EINPROGRESS:
             err = errno
-            close(fd)
-            if err == EADDRNOTAVAIL or err == ENOBUFS or err == ENOMEM or err == EAGAIN:
-                conn_local_error(w, c)  # no local port or memory: another target won't help
+            close_socket(w, fd)
+            if err == ENOBUFS or err == ENOMEM or err == EAGAIN:
+                conn_local_error(w, c)  # out of memory: another target won't help
                 return
+            # Refused, unreachable, or EADDRNOTAVAIL: no local port or source address
+            # left toward this destination, which says nothing about the next one.
             fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
             continue
         c.srv.fd = fd
         c.srv.readable = False
         c.srv.writable = False
         if register_side(w, &c.srv) < 0:
-            close(fd)
+            close_socket(w, fd)
             c.srv.fd = -1
             continue
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
@@ -388,15 +466,17 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     fp_add_u64(&c.tgt_st.connect_failures, 1)
     fp_add_i64(&c.tgt_st.active, -1)
     c.tgt_st = NULL
-    close(c.srv.fd)
+    close_socket(w, c.srv.fd)
     c.srv.fd = -1
     c.srv.hup = False
     c.srv.urgent = False
     c.srv.muted = False
+    c.srv.blind = False
     w.nconnecting -= 1
     c.state = ST_RETRY
     timer_del(w, c)
-    c.later = w.retry
+    list_join(c, LIST_RETRY)
+    c.retry_next = w.retry
     w.retry = c
 
 
@@ -409,6 +489,8 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.readable = True
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         s.hup = True
+    if not s.muted:
+        s.blind = False         # events now say whether urgent data waits
     if events & EPOLLPRI:
         s.urgent = True
     if events & EV_WRITE:
@@ -423,7 +505,14 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         return
     if c.state == ST_RELAYING:
         conn_pump(w, c)
-        conn_check_reset(w, c, s, events)
+        if c.state == ST_RELAYING and events & EPOLLERR:
+            conn_check_error(w, c, s)
+        return
+    if c.state == ST_FAILING:
+        if s != c.failed and events & EPOLLERR:
+            conn_abort(w, c, s)     # the other side is gone too
+        else:
+            conn_fail_flush(w, c)
         return
     # Connecting
     if s == &c.srv:
@@ -475,6 +564,8 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
     for i in range(ACCEPT_BATCH):
         plen = sizeof(peer)
         fd = accept4(l.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd >= 0:
+            dbg_count(&w.dbg_sockets, 1)
         if fd < 0:
             if errno == EINTR or errno == ECONNABORTED:
                 continue
@@ -501,7 +592,7 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
             continue
         rt = route_get(r, app) if app >= 0 else NULL
         if rt == NULL:
-            close(fd)               # a port no app owns (any more)
+            close_socket(w, fd)     # a port no app owns (any more)
             continue
         if rt.proxy_protocol and local.ss_family == 0:
             getsockname(fd, <sockaddr*>&local, &llen)
@@ -510,12 +601,12 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
             fp_add_u64(&app_st.rejected, 1)
             alog_rejected(w, &peer, port, rt.app_slot)
             route_decref(rt)
-            close(fd)
+            close_socket(w, fd)
             continue
         c = conn_new(w, fd)
         if c == NULL:
             route_decref(rt)
-            close(fd)
+            close_socket(w, fd)
             continue
         memcpy(&c.peer, &peer, sizeof(peer))
         memcpy(&c.local, &local, sizeof(local))

@@ -148,14 +148,14 @@ cdef void accept_by_name(fp_worker* w, int fd, sockaddr_storage* peer,
     cdef socklen_t llen = sizeof(sockaddr_storage)
     cdef fp_conn* c
     if t == NULL:
-        close(fd)
+        close_socket(w, fd)
         return
     if t.need_local and local.ss_family == 0:
         getsockname(fd, <sockaddr*>local, &llen)
     c = conn_new(w, fd)
     if c == NULL:
         sni_decref(t)
-        close(fd)
+        close_socket(w, fd)
         return
     memcpy(&c.peer, peer, sizeof(sockaddr_storage))
     memcpy(&c.local, local, sizeof(sockaddr_storage))

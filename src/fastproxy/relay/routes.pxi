@@ -13,8 +13,19 @@ cdef void route_free(fp_route* rt) noexcept nogil:
     free(rt)
 
 
+cdef void route_claim_slots(fp_route* rt, int delta) noexcept nogil:
+    """Count the route in (or out of) the slots it names. Going out is the last
+    time a worker touches those slots through this route (release order), so once
+    a slot counts no route and no connection, nothing can reach it any more."""
+    cdef int i
+    fp_add_int(&stats_slot(rt.relay, rt.app_slot).routes, delta)
+    for i in range(rt.ntargets):
+        fp_add_int(&stats_slot(rt.relay, rt.targets[i].slot).routes, delta)
+
+
 cdef inline void route_decref(fp_route* rt) noexcept nogil:
     if fp_decref(&rt.refcnt) == 0:
+        route_claim_slots(rt, -1)
         route_free(rt)
 
 

@@ -10,13 +10,20 @@ cdef enum HandleKind:
     KIND_SIDE = 2
     KIND_WAKE = 3
 
+cdef enum ConnList:
+    LIST_RETRY = 1
+    LIST_GRAVE = 2
+
 cdef enum ConnState:
     ST_NEW = 0
     ST_CONNECTING = 1
     ST_RETRY = 2        # the connect failed; retried after the current event batch
     ST_RELAYING = 3
-    ST_CLOSED = 4       # freed after the current event batch
+    ST_CLOSED = 4       # freed after the current event batch (the retry pass buries
+                        # one that closed while queued for a retry)
     ST_PREFACE = 5      # reading a PROXY header and/or a TLS ClientHello (preface.pxi)
+    ST_FAILING = 6      # one side failed: what it sent still goes to the other side,
+                        # for up to RESET_GRACE_MS, then that side is reset
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -57,10 +64,13 @@ cdef enum:
     SNI_MAX = 16384            # ClientHello bytes read before giving up
     PORT_SNI = -2              # port_app value: route this port by server name
     ALOG_SLOTS = 4096          # access log records per worker ring
+    RESET_GRACE_MS = 2000      # a failed side's bytes get this long to reach the other
 
 
-# One counter slot per app and per (app, target). Slots are never freed, so
-# a connection may keep a pointer to its slots across reloads.
+# One counter slot per app and per (app, target). A connection keeps pointers to
+# its slots across reloads, and routes name them: a slot is in use while a route
+# naming it is alive (`routes`) or a connection holds it (`active`). The
+# orchestrator hands a slot out again only once neither holds, zeroed.
 ctypedef struct fp_stats:
     uint64_t connections
     int64_t active
@@ -76,7 +86,9 @@ ctypedef struct fp_stats:
     uint64_t rejected_per_source    # over MaxConnectionsPerSource
     uint64_t sni_unmatched      # server name of no app, and no default app
     uint64_t sni_errors         # malformed, truncated or late ClientHello
-    uint64_t _pad[2]            # 128 bytes, 64-aligned: no false sharing between slots
+    int routes                  # live routes naming this slot
+    int _pad_int
+    uint64_t _pad[1]            # 128 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -98,6 +110,8 @@ ctypedef struct fp_persource:
     int64_t limit
     int counts[PERSOURCE_BUCKETS]
 
+cdef struct fp_relay
+
 
 # An app's routing table. Immutable once published except for target states and
 # the round-robin cursor; replaced whole on reload. Refcounted because a connecting
@@ -109,6 +123,7 @@ ctypedef struct fp_persource:
 # the exact sequence.
 ctypedef struct fp_route:
     int refcnt
+    fp_relay* relay
     int ntargets
     fp_target* targets
     uint32_t app_slot
@@ -176,6 +191,8 @@ ctypedef struct fp_side:
     bint hup                    # the peer's FIN, or an error, has been signalled
     bint muted                  # EPOLLIN dropped while its channel cannot drain
     bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
+    bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
+                                # data may have come unseen
 
 cdef struct fp_conn:
     # Hot while relaying: this first cache line (conn_new aligns it) and the sides
@@ -203,7 +220,8 @@ cdef struct fp_conn:
     int start_idx               # first target picked; failover walks on from it
     int tries
     int tier                    # Tier the first pick came from; failover stays in it
-    int64_t deadline_ms         # connect deadline
+    int64_t deadline_ms         # connect deadline, or the end of the reset grace
+    fp_side* failed             # ST_FAILING: the side that failed
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
     # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)
@@ -220,9 +238,11 @@ cdef struct fp_conn:
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
-    fp_conn* later              # retry / graveyard list link
-
-cdef struct fp_relay
+    # A connection is on at most one of the two lists below, and each has its own
+    # link, so that one list can never swallow the other's tail.
+    fp_conn* retry_next         # queued to try the next target after the batch
+    fp_conn* grave_next         # closed, freed after the batch
+    int lists                   # debug builds: the lists it is on (LIST_* bits)
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:
@@ -262,6 +282,7 @@ ctypedef struct fp_worker:
     int nconns                  # live connections, read by Python
     int nconnecting
     int nstarved
+    int nfailing
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
     char* bounce                # small buffer to step past TCP urgent marks
     uint8_t* peek               # SNI_MAX bytes: the ClientHello as peeked
@@ -279,6 +300,11 @@ ctypedef struct fp_worker:
     int npipes
     char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
+    # Debug builds only (FP_DEBUG): what this worker holds, so a test can prove
+    # that every path gives it back.
+    int dbg_conns               # fp_conn allocated and not yet freed
+    int dbg_sockets             # client and target sockets open
+    int dbg_pipes               # pipes held by channels (not the idle pool)
     uint64_t _pad[8]            # workers sit side by side: keep each off its neighbour's lines
 
 cdef struct fp_relay:

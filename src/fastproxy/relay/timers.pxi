@@ -1,5 +1,6 @@
 # Connection timers on a hashed wheel of TICK_MS slots: connect and preface
-# deadlines, idle timeouts and starved connections waiting for a pipe or buffer.
+# deadlines, idle timeouts, starved connections waiting for a pipe or buffer, and
+# failing ones flushing a dead side's last bytes (conn_fail_flush, every tick).
 # Each connection sits in at most one slot, for the earliest moment it needs a
 # look. Activity costs no timer operation: it only stores last_active_ms, and the
 # idle timer, when its slot comes round, either fires or moves the connection to
@@ -39,7 +40,7 @@ cdef void conn_rearm(fp_worker* w, fp_conn* c) noexcept nogil:
     """Arm the timer the connection's state needs, or none."""
     if c.state == ST_CONNECTING or c.state == ST_PREFACE:
         timer_set(w, c, c.deadline_ms)
-    elif c.state == ST_RELAYING and c.starved:
+    elif (c.state == ST_RELAYING and c.starved) or c.state == ST_FAILING:
         timer_set(w, c, w.now_ms + TICK_MS)
     elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
         timer_set(w, c, c.last_active_ms + c.idle_timeout_ms)
@@ -53,6 +54,8 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
         conn_connect_failed(w, c)
     elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
         preface_timeout(w, c)
+    elif c.state == ST_FAILING:
+        conn_fail_flush(w, c)
     elif c.state == ST_RELAYING and c.starved:
         c.starved = False
         w.nstarved -= 1

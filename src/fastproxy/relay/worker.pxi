@@ -7,9 +7,14 @@ cdef void process_retries(fp_worker* w) noexcept nogil:
     cdef fp_conn* nxt
     w.retry = NULL
     while c != NULL:
-        nxt = c.later
+        nxt = c.retry_next
+        c.retry_next = NULL
+        list_leave(c, LIST_RETRY)
         if c.state == ST_RETRY:
             conn_connect_next(w, c)
+        else:
+            fp_check(c.state == ST_CLOSED, "a queued connection is retried or closed")
+            bury(w, c)          # its client left while it waited
         c = nxt
 
 
@@ -20,9 +25,12 @@ cdef void process_ready(fp_worker* w) noexcept nogil:
     w.ready = NULL
     while c != NULL:
         nxt = c.ready_next
+        c.ready_next = NULL
         c.ready = False
         if c.state == ST_RELAYING:
             conn_pump(w, c)
+        elif c.state == ST_FAILING:
+            conn_fail_flush(w, c)
         c = nxt
 
 
@@ -33,12 +41,13 @@ cdef void free_graveyard(fp_worker* w) noexcept nogil:
     cdef fp_conn* nxt
     w.graveyard = NULL
     while c != NULL:
-        nxt = c.later
+        nxt = c.grave_next
         if c.ready:
-            c.later = w.graveyard
+            c.grave_next = w.graveyard
             w.graveyard = c
         else:
             free(c)
+            dbg_count(&w.dbg_conns, -1)
         c = nxt
 
 
@@ -60,10 +69,32 @@ cdef void drain_wakefd(fp_worker* w) noexcept nogil:
     read(w.wakefd, &value, sizeof(value))
 
 
+cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
+    """Handle one batch of events, then what waits for the batch to end: retries,
+    timers due, connections that used up their byte budget, and freeing the
+    connections it closed."""
+    cdef int i, kind
+    w.now_ms = monotonic_ms()
+    for i in range(n):
+        kind = (<int*>events[i].data.ptr)[0]
+        if kind == KIND_SIDE:
+            side_event(w, <fp_side*>events[i].data.ptr, events[i].events)
+        elif kind == KIND_LISTENER:
+            accept_clients(w, <fp_listener*>events[i].data.ptr)
+        else:
+            drain_wakefd(w)
+    process_retries(w)
+    timers_run(w)
+    process_retries(w)
+    process_ready(w)
+    free_graveyard(w)
+    fp_store_int(&w.epoch, w.epoch + 1)
+
+
 cdef void* worker_main(void* arg) noexcept nogil:
     cdef fp_worker* w = <fp_worker*>arg
     cdef epoll_event events[MAX_EVENTS]
-    cdef int n, i, kind, timeout
+    cdef int n, timeout
     # Signals stay blocked (Relay.start creates us with all of them blocked): they
     # belong to the Python main thread.
     w.now_ms = monotonic_ms()
@@ -71,26 +102,12 @@ cdef void* worker_main(void* arg) noexcept nogil:
     while not fp_load_int(&w.stop):
         if w.ready != NULL:
             timeout = 0         # collect other events, then resume the ready ones
-        elif w.nconnecting > 0 or w.nstarved > 0:
+        elif w.nconnecting > 0 or w.nstarved > 0 or w.nfailing > 0:
             timeout = TICK_MS
         else:
             timeout = IDLE_WAIT_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
-        w.now_ms = monotonic_ms()
-        for i in range(n):
-            kind = (<int*>events[i].data.ptr)[0]
-            if kind == KIND_SIDE:
-                side_event(w, <fp_side*>events[i].data.ptr, events[i].events)
-            elif kind == KIND_LISTENER:
-                accept_clients(w, <fp_listener*>events[i].data.ptr)
-            else:
-                drain_wakefd(w)
-        process_retries(w)
-        timers_run(w)
-        process_retries(w)
-        process_ready(w)
-        free_graveyard(w)
-        fp_store_int(&w.epoch, w.epoch + 1)
+        run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
         w.conns.result = R_SHUTDOWN

@@ -1,0 +1,458 @@
+"""The relay's failure paths: resets, urgent data, failed writes and connects, and
+event orders that only a hand-driven worker hits every time.
+
+The harness tests build a Relay that is never started and run its worker 0 from the
+test's own thread (`_relay.harness_*`): real sockets, real backends, real epoll, but
+the test chooses when each event batch runs and may add chosen events to it."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import random
+import select
+import socket
+import struct
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fastproxy import _relay, netns
+from fastproxy.backends import NamedEchoServer
+from proxyproc import Proxy, app, free_ports
+from servers import Backend, reset
+
+RESET = select.EPOLLERR | select.EPOLLHUP | select.EPOLLIN | select.EPOLLRDHUP
+
+
+@pytest.fixture
+def named_backends() -> Iterator[list[NamedEchoServer]]:
+    servers = [NamedEchoServer(f"backend-{i}") for i in range(2)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+class HandDriven:
+    """A relay with one app on one listening port, whose worker runs only when the
+    test says so."""
+
+    def __init__(self, targets: list[tuple[str, int]], port: int = 0, **app: object) -> None:
+        self.relay = _relay.Relay(workers=1, **app.pop("relay", {}))  # type: ignore[arg-type]
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(64)
+        self.port: int = self.listener.getsockname()[1]
+        self.relay.set_app(
+            0,
+            app_slot=0,
+            targets=[
+                (socket.AF_INET, host, port, i + 1, _relay.TARGET_UP, 1, False)
+                for i, (host, port) in enumerate(targets)
+            ],
+            **app,  # type: ignore[arg-type]
+        )
+        self.relay.set_port(self.port, 0)
+        self.relay.add_listener(self.listener.fileno(), self.port)
+
+    def close(self) -> None:
+        self.relay.remove_listener(self.listener.fileno())
+        self.listener.close()
+
+    def step(self, timeout_ms: int = 10) -> int:
+        return _relay.harness_step(self.relay, timeout_ms)
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the relay did not get there"
+            self.step()
+
+    def connections(self) -> dict[int, dict[str, object]]:
+        """Open connections by the port of their client."""
+        return {c["client_port"]: c for c in _relay.harness_connections(self.relay)}
+
+    def connect(self, count: int) -> list[socket.socket]:
+        """Clients accepted by the relay, each with its connect to a target under way."""
+        clients = [
+            socket.create_connection(("127.0.0.1", self.port), timeout=5) for _ in range(count)
+        ]
+        self.run_until(lambda: len(self.connections()) == count)
+        return clients
+
+    def exchange(self, sock: socket.socket, payload: bytes, timeout: float = 5.0) -> bytes:
+        """Send, half-close, and read to EOF while stepping the worker."""
+        sock.setblocking(False)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.step()
+            try:
+                chunk = sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+        raise AssertionError(f"no EOF after {timeout} s; got {b''.join(chunks)[:80]!r}")
+
+    def stats(self, slot: int) -> dict[str, int]:
+        return dict(zip(_relay.STATS_FIELDS, self.relay.stats(slot)))
+
+    def assert_nothing_held(self) -> None:
+        """Every connection finished, counted and given back."""
+        self.run_until(lambda: self.relay.connections() == 0)
+        for _ in range(3):
+            self.step(0)  # let the graveyard go
+        held = _relay.harness_held(self.relay)
+        assert held["connections"] == 0
+        if _relay.DEBUG:
+            assert held == {"connections": 0, "allocated": 0, "sockets": 0, "pipes": 0}
+        assert self.stats(0)["active"] == 0
+        for slot in range(1, 3):
+            assert self.stats(slot)["active"] == 0
+
+
+def test_retry_queue_survives_a_client_reset_in_the_same_batch(
+    named_backends: list[NamedEchoServer],
+) -> None:
+    """Three connects fail in one batch, and the client of the second one resets in
+    that same batch, between the failures: every other client still fails over."""
+    relay = HandDriven([("127.0.0.1", b.port) for b in named_backends])
+    try:
+        a, b, c = relay.connect(3)
+        conns = relay.connections()
+        ids = [conns[s.getsockname()[1]]["id"] for s in (a, b, c)]
+        assert [conns[s.getsockname()[1]]["state"] for s in (a, b, c)] == ["connecting"] * 3
+        reset(b)
+        failed = select.EPOLLERR | select.EPOLLHUP
+        _relay.harness_inject(
+            relay.relay,
+            [
+                (ids[0], "srv", failed),
+                (ids[1], "srv", failed),
+                (ids[1], "cli", RESET),
+                (ids[2], "srv", failed),
+            ],
+        )
+        for sock, payload in ((a, b"first"), (c, b"third")):
+            name, _, echo = relay.exchange(sock, payload).partition(b"\n")
+            assert name.startswith(b"backend-") and echo == payload
+            sock.close()
+        relay.assert_nothing_held()
+        failures = relay.stats(1)["connect_failures"] + relay.stats(2)["connect_failures"]
+        assert failures == 3
+        assert relay.stats(0)["connections"] == 3
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
+    """The client's urgent byte and FIN arrive while the relay still holds bytes for
+    a target that is not reading: splice() says 0 at the mark, which is not the end
+    of the stream. Every byte after the mark must arrive, then the FIN."""
+    target_listener = socket.socket()
+    # A small window, so that the target stops taking bytes soon.
+    target_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven(
+        [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
+    )
+    try:
+        (client,) = relay.connect(1)
+        target, _ = target_listener.accept()
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client.setblocking(False)
+        target.setblocking(False)
+        sent = hashlib.sha256()
+        # Feed the target until it takes no more while the relay still holds bytes.
+        deadline = time.monotonic() + 10
+        while True:
+            conn = next(iter(relay.connections().values()))
+            if not conn["srv_writable"] and conn["up"]:
+                break
+            assert time.monotonic() < deadline, conn
+            chunk = os.urandom(1000)
+            client.sendall(chunk)
+            sent.update(chunk)
+            relay.step(0)
+        client.sendall(b"A" * 100)
+        client.send(b"U", socket.MSG_OOB)  # dropped, as by most proxies
+        client.sendall(b"B" * 100)
+        client.shutdown(socket.SHUT_WR)
+        sent.update(b"A" * 100 + b"B" * 100)
+        time.sleep(0.05)
+        relay.step()
+        received = hashlib.sha256()
+        deadline = time.monotonic() + 10
+        while True:
+            relay.step(1)
+            try:
+                chunk = target.recv(1 << 16)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "no FIN"
+                continue
+            if not chunk:
+                break  # a reset would raise here: also allowed, but not a short clean end
+            received.update(chunk)
+        assert received.hexdigest() == sent.hexdigest(), "a clean FIN after a truncated stream"
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def holds_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+def test_reset_while_the_direction_is_blocked_is_propagated(tmp_path: Path) -> None:
+    """A target that does not read, a client that fills every buffer on the way and
+    resets: the relay reads nothing from the client (no room), yet must notice the
+    reset and pass it on."""
+    accepted: list[socket.socket] = []
+    backend = Backend(lambda conn: (accepted.append(conn.dup()), time.sleep(30)))
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = Proxy(
+        tmp_path, {"Apps": [app("blocked", [port], [backend.address], HealthCheck=quiet)]}
+    )
+    try:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setblocking(False)
+        deadline = time.monotonic() + 10
+        stalled_since = None
+        while True:  # fill until nothing moves for a while
+            try:
+                client.send(b"x" * 65536)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.5:
+                    break
+                time.sleep(0.01)
+            assert time.monotonic() < deadline, "the client never filled up"
+        reset(client)
+        # The relay's connection is the one holding the client's bytes (health
+        # checks connect too, and leave without a byte).
+        (target,) = [s for s in accepted if holds_bytes(s)]
+        poller = select.poll()
+        poller.register(target, select.POLLERR | select.POLLHUP)
+        assert poller.poll(5000), "the target never heard of the client's reset"
+        error = target.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert error == errno.ECONNRESET
+        deadline = time.monotonic() + 5
+        while proxy.status()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.status()["connections"] == 0
+        target.close()
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def test_reply_sent_just_before_a_target_reset_reaches_the_client(tmp_path: Path) -> None:
+    """The target reads a request, answers and resets while the client is still
+    sending: the relay's write toward the target fails, but the answer it already
+    holds (or can still read) goes to the client before the reset does."""
+    reply = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n"
+
+    def answer_and_reset(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(reply)
+        reset(conn)
+
+    backend = Backend(answer_and_reset)
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("early", [port], [backend.address])]})
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            stop = threading.Event()
+
+            def keep_sending(sock: socket.socket = sock, stop: threading.Event = stop) -> None:
+                try:
+                    while not stop.is_set():
+                        sock.sendall(b"y" * 65536)
+                except OSError:
+                    pass
+
+            sender = threading.Thread(target=keep_sending)
+            sender.start()
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            stop.set()
+            sender.join(10)
+            sock.close()
+            assert received == reply
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
+    """The client sends and resets at once: the relay reads the bytes, then the
+    reset, in one pump. The bytes still reach the target (then the reset does), and
+    they are counted, though the pump ended in an error."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    try:
+        (client,) = relay.connect(1)
+        target, _ = target_listener.accept()
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        payload = os.urandom(30000)
+        client.sendall(payload)
+        reset(client)
+        time.sleep(0.05)
+        relay.run_until(lambda: relay.relay.connections() == 0)
+        received = b""
+        target.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            while chunk := target.recv(65536):
+                received += chunk
+        assert received == payload
+        for slot in (0, 1):
+            assert relay.stats(slot)["bytes_in"] == len(payload)
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:
+    """EADDRNOTAVAIL from connect() is per destination on Linux: with every local
+    port toward one target in use, the next target still has them. In a namespace of
+    our own with two local ports; the test holds both toward the first target."""
+    with netns.temporary("fp-relay-faults"):
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as sysctl:
+            sysctl.write("40000 40001")
+        # Fixed ports, out of that range: the namespace is ours alone.
+        first, second = NamedEchoServer("first", port=5001), NamedEchoServer("second", port=5002)
+        held = []
+        try:
+            with pytest.raises(OSError) as exhausted:
+                for _ in range(10):
+                    held.append(socket.create_connection(("127.0.0.1", first.port), timeout=5))
+            assert exhausted.value.errno == errno.EADDRNOTAVAIL
+            relay = HandDriven([("127.0.0.1", first.port), ("127.0.0.1", second.port)], port=5000)
+            try:
+                for i in range(2):  # round robin starts the first one on the first target
+                    client = ("127.0.0.1", 6000 + i)  # the two ephemeral ports are taken
+                    with socket.create_connection(("127.0.0.1", relay.port), 5, client) as sock:
+                        payload = f"client {i}".encode()
+                        assert relay.exchange(sock, payload) == b"second\n" + payload
+                assert relay.stats(0)["local_errors"] == 0
+                assert relay.stats(1)["connect_failures"] == 1
+                relay.assert_nothing_held()
+            finally:
+                relay.close()
+        finally:
+            for sock in held:
+                sock.close()
+            first.close()
+            second.close()
+
+
+def test_random_event_orders_leave_nothing_behind(named_backends: list[NamedEchoServer]) -> None:
+    """Seeded random batches of connect failures and client resets, in any order
+    and several per connection: every client that stayed gets its echo, and every
+    connection is finished and given back (checked more closely in debug builds)."""
+    rng = random.Random(9)
+    failed = select.EPOLLERR | select.EPOLLHUP
+    relay = HandDriven([("127.0.0.1", b.port) for b in named_backends])
+    try:
+        for _ in range(25):
+            clients = relay.connect(6)
+            conns = relay.connections()
+            ids = {s: conns[s.getsockname()[1]]["id"] for s in clients}
+            batch, gone = [], set()
+            for sock in clients:
+                for action in rng.choices(["fail", "reset", "none"], k=rng.randint(1, 3)):
+                    if action == "fail":
+                        batch.append((ids[sock], "srv", failed))
+                    elif action == "reset" and sock not in gone:
+                        reset(sock)
+                        gone.add(sock)
+                        batch.append((ids[sock], "cli", RESET))
+            rng.shuffle(batch)
+            _relay.harness_inject(relay.relay, batch)
+            for sock in clients:
+                if sock not in gone:
+                    name, _, echo = relay.exchange(sock, b"still here").partition(b"\n")
+                    assert name.startswith(b"backend-") and echo == b"still here"
+                    sock.close()
+            relay.assert_nothing_held()
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_a_slow_client_gets_the_whole_reply_of_a_target_that_reset(
+    tmp_path: Path, mode: str
+) -> None:
+    """The target answers, every byte of it leaves the target, and it resets, while
+    the client is not reading yet: the relay holds part of the answer (in its pipe,
+    on its sockets). The client, reading later, still gets all of it, then the reset."""
+    answer = os.urandom(200_000)
+    reset_done = threading.Event()
+
+    def answer_and_reset(conn: socket.socket) -> None:
+        conn.recv(100)
+        conn.sendall(answer)
+        deadline = time.monotonic() + 5
+        while unsent(conn) and time.monotonic() < deadline:
+            time.sleep(0.01)  # all of it out of our socket, or the reset would drop it
+        reset(conn)
+        reset_done.set()
+
+    backend = Backend(answer_and_reset)
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = Proxy(
+        tmp_path,
+        {"Apps": [app("reply", [port], [backend.address], HealthCheck=quiet)]},
+        "--relay",
+        mode,
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"question")
+            assert reset_done.wait(10)
+            time.sleep(0.3)  # the relay has seen the reset, and holds the rest
+            received = b""
+            with pytest.raises(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    received += chunk
+        assert hashlib.sha256(received).hexdigest() == hashlib.sha256(answer).hexdigest(), (
+            f"{len(received)} of {len(answer)} bytes"
+        )
+        assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue: not sent yet, or not acknowledged."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
