@@ -169,15 +169,18 @@ def fastproxy_config(
     }
 
 
-def start_fastproxy(config: dict, workdir: Path, *extra: str, cpus: str = "") -> Pinned:
-    """fastproxy serving `config` from workdir/fastproxy.json; returns once it logged
-    "serving". Unavailable when it exits instead (bpf steering that cannot load)."""
+def start_fastproxy(
+    config: dict, workdir: Path, *extra: str, cpus: str = "", env: dict[str, str] | None = None
+) -> Pinned:
+    """fastproxy serving `config` from workdir/fastproxy.json (`env` added to the
+    environment); returns once it logged "serving". Unavailable when it exits instead
+    (bpf steering that cannot load)."""
     path = workdir / "fastproxy.json"
     # The admin token beside it (admin POSTs read it from there), not in /run.
     path.write_text(json.dumps({"AdminTokenFile": str(workdir / "admin-token"), **config}))
     argv = [sys.executable, "-m", "fastproxy", "serve", str(path), *extra]
     argv += ["--control-socket", str(workdir / "control.sock")]
-    proxy = Pinned(argv, cpus or str(SERVER_CPU), workdir / "fastproxy.log")
+    proxy = Pinned(argv, cpus or str(SERVER_CPU), workdir / "fastproxy.log", env)
     try:
         proxy.wait_until(lambda: "serving" in proxy.log(), "'serving' line", timeout=60)
     except RuntimeError as exc:  # it exited

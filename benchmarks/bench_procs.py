@@ -96,7 +96,9 @@ class Pinned:
     """A command run on one CPU (`taskset -c`, which execs it: the pid is the command's),
     its output in a log file. Stopped with SIGTERM, then SIGKILL, by its pid."""
 
-    def __init__(self, argv: Sequence[str], cpu: int | str, log_path: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], cpu: int | str, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -105,6 +107,7 @@ class Pinned:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid
 

@@ -2,6 +2,11 @@
 bpf mode, HAProxy with a bind on the same range), and the time a reload adding 1,000
 ports takes to have them accept while a connection load runs (fastproxy only).
 
+Start-up in bpf mode is measured with the compiled program cached (`fastproxy-bpf`, the
+case of every start after the first on a machine: each round checks that it loaded from
+the cache) and without the cache (`fastproxy-bpf-cold`, FASTPROXY_BPF_CACHE=off: bcc
+compiles at every start, as the very first start does).
+
 Only one fastproxy may own the bpf steering of a network namespace: the contender in bpf
 mode is stopped first (it starts again when a later benchmark uses it)."""
 
@@ -28,7 +33,8 @@ FIRST_PORT = 10_000  # 10000-19999: below the ephemeral range (32768-)
 RELOAD_PORTS = 100 if SMOKE else 1_000
 RELOAD_FIRST = {"ports": 20_000, "bpf": 22_000}  # the ports a reload adds, per variant
 SAMPLE = 20
-VARIANTS = ("fastproxy-ports", "fastproxy-bpf", "haproxy")
+VARIANTS = ("fastproxy-ports", "fastproxy-bpf", "fastproxy-bpf-cold", "haproxy")
+CACHE_OFF = {"FASTPROXY_BPF_CACHE": "off"}
 
 
 def wait_accepting(proxy: Pinned, ports: list[int], timeout: float = 60) -> None:
@@ -45,7 +51,7 @@ def wait_accepting(proxy: Pinned, ports: list[int], timeout: float = 60) -> None
 def _variants(contenders: Contenders, variants: tuple[str, ...]) -> list[str]:
     """Those that run here: bpf only where the bpf contender could start (then stopped:
     the steering of a network namespace has one owner)."""
-    usable = [v for v in variants if not v.endswith("-bpf") or contenders.runs(BPF)]
+    usable = [v for v in variants if "-bpf" not in v or contenders.runs(BPF)]
     contenders.stop(BPF)
     return usable
 
@@ -65,8 +71,12 @@ def test_startup_many_ports(
             # maxconn leaves room for the listening sockets within the open-file limit
             routes = [(ports, [backend_ports[0]])]
             return start_haproxy("haproxy-nosplice", routes, workdir, maxconn=1000)
-        config = fastproxy_config({"many": ([ports], [backend_ports[0]])}, variant[10:])
-        return start_fastproxy(config, workdir)
+        steering = "ports" if variant == "fastproxy-ports" else "bpf"
+        config = fastproxy_config({"many": ([ports], [backend_ports[0]])}, steering)
+        return start_fastproxy(config, workdir, env=CACHE_OFF if "cold" in variant else None)
+
+    if "fastproxy-bpf" in names:
+        start("fastproxy-bpf").stop()  # the program compiled and cached (if it was not yet)
 
     def measure(variant: str) -> tuple[dict[str, float], str]:
         between = random.Random(variant).sample(range(FIRST_PORT + 1, last), SAMPLE - 2)
@@ -78,9 +88,13 @@ def test_startup_many_ports(
             rss = rss_bytes(proxy.pid)
         finally:
             proxy.stop()
-        return {"startup_ms": elapsed * 1e3, "rss_mib": rss / 2**20}, proxy.log()[-2000:]
+        log = proxy.log()
+        if variant == "fastproxy-bpf":
+            assert "loaded from the cache" in log, f"not a warm start: {log[-2000:]}"
+        return {"startup_ms": elapsed * 1e3, "rss_mib": rss / 2**20}, log[-2000:]
 
-    run_series(request, "ports-startup", names, measure, info={"ports": PORTS})
+    info = {"ports": PORTS, "bpf_cache": {"fastproxy-bpf": "warm", "fastproxy-bpf-cold": "off"}}
+    run_series(request, "ports-startup", names, measure, info=info)
 
 
 def _reload(admin: str, token_file: Path, answered: list[float] | None = None) -> None:

@@ -1,4 +1,7 @@
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +11,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxyproc  # noqa: E402
+
+# The compiled BPF program is cached for the session in a private directory of its own,
+# not in the system's /var/cache (a run may set FASTPROXY_BPF_CACHE itself: "off" compiles
+# at every start, a warmed directory loads every start from the cache).
+_SESSION_BPF_CACHE = None
+if "FASTPROXY_BPF_CACHE" not in os.environ:
+    _SESSION_BPF_CACHE = tempfile.mkdtemp(prefix="fastproxy-bpf-cache-")
+    os.environ["FASTPROXY_BPF_CACHE"] = _SESSION_BPF_CACHE
+
+
+def pytest_sessionfinish() -> None:
+    if _SESSION_BPF_CACHE is not None:
+        shutil.rmtree(_SESSION_BPF_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

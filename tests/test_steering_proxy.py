@@ -161,3 +161,28 @@ def test_bpf_mode_that_cannot_load_is_a_one_line_error(tmp_path: Path, ns: int) 
     assert ask(7300) == "x" and ask(7100) == "x"
     assert fallback.stop() == 0 and owner.stop() == 0
     backend.close()
+
+
+def test_a_restart_loads_the_program_from_the_cache(tmp_path: Path, ns: int) -> None:
+    """The first start compiles steer.c and caches it; the next one loads the cached
+    bytecode and never starts the compiler."""
+    backend = NamedEchoServer("cached")
+    cache_dir = tmp_path / "bpf-cache"
+    apps = [app("c", ["7400-7409"], [backend.address])]
+    logs = []
+    for name in ("cold", "warm"):
+        (tmp_path / name).mkdir()
+        proxy = Proxy(
+            tmp_path / name,
+            {"Apps": apps, "Steering": "bpf", "Listen": "::"},
+            env={"FASTPROXY_BPF_CACHE": str(cache_dir)},
+        )
+        assert proxy.steering == "bpf"
+        assert ask(7400) == "cached" and ask(7409, "::1") == "cached"
+        assert proxy.stop() == 0
+        logs.append(proxy.log())
+    cold, warm = logs
+    assert "BPF program compiled by bcc" in cold and f"cached as {cache_dir}/" in cold, cold
+    assert "BPF program loaded from the cache" in warm, warm
+    assert "compiled by bcc" not in warm
+    backend.close()

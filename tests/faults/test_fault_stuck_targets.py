@@ -106,10 +106,6 @@ def fill_until_blocked(sock: socket.socket) -> int:
             time.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 item 2: a client's reset is not noticed while its direction is blocked",
-)
 def test_target_never_reads_and_the_client_resets(tmp_path: Path, tally: Tally) -> None:
     deaf = TargetProcess("noread")
     (port,) = free_ports(1)

@@ -13,9 +13,10 @@ upgraded proxy replaces it instead of stacking a second program. Per network nam
         counters  per-CPU array: lookups, steered, misses, errors
         owner     symlink whose target is "<pid>:<start time>" of the owning process
 
-bcc is used only to compile and load; everything after that (maps, pins, links) goes through
-the raw bpf(2) wrappers below, so pinned objects from another process are handled the same
-way as our own.
+bcc is used only to compile and load, and only when the program is not in the cache yet
+(cache.py): a cached program's maps are created and the program loaded through the raw
+bpf(2) wrappers below, like everything after loading (maps, pins, links), so pinned objects
+from another process are handled the same way as our own.
 """
 
 from .core import COUNTER_NAMES, SLOT_IPV4, SLOT_IPV6, Steering

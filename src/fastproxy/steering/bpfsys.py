@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -26,6 +27,7 @@ BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
+BPF_MAP_UPDATE_BATCH = 26
 BPF_LINK_DETACH = 34
 _CMD_NAMES = {value: name for name, value in list(globals().items()) if name.startswith("BPF_")}
 
@@ -33,6 +35,7 @@ BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # attach type
 BPF_LINK_TYPE_NETNS = 5
 BPF_MAP_TYPE_SOCKMAP = 15
+BPF_OBJ_NAME_LEN = 16  # names of programs and maps, with the NUL
 
 _ATTR_SIZE = 128  # >= every bpf_attr variant used here; the kernel wants the tail zeroed
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
@@ -79,6 +82,13 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
 def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     k, v = _buf(key), _buf(value)
     _bpf(BPF_MAP_UPDATE_ELEM, "=I4xQQQ", map_fd, _addr(k), _addr(v), 0)
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """`count` updates in one call: keys and values each `count` equal-sized, packed."""
+    k, v = _buf(keys), _buf(values)
+    # struct bpf_attr.batch: in_batch, out_batch, keys, values, count, map_fd, elem_flags, flags
+    _bpf(BPF_MAP_UPDATE_BATCH, "=QQQQIIQQ", 0, 0, _addr(k), _addr(v), count, map_fd, 0, 0)
 
 
 def map_delete(map_fd: int, key: bytes) -> bool:
@@ -187,19 +197,68 @@ def map_type(map_fd: int) -> int:
     return int(struct.unpack_from("=I", obj_info(map_fd, 80))[0])
 
 
+@dataclass(frozen=True)
+class MapDef:
+    """What BPF_MAP_CREATE needs to make a map like another one (BTF aside)."""
+
+    name: str
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def map_def(map_fd: int) -> MapDef:
+    # struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags, name[16]
+    raw = obj_info(map_fd, 80)
+    kind, _, key, value, entries, flags = struct.unpack_from("=6I", raw)
+    name = raw[24:40].split(b"\0", 1)[0].decode()
+    return MapDef(name, kind, key, value, entries, flags)
+
+
+def map_create(spec: MapDef) -> int:
+    # union bpf_attr: map_type, key_size, value_size, max_entries, map_flags, inner_map_fd,
+    # numa_node, map_name[16]
+    name = spec.name.encode()[: BPF_OBJ_NAME_LEN - 1]
+    return _bpf(
+        BPF_MAP_CREATE,
+        "=7I16s",
+        spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, 0, 0, name,
+    )  # fmt: skip
+
+
+def prog_load(
+    prog_type: int,
+    insns: bytes,
+    license_: str,
+    *,
+    name: str,
+    attach_type: int,
+    kern_version: int = 0,
+) -> int:
+    """BPF_PROG_LOAD; the verifier's verdict is the errno (EACCES: rejected)."""
+    code = _buf(insns)
+    lic = ctypes.create_string_buffer(license_.encode())
+    return _bpf(
+        BPF_PROG_LOAD,
+        "=IIQQIIQII16sII",
+        prog_type, len(insns) // 8, _addr(code), _addr(lic),
+        0, 0, 0, kern_version, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1], 0, attach_type,
+    )  # fmt: skip
+
+
+def prog_tag(prog_fd: int) -> bytes:
+    """The kernel's hash of the program's instructions (map references left out)."""
+    # struct bpf_prog_info: type, id, tag[8]
+    return obj_info(prog_fd, 16)[8:16]
+
+
 def probe_sk_lookup() -> str | None:
     """Load `r0 = SK_PASS; exit` as an sk_lookup program: the kernel says if it has the type."""
-    insns = ctypes.create_string_buffer(
-        struct.pack("=BBhi", 0xB7, 0, 0, 1) + struct.pack("=BBhi", 0x95, 0, 0, 0)
-    )
-    license_ = ctypes.create_string_buffer(b"GPL")
+    insns = struct.pack("=BBhi", 0xB7, 0, 0, 1) + struct.pack("=BBhi", 0x95, 0, 0, 0)
     try:
-        fd = _bpf(
-            BPF_PROG_LOAD,
-            "=IIQQIIQII16sII",
-            BPF_PROG_TYPE_SK_LOOKUP, 2, _addr(insns), _addr(license_),
-            0, 0, 0, 0, 0, b"", 0, BPF_SK_LOOKUP,
-        )  # fmt: skip
+        fd = prog_load(BPF_PROG_TYPE_SK_LOOKUP, insns, "GPL", name="", attach_type=BPF_SK_LOOKUP)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return "kernel has no sk_lookup support (needs Linux 5.9 or later)"

@@ -19,13 +19,14 @@ from .bpfsys import (
     map_keys,
     map_lookup,
     map_update,
+    map_update_batch,
     obj_info,
     obj_pin,
     possible_cpus,
 )
 from .errors import SteeringUnavailable, describe
 from .links import detach_orphans, pinned_link
-from .loader import Objects, compile_program, port_key, probe, slot_key
+from .loader import Objects, load_program, port_key, probe, slot_key
 from .pins import (
     DEFAULT_PIN_ROOT,
     dropped,
@@ -124,10 +125,10 @@ class Steering:
     def prepare(
         cls, sockets: list[socket.socket], ports: Iterable[int], *, pin_root: str = DEFAULT_PIN_ROOT
     ) -> Steering:
-        """Compile and load the program with its maps filled, without putting it in effect:
-        nothing that steers connections in this netns changes until commit(). A takeover
-        prepares while the running process still serves, and commits only once it has
-        handed over, so a successor that fails before that changes nothing."""
+        """Load the program (cached, else compiled) with its maps filled, without putting it
+        in effect: nothing that steers connections in this netns changes until commit(). A
+        takeover prepares while the running process still serves, and commits only once it
+        has handed over, so a successor that fails before that changes nothing."""
         try:
             wanted = _check_ports(ports)
             slots = _socket_slots(list(sockets))
@@ -137,11 +138,12 @@ class Steering:
             ensure_bpffs(pin_root)
             private_pin_root(pin_root)
             ino = netns_inode()
-            objects = compile_program()
+            objects = load_program()
             try:
                 fds = objects.fds
-                for port in sorted(wanted):
-                    map_update(fds["ports"], port_key(port), b"\x01")
+                if wanted:  # one call for any number of ports: start-up with 10,000 is fast
+                    keys = struct.pack(f"={len(wanted)}H", *sorted(wanted))  # port_key()s
+                    map_update_batch(fds["ports"], keys, b"\x01" * len(wanted), len(wanted))
                 for slot, sock in slots.items():
                     map_update(fds["sockets"], slot_key(slot), struct.pack("=Q", sock.fileno()))
             except BaseException:

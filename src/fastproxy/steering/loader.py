@@ -1,25 +1,33 @@
-"""Compiling and loading bpf/steer.c with bcc, in a short-lived child process."""
+"""Loading bpf/steer.c: the bytecode cached from an earlier start when there is one, else
+compiled and loaded by bcc in a short-lived child process (and then cached)."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from .bpfsys import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, probe_sk_lookup
-from .errors import SteeringUnavailable
+from . import cache
+from .bpfsys import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, map_def, probe_sk_lookup
+from .errors import SteeringUnavailable, describe
+from .image import ProgramImage, capture
 
 PROGRAM_NAME = "fastproxy_steer"  # the C function; also the kernel's name for the program
 MAP_NAMES = ("ports", "sockets", "counters")
+COMPILED = "steering: BPF program compiled by bcc in %.0f ms (%s)"
+
+log = logging.getLogger("fastproxy")
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastproxy/
 
@@ -93,14 +101,108 @@ class Objects:
 _PACKAGE_PARENT = os.path.dirname(_PACKAGE)
 
 
-def compile_program() -> Objects:
-    """Compile and load bpf/steer.c in a short-lived child process, which hands the
-    program's and maps' descriptors back over a socketpair (SCM_RIGHTS). bcc maps
-    LLVM into whoever uses it (~130 MiB of RSS that would stay with the proxy for
-    its whole life); the child takes that with it when it exits."""
+def load_program() -> Objects:
+    """The program and its maps, loaded: from the cache when it holds this program's
+    bytecode for this kernel and bcc, else compiled by bcc (and then cached)."""
     source = _source_path()
     if source is None:
         raise SteeringUnavailable("BPF source steer.c not found")
+    directory = cache.configured_dir()
+    if directory is None:
+        return _compiled_uncached(source, "cache off")
+    with open(source, "rb") as f:
+        text = f.read()
+    key = cache.cache_key(text, [PROGRAM_NAME, BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP])
+    try:
+        with cache.opened(directory) as store:
+            return _cached_or_compiled(store, key, source, text)
+    except cache.CacheRefused as exc:
+        log.warning("steering: BPF program cache not used: %s", exc)
+        return _compiled_uncached(source, "cache not used")
+
+
+def _compiled_uncached(source: str, why: str) -> Objects:
+    objects, _, elapsed = _timed_compile(source)
+    log.info(COMPILED, elapsed, why)
+    return objects
+
+
+def _cached_or_compiled(store: cache.Cache, key: str, source: str, text: bytes) -> Objects:
+    objects = _from_cache(store, key)
+    if objects is None:
+        objects, fresh, elapsed = _timed_compile(source)
+        log.info(COMPILED, elapsed, _cache_it(store, key, fresh, source, text))
+    return objects
+
+
+def _from_cache(store: cache.Cache, key: str) -> Objects | None:
+    """The cached program for `key`, loaded; None (with a warning if there was an entry
+    but it was not to be used) to compile."""
+    path = store.path(key)
+    started = time.monotonic()
+    try:
+        image = store.read(key)
+    except cache.BadEntry as exc:
+        log.warning("steering: ignoring the cached BPF program %s: %s", path, exc)
+        return None
+    if image is None:
+        return None
+    problem = _not_ours(image)
+    if problem is None:
+        try:
+            objects = Objects(image.load())
+        except OSError as exc:  # the verifier or the kernel changed its mind
+            problem = describe(exc)
+        else:
+            elapsed = (time.monotonic() - started) * 1e3
+            log.info("steering: BPF program loaded from the cache in %.0f ms (%s)", elapsed, path)
+            return objects
+    log.warning("steering: the cached BPF program %s is not usable: %s", path, problem)
+    return None
+
+
+def _cache_it(
+    store: cache.Cache, key: str, image: ProgramImage | str, source: str, text: bytes
+) -> str:
+    """Write the compiled program's image for `key`; says where, or why not."""
+    if not isinstance(image, ProgramImage):
+        return f"not cached: {image}"
+    with open(source, "rb") as f:
+        if f.read() != text:  # then the key does not name what bcc compiled
+            return f"not cached: {source} changed meanwhile"
+    try:
+        store.write(key, image)
+    except OSError as exc:
+        return f"not cached: {describe(exc)}"
+    return f"cached as {store.path(key)}"
+
+
+def _not_ours(image: ProgramImage) -> str | None:
+    """Why a well-formed image is still not the program this loader wants, if it is not."""
+    if (image.name, image.prog_type, image.attach_type) != (
+        PROGRAM_NAME,
+        BPF_PROG_TYPE_SK_LOOKUP,
+        BPF_SK_LOOKUP,
+    ):
+        return f"another program ({image.name}, type {image.prog_type})"
+    if sorted(m.name for m in image.maps) != sorted(MAP_NAMES):
+        return "other maps"
+    return None
+
+
+def _timed_compile(source: str) -> tuple[Objects, ProgramImage | str, float]:
+    """compile_program() and how long it took, in milliseconds."""
+    started = time.monotonic()
+    objects, image = compile_program(source)
+    return objects, image, (time.monotonic() - started) * 1e3
+
+
+def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
+    """Compile and load `source` in a short-lived child process, which hands the
+    program's and maps' descriptors back over a socketpair (SCM_RIGHTS), with the
+    program's image (or why it has none). bcc maps LLVM into whoever uses it (~130 MiB
+    of RSS that would stay with the proxy for its whole life); the child takes that with
+    it when it exits."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours:
         try:
@@ -124,9 +226,14 @@ def compile_program() -> Objects:
         ours.settimeout(5)
         try:
             data, fds, _, _ = socket.recv_fds(ours, 65536, len(MAP_NAMES) + 1)
+            while data and (more := ours.recv(65536)):  # the rest, up to the child's exit
+                data += more
         except OSError:
             data, fds = b"", []
-    reply = json.loads(data) if data else {}
+    try:
+        reply = json.loads(data) if data else {}
+    except ValueError:
+        reply = {"error": "the BPF compiler's reply is garbled"}
     if "error" in reply or len(fds) != len(MAP_NAMES) + 1:
         for fd in fds:
             os.close(fd)
@@ -134,11 +241,17 @@ def compile_program() -> Objects:
         raise SteeringUnavailable(
             reply.get("error") or f"the BPF compiler failed: {noise[-1] if noise else '?'}"
         )
-    return Objects(dict(zip(("prog", *MAP_NAMES), fds)))
+    objects = Objects(dict(zip(("prog", *MAP_NAMES), fds)))
+    try:
+        image: ProgramImage | str = ProgramImage.from_dict(reply.get("image"))
+    except ValueError:
+        image = str(reply.get("uncacheable", "no image"))
+    return objects, image
 
 
-def _compile_here(source: str) -> Objects:
-    """Compile and load with bcc in this process; keep our own duplicates of its fds."""
+def _compile_here(source: str) -> tuple[Objects, ProgramImage | str]:
+    """Compile and load with bcc in this process; keep our own duplicates of its fds.
+    Also the image of what bcc loaded (or why there is none), for the cache."""
     from bcc import BPF, lib
 
     objects = Objects()
@@ -154,28 +267,49 @@ def _compile_here(source: str) -> Objects:
                 PROGRAM_NAME.encode(), BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP
             )
             objects.fds["prog"] = os.dup(prog.fd)
-            for name in MAP_NAMES:
-                objects.fds[name] = os.dup(lib.bpf_table_fd(bpf.module, name.encode()))
+            map_fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in MAP_NAMES}
+            for name, fd in map_fds.items():
+                objects.fds[name] = os.dup(fd)
         except Exception as exc:
             objects.close()
             raise SteeringUnavailable(
                 f"cannot load {source}: {_first_error(noise, str(exc))}"
             ) from None
+        try:
+            # The very instructions bcc handed the kernel, its map fds in them.
+            image: ProgramImage | str = capture(
+                bpf.dump_func(PROGRAM_NAME.encode()),
+                map_fds,
+                tuple(map_def(fd) for fd in map_fds.values()),
+                name=PROGRAM_NAME,
+                prog_type=BPF_PROG_TYPE_SK_LOOKUP,
+                attach_type=BPF_SK_LOOKUP,
+                license_=lib.bpf_module_license(bpf.module).decode(),
+                kern_version=lib.bpf_module_kern_version(bpf.module),
+            )
+        except (ValueError, OSError) as exc:
+            image = describe(exc)
         finally:
             bpf.cleanup()  # our dups keep program and maps alive; free bcc's LLVM module
-    return objects
+    return objects, image
 
 
 def _compiler_main(source: str, fd: int) -> None:
-    """The child's side of compile_program(): load, send the fds (or the error), exit."""
+    """The child's side of compile_program(): load, send the fds and the image (or the
+    error), exit."""
     with socket.socket(fileno=fd) as channel:
         try:
-            objects = _compile_here(source)
+            objects, image = _compile_here(source)
         except SteeringUnavailable as exc:
             channel.sendall(json.dumps({"error": str(exc)}).encode())
             return
+        reply: dict[str, object] = {"ok": True}
+        if isinstance(image, ProgramImage):
+            reply["image"] = image.to_dict()
+        else:
+            reply["uncacheable"] = image
         fds = [objects.fds["prog"], *(objects.fds[name] for name in MAP_NAMES)]
-        socket.send_fds(channel, [json.dumps({"ok": True}).encode()], fds)
+        socket.send_fds(channel, [json.dumps(reply).encode()], fds)
 
 
 def port_key(port: int) -> bytes:
