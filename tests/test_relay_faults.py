@@ -341,6 +341,33 @@ def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
         target_listener.close()
 
 
+def test_target_reset_before_any_byte_fails_over_to_the_next(
+    named_backends: list[NamedEchoServer],
+) -> None:
+    """A target killed with our connect still in its accept queue resets it after
+    the handshake, before a byte went either way (the flapping fault test saw the
+    client reset at connect for it). The target never saw the client: a failed
+    connect, so the next target serves it."""
+    doomed = socket.socket()
+    doomed.bind(("127.0.0.1", 0))
+    doomed.listen(8)
+    relay = HandDriven(
+        [("127.0.0.1", doomed.getsockname()[1]), ("127.0.0.1", named_backends[1].port)]
+    )
+    try:
+        (client,) = relay.connect(1)  # round robin starts it on the doomed target
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        doomed.close()  # as at a kill -9: the connection it never accepted is reset
+        assert relay.exchange(client, b"hello") == b"backend-1\nhello"
+        assert relay.stats(1)["connect_failures"] == 1
+        assert relay.stats(0)["no_target"] == 0
+        client.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        doomed.close()
+
+
 def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:
     """EADDRNOTAVAIL from connect() is per destination on Linux: with every local
     port toward one target in use, the next target still has them. In a namespace of

@@ -220,6 +220,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             chan_release(w, ch)
     if moved:   # counted on failure too: those bytes were taken from the source
         c.last_active_ms = w.now_ms
+        conn_release_route(c)   # a byte went: no failing over from here on
         if inbound:
             c.bytes_in += moved
             fp_add_u64(&c.app_st.bytes_in, moved)
@@ -256,13 +257,22 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     cdef bint from_target = dead == &c.srv
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
+    if c.starved:
+        c.starved = False
+        w.nstarved -= 1
+    if from_target and c.route != NULL and not c.down.eof:
+        # Reset before a byte went either way: a target dying with our connect in
+        # its accept queue resets it after the handshake. It never saw the client,
+        # so this is a failed connect, and the next target is tried.
+        chan_release(w, &c.up)
+        chan_release(w, &c.down)
+        c.up.shut = False       # a FIN the client sent goes to the next target
+        conn_connect_failed(w, c)
+        return
     chan_release(w, &c.up if from_target else &c.down)
     toward_live.shut = True
     dead.readable = True
     side_mute(w, live, True)        # nothing more is read from it
-    if c.starved:
-        c.starved = False
-        w.nstarved -= 1
     c.state = ST_FAILING
     c.failed = dead
     c.deadline_ms = w.now_ms + RESET_GRACE_MS
@@ -396,7 +406,6 @@ cdef void conn_abort(fp_worker* w, fp_conn* c, fp_side* victim) noexcept nogil:
 cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef int proxy_protocol = c.route.proxy_protocol
     fp_add_u64(&c.tgt_st.connections, 1)
-    conn_release_route(c)
     w.nconnecting -= 1
     c.state = ST_RELAYING
     c.last_active_ms = w.now_ms
@@ -461,8 +470,9 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
 
 
 cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
-    """The attempt under way failed (refused, unreachable, timed out). The retry
-    waits until the event batch is done: events for the old socket may follow."""
+    """The attempt under way failed (refused, unreachable, timed out, or reset
+    before a byte went either way). The retry waits until the event batch is done:
+    events for the old socket may follow."""
     fp_add_u64(&c.tgt_st.connect_failures, 1)
     fp_add_i64(&c.tgt_st.active, -1)
     c.tgt_st = NULL
@@ -472,7 +482,8 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     c.srv.urgent = False
     c.srv.muted = False
     c.srv.blind = False
-    w.nconnecting -= 1
+    if c.state == ST_CONNECTING:
+        w.nconnecting -= 1
     c.state = ST_RETRY
     timer_del(w, c)
     list_join(c, LIST_RETRY)
