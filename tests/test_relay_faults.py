@@ -155,6 +155,25 @@ def test_retry_queue_survives_a_client_reset_in_the_same_batch(
         relay.close()
 
 
+def test_a_retry_that_finds_no_target_left_is_freed() -> None:
+    """The only target refuses: the retry pass finds none left and closes the client.
+    That close happens in the retry pass itself, so the connection must be freed there
+    (the debug build counts allocations; the release build checks sockets and counters)."""
+    [dead] = free_ports(1)
+    relay = HandDriven([("127.0.0.1", dead)])
+    try:
+        [client] = relay.connect(1)
+        client.settimeout(5)
+        relay.run_until(lambda: relay.relay.connections() == 0)
+        assert client.recv(1) == b""
+        relay.assert_nothing_held()
+        assert relay.stats(0)["no_target"] == 1
+        assert relay.stats(1)["connect_failures"] == 1
+        client.close()
+    finally:
+        relay.close()
+
+
 @pytest.mark.parametrize("mode", ["splice", "copy"])
 def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
     """The client's urgent byte and FIN arrive while the relay still holds bytes for

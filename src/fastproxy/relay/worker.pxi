@@ -11,6 +11,8 @@ cdef void process_retries(fp_worker* w) noexcept nogil:
         c.retry_next = NULL
         list_leave(c, LIST_RETRY)
         if c.state == ST_RETRY:
+            # Off the list now: if no target is left, conn_close must bury it itself.
+            c.state = ST_NEW
             conn_connect_next(w, c)
         else:
             fp_check(c.state == ST_CLOSED, "a queued connection is retried or closed")
