@@ -387,6 +387,29 @@ def test_target_reset_before_any_byte_fails_over_to_the_next(
         doomed.close()
 
 
+def test_target_reset_before_any_byte_with_no_other_target_closes_the_client() -> None:
+    """The same reset with no target left to try: the client is closed as for a
+    refused connect, and the connection is freed."""
+    doomed = socket.socket()
+    doomed.bind(("127.0.0.1", 0))
+    doomed.listen(8)
+    relay = HandDriven([("127.0.0.1", doomed.getsockname()[1])])
+    try:
+        (client,) = relay.connect(1)
+        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        doomed.close()
+        # Closed with "hello" unread, so the kernel resets it rather than send a FIN.
+        with pytest.raises(ConnectionResetError):
+            relay.exchange(client, b"hello")
+        assert relay.stats(0)["no_target"] == 1
+        assert relay.stats(1)["connect_failures"] == 1
+        client.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        doomed.close()
+
+
 def test_no_local_port_toward_one_target_fails_over_to_the_next() -> None:
     """EADDRNOTAVAIL from connect() is per destination on Linux: with every local
     port toward one target in use, the next target still has them. In a namespace of
