@@ -73,6 +73,98 @@ def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     echo.backend.close()
 
 
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -> None:
+    """Splice mode reads small messages with recv() into a buffer and moves a direction
+    to the pipe once it carries bulk, and back: across every switch, with a small
+    message queued right behind a bulk one, the bytes must stay intact and in order."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("mixed", [port], [echo.address])]}, "--relay", mode)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    got = 0
+    arrived = threading.Condition()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            nonlocal got
+            while chunk := sock.recv(1 << 20):
+                received.update(chunk)
+                with arrived:
+                    got += len(chunk)
+                    arrived.notify_all()
+
+        def send_and_wait(payload: bytes, total: int) -> int:
+            sent.update(payload)
+            sock.sendall(payload)
+            total += len(payload)
+            with arrived:
+                assert arrived.wait_for(lambda: got == total, 30), f"{got} of {total} bytes back"
+            return total
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        total = 0
+        for round_ in range(4):
+            for size in (1, 300, 4000):
+                total = send_and_wait(os.urandom(size), total)  # request / response
+            bulk = os.urandom((1 << 20) + 12345 * round_)
+            total = send_and_wait(bulk + os.urandom(700), total)  # small right behind bulk
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    streams = [d for d in echo.digests if d != hashlib.sha256(b"").hexdigest()]
+    assert streams == [sent.hexdigest()], "the backend did not receive the bytes in order"
+    assert received.hexdigest() == sent.hexdigest(), "the client did not get the bytes in order"
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
+def test_bulk_flow_does_not_starve_a_small_request(tmp_path: Path) -> None:
+    """One worker, one bulk stream each way at full speed: a small request on another
+    connection of the same worker must still be answered promptly (each wake-up
+    moves a bounded number of bytes per connection, then serves the others)."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("busy", [port], [echo.address])]}, "--workers", "1")
+    stop = threading.Event()
+    chunk = os.urandom(1 << 20)
+    bulk = socket.create_connection(("127.0.0.1", port), timeout=30)
+
+    def push() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                bulk.sendall(chunk)
+
+    def pull() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and bulk.recv(1 << 20):
+                pass
+
+    threads = [threading.Thread(target=push), threading.Thread(target=pull)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        worst = 0.0
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as small:
+                started = time.monotonic()
+                small.sendall(b"ping")
+                assert small.recv(16) == b"ping"
+                worst = max(worst, time.monotonic() - started)
+        # Generous for a loaded machine; a worker stuck in one flow takes the whole run.
+        assert worst < 1.0, f"a small request waited {worst:.2f}s behind a bulk flow"
+    finally:
+        stop.set()
+        bulk.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(30)
+        bulk.close()
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
 def test_500_concurrent_connections(tmp_path: Path, named_backends: list[NamedEchoServer]) -> None:
     ports = free_ports(2)
     targets = [f"127.0.0.1:{b.port}" for b in named_backends]
@@ -295,6 +387,52 @@ def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends) 
         waited = time.monotonic() - started
     assert 0.9 < waited < 3.0
     assert proxy.stop() == 0
+
+
+def test_idle_timeout_spares_active_connections(tmp_path: Path) -> None:
+    """Activity only stores a time; the idle timer, when it comes round, must see it
+    and wait again rather than close a connection that kept talking."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("busy", [port], [echo.address], IdleTimeout=1)]})
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as active,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as silent,
+    ):
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            active.sendall(b"x")
+            assert active.recv(10) == b"x", "an active connection was closed as idle"
+            time.sleep(0.3)
+        assert silent.recv(10) == b""  # the silent one was closed meanwhile
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
+def test_connect_timeout_gives_up_on_a_silent_target(tmp_path: Path) -> None:
+    """A target whose accept queue is full drops SYNs: the connect hangs until the
+    connect timeout on the worker's timer wheel gives up on it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    fillers = []
+    for _ in range(3):  # fill the accept queue: later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(silent.getsockname())
+        fillers.append(filler)
+    target = f"127.0.0.1:{silent.getsockname()[1]}"
+    (port,) = free_ports(1)
+    proxy = Proxy(tmp_path, {"Apps": [app("hang", [port], [target], ConnectTimeout=1)]})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""
+        waited = time.monotonic() - started
+    assert 0.8 < waited < 3.0, f"gave up after {waited:.2f}s"
+    assert proxy.stop() == 0
+    for filler in fillers:
+        filler.close()
+    silent.close()
 
 
 def test_max_connections_turns_away_the_extra_client(tmp_path: Path, named_backends) -> None:

@@ -94,6 +94,7 @@ cdef class Relay:
     cdef fp_relay* r
     cdef bint running
     cdef object _listeners     # fd -> address of its fp_listener, for removal
+    cdef list _retired          # (address, is_sni, workers' epochs) of replaced tables
 
     def __cinit__(self, *, int workers=1, bint splice=True, int pipe_size=0,
                   int buffer_size=65536):
@@ -103,6 +104,7 @@ cdef class Relay:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self._listeners = {}
+        self._retired = []
         self.r = <fp_relay*>calloc(1, sizeof(fp_relay))
         if self.r == NULL:
             raise MemoryError()
@@ -161,6 +163,8 @@ cdef class Relay:
         if self.r == NULL:
             return
         self.stop()
+        if self._retired is not None:
+            self._retire(0, False)      # workers stopped: every one has moved on
         for i in range(self.r.nworkers):
             if self.r.workers[i].epfd >= 0:
                 close(self.r.workers[i].epfd)
@@ -263,6 +267,36 @@ cdef class Relay:
                     self.r.workers[i].started = False
         self.running = False
 
+    cdef list _epochs(self):
+        cdef int i
+        return [fp_load_int(&self.r.workers[i].epoch) for i in range(self.r.nworkers)]
+
+    cdef bint _moved_on(self, list seen):
+        """Has every worker finished the event batch it was in when seen was taken?"""
+        cdef int i
+        for i in range(self.r.nworkers):
+            if (self.r.workers[i].started and not fp_load_int(&self.r.workers[i].exited)
+                    and fp_load_int(&self.r.workers[i].epoch) == seen[i]):
+                return False
+        return True
+
+    def _retire(self, size_t old, bint sni):
+        """Drop the table's reference to a replaced route or server name table once
+        no worker can still be about to take one (they read it without a lock);
+        checked on every later publish, and at the end."""
+        if old:
+            self._retired.append((old, sni, self._epochs()))
+        keep = []
+        for entry in self._retired:
+            if self._moved_on(entry[2]):
+                if entry[1]:
+                    sni_decref(<fp_sni*><size_t>entry[0])
+                else:
+                    route_decref(<fp_route*><size_t>entry[0])
+            else:
+                keep.append(entry)
+        self._retired = keep
+
     def quiesce(self):
         """Return once every running worker has finished the event batch it was in:
         after this, no worker holds a pointer it read before the call."""
@@ -287,6 +321,7 @@ cdef class Relay:
                         nanosleep(&pause, NULL)
         finally:
             free(seen)
+        self._retire(0, False)          # every table replaced before the call can go
 
     # -- listeners ------------------------------------------------------------
 
@@ -357,7 +392,7 @@ cdef class Relay:
         if not -1 <= app_id < MAX_APPS:
             raise ValueError(f"app id out of range: {app_id}")
         fp_store_int(&self.r.port_app[port], app_id)
-        sni_publish(self.r, port, NULL)
+        self._retire(<size_t>sni_publish(self.r, port, NULL), True)
 
     def set_port_sni(self, int port, list names, *, int default_app=-1,
                      bint accept_proxy=False, bint need_local=False, int count_slot):
@@ -400,7 +435,7 @@ cdef class Relay:
         t.accept_proxy = accept_proxy
         t.need_local = need_local
         t.count_slot = count_slot
-        sni_publish(self.r, port, t)
+        self._retire(<size_t>sni_publish(self.r, port, t), True)
         fp_store_int(&self.r.port_app[port], PORT_SNI)
 
     def ensure_slot(self, unsigned int slot):
@@ -419,6 +454,8 @@ cdef class Relay:
         """Whether a live route names the slot or a connection holds it. Once False
         it stays False until the slot is named in a route again."""
         cdef fp_stats* s
+        if self._retired:
+            self.quiesce()              # a replaced route names its slots until retired
         if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
             return False
         s = stats_slot(self.r, slot)
@@ -492,7 +529,7 @@ cdef class Relay:
                 route_free(rt)
                 raise MemoryError()
         route_claim_slots(rt, 1)
-        route_publish(self.r, app_id, rt)
+        self._retire(<size_t>route_publish(self.r, app_id, rt), False)
 
     cdef fp_persource* _persource(self, int app_id, long limit):
         """The app's per-source table, kept from its current route so a reload
@@ -513,7 +550,7 @@ cdef class Relay:
 
     def remove_app(self, int app_id):
         if 0 <= app_id < MAX_APPS:
-            route_publish(self.r, app_id, NULL)
+            self._retire(<size_t>route_publish(self.r, app_id, NULL), False)
 
     def set_target_state(self, int app_id, int index, int state):
         """Change one target's state in the app's current route, in place."""

@@ -61,13 +61,13 @@ cdef void set_reset_on_close(int fd) noexcept nogil:
 # -- moving bytes -----------------------------------------------------------------
 
 cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
-    """Read from src into the channel: >0 bytes, 0 EOF, -errno."""
+    """Read from src into the channel's pipe or buffer: >0 bytes, 0 EOF, -errno."""
     cdef ssize_t n
-    if r.use_splice:
+    if c.piped:
         n = splice(src, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = recv(src, c.buf + c.off + c.len, r.chan_cap - c.off - c.len, 0)
+        n = recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
     if n < 0:
         return -errno
     return n
@@ -78,7 +78,7 @@ cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst) noexcept nogil:
     corks the socket for up to 200 ms when no more data follows, and we cannot
     know that it will."""
     cdef ssize_t n
-    if r.use_splice:
+    if c.piped:
         n = splice(c.pipe_r, NULL, dst, NULL, c.len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
         n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL)
@@ -133,6 +133,13 @@ cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_side* src, fp_side* dst,
     return PUMP_OK
 
 
+cdef inline void conn_ready(fp_worker* w, fp_conn* c) noexcept nogil:
+    if not c.ready:
+        c.ready = True
+        c.ready_next = w.ready
+        w.ready = c
+
+
 cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side* dst,
                    fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
@@ -140,16 +147,21 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
     the kernel's receive window pushes back on the sender."""
     cdef fp_relay* r = w.relay
     cdef ssize_t n
-    cdef size_t room
+    cdef size_t room, cap
     cdef bint progress = True
     cdef int rc = PUMP_OK
     cdef uint64_t moved = 0
     while progress:
         progress = False
+        if moved >= PUMP_BUDGET:
+            # Fairness: the other connections, the timers and a stop get their
+            # turn; the readiness kept in fp_side lets the ready list resume here.
+            conn_ready(w, c)
+            break
         if ch.len > 0 and dst.writable:
             n = chan_drain(r, ch, dst.fd)
             if n > 0:
-                if not r.use_splice and <size_t>n < ch.len:
+                if not ch.piped and <size_t>n < ch.len:
                     dst.writable = False    # a short send: the socket buffer is full
                 ch.len -= n
                 c.last_active_ms = w.now_ms     # a slow reader taking bytes is not idle
@@ -165,8 +177,11 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             if not other.shut:
                 shutdown(dst.fd, SHUT_WR)
             ch.shut = True
-        if not ch.eof and src.readable and ch.len < r.chan_cap:
-            if chan_acquire(w, ch) < 0:
+        if ch.len == 0:
+            ch.piped = ch.bulk      # held bytes stay where they are: order holds
+        cap = r.chan_cap if ch.piped else buf_cap(r)
+        if not ch.eof and src.readable and ch.len < cap:
+            if chan_acquire(w, ch, ch.piped) < 0:
                 # Out of descriptors or memory (the channel is empty: one holding
                 # bytes keeps its pipe). Waiting for a pipe could be for ever: once
                 # every descriptor is held by connections waiting for one, none of
@@ -183,16 +198,16 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     progress = True
                 continue
             room = 0
-            if not r.use_splice:
+            if not ch.piped:
                 if ch.len == 0:
                     ch.off = 0
-                elif ch.off + ch.len == r.chan_cap:
+                elif ch.off + ch.len == cap:
                     memmove(ch.buf, ch.buf + ch.off, ch.len)   # room only at the front
                     ch.off = 0
-                room = r.chan_cap - ch.off - ch.len
+                room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
-            if r.use_splice and ((n == -EAGAIN and src.urgent)
-                                 or (n == 0 and (src.urgent or src.blind))):
+            if ch.piped and ((n == -EAGAIN and src.urgent)
+                             or (n == 0 and (src.urgent or src.blind))):
                 # splice() stops at an urgent mark, and says 0 there once a FIN
                 # has come, however many bytes follow: not the end of the stream.
                 # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
@@ -208,6 +223,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
+                if r.use_splice and not ch.piped and ch.off + ch.len + n == cap:
+                    ch.bulk = True      # splice-auto: a full buffer means bulk
                 ch.len += n
                 moved += n
                 progress = True
@@ -218,8 +235,16 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 # EAGAIN from splice is ambiguous: the socket is empty, or the pipe
                 # is full (it holds skb fragments, not full pages, so it can fill
                 # below chan_cap). Only an empty pipe proves the socket is empty.
-                if ch.len == 0 or not r.use_splice:
+                if ch.len == 0 or not ch.piped:
                     src.readable = False
+                if ch.piped and ch.len == 0 and moved < SMALL_BUF:
+                    # The socket is empty after less than a buffer's worth in this
+                    # wake-up: small messages again (a single short splice is no
+                    # sign, a fast stream has many while the pipe keeps emptying).
+                    ch.bulk = False
+                if not ch.piped:
+                    src.urgent = False  # recv() steps over the mark: nothing left before it
+                    src.blind = False
             else:
                 rc = PUMP_SRC_FAILED
                 break
@@ -283,6 +308,7 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     c.failed = dead
     c.deadline_ms = w.now_ms + RESET_GRACE_MS
     w.nfailing += 1
+    timer_set(w, c, w.now_ms + TICK_MS)
     conn_fail_flush(w, c)
 
 
@@ -323,9 +349,12 @@ cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
 # -- life cycle -------------------------------------------------------------------
 
 cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
-    cdef fp_conn* c = <fp_conn*>calloc(1, sizeof(fp_conn))
+    # Cache-line aligned, so the hot fields at its start share one line.
+    cdef size_t size = (sizeof(fp_conn) + 63) & ~(<size_t>63)
+    cdef fp_conn* c = <fp_conn*>aligned_alloc(64, size)
     if c == NULL:
         return NULL
+    memset(c, 0, size)
     c.cli.kind = KIND_SIDE
     c.cli.fd = fd
     c.cli.conn = c
@@ -336,6 +365,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.down.pipe_r = c.down.pipe_w = -1
     c.last_active_ms = w.now_ms
     c.start_ms = w.now_ms
+    c.tslot = -1
     dbg_count(&w.dbg_conns, 1)
     c.next = w.conns
     if w.conns != NULL:
@@ -366,6 +396,7 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
         w.nfailing -= 1
     fp_add_i64(&c.app_st.active, -1)
     c.state = ST_CLOSED
+    timer_del(w, c)
     conn_release_route(c)
     if c.cli.fd >= 0:
         close_socket(w, c.cli.fd)
@@ -408,6 +439,7 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     c.state = ST_RELAYING
     c.last_active_ms = w.now_ms
     c.srv.writable = True
+    conn_rearm(w, c)
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)
         return
@@ -457,6 +489,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
         c.state = ST_CONNECTING
         w.nconnecting += 1
+        timer_set(w, c, c.deadline_ms)
         # Busy from the first SYN on, so least-conn and random see a burst coming.
         c.tgt_st = stats_slot(w.relay, t.slot)
         fp_add_i64(&c.tgt_st.active, 1)
@@ -481,6 +514,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
     c.state = ST_RETRY
+    timer_del(w, c)
     list_join(c, LIST_RETRY)
     c.retry_next = w.retry
     w.retry = c

@@ -14,10 +14,9 @@ cdef fp_worker* _harness_worker(Relay relay) except NULL:
     cdef fp_worker* w = &relay.r.workers[0]
     if relay.running:
         raise RuntimeError("the relay's workers are running: stop it, or never start it")
-    if w.next_tick_ms == 0:
+    if w.wheel_tick == 0:
         w.now_ms = monotonic_ms()
-        w.next_tick_ms = w.now_ms + TICK_MS
-        w.next_sweep_ms = w.now_ms + SWEEP_MS
+        w.wheel_tick = w.now_ms // TICK_MS
     return w
 
 

@@ -2,10 +2,14 @@
 # one only while bytes are in flight, so an idle connection costs no pipe: this is
 # what keeps memory per idle connection small.
 
-cdef int chan_acquire(fp_worker* w, fp_chan* c) noexcept nogil:
+cdef inline size_t buf_cap(fp_relay* r) noexcept nogil:
+    return SMALL_BUF if r.use_splice else r.chan_cap
+
+
+cdef int chan_acquire(fp_worker* w, fp_chan* c, bint pipe) noexcept nogil:
     """Give the channel a pipe or buffer. Returns 0 or -errno."""
     cdef int fds[2]
-    if w.relay.use_splice:
+    if pipe:
         if c.pipe_r >= 0:
             return 0
         dbg_count(&w.dbg_pipes, 1)
@@ -29,7 +33,7 @@ cdef int chan_acquire(fp_worker* w, fp_chan* c) noexcept nogil:
         w.nbufs -= 1
         c.buf = w.bufs[w.nbufs]
     else:
-        c.buf = <char*>malloc(w.relay.chan_cap)
+        c.buf = <char*>malloc(buf_cap(w.relay))
         if c.buf == NULL:
             return -ENOMEM
     c.off = 0
@@ -59,6 +63,7 @@ cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
         c.buf = NULL
     c.len = 0
     c.off = 0
+    c.piped = False
 
 
 cdef int open_devnull() noexcept nogil:

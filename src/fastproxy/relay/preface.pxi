@@ -8,6 +8,7 @@ cdef void preface_begin(fp_worker* w, fp_conn* c, bint want_proxy) noexcept nogi
     c.state = ST_PREFACE
     c.preface_proxy = want_proxy
     c.deadline_ms = w.now_ms + PREFACE_TIMEOUT_MS
+    timer_set(w, c, c.deadline_ms)
 
 
 cdef void preface_fail(fp_worker* w, fp_conn* c, int result) noexcept nogil:

@@ -30,28 +30,27 @@ cdef inline void route_decref(fp_route* rt) noexcept nogil:
 
 
 cdef fp_route* route_get(fp_relay* r, int app) noexcept nogil:
-    """The app's current route with a reference held, or NULL."""
+    """The app's current route with a reference held, or NULL. No lock: a route
+    replaced meanwhile keeps the table's reference until every worker has finished
+    the event batch it was in (Relay._retire), so the reference taken here is safe."""
     cdef fp_route* rt
     if app < 0 or app >= MAX_APPS:
         return NULL
-    pthread_mutex_lock(&r.lock)
-    rt = r.apps[app]
+    rt = <fp_route*>fp_load_ptr(<void**>&r.apps[app])
     if rt != NULL:
         fp_incref(&rt.refcnt)
-    pthread_mutex_unlock(&r.lock)
     return rt
 
 
-cdef void route_publish(fp_relay* r, int app, fp_route* rt) noexcept nogil:
-    """Swap in a new route (or NULL). Connections still connecting keep the old one
-    alive through their reference; the table's own reference is dropped here."""
+cdef fp_route* route_publish(fp_relay* r, int app, fp_route* rt) noexcept nogil:
+    """Swap in a new route (or NULL), published with release semantics. Returns the
+    old one, whose table reference the caller retires (Relay._retire)."""
     cdef fp_route* old
     pthread_mutex_lock(&r.lock)
     old = r.apps[app]
-    r.apps[app] = rt
+    fp_store_ptr(<void**>&r.apps[app], rt)
     pthread_mutex_unlock(&r.lock)
-    if old != NULL:
-        route_decref(old)
+    return old
 
 
 # -- PROXY protocol (haproxy.org/download/2.9/doc/proxy-protocol.txt) -------------

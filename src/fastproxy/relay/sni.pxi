@@ -135,20 +135,17 @@ cdef inline void sni_decref(fp_sni* t) noexcept nogil:
 
 cdef fp_sni* sni_get(fp_relay* r, int port) noexcept nogil:
     """The port's server name table with a reference held, or NULL."""
-    cdef fp_sni* t
-    pthread_mutex_lock(&r.lock)
-    t = r.port_sni[port]
-    if t != NULL:
+    cdef fp_sni* t = <fp_sni*>fp_load_ptr(<void**>&r.port_sni[port])
+    if t != NULL:           # safe without a lock: see route_get
         fp_incref(&t.refcnt)
-    pthread_mutex_unlock(&r.lock)
     return t
 
 
-cdef void sni_publish(fp_relay* r, int port, fp_sni* t) noexcept nogil:
+cdef fp_sni* sni_publish(fp_relay* r, int port, fp_sni* t) noexcept nogil:
+    """Swap in a new table (or NULL); the caller retires the old one."""
     cdef fp_sni* old
     pthread_mutex_lock(&r.lock)
     old = r.port_sni[port]
-    r.port_sni[port] = t
+    fp_store_ptr(<void**>&r.port_sni[port], t)
     pthread_mutex_unlock(&r.lock)
-    if old != NULL:
-        sni_decref(old)
+    return old

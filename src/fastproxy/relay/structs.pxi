@@ -53,8 +53,11 @@ cdef enum:
     MAX_EVENTS = 256
     ACCEPT_BATCH = 64
     POOL_MAX = 256             # idle pipes / buffers kept per worker
-    TICK_MS = 100              # connect-timeout resolution
-    SWEEP_MS = 1000            # idle-timeout resolution
+    SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
+    PUMP_BUDGET = 1048576      # bytes one direction moves per wake-up before yielding
+    TICK_MS = 100              # timer resolution (timers.pxi)
+    WHEEL_SLOTS = 256          # one turn of the timer wheel: 25.6 s
+    IDLE_WAIT_MS = 1000        # longest sleep with no connect/preface/failing timer
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
     PREFACE_TIMEOUT_MS = 5000  # time a client has to send its PROXY header / ClientHello
     PP_MAX = 536               # longest PROXY header read: v2 16 + 520 (v1 is 107)
@@ -144,13 +147,18 @@ ctypedef struct fp_listener:
 
 
 # One direction of a connection: bytes read from one side wait here (in a pipe,
-# or a buffer in copy mode) until the other side takes them.
+# or a buffer) until the other side takes them. Copy mode only uses buffers. Splice
+# mode reads small messages into a SMALL_BUF buffer with recv() (no EAGAIN splice
+# per message) and moves a direction to the pipe once a read fills that buffer
+# (HAProxy's splice-auto); the held bytes are in one place only, so order holds.
 ctypedef struct fp_chan:
     int pipe_r
     int pipe_w
     char* buf
     size_t len                  # bytes held
-    size_t off                  # copy mode: start of the held bytes in buf
+    size_t off                  # start of the held bytes in buf
+    bint piped                  # the held bytes are in the pipe, not in buf
+    bint bulk                   # splice mode: the next read from empty goes to the pipe
     bint eof                    # the source sent FIN
     bint shut                   # FIN passed on to the destination
 
@@ -187,22 +195,32 @@ ctypedef struct fp_side:
                                 # data may have come unseen
 
 cdef struct fp_conn:
+    # Hot while relaying: this first cache line (conn_new aligns it) and the sides
+    # and channels right after it are all a pump touches.
+    int state
+    bint ready                  # on the worker's ready list: out of budget, not of data
+    int tslot                   # timer wheel slot, -1: no timer (timers.pxi)
+    int64_t last_active_ms
+    int64_t idle_timeout_ms
+    fp_stats* app_st
+    fp_stats* tgt_st
+    uint64_t bytes_in
+    uint64_t bytes_out
     fp_side cli
     fp_side srv
     fp_chan up                  # client -> target
     fp_chan down                # target -> client
-    int state
+    fp_conn* ready_next
+    fp_conn* tprev              # timer wheel slot links
+    fp_conn* tnext
+    # Connecting and failover
     fp_route* route             # held while connecting, for failover
     int target_idx              # the target being tried, then the connected one
     int start_idx               # first target picked; failover walks on from it
     int tries
     int tier                    # Tier the first pick came from; failover stays in it
-    fp_stats* app_st
-    fp_stats* tgt_st
     int64_t deadline_ms         # connect deadline, or the end of the reset grace
     fp_side* failed             # ST_FAILING: the side that failed
-    int64_t last_active_ms
-    int64_t idle_timeout_ms
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
     # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)
@@ -216,8 +234,6 @@ cdef struct fp_conn:
     int result                  # AccessResult, set where the connection is given up
     bint timed_out              # a connect attempt timed out
     bint preface_proxy          # still expecting the PROXY header
-    uint64_t bytes_in
-    uint64_t bytes_out
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
@@ -271,21 +287,23 @@ ctypedef struct fp_worker:
     uint8_t* hello              # SNI_MAX bytes: the handshake message reassembled
     fp_alog* alog               # access log ring, NULL while the log is off
     int64_t now_ms
-    int64_t next_tick_ms
-    int64_t next_sweep_ms
+    int64_t wheel_tick          # the last tick run (now_ms // TICK_MS)
+    fp_conn* wheel[WHEEL_SLOTS] # timers.pxi
     uint64_t rng
     fp_conn* conns
     fp_conn* retry
     fp_conn* graveyard
+    fp_conn* ready              # connections to pump again before sleeping
     int* pipes                  # pool: pairs of fds
     int npipes
-    char** bufs                 # pool (copy mode)
+    char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
     # Debug builds only (FP_DEBUG): what this worker holds, so a test can prove
     # that every path gives it back.
     int dbg_conns               # fp_conn allocated and not yet freed
     int dbg_sockets             # client and target sockets open
     int dbg_pipes               # pipes held by channels (not the idle pool)
+    uint64_t _pad[8]            # workers sit side by side: keep each off its neighbour's lines
 
 cdef struct fp_relay:
     int nworkers

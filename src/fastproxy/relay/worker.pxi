@@ -20,34 +20,36 @@ cdef void process_retries(fp_worker* w) noexcept nogil:
         c = nxt
 
 
+cdef void process_ready(fp_worker* w) noexcept nogil:
+    """Pump again the connections that stopped at their byte budget."""
+    cdef fp_conn* c = w.ready
+    cdef fp_conn* nxt
+    w.ready = NULL
+    while c != NULL:
+        nxt = c.ready_next
+        c.ready_next = NULL
+        c.ready = False
+        if c.state == ST_RELAYING:
+            conn_pump(w, c)
+        elif c.state == ST_FAILING:
+            conn_fail_flush(w, c)
+        c = nxt
+
+
 cdef void free_graveyard(fp_worker* w) noexcept nogil:
+    """Free the connections closed in this batch; one still on the ready list waits
+    for the next batch, when process_ready has let go of it."""
     cdef fp_conn* c = w.graveyard
     cdef fp_conn* nxt
     w.graveyard = NULL
     while c != NULL:
         nxt = c.grave_next
-        free(c)
-        dbg_count(&w.dbg_conns, -1)
-        c = nxt
-
-
-cdef void check_timeouts(fp_worker* w, bint sweep_idle) noexcept nogil:
-    cdef fp_conn* c = w.conns
-    cdef fp_conn* nxt
-    while c != NULL:
-        nxt = c.next
-        if c.state == ST_CONNECTING and w.now_ms >= c.deadline_ms:
-            c.timed_out = True
-            conn_connect_failed(w, c)
-        elif c.state == ST_FAILING:
-            conn_fail_flush(w, c)
-        elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
-            preface_timeout(w, c)
-        elif sweep_idle and c.state == ST_RELAYING and c.idle_timeout_ms > 0 \
-                and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
-            fp_add_u64(&c.app_st.idle_timeouts, 1)
-            c.result = R_IDLE_TIMEOUT
-            conn_close_forced(w, c, False)
+        if c.ready:
+            c.grave_next = w.graveyard
+            w.graveyard = c
+        else:
+            free(c)
+            dbg_count(&w.dbg_conns, -1)
         c = nxt
 
 
@@ -71,9 +73,9 @@ cdef void drain_wakefd(fp_worker* w) noexcept nogil:
 
 cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
     """Handle one batch of events, then what waits for the batch to end: retries,
-    timeouts on each tick, and freeing the connections it closed."""
+    timers due, connections that used up their byte budget, and freeing the
+    connections it closed."""
     cdef int i, kind
-    cdef bint sweep
     w.now_ms = monotonic_ms()
     for i in range(n):
         kind = (<int*>events[i].data.ptr)[0]
@@ -84,13 +86,9 @@ cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
         else:
             drain_wakefd(w)
     process_retries(w)
-    if w.now_ms >= w.next_tick_ms:
-        sweep = w.now_ms >= w.next_sweep_ms
-        check_timeouts(w, sweep)
-        process_retries(w)
-        w.next_tick_ms = w.now_ms + TICK_MS
-        if sweep:
-            w.next_sweep_ms = w.now_ms + SWEEP_MS
+    timers_run(w)
+    process_retries(w)
+    process_ready(w)
     free_graveyard(w)
     fp_store_int(&w.epoch, w.epoch + 1)
 
@@ -102,16 +100,21 @@ cdef void* worker_main(void* arg) noexcept nogil:
     # Signals stay blocked (Relay.start creates us with all of them blocked): they
     # belong to the Python main thread.
     w.now_ms = monotonic_ms()
-    w.next_tick_ms = w.now_ms + TICK_MS
-    w.next_sweep_ms = w.now_ms + SWEEP_MS
+    w.wheel_tick = w.now_ms // TICK_MS
     while not fp_load_int(&w.stop):
-        timeout = TICK_MS if w.nconnecting > 0 or w.nfailing > 0 else SWEEP_MS
+        if w.ready != NULL:
+            timeout = 0         # collect other events, then resume the ready ones
+        elif w.nconnecting > 0 or w.nfailing > 0:
+            timeout = TICK_MS
+        else:
+            timeout = IDLE_WAIT_MS
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).
     while w.conns != NULL:
         w.conns.result = R_SHUTDOWN
         conn_close_forced(w, w.conns, True)
+    process_ready(w)            # every connection is closed: this only lets go of them
     free_graveyard(w)
     pool_drain(w)
     fp_store_int(&w.exited, 1)
