@@ -4,7 +4,8 @@ BENCH_SMOKE=1            every benchmark once, tiny loads: does each produce a f
 BENCH_REPS=N             rounds per contender (default 5; smoke 1)
 BENCH_SECONDS=S          per wrk run (default 2; the sweeps half of it; smoke 0.3,
                          but wrk runs at least 1 s)
-BENCH_RESULTS_DIR=PATH   where raw outputs go (default benchmarks/results)"""
+BENCH_RESULTS_DIR=PATH   where raw outputs go (default benchmarks/results)
+BENCH_ONLY=a,b           only these contenders (a targeted comparison, never a report)"""
 
 from __future__ import annotations
 
@@ -20,5 +21,6 @@ SHORT_SECONDS = SECONDS / 2
 # the time the transfer took: 2 GB is ~1 s at the direct connection's speed here.
 BULK_BYTES = "20M" if SMOKE else "2G"
 HERE = Path(__file__).resolve().parent
+ONLY = tuple(n for n in os.environ.get("BENCH_ONLY", "").split(",") if n)
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", HERE / "results"))
 RAW_DIR = RESULTS_DIR / "raw"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_config import HERE, SMOKE
+from bench_config import HERE, ONLY, SMOKE
 from bench_peers import HAPROXY_MODES, Route, start_haproxy, start_nginx_stream
 from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
 
@@ -61,6 +61,8 @@ class Contenders:
         started = []
         for name in names:
             if SMOKE and not every and name not in SMOKE_NAMES:
+                continue
+            if ONLY and name not in ONLY:
                 continue
             if name in self.unavailable:
                 continue
