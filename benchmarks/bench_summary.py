@@ -47,6 +47,7 @@ KEY = {
     "http-churn": ("rate", "errors"),
     "http-keepalive": ("rate", "p99_us", "shared_cpu_us_per_req"),
     "http-latency": ("p50_us", "p99_us"),
+    "http-concurrent-100": ("rate", "p99_us"),
     "http-concurrent": ("rate", "p99_us"),
     "openloop-": ("p50_us", "p99_us", "p999_us"),
     "size-": ("gbit_per_s",),

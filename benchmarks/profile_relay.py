@@ -7,7 +7,8 @@ a network namespace of its own:
         fastproxy-splice connect'
 
 LOAD is one of: bulk1, bulk4 (iperf3, 1 or 4 streams), connect (wrk, a connection per
-request), keepalive (wrk, 32 keep-alive connections), latency (wrk, 1 connection).
+request), keepalive (wrk, 32 keep-alive connections), latency (wrk, 1 connection),
+concurrent (wrk, 8,000 keep-alive connections), concurrent-100 (wrk, 100 of them).
 Output in /tmp/profile-CONTENDER-LOAD/: syscalls.txt, perf.txt (the top of perf report)."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bench_peers import Route
 from bench_procs import free_ports
 from bench_wrk import run_wrk
 
-LOADS = ("bulk1", "bulk4", "connect", "keepalive", "latency")
+LOADS = ("bulk1", "bulk4", "connect", "keepalive", "latency", "concurrent", "concurrent-100")
 
 
 def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdir: Path) -> float:
@@ -44,7 +45,7 @@ def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdi
         )
         print(f"{done['gbit_per_s']:.2f} Gbit/s, {done['proxy_cpu_ms_per_gb']:.0f} ms CPU/GB")
         return float(gigabytes)
-    connections = {"connect": 32, "keepalive": 32}
+    connections = {"connect": 32, "keepalive": 32, "concurrent": 8000, "concurrent-100": 100}
     result, _ = run_wrk(
         fronts["http"],
         connections=connections.get(load, 1),
