@@ -4,6 +4,7 @@ backend: the iperf3 server (its own), nginx, and the idle-connection holder (sha
 
 from __future__ import annotations
 
+import os
 import json
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
 # A smoke run (bench_config.SMOKE) runs every contender in the bulk case, and these three
 # in the others: whether each benchmark produces a figure, in about a minute.
+PIPE_SIZE = int(os.environ.get("BENCH_PIPE_SIZE", 262144))
 SMOKE_NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-splice")
 
 
@@ -168,6 +170,8 @@ def fastproxy_config(
         "Admin": f"{HOST}:0",
         "Steering": steering,
         "Workers": workers,
+        # Bigger pipes move more per splice() (HAProxy's tune.pipesize is the same).
+        "PipeSize": PIPE_SIZE,
     }
 
 

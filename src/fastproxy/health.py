@@ -126,6 +126,7 @@ class HealthChecker:
         # went away to a new one, which must start afresh.
         self._owner: dict[int, TargetRuntime] = {}
         self._stop = threading.Event()
+        self._next_passive = 0.0  # when _run reads the relay's counters next
         # Made here, where a failure stops the start-up, not the thread later.
         self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._run, name="fastproxy-health", daemon=True)
@@ -313,6 +314,7 @@ class HealthChecker:
 
     def _round(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
+        wake = self._next_passive
         probing = {p.target.slot for p in (k.data for k in sel.get_map().values())}
         for app in list(self.routes.apps.values()):
             interval = app.app.health_check.interval
@@ -323,9 +325,14 @@ class HealthChecker:
                 slot = self._slot(t)
                 due = self._due.setdefault(slot, now + random.uniform(0, interval))
                 if now >= due:
-                    self._due[slot] = now + interval
+                    due = self._due[slot] = now + interval
                     self._guarded(self._start_probe, sel, app, t)
-        for key, _ in sel.select(timeout=0.05):
+                wake = min(wake, due)
+        # Sleep until the next thing due: a probe to start, a probe's deadline, or the
+        # passive poll (the caller's); not a fixed short tick, which costs CPU idle.
+        for key in sel.get_map().values():
+            wake = min(wake, key.data.deadline)
+        for key, _ in sel.select(timeout=min(max(wake - time.monotonic(), 0.0), PASSIVE_POLL)):
             self._guarded(self._step, sel, key.data)
         now = time.monotonic()
         for key in list(sel.get_map().values()):
@@ -334,14 +341,14 @@ class HealthChecker:
 
     def _run(self) -> None:
         sel = self._sel
-        next_passive = time.monotonic()
+        self._next_passive = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
                     self._round(sel)
-                    if time.monotonic() >= next_passive:
+                    if time.monotonic() >= self._next_passive:
                         self._passive()
-                        next_passive = time.monotonic() + PASSIVE_POLL
+                        self._next_passive = time.monotonic() + PASSIVE_POLL
                 except Exception as exc:
                     self._error(type(exc).__name__, f"unexpected error: {exc!r}")
                     self._stop.wait(ERROR_PAUSE)

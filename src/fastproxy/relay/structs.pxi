@@ -51,7 +51,7 @@ cdef enum:
     STATS_CHUNKS = 1024        # up to 262,144 counter slots
     MAX_APPS = 65536
     MAX_EVENTS = 256
-    ACCEPT_BATCH = 1024
+    ACCEPT_BATCH = 1024        # accept until the queue is empty: a full one costs clients 1 s (profiles/concurrent.md)
     POOL_MAX = 256             # idle pipes / buffers kept per worker
     SMALL_BUF = 16384          # splice mode: recv() buffer for small messages
     PUMP_BUDGET = 1048576      # bytes one direction moves per wake-up before yielding
