@@ -236,3 +236,13 @@ def test_status_table_shows_weight_backup_and_failed_checks() -> None:
     rows = format_status(status).splitlines()[-2:]
     assert rows[0].endswith("  weight 3") and rows[0].lstrip().startswith("h:1")
     assert rows[1].endswith("  backup, check: HTTP status 500")
+
+
+def test_start_up_imports_no_metrics_library() -> None:
+    """prometheus_client (and the http.server, email and urllib it pulls in) is a tenth of
+    the start-up: it loads at the first /metrics scrape (test_admin), not before."""
+    modules = "fastproxy.cli, fastproxy.server, fastproxy.steered_listeners, fastproxy.steering"
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prometheus' in m))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
