@@ -182,19 +182,24 @@ def test_check_accepts_the_challenge_config_unchanged() -> None:
     assert "bad.target.for.testing:6003" in result.stdout
 
 
-def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steering", ["ports", "bpf"])
+def test_port_in_use_is_a_one_line_error(tmp_path: Path, steering: str) -> None:
+    """ports: the bind fails; bpf: the sock_diag dump finds the listener, the trial bind
+    fails (refused before anything is attached)."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
     path = tmp_path / "busy.json"
     config = {"Apps": [{"Name": "busy", "Ports": [port], "Targets": ["127.0.0.1:9"]}]}
-    path.write_text(json.dumps({**config, "Listen": "127.0.0.1"}))
+    path.write_text(json.dumps({**config, "Listen": "127.0.0.1", "Steering": steering}))
     result = fastproxy("serve", str(path))
     blocker.close()
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "busy" in result.stderr
+    line = f'error: cannot listen on 127.0.0.1:{port}: Address already in use (app "busy")'
+    assert result.stderr.splitlines() == [line]  # the same in both modes
 
 
 def test_version_and_help() -> None:
