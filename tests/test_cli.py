@@ -182,19 +182,24 @@ def test_check_accepts_the_challenge_config_unchanged() -> None:
     assert "bad.target.for.testing:6003" in result.stdout
 
 
-def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steering", ["ports", "bpf"])
+def test_port_in_use_is_a_one_line_error(tmp_path: Path, steering: str) -> None:
+    """ports: the bind fails; bpf: the sock_diag dump finds the listener, the trial bind
+    fails (refused before anything is attached)."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
     path = tmp_path / "busy.json"
     config = {"Apps": [{"Name": "busy", "Ports": [port], "Targets": ["127.0.0.1:9"]}]}
-    path.write_text(json.dumps({**config, "Listen": "127.0.0.1"}))
+    path.write_text(json.dumps({**config, "Listen": "127.0.0.1", "Steering": steering}))
     result = fastproxy("serve", str(path))
     blocker.close()
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "busy" in result.stderr
+    line = f'error: cannot listen on 127.0.0.1:{port}: Address already in use (app "busy")'
+    assert result.stderr.splitlines() == [line]  # the same in both modes
 
 
 def test_version_and_help() -> None:
@@ -236,3 +241,13 @@ def test_status_table_shows_weight_backup_and_failed_checks() -> None:
     rows = format_status(status).splitlines()[-2:]
     assert rows[0].endswith("  weight 3") and rows[0].lstrip().startswith("h:1")
     assert rows[1].endswith("  backup, check: HTTP status 500")
+
+
+def test_start_up_imports_no_metrics_library() -> None:
+    """prometheus_client (and the http.server, email and urllib it pulls in) is a tenth of
+    the start-up: it loads at the first /metrics scrape (test_admin), not before."""
+    modules = "fastproxy.cli, fastproxy.server, fastproxy.steered_listeners, fastproxy.steering"
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prometheus' in m))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -108,6 +108,40 @@ def test_a_configured_port_already_taken_is_an_error(tmp_path: Path, ns: int) ->
     taken.close()
 
 
+def test_a_port_taken_is_refused_by_a_reload_too(tmp_path: Path, ns: int) -> None:
+    """Ports are checked with one sock_diag dump, the trial bind only where something
+    listens: a busy port among many free ones is still found, in one line."""
+    taken = NamedEchoServer("squatter", host="127.0.0.1", port=6750)
+    proxy = bpf_proxy(tmp_path, [app("a", [6710], ["127.0.0.1:9"])])
+    proxy.write_config_unnoticed(
+        {
+            "Apps": [app("a", [6710, "6720-6799"], ["127.0.0.1:9"])],
+            "Steering": "bpf",
+            "Listen": "::",
+            "Admin": "127.0.0.1:0",
+        }
+    )
+    status, body = proxy.http("POST", "/reload")
+    assert status >= 400, body
+    error = json.loads(body)["error"]
+    assert "6750" in error and "in use" in error and "\n" not in error, error
+    assert ask(6750) == "squatter"
+    assert proxy.stop() == 0
+    taken.close()
+
+
+def test_a_port_bound_but_not_listening_is_not_refused(tmp_path: Path, ns: int) -> None:
+    """Only a listener can be shadowed by the steering: a socket merely bound to the port
+    (or a connection using it) is not, and does not stop the start."""
+    backend = NamedEchoServer("steered")
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 6730))  # no SO_REUSEADDR: a trial bind would fail
+        proxy = bpf_proxy(tmp_path, [app("a", [6730], [f"127.0.0.1:{backend.port}"])])
+        assert ask(6730) == "steered"
+        assert proxy.stop() == 0
+    backend.close()
+
+
 def test_restart_after_kill_9_replaces_stale_state(tmp_path: Path, ns: int) -> None:
     backend = NamedEchoServer("phoenix")
     apps = [app("p", [6800], [f"127.0.0.1:{backend.port}"])]

@@ -11,13 +11,13 @@ import ipaddress
 import json
 import logging
 import socket
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
-
 from .boundedhttp import BoundedHTTPServer, Deferred, Request, Response
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("fastproxy")
 
@@ -27,7 +27,8 @@ TARGET_ACTIONS = ("drain", "disable", "enable")
 class Controlled(Protocol):
     """What the endpoint needs from the server."""
 
-    registry: CollectorRegistry
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
     def healthz(self) -> tuple[int, str]: ...
 
@@ -49,6 +50,13 @@ def _error(status: int, message: str, *headers: tuple[str, str]) -> Response:
         "application/json",
         headers,
     )
+
+
+def _metrics(registry: CollectorRegistry) -> Response:
+    # Imported at the first scrape, not at start-up (see Server.registry).
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
 
 def _origin(host: str, port: int) -> bytes:
@@ -114,10 +122,7 @@ class AdminServer:
             if path == "/status":
                 return Deferred("read", lambda: _json(200, control.status()))
             if path == "/metrics":
-                return Deferred(
-                    "read",
-                    lambda: Response(200, generate_latest(control.registry), CONTENT_TYPE_LATEST),
-                )
+                return Deferred("read", lambda: _metrics(control.registry))
             return _error(404, f"no such endpoint: {request.method} {path}")
         if request.method != "POST":
             return _error(405, f"method {request.method} not allowed")

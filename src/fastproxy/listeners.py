@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 BACKLOG = 4096
+
+# sock_diag (linux/inet_diag.h): a dump of this network namespace's listening TCP sockets
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCPF_LISTEN = 1 << 10
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+INET_DIAG_REQ_V2 = struct.Struct("=BBBxI56x")  # family, protocol, ext, states; no socket id
+SPORT_AT = NLMSGHDR.size + 4  # in an inet_diag_msg: family, state, timer, retrans, then sport
 
 
 class ListenError(Exception):
@@ -41,6 +52,44 @@ def open_listener(host: str, port: int) -> socket.socket:
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         raise ListenError(f"cannot listen on {shown}: {exc.strerror}") from None
     return sock
+
+
+def listening_ports() -> set[int] | None:
+    """Local ports of the TCP sockets listening in our network namespace (IPv4 and IPv6),
+    None when the kernel does not answer sock_diag. One dump, whatever the number of
+    ports and of established connections (the kernel walks only its listening table)."""
+    ports: set[int] = set()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                ports |= _dump_listening(nl, family)
+    except OSError:
+        return None
+    return ports
+
+
+def _dump_listening(nl: socket.socket, family: int) -> set[int]:
+    request = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, TCPF_LISTEN)
+    size = NLMSGHDR.size + len(request)
+    nl.send(NLMSGHDR.pack(size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
+    ports: set[int] = set()
+    while True:
+        data = nl.recv(1 << 16)
+        if not data:
+            raise OSError(errno.EIO, "sock_diag: no answer")
+        at = 0
+        while at + NLMSGHDR.size <= len(data):
+            length, kind = NLMSGHDR.unpack_from(data, at)[:2]
+            if length < NLMSGHDR.size:
+                raise OSError(errno.EIO, "sock_diag: malformed answer")
+            if kind == NLMSG_DONE:
+                return ports
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, at + NLMSGHDR.size)[0]
+                raise OSError(code, "sock_diag refused the dump")
+            if kind == SOCK_DIAG_BY_FAMILY:
+                ports.add(struct.unpack_from("!H", data, at + SPORT_AT)[0])
+            at += (length + 3) & ~3
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -6,6 +6,7 @@ calls."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import resource
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, _relay
 from .accesslog import AccessLog
@@ -28,13 +29,15 @@ from .failpoints import failpoint
 from .health import HealthChecker
 from .listener_set import Change, ListenerSet
 from .listeners import ListenError
-from .metrics import ProxyCollector, make_registry
 from .port_listeners import PortListeners
 from .privileges import drop_to, forbid_new_privileges, target
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .sources import ClusterOptions, ConfigSource, open_source
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("fastproxy")
 
@@ -110,16 +113,6 @@ class Server:
         self.started_at = time.monotonic()
         self.health = HealthChecker(self.routes, on_down=self._target_down)
         self.access_log = AccessLog(self.relay, self.routes)
-        self.registry = make_registry(
-            ProxyCollector(
-                self.routes,
-                self.reloads,
-                self._steering_counters,
-                lambda: self.health.checks_done,
-                source.gauges if source is not None else dict,
-                self.access_log.dropped,
-            )
-        )
         self.admin: AdminServer | None = None
         # One change of listeners at a time: reloads, a takeover, stopping.
         self.reload_lock = threading.RLock()
@@ -128,6 +121,23 @@ class Server:
         self._dns_now = threading.Event()
         self._maintenance = threading.Thread(
             target=self._maintain, name="fastproxy-dns", daemon=True
+        )
+
+    @functools.cached_property
+    def registry(self) -> CollectorRegistry:
+        """Made at the first scrape: prometheus_client is a tenth of the start-up's imports."""
+        from .metrics import ProxyCollector, make_registry
+
+        source = self.source
+        return make_registry(
+            ProxyCollector(
+                self.routes,
+                self.reloads,
+                self._steering_counters,
+                lambda: self.health.checks_done,
+                source.gauges if source is not None else dict,
+                self.access_log.dropped,
+            )
         )
 
     # -- start ---------------------------------------------------------------
