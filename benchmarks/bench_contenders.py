@@ -4,8 +4,8 @@ backend: the iperf3 server (its own), nginx, and the idle-connection holder (sha
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
