@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import subprocess
 import threading
@@ -346,4 +347,30 @@ def test_checker_survives_running_out_of_descriptors(tmp_path: Path, pair) -> No
     assert status["health_check_errors"]["EMFILE"] >= 1
     assert proxy.log().count("(EMFILE)") == 1
     assert Counter(ask(port) for _ in range(4)) == {"a": 4}
+    assert proxy.stop() == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_health_thread_sleeps_between_checks(tmp_path: Path, pair) -> None:
+    """Between checks the thread sleeps until something is due, also with a disabled
+    target (whose last due time stays in the past) and a long interval: a due time it
+    never acts on must not turn the loop into a spin."""
+    a, b = pair
+    (port,) = free_ports(1)
+    targets = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    checks = {"Interval": 0.1, "Timeout": 0.1}
+    proxy = Proxy(tmp_path, {"Apps": [app("idle", [port], targets, HealthCheck=checks)]})
+    time.sleep(0.5)  # both checked at least once: both have a due time
+    assert proxy.http("POST", f"/targets/idle/{targets[1]}/disable")[0] == 200
+    before = cpu_seconds(proxy.pid)
+    time.sleep(3)
+    spent = cpu_seconds(proxy.pid) - before
+    # A spin would take a whole core (3 s); checks and polls cost milliseconds.
+    assert spent < 0.5, spent
+    assert target_state(proxy, "idle", targets[1]) == "disabled"
     assert proxy.stop() == 0
