@@ -40,6 +40,7 @@ METRICS = {
     "checks_per_s": ("checks/s", True, 0),
     "push_p50_ms": ("push to all p50 ms", False, 0),
     "push_max_ms": ("push to all max ms", False, 0),
+    "busiest_thread_share": ("busiest thread's CPU share", False, 2),
 }
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {
@@ -51,7 +52,7 @@ KEY = {
     "http-concurrent": ("rate", "p99_us"),
     "openloop-": ("p50_us", "p99_us", "p999_us"),
     "size-": ("gbit_per_s",),
-    "workers-": ("rate",),
+    "workers-": ("rate", "busiest_thread_share"),
     "target-": ("rate", "p99_us"),
     "reload-under-load": ("errors", "max_us"),
     "idle-memory": ("total_b_per_conn",),

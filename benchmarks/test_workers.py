@@ -1,7 +1,11 @@
 """Scaling from one relay thread to two: fastproxy --workers 1 and 2, HAProxy nbthread 1
 and 2, each proxy allowed both CPUs (the client stays on its CPU, nginx on the other;
 with two cores the proxy's second thread competes with them, so this shows what a
-second thread buys here, not on a bigger machine: beyond two, more cores are needed)."""
+second thread buys here, not on a bigger machine: beyond two, more cores are needed).
+How evenly the connections spread over the threads shows as the busiest relay thread's
+share of the relay threads' CPU time (0.5 is even with two; fastproxy's workers are
+the threads named fp-worker-N, each listener in every worker with EPOLLEXCLUSIVE;
+HAProxy's are all its threads)."""
 
 from __future__ import annotations
 
@@ -55,14 +59,34 @@ def scaled(
             proxy.stop()
 
 
+def relay_thread_cpu(pid: int) -> dict[int, int]:
+    """Clock ticks of CPU per relay thread: fastproxy's fp-worker-N threads, or every
+    thread of a process that has none of them (HAProxy)."""
+    ticks: dict[int, tuple[str, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        ticks[int(task.name)] = (name, int(fields[11]) + int(fields[12]))
+    workers = {tid: t for tid, (name, t) in ticks.items() if name.startswith("fp-worker-")}
+    return workers or {tid: t for tid, (_, t) in ticks.items()}
+
+
 @pytest.mark.parametrize("load", LOADS)
 def test_workers(request, scaled: dict[str, tuple[int, int]], load: str, tmp_path: Path) -> None:
     connections, close = LOADS[load]
 
     def measure(label: str) -> tuple[dict[str, float], str]:
         front, pid = scaled[label]
-        return run_wrk(
+        before = relay_thread_cpu(pid)
+        figures, out = run_wrk(
             front, connections=connections, seconds=SHORT_SECONDS, close=close, proxy_pid=pid
         )
+        after = relay_thread_cpu(pid)
+        spent = [after[tid] - before.get(tid, 0) for tid in after]
+        figures["busiest_thread_share"] = max(spent) / max(sum(spent), 1)
+        return figures, out
 
     run_series(request, f"workers-{load}", list(scaled), measure)

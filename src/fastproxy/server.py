@@ -415,6 +415,7 @@ class Server:
             "workers": self.workers,
             "uptime": round(time.monotonic() - self.started_at, 3),
             "connections": self.relay.connections(),
+            "worker_connections": self.relay.worker_connections(),
             "reloads": dict(self.reloads),
             "health_check_errors": dict(self.health.errors),
             "apps": apps,

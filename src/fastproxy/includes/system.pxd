@@ -197,6 +197,7 @@ cdef extern from "<pthread.h>" nogil:
         pass
     int pthread_create(pthread_t* t, void* attr, void* (*fn)(void*) noexcept nogil, void* arg)
     int pthread_join(pthread_t t, void** ret)
+    int pthread_setname_np(pthread_t t, const char* name)
     int pthread_mutex_init(pthread_mutex_t* m, void* attr)
     int pthread_mutex_destroy(pthread_mutex_t* m)
     int pthread_mutex_lock(pthread_mutex_t* m)

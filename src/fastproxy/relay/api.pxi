@@ -149,9 +149,11 @@ cdef class Relay:
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             w.reserve_fd = open_devnull()
+            w.inbox = <fp_handoff*>malloc(HANDOFF_SLOTS * sizeof(fp_handoff))
+            pthread_mutex_init(&w.inbox_lock, NULL)
             self.r.nworkers += 1
             if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.peek == NULL \
-                    or w.hello == NULL or w.epfd < 0 \
+                    or w.hello == NULL or w.inbox == NULL or w.epfd < 0 \
                     or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
             self._epoll_add(w, w.wakefd, EPOLLIN, w)
@@ -178,6 +180,9 @@ cdef class Relay:
             free(self.r.workers[i].peek)
             free(self.r.workers[i].hello)
             free(self.r.workers[i].alog)
+            if self.r.workers[i].inbox != NULL:
+                free(self.r.workers[i].inbox)
+                pthread_mutex_destroy(&self.r.workers[i].inbox_lock)
         l = self.r.listeners
         while l != NULL:
             nxt = <fp_listener*>l.next
@@ -244,6 +249,8 @@ cdef class Relay:
                 if rc != 0:
                     break
                 self.r.workers[i].started = True
+                # `top -H`, perf and the benchmarks tell the workers apart by name.
+                pthread_setname_np(self.r.workers[i].thread, f"fp-worker-{i}".encode())
         finally:
             pthread_sigmask(SIG_SETMASK, &previous, NULL)
         if rc != 0:
@@ -265,6 +272,8 @@ cdef class Relay:
                 if self.r.workers[i].started:
                     pthread_join(self.r.workers[i].thread, NULL)
                     self.r.workers[i].started = False
+            for i in range(self.r.nworkers):
+                close_handed(&self.r.workers[i])
         self.running = False
 
     cdef list _epochs(self):
@@ -586,6 +595,11 @@ cdef class Relay:
         for i in range(self.r.nworkers):
             total += fp_load_int(&self.r.workers[i].nconns)
         return total
+
+    def worker_connections(self):
+        """Connections open in each worker: how evenly they are spread."""
+        cdef int i
+        return [fp_load_int(&self.r.workers[i].nconns) for i in range(self.r.nworkers)]
 
     # -- access log -----------------------------------------------------------
 

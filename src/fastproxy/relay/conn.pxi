@@ -591,15 +591,9 @@ cdef void conn_local_error(fp_worker* w, fp_conn* c) noexcept nogil:
 
 
 cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
-    cdef fp_relay* r = w.relay
     cdef sockaddr_storage peer
     cdef socklen_t plen
-    cdef sockaddr_storage local
-    cdef socklen_t llen
-    cdef int fd, i, app, port
-    cdef fp_route* rt
-    cdef fp_stats* app_st
-    cdef fp_conn* c
+    cdef int fd, i
     cdef timespec pause
     for i in range(ACCEPT_BATCH):
         plen = sizeof(peer)
@@ -619,48 +613,60 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
                 pause.tv_nsec = 1000000
                 nanosleep(&pause, NULL)
             return
-        llen = sizeof(local)
-        local.ss_family = 0
-        port = l.port
-        if port == 0:
-            # Steered: the port the client dialled tells the app.
-            getsockname(fd, <sockaddr*>&local, &llen)
-            port = ntohs((<sockaddr_in*>&local).sin_port)   # same offset for IPv6
-        app = fp_load_int(&r.port_app[port])
-        if app == PORT_SNI:
-            accept_by_name(w, fd, &peer, &local, port)
-            continue
-        rt = route_get(r, app) if app >= 0 else NULL
-        if rt == NULL:
-            close_socket(w, fd)     # a port no app owns (any more)
-            continue
-        if rt.proxy_protocol and local.ss_family == 0:
-            getsockname(fd, <sockaddr*>&local, &llen)
-        app_st = stats_slot(r, rt.app_slot)
-        if rt.max_conns > 0 and fp_load_i64(&app_st.active) >= rt.max_conns:
-            fp_add_u64(&app_st.rejected, 1)
-            alog_rejected(w, &peer, port, rt.app_slot)
-            route_decref(rt)
-            close_socket(w, fd)
-            continue
-        c = conn_new(w, fd)
-        if c == NULL:
-            route_decref(rt)
-            close_socket(w, fd)
-            continue
-        memcpy(&c.peer, &peer, sizeof(peer))
-        memcpy(&c.local, &local, sizeof(local))
-        c.route = rt
-        c.app_st = app_st
-        c.idle_timeout_ms = rt.idle_timeout_ms
-        c.port = port
-        c.app_slot = rt.app_slot
-        fp_add_u64(&app_st.connections, 1)
-        fp_add_i64(&app_st.active, 1)
-        if register_side(w, &c.cli) < 0:
-            conn_close(w, c)
-            continue
-        if rt.accept_proxy:
-            preface_begin(w, c, True)
-        else:
-            conn_start(w, c)
+        if not hand_off(w, fd, l.port, &peer):
+            take_client(w, fd, l.port, &peer)
+
+
+cdef void take_client(fp_worker* w, int fd, int port, sockaddr_storage* peer) noexcept nogil:
+    """Serve a client accepted on a listener of `port` (0: steered, its own local
+    port tells), by this worker or by another that handed it over."""
+    cdef fp_relay* r = w.relay
+    cdef sockaddr_storage local
+    cdef socklen_t llen = sizeof(local)
+    cdef int app
+    cdef fp_route* rt
+    cdef fp_stats* app_st
+    cdef fp_conn* c
+    local.ss_family = 0
+    if port == 0:
+        # Steered: the port the client dialled tells the app.
+        getsockname(fd, <sockaddr*>&local, &llen)
+        port = ntohs((<sockaddr_in*>&local).sin_port)   # same offset for IPv6
+    app = fp_load_int(&r.port_app[port])
+    if app == PORT_SNI:
+        accept_by_name(w, fd, peer, &local, port)
+        return
+    rt = route_get(r, app) if app >= 0 else NULL
+    if rt == NULL:
+        close_socket(w, fd)     # a port no app owns (any more)
+        return
+    if rt.proxy_protocol and local.ss_family == 0:
+        getsockname(fd, <sockaddr*>&local, &llen)
+    app_st = stats_slot(r, rt.app_slot)
+    if rt.max_conns > 0 and fp_load_i64(&app_st.active) >= rt.max_conns:
+        fp_add_u64(&app_st.rejected, 1)
+        alog_rejected(w, peer, port, rt.app_slot)
+        route_decref(rt)
+        close_socket(w, fd)
+        return
+    c = conn_new(w, fd)
+    if c == NULL:
+        route_decref(rt)
+        close_socket(w, fd)
+        return
+    memcpy(&c.peer, peer, sizeof(sockaddr_storage))
+    memcpy(&c.local, &local, sizeof(local))
+    c.route = rt
+    c.app_st = app_st
+    c.idle_timeout_ms = rt.idle_timeout_ms
+    c.port = port
+    c.app_slot = rt.app_slot
+    fp_add_u64(&app_st.connections, 1)
+    fp_add_i64(&app_st.active, 1)
+    if register_side(w, &c.cli) < 0:
+        conn_close(w, c)
+        return
+    if rt.accept_proxy:
+        preface_begin(w, c, True)
+    else:
+        conn_start(w, c)

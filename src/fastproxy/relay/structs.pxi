@@ -65,6 +65,7 @@ cdef enum:
     PORT_SNI = -2              # port_app value: route this port by server name
     ALOG_SLOTS = 4096          # access log records per worker ring
     RESET_GRACE_MS = 2000      # a failed side's bytes get this long to reach the other
+    HANDOFF_SLOTS = 256        # accepted clients waiting for another worker (handoff.pxi)
 
 
 # One counter slot per app and per (app, target). A connection keeps pointers to
@@ -267,6 +268,12 @@ ctypedef struct fp_alog:
     uint64_t dropped            # records lost to a full ring
     fp_alog_rec recs[ALOG_SLOTS]
 
+# A client one worker accepted for another (handoff.pxi).
+ctypedef struct fp_handoff:
+    int fd
+    int port                    # the listener's port, 0 when steered
+    sockaddr_storage peer
+
 ctypedef struct fp_worker:
     int kind                    # KIND_WAKE: the eventfd points here
     int index
@@ -278,7 +285,10 @@ ctypedef struct fp_worker:
     int stop
     int epoch                   # bumped after every event batch (see Relay.quiesce)
     int exited                  # the thread has left its loop
-    int nconns                  # live connections, read by Python
+    int nconns                  # live connections, read by Python and other workers
+    int handed                  # clients in the inbox, read by other workers
+    pthread_mutex_t inbox_lock  # guards inbox and handed
+    fp_handoff* inbox           # HANDOFF_SLOTS clients accepted for us elsewhere
     int nconnecting
     int nfailing
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE

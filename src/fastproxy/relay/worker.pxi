@@ -1,6 +1,7 @@
 # A worker thread: one epoll loop, run without the GIL. Listening sockets are
 # registered in every worker with EPOLLEXCLUSIVE, so the kernel wakes one worker
-# per incoming connection and that worker owns the connection to the end.
+# per incoming connection; that worker, or the one it hands the client to
+# (handoff.pxi), owns the connection to the end.
 
 cdef void process_retries(fp_worker* w) noexcept nogil:
     cdef fp_conn* c = w.retry
@@ -85,6 +86,7 @@ cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
             accept_clients(w, <fp_listener*>events[i].data.ptr)
         else:
             drain_wakefd(w)
+            take_handed(w)
     process_retries(w)
     timers_run(w)
     process_retries(w)

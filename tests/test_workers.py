@@ -1,0 +1,108 @@
+"""Clients spread over the relay's workers: the kernel wakes one worker per arrival,
+and the one that wakes to a burst would take all of it; it hands clients on to a
+less loaded worker (relay/handoff.pxi)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fastproxy import netns
+from fastproxy.backends import NamedEchoServer
+from proxyproc import Proxy, app, free_ports
+
+
+def open_burst(port: int, count: int) -> list[socket.socket]:
+    """`count` connections opened at once (non-blocking connects, then waited for)."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    for s in socks:
+        s.setblocking(True)
+        s.settimeout(10)
+        s.recv(64)  # the backend's name line: the connection is relayed
+    return socks
+
+
+@pytest.mark.parametrize("steering", ["ports", "bpf"])
+def test_a_burst_of_clients_is_spread_over_the_workers(tmp_path: Path, steering: str) -> None:
+    if steering == "bpf":
+        if os.geteuid() != 0:
+            pytest.skip("bpf steering needs root")
+        # Its own netns (this thread's, inherited by the proxy): a fresh steering state.
+        with netns.temporary("fpworkers"):
+            burst_is_spread(tmp_path, steering)
+    else:
+        burst_is_spread(tmp_path, steering)
+
+
+def burst_is_spread(tmp_path: Path, steering: str) -> None:
+    server = NamedEchoServer("a")
+    (port,) = free_ports(1)
+    config = {
+        "Workers": 2,
+        "Steering": steering,
+        "Apps": [app("burst", [port], [f"127.0.0.1:{server.port}"])],
+    }
+    proxy = Proxy(tmp_path, config)
+    try:
+        for _ in range(3):
+            socks = open_burst(port, 64)
+            per_worker = proxy.status()["worker_connections"]
+            assert sum(per_worker) == 64, per_worker
+            # Without the hand-off one worker took nearly all of them.
+            assert min(per_worker) >= 24, per_worker
+            for s in socks:
+                s.close()
+            deadline = time.monotonic() + 10
+            while proxy.status()["connections"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert proxy.stop() == 0
+    finally:
+        server.close()
+
+
+def test_handed_over_clients_carry_their_bytes(tmp_path: Path) -> None:
+    """Clients handed from one worker to another relay every byte both ways."""
+    server = NamedEchoServer("a")
+    (port,) = free_ports(1)
+    config = {"Workers": 2, "Apps": [app("burst", [port], [f"127.0.0.1:{server.port}"])]}
+    proxy = Proxy(tmp_path, config)
+    socks = open_burst(port, 32)
+    assert min(proxy.status()["worker_connections"]) >= 8
+    payload = os.urandom(1 << 20)
+    results: list[bool] = []
+
+    def exchange(s: socket.socket) -> None:
+        sender = threading.Thread(target=s.sendall, args=(payload,))
+        sender.start()
+        got = hashlib.sha256()
+        left = len(payload)
+        while left:
+            chunk = s.recv(min(left, 1 << 16))
+            if not chunk:
+                break
+            got.update(chunk)
+            left -= len(chunk)
+        sender.join()
+        results.append(got.digest() == hashlib.sha256(payload).digest())
+
+    threads = [threading.Thread(target=exchange, args=(s,)) for s in socks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [True] * len(socks)
+    for s in socks:
+        s.close()
+    assert proxy.stop() == 0
+    server.close()
