@@ -223,6 +223,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
+                elif <size_t>n < room and src.fin and not src.urgent and not src.blind:
+                    # The FIN came (EPOLLRDHUP, no error) before this read, and a
+                    # short recv empties the queue: the stream ends here. Saves the
+                    # read that would say 0 (a reset after the FIN also reads as 0).
+                    # Not at an urgent mark, seen or possibly unseen: recv() stops
+                    # short there with bytes after it.
+                    ch.eof = True
                 if r.use_splice and not ch.piped and ch.off + ch.len + n == cap:
                     ch.bulk = True      # splice-auto: a full buffer means bulk
                 ch.len += n
@@ -508,6 +515,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     close_socket(w, c.srv.fd)
     c.srv.fd = -1
     c.srv.hup = False
+    c.srv.fin = False
     c.srv.urgent = False
     c.srv.muted = False
     c.srv.blind = False
@@ -529,6 +537,8 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.readable = True
     if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
         s.hup = True
+    if events & EPOLLRDHUP and not events & EPOLLERR:
+        s.fin = True
     if not s.muted:
         s.blind = False         # events now say whether urgent data waits
     if events & EPOLLPRI:

@@ -190,6 +190,8 @@ ctypedef struct fp_side:
     bint readable               # edge-triggered readiness, cleared on EAGAIN
     bint writable
     bint hup                    # the peer's FIN, or an error, has been signalled
+    bint fin                    # the peer's FIN signalled with no error: every byte
+                                # before it is queued, so a short recv reached the end
     bint muted                  # EPOLLIN dropped while its channel cannot drain
     bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
     bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
