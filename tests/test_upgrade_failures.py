@@ -227,6 +227,10 @@ def test_reload_failing_at_any_step_keeps_the_running_config_whole(
     assert answers(added) == "r1" and answers(kept) == "r1"
     with pytest.raises(OSError):
         talk(removed, b"x")
+    # The port answers once opened; the reload is counted when it commits, just after.
+    deadline = time.monotonic() + 10
+    while proxy.status()["reloads"]["success"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert proxy.status()["reloads"] == {"success": 1, "failure": 1}
     assert proxy.stop() == 0
     for b in backends:
