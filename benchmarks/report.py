@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench_config import RESULTS_DIR
 from bench_summary import METRICS, OURS, Case, latest, load, ratio, refuse_dirty, stamp, verdict
+from targets import rows as target_rows
 
 REPORT = RESULTS_DIR.parent / "RESULTS.md"
 CHART = RESULTS_DIR / "summary.png"
@@ -168,6 +169,10 @@ def main(argv: list[str]) -> None:
         "Where fastproxy loses (outside the spreads):",
         "",
         *losses(cases),
+        "",
+        "## Issue 12's targets",
+        "",
+        *target_rows(cases),
         "",
         METHOD,
         "",
