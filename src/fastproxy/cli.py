@@ -54,7 +54,11 @@ def main() -> None:
 @click.argument("config", type=click.Path())
 @click.option("--steering", type=click.Choice(STEERING_MODES), help="Override Steering.")
 @click.option("--workers", type=click.IntRange(1, 1024), help="Relay threads (default: CPUs).")
-@click.option("--relay", type=click.Choice(RELAY_MODES), help="splice (zero copy) or copy.")
+@click.option(
+    "--relay",
+    type=click.Choice(RELAY_MODES),
+    help="splice (zero copy), copy, or sockmap (in-kernel, BPF).",
+)
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
 @click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")
 @click.option(

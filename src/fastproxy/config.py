@@ -47,7 +47,7 @@ __all__ = [
 
 BALANCE_MODES = ("round-robin", "least-conn", "random", "source-hash")
 STEERING_MODES = ("auto", "bpf", "ports")
-RELAY_MODES = ("splice", "copy")
+RELAY_MODES = ("splice", "copy", "sockmap")
 PROXY_PROTOCOLS = ("v1", "v2")
 
 PIPE_SIZE_MIN, PIPE_SIZE_MAX = 4096, 1 << 20

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, _relay
+from . import __version__, _relay, sockmap_relay
 from .accesslog import AccessLog
 from .admin import AdminServer
 from .admintoken import ensure_token
@@ -103,7 +103,12 @@ class Server:
         self.options = options or Options()
         self.workers = config.workers or os.cpu_count() or 1
         self.relay = _relay.Relay(
-            workers=self.workers, splice=config.relay == "splice", pipe_size=config.pipe_size
+            workers=self.workers, splice=config.relay != "copy", pipe_size=config.pipe_size
+        )
+        # Relay: sockmap keeps splice for what the kernel does not take (and as fallback).
+        self.sockmap = sockmap_relay.attach(self.relay) if config.relay == "sockmap" else None
+        self.relay_mode = (
+            "splice" if config.relay == "sockmap" and not self.sockmap else config.relay
         )
         self.routes = Routes(self.relay)
         self.steering_mode = "ports"
@@ -181,7 +186,7 @@ class Server:
             len(self.config.apps),
             len(self.routes.port_owner),
             self.steering_mode,
-            self.config.relay,
+            self.relay_mode,
             self.workers,
             *self.admin.address,
         )
@@ -411,7 +416,7 @@ class Server:
             "version": __version__,
             "pid": os.getpid(),
             "steering": self.steering_mode,
-            "relay": self.config.relay,
+            "relay": self.relay_mode,
             "workers": self.workers,
             "uptime": round(time.monotonic() - self.started_at, 3),
             "connections": self.relay.connections(),

@@ -120,6 +120,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
         SO_LINGER
+        SO_RCVLOWAT
+        SO_COOKIE
         SHUT_WR
         MSG_NOSIGNAL
         MSG_MORE
@@ -164,6 +166,16 @@ cdef extern from "<linux/sockios.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_INFO
+
+
+cdef extern from "<sys/syscall.h>" nogil:
+    enum:
+        SYS_bpf
+
+
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)
 
 
 cdef extern from "<arpa/inet.h>" nogil:

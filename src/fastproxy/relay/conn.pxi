@@ -394,6 +394,8 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef bint queued = c.state == ST_RETRY
     if c.state == ST_CLOSED:
         return
+    if c.mapped != NULL:
+        sockmap_leave(w, c)     # its last counts, and out of the map before the close
     conn_finish(w, c)
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
@@ -450,7 +452,8 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)
         return
-    conn_pump(w, c)
+    if not sockmap_enter(w, c):
+        conn_pump(w, c)
 
 
 cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
@@ -552,6 +555,9 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     if c.state == ST_RETRY:
         if s == &c.cli and events & (EPOLLERR | EPOLLHUP):
             conn_close(w, c)        # the client is gone: stop failing over for it
+        return
+    if c.mapped != NULL:
+        sockmap_event(w, c, s, events)
         return
     if c.state == ST_RELAYING:
         conn_pump(w, c)

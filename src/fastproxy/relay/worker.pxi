@@ -90,6 +90,7 @@ cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
     process_retries(w)
     timers_run(w)
     process_retries(w)
+    sockmap_poll(w)
     process_ready(w)
     free_graveyard(w)
     fp_store_int(&w.epoch, w.epoch + 1)
@@ -110,6 +111,7 @@ cdef void* worker_main(void* arg) noexcept nogil:
             timeout = TICK_MS
         else:
             timeout = IDLE_WAIT_MS
+        timeout = sockmap_timeout(w, timeout)
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).

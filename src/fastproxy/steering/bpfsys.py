@@ -20,6 +20,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_ATTACH = 8
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -35,6 +36,8 @@ BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # attach type
 BPF_LINK_TYPE_NETNS = 5
 BPF_MAP_TYPE_SOCKMAP = 15
+BPF_PROG_TYPE_SK_SKB = 14
+BPF_SK_SKB_VERDICT = 38  # attach type: an sk_skb verdict with no stream parser (5.13+)
 BPF_OBJ_NAME_LEN = 16  # names of programs and maps, with the NUL
 
 _ATTR_SIZE = 128  # >= every bpf_attr variant used here; the kernel wants the tail zeroed
@@ -141,6 +144,12 @@ def obj_info(fd: int, size: int, preset: bytes = b"") -> bytes:
 
 def get_fd_by_id(cmd: int, obj_id: int) -> int:
     return _bpf(cmd, "=III", obj_id, 0, 0)
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """Attach a program to an object that is not a link target (a sockmap's verdict)."""
+    # union bpf_attr: target_fd, attach_bpf_fd, attach_type, attach_flags
+    _bpf(BPF_PROG_ATTACH, "=IIII", target_fd, prog_fd, attach_type, 0)
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:

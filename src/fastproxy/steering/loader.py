@@ -1,5 +1,6 @@
-"""Loading bpf/steer.c: the bytecode cached from an earlier start when there is one, else
-compiled and loaded by bcc in a short-lived child process (and then cached)."""
+"""Loading a program of bpf/ (steer.c, relay.c): the bytecode cached from an earlier start
+when there is one, else compiled and loaded by bcc in a short-lived child process (and then
+cached)."""
 
 from __future__ import annotations
 
@@ -19,25 +20,58 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from . import cache
-from .bpfsys import BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, map_def, probe_sk_lookup
+from .bpfsys import (
+    BPF_PROG_TYPE_SK_LOOKUP,
+    BPF_PROG_TYPE_SK_SKB,
+    BPF_SK_LOOKUP,
+    BPF_SK_SKB_VERDICT,
+    map_def,
+    probe_sk_lookup,
+)
 from .errors import SteeringUnavailable, describe
 from .image import ProgramImage, capture
 
 PROGRAM_NAME = "fastproxy_steer"  # the C function; also the kernel's name for the program
 MAP_NAMES = ("ports", "sockets", "counters")
-COMPILED = "steering: BPF program compiled by bcc in %.0f ms (%s)"
+COMPILED = "%s: BPF program compiled by bcc in %.0f ms (%s)"
 
 log = logging.getLogger("fastproxy")
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastproxy/
 
 
-def _source_path() -> str | None:
-    """steer.c shipped in the package (fastproxy/bpf/), else the repository's bpf/."""
+@dataclass(frozen=True)
+class Program:
+    """One program of bpf/ as the loader needs to know it."""
+
+    label: str  # what log lines start with
+    source: str  # file name in bpf/
+    function: str  # the C function; also the kernel's name for the program
+    prog_type: int
+    attach_type: int
+    maps: tuple[str, ...]  # handed back in this order after the program's fd
+
+
+STEER = Program(
+    "steering", "steer.c", PROGRAM_NAME, BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, MAP_NAMES
+)
+RELAY = Program(
+    "sockmap relay",
+    "relay.c",
+    "fastproxy_relay",
+    BPF_PROG_TYPE_SK_SKB,
+    BPF_SK_SKB_VERDICT,
+    ("socks", "sources", "peers"),
+)
+PROGRAMS = {program.source: program for program in (STEER, RELAY)}
+
+
+def _source_path(name: str = STEER.source) -> str | None:
+    """A bpf/ source shipped in the package (fastproxy/bpf/), else the repository's bpf/."""
     here = _PACKAGE  # fastproxy/
     for candidate in (
-        os.path.join(here, "bpf", "steer.c"),
-        os.path.join(here, os.pardir, os.pardir, "bpf", "steer.c"),  # a source checkout
+        os.path.join(here, "bpf", name),
+        os.path.join(here, os.pardir, os.pardir, "bpf", name),  # a source checkout
     ):
         if os.path.isfile(candidate):
             return os.path.normpath(candidate)
@@ -101,41 +135,43 @@ class Objects:
 _PACKAGE_PARENT = os.path.dirname(_PACKAGE)
 
 
-def load_program() -> Objects:
+def load_program(program: Program = STEER) -> Objects:
     """The program and its maps, loaded: from the cache when it holds this program's
     bytecode for this kernel and bcc, else compiled by bcc (and then cached)."""
-    source = _source_path()
+    source = _source_path() if program is STEER else _source_path(program.source)
     if source is None:
-        raise SteeringUnavailable("BPF source steer.c not found")
+        raise SteeringUnavailable(f"BPF source {program.source} not found")
     directory = cache.configured_dir()
     if directory is None:
-        return _compiled_uncached(source, "cache off")
+        return _compiled_uncached(program, source, "cache off")
     with open(source, "rb") as f:
         text = f.read()
-    key = cache.cache_key(text, [PROGRAM_NAME, BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP])
+    key = cache.cache_key(text, [program.function, program.prog_type, program.attach_type])
     try:
         with cache.opened(directory) as store:
-            return _cached_or_compiled(store, key, source, text)
+            return _cached_or_compiled(program, store, key, source, text)
     except cache.CacheRefused as exc:
-        log.warning("steering: BPF program cache not used: %s", exc)
-        return _compiled_uncached(source, "cache not used")
+        log.warning("%s: BPF program cache not used: %s", program.label, exc)
+        return _compiled_uncached(program, source, "cache not used")
 
 
-def _compiled_uncached(source: str, why: str) -> Objects:
-    objects, _, elapsed = _timed_compile(source)
-    log.info(COMPILED, elapsed, why)
+def _compiled_uncached(program: Program, source: str, why: str) -> Objects:
+    objects, _, elapsed = _timed_compile(program, source)
+    log.info(COMPILED, program.label, elapsed, why)
     return objects
 
 
-def _cached_or_compiled(store: cache.Cache, key: str, source: str, text: bytes) -> Objects:
-    objects = _from_cache(store, key)
+def _cached_or_compiled(
+    program: Program, store: cache.Cache, key: str, source: str, text: bytes
+) -> Objects:
+    objects = _from_cache(program, store, key)
     if objects is None:
-        objects, fresh, elapsed = _timed_compile(source)
-        log.info(COMPILED, elapsed, _cache_it(store, key, fresh, source, text))
+        objects, fresh, elapsed = _timed_compile(program, source)
+        log.info(COMPILED, program.label, elapsed, _cache_it(store, key, fresh, source, text))
     return objects
 
 
-def _from_cache(store: cache.Cache, key: str) -> Objects | None:
+def _from_cache(program: Program, store: cache.Cache, key: str) -> Objects | None:
     """The cached program for `key`, loaded; None (with a warning if there was an entry
     but it was not to be used) to compile."""
     path = store.path(key)
@@ -143,11 +179,11 @@ def _from_cache(store: cache.Cache, key: str) -> Objects | None:
     try:
         image = store.read(key)
     except cache.BadEntry as exc:
-        log.warning("steering: ignoring the cached BPF program %s: %s", path, exc)
+        log.warning("%s: ignoring the cached BPF program %s: %s", program.label, path, exc)
         return None
     if image is None:
         return None
-    problem = _not_ours(image)
+    problem = _not_ours(program, image)
     if problem is None:
         try:
             objects = Objects(image.load())
@@ -155,9 +191,14 @@ def _from_cache(store: cache.Cache, key: str) -> Objects | None:
             problem = describe(exc)
         else:
             elapsed = (time.monotonic() - started) * 1e3
-            log.info("steering: BPF program loaded from the cache in %.0f ms (%s)", elapsed, path)
+            log.info(
+                "%s: BPF program loaded from the cache in %.0f ms (%s)",
+                program.label,
+                elapsed,
+                path,
+            )
             return objects
-    log.warning("steering: the cached BPF program %s is not usable: %s", path, problem)
+    log.warning("%s: the cached BPF program %s is not usable: %s", program.label, path, problem)
     return None
 
 
@@ -177,27 +218,27 @@ def _cache_it(
     return f"cached as {store.path(key)}"
 
 
-def _not_ours(image: ProgramImage) -> str | None:
+def _not_ours(program: Program, image: ProgramImage) -> str | None:
     """Why a well-formed image is still not the program this loader wants, if it is not."""
     if (image.name, image.prog_type, image.attach_type) != (
-        PROGRAM_NAME,
-        BPF_PROG_TYPE_SK_LOOKUP,
-        BPF_SK_LOOKUP,
+        program.function,
+        program.prog_type,
+        program.attach_type,
     ):
         return f"another program ({image.name}, type {image.prog_type})"
-    if sorted(m.name for m in image.maps) != sorted(MAP_NAMES):
+    if sorted(m.name for m in image.maps) != sorted(program.maps):
         return "other maps"
     return None
 
 
-def _timed_compile(source: str) -> tuple[Objects, ProgramImage | str, float]:
+def _timed_compile(program: Program, source: str) -> tuple[Objects, ProgramImage | str, float]:
     """compile_program() and how long it took, in milliseconds."""
     started = time.monotonic()
-    objects, image = compile_program(source)
+    objects, image = compile_program(source, program)
     return objects, image, (time.monotonic() - started) * 1e3
 
 
-def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
+def compile_program(source: str, program: Program = STEER) -> tuple[Objects, ProgramImage | str]:
     """Compile and load `source` in a short-lived child process, which hands the
     program's and maps' descriptors back over a socketpair (SCM_RIGHTS), with the
     program's image (or why it has none). bcc maps LLVM into whoever uses it (~130 MiB
@@ -212,7 +253,7 @@ def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
                 code = (
                     f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
                     "from fastproxy.steering.loader import _compiler_main; "
-                    f"_compiler_main({source!r}, {theirs.fileno()})"
+                    f"_compiler_main({source!r}, {theirs.fileno()}, {program.source!r})"
                 )
                 child = subprocess.run(
                     [sys.executable, "-I", "-c", code],
@@ -225,7 +266,7 @@ def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
             raise SteeringUnavailable(f"cannot run the BPF compiler: {exc}") from None
         ours.settimeout(5)
         try:
-            data, fds, _, _ = socket.recv_fds(ours, 65536, len(MAP_NAMES) + 1)
+            data, fds, _, _ = socket.recv_fds(ours, 65536, len(program.maps) + 1)
             while data and (more := ours.recv(65536)):  # the rest, up to the child's exit
                 data += more
         except OSError:
@@ -234,14 +275,14 @@ def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
         reply = json.loads(data) if data else {}
     except ValueError:
         reply = {"error": "the BPF compiler's reply is garbled"}
-    if "error" in reply or len(fds) != len(MAP_NAMES) + 1:
+    if "error" in reply or len(fds) != len(program.maps) + 1:
         for fd in fds:
             os.close(fd)
         noise = child.stderr.decode(errors="replace").strip().splitlines()
         raise SteeringUnavailable(
             reply.get("error") or f"the BPF compiler failed: {noise[-1] if noise else '?'}"
         )
-    objects = Objects(dict(zip(("prog", *MAP_NAMES), fds)))
+    objects = Objects(dict(zip(("prog", *program.maps), fds)))
     try:
         image: ProgramImage | str = ProgramImage.from_dict(reply.get("image"))
     except ValueError:
@@ -249,7 +290,7 @@ def compile_program(source: str) -> tuple[Objects, ProgramImage | str]:
     return objects, image
 
 
-def _compile_here(source: str) -> tuple[Objects, ProgramImage | str]:
+def _compile_here(source: str, program: Program) -> tuple[Objects, ProgramImage | str]:
     """Compile and load with bcc in this process; keep our own duplicates of its fds.
     Also the image of what bcc loaded (or why there is none), for the cache."""
     from bcc import BPF, lib
@@ -264,10 +305,10 @@ def _compile_here(source: str) -> tuple[Objects, ProgramImage | str]:
             ) from None
         try:
             prog = bpf.load_func(
-                PROGRAM_NAME.encode(), BPF_PROG_TYPE_SK_LOOKUP, attach_type=BPF_SK_LOOKUP
+                program.function.encode(), program.prog_type, attach_type=program.attach_type
             )
             objects.fds["prog"] = os.dup(prog.fd)
-            map_fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in MAP_NAMES}
+            map_fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in program.maps}
             for name, fd in map_fds.items():
                 objects.fds[name] = os.dup(fd)
         except Exception as exc:
@@ -278,12 +319,12 @@ def _compile_here(source: str) -> tuple[Objects, ProgramImage | str]:
         try:
             # The very instructions bcc handed the kernel, its map fds in them.
             image: ProgramImage | str = capture(
-                bpf.dump_func(PROGRAM_NAME.encode()),
+                bpf.dump_func(program.function.encode()),
                 map_fds,
                 tuple(map_def(fd) for fd in map_fds.values()),
-                name=PROGRAM_NAME,
-                prog_type=BPF_PROG_TYPE_SK_LOOKUP,
-                attach_type=BPF_SK_LOOKUP,
+                name=program.function,
+                prog_type=program.prog_type,
+                attach_type=program.attach_type,
                 license_=lib.bpf_module_license(bpf.module).decode(),
                 kern_version=lib.bpf_module_kern_version(bpf.module),
             )
@@ -294,12 +335,13 @@ def _compile_here(source: str) -> tuple[Objects, ProgramImage | str]:
     return objects, image
 
 
-def _compiler_main(source: str, fd: int) -> None:
+def _compiler_main(source: str, fd: int, program_source: str = STEER.source) -> None:
     """The child's side of compile_program(): load, send the fds and the image (or the
     error), exit."""
+    program = PROGRAMS[program_source]
     with socket.socket(fileno=fd) as channel:
         try:
-            objects, image = _compile_here(source)
+            objects, image = _compile_here(source, program)
         except SteeringUnavailable as exc:
             channel.sendall(json.dumps({"error": str(exc)}).encode())
             return
@@ -308,7 +350,7 @@ def _compiler_main(source: str, fd: int) -> None:
             reply["image"] = image.to_dict()
         else:
             reply["uncacheable"] = image
-        fds = [objects.fds["prog"], *(objects.fds[name] for name in MAP_NAMES)]
+        fds = [objects.fds["prog"], *(objects.fds[name] for name in program.maps)]
         socket.send_fds(channel, [json.dumps(reply).encode()], fds)
 
 

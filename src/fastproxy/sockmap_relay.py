@@ -1,0 +1,60 @@
+"""Relay: sockmap: bpf/relay.c, loaded with bcc like the steering program (and cached the
+same way), attached as the verdict of its sockhash and handed to the relay, whose workers
+put each established connection's two sockets in it (relay/sockmap.pxi).
+
+Where the kernel cannot do it (not root, no bcc, the verifier or the attach refuses), the
+relay stays with splice, and one log line says why."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+from . import _relay
+from .steering.bpfsys import prog_attach
+from .steering.errors import SteeringUnavailable, describe
+from .steering.loader import RELAY, Objects, load_program
+
+log = logging.getLogger("fastproxy")
+
+
+def _unavailable() -> str | None:
+    """Why the program cannot be loaded here, if it cannot (before trying)."""
+    if os.geteuid() != 0:
+        return "not root"
+    if importlib.util.find_spec("bcc") is None:
+        return "bcc not importable (install python3-bpfcc)"
+    if not os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
+        return "kernel headers missing (run scripts/install-system-deps.sh)"
+    return None
+
+
+def load() -> Objects:
+    """The program and its maps, the program attached to `socks`. Raises
+    SteeringUnavailable with a one-line reason."""
+    reason = _unavailable()
+    if reason:
+        raise SteeringUnavailable(reason)
+    objects = load_program(RELAY)
+    try:
+        prog_attach(objects.fds["prog"], objects.fds["sources"], RELAY.attach_type)
+    except OSError as exc:
+        objects.close()
+        raise SteeringUnavailable(f"cannot attach the verdict program: {describe(exc)}") from None
+    return objects
+
+
+def attach(relay: _relay.Relay) -> Objects | None:
+    """Make `relay` hand established connections to the kernel; the objects returned
+    must stay open while it runs. None (and one log line) when it relays with splice."""
+    try:
+        objects = load()
+    except SteeringUnavailable as exc:
+        log.warning("relay: sockmap unavailable (%s), relaying with splice", exc)
+        return None
+    except Exception as exc:  # one line for the operator, never a traceback
+        log.warning("relay: sockmap unavailable (%s), relaying with splice", describe(exc))
+        return None
+    relay.use_sockmap(objects.fds["socks"], objects.fds["sources"], objects.fds["peers"])
+    return objects
