@@ -124,6 +124,11 @@ def test_all_optional_keys() -> None:
     assert (config.drain_timeout, config.pipe_size) == (0.0, 65536)
 
 
+def test_relay_sockmap_is_accepted_and_opt_in() -> None:
+    assert parse_config(two_apps(Relay="sockmap"), SRC).relay == "sockmap"
+    assert parse_config(two_apps(), SRC).relay == "splice"  # never chosen by default
+
+
 def test_listen_accepts_a_single_string_and_null_proxy_protocol() -> None:
     config = parse_config(with_app(0, ProxyProtocol=None) | {"Listen": "127.0.0.1"}, SRC)
     assert config.listen == ("127.0.0.1",)

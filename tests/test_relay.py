@@ -37,6 +37,18 @@ def ask_name(port: int, payload: bytes = b"ping") -> tuple[str, bytes]:
     return name.decode(), echo
 
 
+# Relay: sockmap runs the very tests splice and copy run. As root it must be the kernel
+# relaying, never the fallback; elsewhere (not root) it falls back to splice, and says so.
+SOCKMAP_EXPECTED = os.geteuid() == 0
+
+
+def relay_proxy(tmp_path: Path, config: dict, mode: str, *args: str) -> Proxy:
+    proxy = Proxy(tmp_path, config, "--relay", mode, *args)
+    if mode == "sockmap" and SOCKMAP_EXPECTED:
+        assert "relay=sockmap" in proxy.log(), proxy.log()
+    return proxy
+
+
 def recv_all(sock: socket.socket) -> bytes:
     chunks = []
     while chunk := sock.recv(1 << 20):
@@ -44,11 +56,11 @@ def recv_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
+@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
 def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     echo = HashingEcho()
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("bulk", [port], [echo.address])]}, "--relay", mode)
+    proxy = relay_proxy(tmp_path, {"Apps": [app("bulk", [port], [echo.address])]}, mode)
     payload = os.urandom(256 << 20)
     sent = hashlib.sha256(payload).hexdigest()
     received = hashlib.sha256()
@@ -73,14 +85,14 @@ def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     echo.backend.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
+@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
 def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -> None:
     """Splice mode reads small messages with recv() into a buffer and moves a direction
     to the pipe once it carries bulk, and back: across every switch, with a small
     message queued right behind a bulk one, the bytes must stay intact and in order."""
     echo = HashingEcho()
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("mixed", [port], [echo.address])]}, "--relay", mode)
+    proxy = relay_proxy(tmp_path, {"Apps": [app("mixed", [port], [echo.address])]}, mode)
     sent = hashlib.sha256()
     received = hashlib.sha256()
     got = 0
@@ -165,10 +177,13 @@ def test_bulk_flow_does_not_starve_a_small_request(tmp_path: Path) -> None:
     echo.backend.close()
 
 
-def test_500_concurrent_connections(tmp_path: Path, named_backends: list[NamedEchoServer]) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_500_concurrent_connections(
+    tmp_path: Path, named_backends: list[NamedEchoServer], mode: str
+) -> None:
     ports = free_ports(2)
     targets = [f"127.0.0.1:{b.port}" for b in named_backends]
-    proxy = Proxy(tmp_path, {"Apps": [app("many", ports, targets)]})
+    proxy = relay_proxy(tmp_path, {"Apps": [app("many", ports, targets)]}, mode)
 
     async def one(i: int) -> tuple[str, bool]:
         reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % 2])
@@ -236,7 +251,8 @@ def test_all_targets_down_closes_client_promptly(tmp_path: Path) -> None:
     assert proxy.stop() == 0
 
 
-def test_half_close_still_gets_full_reply(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_half_close_still_gets_full_reply(tmp_path: Path, mode: str) -> None:
     """The client shuts its write side; the backend replies only after that EOF."""
     reply = os.urandom(8 << 20)
 
@@ -246,7 +262,7 @@ def test_half_close_still_gets_full_reply(tmp_path: Path) -> None:
 
     backend = Backend(answer_after_eof)
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("half", [port], [backend.address])]})
+    proxy = relay_proxy(tmp_path, {"Apps": [app("half", [port], [backend.address])]}, mode)
     request = os.urandom(3 << 20)
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(request)
@@ -258,7 +274,8 @@ def test_half_close_still_gets_full_reply(tmp_path: Path) -> None:
     backend.close()
 
 
-def test_backend_reset_is_propagated(tmp_path: Path, named_backends) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_backend_reset_is_propagated(tmp_path: Path, named_backends, mode: str) -> None:
     def reset_mid_stream(conn: socket.socket) -> None:
         conn.sendall(b"x" * 100_000)
         conn.recv(10)
@@ -273,7 +290,7 @@ def test_backend_reset_is_propagated(tmp_path: Path, named_backends) -> None:
             app("fine", [port_ok], [f"127.0.0.1:{named_backends[0].port}"]),
         ]
     }
-    proxy = Proxy(tmp_path, config)
+    proxy = relay_proxy(tmp_path, config, mode)
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"go")
@@ -285,7 +302,8 @@ def test_backend_reset_is_propagated(tmp_path: Path, named_backends) -> None:
     resetter.close()
 
 
-def test_client_reset_is_propagated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_client_reset_is_propagated(tmp_path: Path, mode: str) -> None:
     seen: list[str] = []
 
     def wait_for_reset(conn: socket.socket) -> None:
@@ -299,7 +317,7 @@ def test_client_reset_is_propagated(tmp_path: Path) -> None:
 
     backend = Backend(wait_for_reset)
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("client-resets", [port], [backend.address])]})
+    proxy = relay_proxy(tmp_path, {"Apps": [app("client-resets", [port], [backend.address])]}, mode)
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     assert sock.recv(5) == b"ready"
     reset(sock)
@@ -376,10 +394,11 @@ def test_sigint_stops_with_exit_0(tmp_path: Path, named_backends) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
-def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends, mode: str) -> None:
     (port,) = free_ports(1)
     target = f"127.0.0.1:{named_backends[0].port}"
-    proxy = Proxy(tmp_path, {"Apps": [app("idle", [port], [target], IdleTimeout=1)]})
+    proxy = relay_proxy(tmp_path, {"Apps": [app("idle", [port], [target], IdleTimeout=1)]}, mode)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert sock.recv(100) == b"backend-0\n"
         started = time.monotonic()
@@ -458,7 +477,16 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
+# The kernel's sockmap redirect has no backpressure, and pausing a socket under load loses
+# data (bpf/relay.c, "Known kernel limits"): the mode is opt-in until that is solved.
+SOCKMAP_NO_BACKPRESSURE = pytest.mark.xfail(
+    SOCKMAP_EXPECTED, strict=True, reason="sockmap redirect to egress has no backpressure"
+)
+
+
+@pytest.mark.parametrize(
+    "mode", ["splice", "copy", pytest.param("sockmap", marks=SOCKMAP_NO_BACKPRESSURE)]
+)
 def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
     """A backend that stops reading: the client soon cannot send more, and the
     proxy's memory does not grow with what the client tries to send."""
@@ -472,15 +500,17 @@ def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
 
     backend = Backend(stalled)
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("slow", [port], [backend.address])]}, "--relay", mode)
+    proxy = relay_proxy(tmp_path, {"Apps": [app("slow", [port], [backend.address])]}, mode)
     before = _rss_kib(proxy.pid)
     chunk = b"z" * (1 << 20)
     sent = 0
+    # Enough to fail, not so much that a relay without backpressure fills kernel memory.
+    cap = 128 << 20
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(1.0)
         deadline = time.monotonic() + 5
         try:
-            while time.monotonic() < deadline and sent < (1 << 30):
+            while time.monotonic() < deadline and sent < cap:
                 sent += sock.send(chunk)
         except TimeoutError:
             pass  # blocked: backpressure reached the client
@@ -493,11 +523,17 @@ def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
     backend.close()
 
 
-def test_counters_are_exact_in_process(named_backends) -> None:
-    """The relay API itself: per-app and per-target counters equal the traffic."""
-    from fastproxy import _relay
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_counters_are_exact_in_process(named_backends, mode: str) -> None:
+    """The relay API itself: per-app and per-target counters equal the traffic (for
+    sockmap: what the BPF program counted), and sockmap leaves its maps empty."""
+    from fastproxy import _relay, sockmap_relay
+    from fastproxy.steering.bpfsys import map_keys
 
     relay = _relay.Relay(workers=2)
+    program = sockmap_relay.attach(relay) if mode == "sockmap" else None
+    if mode == "sockmap" and SOCKMAP_EXPECTED:
+        assert program is not None and relay.sockmap
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -530,19 +566,33 @@ def test_counters_are_exact_in_process(named_backends) -> None:
         # Round robin starts half of the clients on the dead target; each fails over.
         assert dead_stats["connect_failures"] == 5 and dead_stats["connections"] == 0
         assert relay.connections() == 0
+        if program is not None:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as live:
+                assert live.recv(100) == b"backend-0\n"  # the relay is up to the target
+                live.sendall(b"ping")
+                assert live.recv(100) == b"ping"
+                # Both sockets are the kernel's: paired in the maps.
+                assert len(list(map_keys(program.fds["peers"], 8))) == 2
+            deadline = time.monotonic() + 5
+            while relay.connections() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for name in ("socks", "sources", "peers"):
+                assert list(map_keys(program.fds[name], 8)) == [], f"{name} not emptied"
     finally:
         relay.remove_listener(listener.fileno())
         listener.close()
         relay.stop()
+        if program is not None:
+            program.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
+@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
 def test_data_and_fin_arriving_together(tmp_path: Path, mode: str, named_backends) -> None:
     """A FIN that lands in the same read as the last bytes raises no later event:
     the relay must still pass it on (both modes, many times over)."""
     (port,) = free_ports(1)
     target = f"127.0.0.1:{named_backends[0].port}"
-    proxy = Proxy(tmp_path, {"Apps": [app("fin", [port], [target])]}, "--relay", mode)
+    proxy = relay_proxy(tmp_path, {"Apps": [app("fin", [port], [target])]}, mode)
     for i in range(200):
         payload = os.urandom(1 + i * 97)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -575,7 +625,8 @@ def test_urgent_data_neither_stalls_nor_truncates(tmp_path: Path, mode: str) -> 
     echo.backend.close()
 
 
-def test_reset_after_half_close_is_propagated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+def test_reset_after_half_close_is_propagated(tmp_path: Path, mode: str) -> None:
     """The client sent its FIN, then resets while the backend is still quiet: the
     backend must learn of it without having to write first."""
     outcome: list[str] = []
@@ -596,7 +647,7 @@ def test_reset_after_half_close_is_propagated(tmp_path: Path) -> None:
 
     backend = Backend(patient)
     (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("hc", [port], [backend.address])]})
+    proxy = relay_proxy(tmp_path, {"Apps": [app("hc", [port], [backend.address])]}, mode)
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(b"question")
     sock.shutdown(socket.SHUT_WR)
