@@ -19,7 +19,8 @@ from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
 DIRECT = "direct"
 BPF = "fastproxy-splice-bpf"
 PEERS = (*HAPROXY_MODES, "nginx-stream", "asyncio", "uvloop")
-OURS = ("fastproxy-copy", "fastproxy-splice", BPF)
+SOCKMAP = "fastproxy-sockmap"  # Relay: sockmap, the kernel relaying (opt-in)
+OURS = ("fastproxy-copy", "fastproxy-splice", BPF, SOCKMAP)
 # Table order: the limit, the peers, then ours.
 CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
@@ -133,11 +134,14 @@ def start_proxy(
     elif name in ("asyncio", "uvloop"):
         proxy = _start_pyproxy(routes, workdir, uvloop=name == "uvloop")
     else:
-        relay = "copy" if name == "fastproxy-copy" else "splice"
+        relay = {"fastproxy-copy": "copy", SOCKMAP: "sockmap"}.get(name, "splice")
         steering = "bpf" if name == BPF else "ports"
         apps = {f"app{i}": ([front], backends) for i, (front, backends) in enumerate(routes)}
         config = fastproxy_config(apps, steering, workers=workers)
         proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus)
+        if name == SOCKMAP and "relay=sockmap" not in proxy.log():
+            proxy.stop()  # it fell back to splice: not the contender it claims to be
+            raise Unavailable("sockmap relay not loadable here (see its log line)")
     try:
         for front, _ in routes:
             if name == BPF:  # no socket listens by that port number: probe it
