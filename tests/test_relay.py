@@ -703,3 +703,26 @@ def test_out_of_descriptors_sheds_clients_and_recovers(tmp_path: Path, named_bac
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert proxy.stop() == 0
+
+
+def test_sockmap_falls_back_to_splice_with_one_log_line() -> None:
+    """Where the kernel relay cannot load (here: not root), the relay keeps splice and
+    one warning says why."""
+    import subprocess
+    import sys
+
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = (
+        "import logging; logging.basicConfig(format='%(message)s');"
+        "from fastproxy import _relay, sockmap_relay;"
+        "relay = _relay.Relay(); print(sockmap_relay.attach(relay), relay.sockmap, relay.splice)"
+    )
+    run = subprocess.run(
+        [*(drop if os.geteuid() == 0 else []), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout.split() == ["None", "False", "True"], run.stdout + run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.strip()]
+    assert warnings == ["relay: sockmap unavailable (not root), relaying with splice"], warnings
