@@ -48,5 +48,6 @@ def transfer(
     if proxy_cpu is not None:
         figures["proxy_cpu_ms_per_gb"] = proxy_cpu * 1e3 / gb
     figures["shared_cpu_ms_per_gb"] = shared_cpu * 1e3 / gb
+    figures["all_cpu_ms_per_gb"] = meter.all_seconds * 1e3 / gb
     # The per-second intervals are long and add nothing to the totals: keep the end.
     return figures, json.dumps({"end": report["end"]})

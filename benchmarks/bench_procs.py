@@ -64,12 +64,13 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
-def cpu_busy_seconds(cpu: int) -> float:
+def cpu_busy_seconds(cpu: int | None) -> float:
     """All busy time of one CPU so far (user, nice, system, irq, softirq of its line in
-    /proc/stat), whichever task it was spent for."""
+    /proc/stat), whichever task it was spent for; of every CPU with `cpu` None."""
+    prefix = "cpu " if cpu is None else f"cpu{cpu} "
     with open("/proc/stat") as f:
         for line in f:
-            if line.startswith(f"cpu{cpu} "):
+            if line.startswith(prefix):
                 fields = [int(v) for v in line.split()[1:]]
                 return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / CLOCK_TICKS
     raise RuntimeError(f"no cpu{cpu} in /proc/stat")
@@ -79,16 +80,22 @@ class CpuMeter:
     """CPU spent over a run, two ways: the proxy process alone (utime+stime: what it
     is charged, which misses the kernel work it causes elsewhere), and all busy time of
     the CPU it shares with the server (the proxy's and the server's work, the kernel's
-    too: the robust one here, where loopback receive work lands on whoever runs)."""
+    too: the robust one here, where loopback receive work lands on whoever runs). And
+    all busy time of every CPU (`all_seconds`, client and server included): the one
+    that also sees kernel work moved to the client's CPU or to kernel threads (the
+    sockmap relay's), which the shared CPU misses."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.proxy = cpu_seconds(pid) if pid else 0.0
         self.shared = cpu_busy_seconds(SERVER_CPU)
+        self.all = cpu_busy_seconds(None)
+        self.all_seconds = 0.0
 
     def stop(self) -> tuple[float | None, float]:
         """(proxy seconds or None for the direct connection, shared CPU seconds)."""
         proxy = cpu_seconds(self.pid) - self.proxy if self.pid else None
+        self.all_seconds = cpu_busy_seconds(None) - self.all
         return proxy, cpu_busy_seconds(SERVER_CPU) - self.shared
 
 

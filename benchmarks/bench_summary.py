@@ -24,6 +24,7 @@ METRICS = {
     "time_wait": ("TIME_WAIT", False, 0),
     "proxy_cpu_ms_per_gb": ("proxy CPU ms/GB", False, 0),
     "shared_cpu_ms_per_gb": ("shared CPU ms/GB", False, 0),
+    "all_cpu_ms_per_gb": ("all CPUs ms/GB", False, 0),
     "proxy_cpu_us_per_req": ("proxy CPU µs/req", False, 1),
     "shared_cpu_us_per_req": ("shared CPU µs/req", False, 1),
     "total_b_per_conn": ("total B/conn", False, 0),
@@ -44,7 +45,7 @@ METRICS = {
 }
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {
-    "bulk-": ("gbit_per_s", "proxy_cpu_ms_per_gb", "shared_cpu_ms_per_gb"),
+    "bulk-": ("gbit_per_s", "proxy_cpu_ms_per_gb", "shared_cpu_ms_per_gb", "all_cpu_ms_per_gb"),
     "http-churn": ("rate", "errors"),
     "http-keepalive": ("rate", "p99_us", "shared_cpu_us_per_req"),
     "http-latency": ("p50_us", "p99_us"),

@@ -32,7 +32,10 @@ METHOD = """\
 - CPU per GB or per request, two ways: *proxy*: utime+stime of the proxy process
   (/proc/PID/stat); *shared*: all busy time of the CPU the proxy shares with the server
   (/proc/stat), which also counts the kernel work the proxy causes there (the robust one
-  on loopback, where receive work is charged to whoever runs).
+  on loopback, where receive work is charged to whoever runs); for bulk also *all
+  CPUs*: busy time of both CPUs (client and server included, the same for everyone),
+  which also sees kernel work that moves off the shared CPU (the sockmap relay's
+  redirects run in the sender's softirq and in kernel worker threads).
 - Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
   (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
   except in the workers case. All in a network namespace of its own (`make bench`).

@@ -66,9 +66,10 @@ def rows(cases: list[Case]) -> list[str]:
             add("1-stream bulk Gb/s", "≥ 1.2× best peer", *judged)
     for name in ("bulk-1stream", "bulk-4stream"):
         case = by.get(name)
-        judged = case and _vs_best_peer(case, "shared_cpu_ms_per_gb", 1.0)
-        if judged:
-            add(f"shared CPU ms/GB, {name}", "below every peer's", *judged)
+        for metric in ("shared_cpu_ms_per_gb", "all_cpu_ms_per_gb"):
+            judged = case and _vs_best_peer(case, metric, 1.0)
+            if judged:
+                add(f"{METRICS[metric][0]}, {name}", "below every peer's", *judged)
     for name, figure in (
         ("http-churn", "new connections/s"),
         ("http-keepalive", "keep-alive req/s"),

@@ -57,4 +57,9 @@ def attach(relay: _relay.Relay) -> Objects | None:
         log.warning("relay: sockmap unavailable (%s), relaying with splice", describe(exc))
         return None
     relay.use_sockmap(objects.fds["socks"], objects.fds["sources"], objects.fds["peers"])
+    # Said once at start, where the operator looks: the one promise this mode breaks.
+    log.warning(
+        "relay: sockmap has no backpressure: a peer that does not read lets the other"
+        " side fill kernel memory (see bpf/relay.c); use it only with trusted peers"
+    )
     return objects
