@@ -87,6 +87,13 @@ class HandDriven:
         self.run_until(lambda: len(self.connections()) == count)
         return clients
 
+    def relaying_pair(self, target_listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+        """One client and the target's end of its connection, relaying."""
+        (client,) = self.connect(1)
+        target, _ = target_listener.accept()
+        self.run_until(lambda: next(iter(self.connections().values()))["state"] == "relaying")
+        return client, target
+
     def exchange(self, sock: socket.socket, payload: bytes, timeout: float = 5.0) -> bytes:
         """Send, half-close, and read to EOF while stepping the worker."""
         sock.setblocking(False)
@@ -178,9 +185,7 @@ def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
         [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
     )
     try:
-        (client,) = relay.connect(1)
-        target, _ = target_listener.accept()
-        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client, target = relay.relaying_pair(target_listener)
         client.setblocking(False)
         target.setblocking(False)
         sent = hashlib.sha256()
@@ -327,9 +332,7 @@ def test_bytes_read_just_before_a_reset_are_counted_and_delivered() -> None:
     target_listener.listen(1)
     relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
     try:
-        (client,) = relay.connect(1)
-        target, _ = target_listener.accept()
-        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client, target = relay.relaying_pair(target_listener)
         payload = os.urandom(30000)
         client.sendall(payload)
         reset(client)
@@ -362,9 +365,7 @@ def test_out_of_descriptors_a_connection_still_ends() -> None:
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     fillers: list[int] = []
     try:
-        (client,) = relay.connect(1)
-        target, _ = target_listener.accept()
-        relay.run_until(lambda: next(iter(relay.connections().values()))["state"] == "relaying")
+        client, target = relay.relaying_pair(target_listener)
         client.setblocking(False)
         target.setblocking(False)
         # No descriptor left below a lowered limit: pipe2() fails with EMFILE.

@@ -50,6 +50,18 @@ def churned(n: int, port: int) -> list[tuple[str, int]]:
     return [(f"127.{(n >> 8) & 255}.{n & 255}.{i + 1}", port) for i in range(TARGETS)]
 
 
+def started_relay() -> tuple[_relay.Relay, socket.socket, int]:
+    """A running one-worker relay with a loopback listener: (relay, listener, port)."""
+    relay = _relay.Relay(workers=1)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    relay.add_listener(listener.fileno(), port)
+    relay.start()
+    return relay, listener, port
+
+
 def test_10000_reloads_replacing_every_target_hit_no_cap() -> None:
     relay = _relay.Relay(workers=1)
     relay.start()
@@ -88,13 +100,7 @@ def test_a_slot_is_reused_only_once_no_connection_counts_into_it(
     """A connection keeps counting into its target's slot after a reload dropped
     that target; the slot is zeroed and handed out again only once it has closed.
     The counters of an app and of a target that stay never go backwards."""
-    relay = _relay.Relay(workers=1)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    relay.add_listener(listener.fileno(), port)
-    relay.start()
+    relay, listener, port = started_relay()
     routes = Routes(relay)
     stable = ("127.0.0.1", backends[1].port)
     try:
@@ -219,13 +225,7 @@ def test_a_reused_slot_starts_with_fresh_health_state() -> None:
 def test_a_target_that_returns_keeps_its_counters(backends: list[NamedEchoServer]) -> None:
     """A reload that drops a target, then one that brings it back (a rolled-back
     reload does just that): its slot, counters and health state come back whole."""
-    relay = _relay.Relay(workers=1)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    relay.add_listener(listener.fileno(), port)
-    relay.start()
+    relay, listener, port = started_relay()
     routes = Routes(relay)
     try:
         first = config({"web": (port, [("127.0.0.1", backends[0].port)])})
