@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test faults lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test faults sockmap-duplicates lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -56,6 +56,12 @@ faults: setup
 	$(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
+# Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with
+# none of the relay's code running (scripts/sockmap_duplicates.py; root, about 4 minutes).
+sockmap-duplicates: setup
+	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' \
+		$(VENV)/bin/python scripts/sockmap_duplicates.py --rounds 40
+
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)
 

@@ -24,6 +24,14 @@
 // direction has reached the peer's send queue (only then may the FIN follow).
 //
 // Known kernel limits (Linux 6.18; found or checked while writing this):
+// - The redirect now and then sends one segment twice: one or two whole skbs (64 KiB each
+//   on loopback) come out again right after themselves, and the program's counter counts
+//   them twice, so the kernel ran the verdict twice on them. Seen in 12 of 160 streams of
+//   256 MiB each way with the sockets in an epoll set (registered with no events is
+//   enough; the relay needs epoll for FIN and reset) and in 1 of 130 without. No fastproxy
+//   code runs in between: scripts/sockmap_duplicates.py (`make sockmap-duplicates`) shows
+//   it with bare sockets. A relay that may corrupt a stream is not something to offer, so
+//   user space refuses this mode unless FASTPROXY_UNSAFE_SOCKMAP=1 (for measuring).
 // - No backpressure on redirect to egress: what the peer cannot send yet waits on its
 //   psock (ingress_skb list, sent by a kernel worker as room appears) without any limit,
 //   and is not charged to the receiving socket, so its window never closes. A peer that

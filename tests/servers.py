@@ -62,6 +62,23 @@ class HashingEcho:
         conn.shutdown(socket.SHUT_WR)
 
 
+class RecordingEcho:
+    """Echoes everything and keeps every byte it received, per connection."""
+
+    def __init__(self) -> None:
+        self.streams: list[bytes] = []
+        self.backend = Backend(self.handle)
+        self.address = self.backend.address
+
+    def handle(self, conn: socket.socket) -> None:
+        stream = bytearray()
+        while data := conn.recv(1 << 20):
+            stream += data
+            conn.sendall(data)
+        self.streams.append(bytes(stream))  # before the FIN: the client checks after it
+        conn.shutdown(socket.SHUT_WR)
+
+
 def reset(conn: socket.socket) -> None:
     """Close with RST instead of FIN."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -30,20 +30,29 @@ def collected(env: dict[str, str]) -> set[str]:
     return {line for line in out.stdout.splitlines() if "::" in line}
 
 
+def failures(stdout: str) -> str:
+    """What failed and why: the FAILURES section and the short summary, not the timing
+    tables pytest-benchmark prints after them (CI shows only the assertion's text)."""
+    head, sep, rest = stdout.partition("= FAILURES =")
+    failed = sep + rest.split("benchmark '", 1)[0] if sep else ""
+    summary = stdout[stdout.find("short test summary info") :] if failed else stdout
+    return failed[-6000:] + "\n" + summary[-3000:]
+
+
 @pytest.mark.timeout(400)
 def test_every_benchmark_produces_figures(tmp_path: Path) -> None:
     results = tmp_path / "results"
     env = {**os.environ, "BENCH_SMOKE": "1", "BENCH_RESULTS_DIR": str(results)}
     run = subprocess.run(
         [*UNSHARE, "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *PYTEST]
-        + ["-q", "-rs", "benchmarks", f"--benchmark-json={tmp_path / 'smoke.json'}"],
+        + ["-q", "-rfEs", "benchmarks", f"--benchmark-json={tmp_path / 'smoke.json'}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=380,
     )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, failures(run.stdout) + run.stderr[-2000:]
     assert "SKIPPED" not in run.stdout, run.stdout[-4000:]
     benchmarks = json.loads((tmp_path / "smoke.json").read_text())["benchmarks"]
     produced = {b["fullname"].rsplit("::", 1)[0] for b in benchmarks}

@@ -3,7 +3,13 @@ same way), attached as the verdict of its sockhash and handed to the relay, whos
 put each established connection's two sockets in it (relay/sockmap.pxi).
 
 Where the kernel cannot do it (not root, no bcc, the verifier or the attach refuses), the
-relay stays with splice, and one log line says why."""
+relay stays with splice, and one log line says why.
+
+It is also refused unless FASTPROXY_UNSAFE_SOCKMAP=1: on the kernels we have (6.18) the
+redirect now and then hands the same skb to the program twice, so a whole segment is sent
+twice and the stream is corrupted, with no fastproxy code running (more often when the
+socket is in an epoll set, as the relay's must be: scripts/sockmap_duplicates.py).
+A relay that may duplicate bytes must not carry traffic; the switch is for measuring."""
 
 from __future__ import annotations
 
@@ -19,8 +25,17 @@ from .steering.loader import RELAY, Objects, load_program
 log = logging.getLogger("fastproxy")
 
 
+UNSAFE_SWITCH = "FASTPROXY_UNSAFE_SOCKMAP"
+KERNEL_DUPLICATES = (
+    "the kernel's sk_skb redirect sometimes sends a segment twice, corrupting the stream;"
+    f" {UNSAFE_SWITCH}=1 runs it anyway, for measuring only"
+)
+
+
 def _unavailable() -> str | None:
     """Why the program cannot be loaded here, if it cannot (before trying)."""
+    if os.environ.get(UNSAFE_SWITCH) != "1":
+        return KERNEL_DUPLICATES
     if os.geteuid() != 0:
         return "not root"
     if importlib.util.find_spec("bcc") is None:
@@ -59,7 +74,8 @@ def attach(relay: _relay.Relay) -> Objects | None:
     relay.use_sockmap(objects.fds["socks"], objects.fds["sources"], objects.fds["peers"])
     # Said once at start, where the operator looks: the one promise this mode breaks.
     log.warning(
-        "relay: sockmap has no backpressure: a peer that does not read lets the other"
-        " side fill kernel memory (see bpf/relay.c); use it only with trusted peers"
+        "relay: sockmap runs because %s=1: the kernel may send a segment twice (corrupting"
+        " the stream) and gives no backpressure (see bpf/relay.c); for measuring only",
+        UNSAFE_SWITCH,
     )
     return objects

@@ -18,6 +18,8 @@
 #   out of `sources` while bytes arrive loses data now and then (an skb whose verdict runs
 #   as the program is detached is dropped): a peer that never reads lets the other side
 #   push into kernel memory without bound. Hence opt-in.
+# - Intact bytes: NOT guaranteed by this kernel, which now and then sends a segment twice
+#   (bpf/relay.c). Hence refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (sockmap_relay.py).
 # - Idle timeout and bytes_in/bytes_out: from the counters, read when the idle timer
 #   fires, every SOCKMAP_SWEEP_MS, and at the end.
 # - Close: the sockets leave the maps (and their counters) just before they are closed.

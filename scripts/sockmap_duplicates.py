@@ -1,0 +1,125 @@
+"""Why `Relay: sockmap` is refused by default: the kernel's sk_skb redirect now and then
+sends one segment twice, with none of fastproxy's relay code running.
+
+Each round pairs two sockets in bpf/relay.c's maps exactly as the relay does (no worker,
+no epoll loop, no SO_RCVLOWAT), streams 256 MiB through an echo and compares the bytes.
+Rounds alternate between sockets nobody waits on and sockets registered in an epoll set
+with no events asked for (as the relay's are, to see FIN and reset), where it happens
+more often. Run as root in a network namespace of its own: `make sockmap-duplicates`.
+Prints one line per corrupted round and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+os.environ["FASTPROXY_UNSAFE_SOCKMAP"] = "1"  # this script exists to show why it is refused
+
+from fastproxy import sockmap_relay  # noqa: E402
+from fastproxy.steering.bpfsys import map_delete, map_update  # noqa: E402
+
+SO_COOKIE = 57
+SIZE = 256 << 20
+
+
+def echo_server() -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                while data := conn.recv(1 << 20):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def cookie(sock: socket.socket) -> bytes:
+    return sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+
+
+def one_round(fds: dict[str, int], front: socket.socket, backend: tuple, waiter: bool) -> str:
+    """'' when the bytes came back intact, else what differed."""
+    payload = os.urandom(SIZE)
+    client = socket.create_connection(front.getsockname())
+    near, _ = front.accept()
+    far = socket.create_connection(backend)
+    pair = [(near, far), (far, near)]
+    for sock, peer in pair:
+        map_update(fds["peers"], cookie(sock), cookie(peer) + struct.pack("Q", 0))
+    for sock, _ in pair:
+        map_update(fds["socks"], cookie(sock), struct.pack("I", sock.fileno()))
+    for sock, _ in pair:
+        map_update(fds["sources"], cookie(sock), struct.pack("I", sock.fileno()))
+    watcher = select.epoll()
+    if waiter:
+        for sock, _ in pair:
+            watcher.register(sock.fileno(), 0)
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < SIZE and (chunk := client.recv(1 << 20)):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    view = memoryview(payload)
+    for offset in range(0, SIZE, 1 << 20):
+        client.sendall(view[offset : offset + (1 << 20)])
+    reader.join(60)
+    time.sleep(0.05)  # anything extra still on its way
+    client.setblocking(False)
+    try:
+        got.extend(client.recv(1 << 22))
+    except BlockingIOError:
+        pass
+    watcher.close()
+    for name in ("sources", "socks", "peers"):
+        for sock, _ in pair:
+            map_delete(fds[name], cookie(sock))
+    for sock in (client, near, far):
+        sock.close()
+    if bytes(got) == payload:
+        return ""
+    first = next(i for i in range(min(len(got), SIZE)) if got[i] != payload[i])
+    again = payload.rfind(bytes(got[first : first + 64]), 0, first + 63)
+    replay = f", bytes {again}..{first} sent twice" if 0 <= again < first else ""
+    return f"{len(got) - SIZE:+d} bytes, first difference at {first}{replay}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of each kind")
+    args = parser.parse_args()
+    objects = sockmap_relay.load()
+    front = socket.socket()
+    front.bind(("127.0.0.1", 0))
+    front.listen()
+    backend = echo_server().getsockname()
+    failed = {False: 0, True: 0}
+    for n in range(args.rounds * 2):
+        waiter = bool(n % 2)
+        what = one_round(objects.fds, front, backend, waiter)
+        if what:
+            failed[waiter] += 1
+            print(f"round {n} ({'epoll waiter' if waiter else 'no waiter'}): {what}", flush=True)
+    objects.close()
+    print(
+        f"{os.uname().release}: corrupted {failed[True]} of {args.rounds} rounds with an epoll"
+        f" waiter, {failed[False]} of {args.rounds} without ({SIZE >> 20} MiB each way each)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
