@@ -36,10 +36,10 @@ METHOD = """\
   CPUs*: busy time of both CPUs (client and server included, the same for everyone),
   which also sees kernel work that moves off the shared CPU (the sockmap relay's
   redirects run in the sender's softirq and in kernel worker threads).
-- `fastproxy-sockmap` (`Relay: sockmap`) is measured with FASTPROXY_UNSAFE_SOCKMAP=1:
-  the mode is refused otherwise, because this kernel's sk_skb redirect sometimes sends
-  a segment twice (`make sockmap-duplicates`). Its figures show what the kernel path
-  costs, not a mode to run.
+- `fastproxy-sockmap` (`Relay: sockmap`): the kernel relaying. Since 941ce88 the mode
+  is refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks set it), because this
+  kernel's sk_skb redirect sometimes sends a segment twice (`make sockmap-duplicates`).
+  Its figures show what the kernel path costs, not a mode to run.
 - Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
   (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
   except in the workers case. All in a network namespace of its own (`make bench`).
