@@ -106,3 +106,42 @@ def test_handed_over_clients_carry_their_bytes(tmp_path: Path) -> None:
         s.close()
     assert proxy.stop() == 0
     server.close()
+
+
+@pytest.mark.parametrize("handoff", [False, True])
+def test_a_listener_of_one_worker_and_the_handoff_switch(handoff: bool) -> None:
+    """The relay API that benchmarks/spread.py compares layouts with: a listener given to
+    one worker is accepted on by that worker alone, which keeps every client unless the
+    hand-off passes some on."""
+    from fastproxy import _relay
+
+    server = NamedEchoServer("one")
+    relay = _relay.Relay(workers=2, handoff=handoff)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+    port = listener.getsockname()[1]
+    target = (socket.AF_INET, "127.0.0.1", server.port, 1, _relay.TARGET_UP, 1, False)
+    relay.set_app(0, app_slot=0, targets=[target])
+    relay.set_port(port, 0)
+    with pytest.raises(ValueError, match="no worker 2"):
+        relay.add_listener(listener.fileno(), port, worker=2)
+    relay.add_listener(listener.fileno(), port, worker=1)
+    relay.start()
+    try:
+        socks = open_burst(port, 40)
+        deadline = time.monotonic() + 10
+        while sum(per_worker := relay.worker_connections()) != 40:
+            assert time.monotonic() < deadline, per_worker
+            time.sleep(0.01)
+        if handoff:
+            assert min(per_worker) >= 15, per_worker
+        else:
+            assert per_worker == [0, 40], per_worker
+        for s in socks:
+            s.close()
+    finally:
+        relay.remove_listener(listener.fileno())
+        listener.close()
+        relay.stop()
+        server.close()

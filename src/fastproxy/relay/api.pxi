@@ -97,7 +97,7 @@ cdef class Relay:
     cdef list _retired          # (address, is_sni, workers' epochs) of replaced tables
 
     def __cinit__(self, *, int workers=1, bint splice=True, int pipe_size=0,
-                  int buffer_size=65536):
+                  int buffer_size=65536, bint handoff=True):
         cdef int i
         cdef int fds[2]
         cdef fp_worker* w
@@ -110,6 +110,7 @@ cdef class Relay:
             raise MemoryError()
         pthread_mutex_init(&self.r.lock, NULL)
         self.r.use_splice = splice
+        self.r.handoff = handoff
         self.r.pipe_size = pipe_size
         self.r.apps = <fp_route**>calloc(MAX_APPS, sizeof(fp_route*))
         self.r.port_app = <int*>malloc(65536 * sizeof(int))
@@ -349,14 +350,18 @@ cdef class Relay:
 
     # -- listeners ------------------------------------------------------------
 
-    def add_listener(self, int fd, int port=0):
+    def add_listener(self, int fd, int port=0, int worker=-1):
         """Accept on a listening socket. port: the port it is bound to (ports
         steering); 0 when connections are steered to it, so the app is found from
-        each connection's local port. The caller keeps owning the fd."""
+        each connection's local port. worker: -1, every worker waits on it (one woken
+        per arrival); else only that one (a socket of a SO_REUSEPORT group per
+        worker, as benchmarks/reuseport.py compares). The caller keeps owning the fd."""
         cdef fp_listener* l
         cdef int i, flags
         if fd in self._listeners:
             raise ValueError(f"fd {fd} is already a listener")
+        if not -1 <= worker < self.r.nworkers:
+            raise ValueError(f"no worker {worker}")
         # Several workers race for each connection: the loser must get EAGAIN.
         flags = fcntl(fd, F_GETFL)
         if flags < 0 or fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
@@ -368,6 +373,8 @@ cdef class Relay:
         l.fd = fd
         l.port = port
         for i in range(self.r.nworkers):
+            if worker >= 0 and i != worker:
+                continue
             try:
                 self._epoll_add(&self.r.workers[i], fd, EPOLLIN | EPOLLEXCLUSIVE, l)
             except OSError:

@@ -18,7 +18,7 @@ cdef bint hand_off(fp_worker* w, int fd, int port, sockaddr_storage* peer) noexc
     cdef int i, load, best_load = w.nconns - 1
     cdef bint first
     cdef uint64_t one = 1
-    if r.nworkers < 2:
+    if r.nworkers < 2 or not r.handoff:
         return False
     for i in range(r.nworkers):
         other = &r.workers[i]

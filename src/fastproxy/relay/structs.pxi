@@ -326,6 +326,7 @@ cdef struct fp_relay:
     int nworkers
     fp_worker* workers
     bint use_splice
+    bint handoff                # pass clients to less loaded workers (handoff.pxi)
     size_t chan_cap             # bytes a channel may hold: pipe or buffer size
     int pipe_size               # F_SETPIPE_SZ value, 0 = kernel default
     pthread_mutex_t lock        # guards apps[] swaps and the listener list
