@@ -31,12 +31,14 @@ def collected(env: dict[str, str]) -> set[str]:
 
 
 def failures(stdout: str) -> str:
-    """What failed and why: the FAILURES section and the short summary, not the timing
-    tables pytest-benchmark prints after them (CI shows only the assertion's text)."""
+    """What failed and why: every exception line of the FAILURES section and the short
+    summary, not the timing tables pytest-benchmark prints (CI shows only this text)."""
     head, sep, rest = stdout.partition("= FAILURES =")
-    failed = sep + rest.split("benchmark '", 1)[0] if sep else ""
-    summary = stdout[stdout.find("short test summary info") :] if failed else stdout
-    return failed[-6000:] + "\n" + summary[-3000:]
+    if not sep:
+        return stdout[-4000:]
+    errors = [line for line in rest.splitlines() if line.startswith("E  ") and "Error" in line]
+    summary = rest[rest.find("short test summary info") :]
+    return "\n".join(errors[-40:]) + "\n" + summary[-3000:]
 
 
 @pytest.mark.timeout(400)
