@@ -7,6 +7,7 @@ the test chooses when each event batch runs and may add chosen events to it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -220,6 +221,75 @@ def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
                 break  # a reset would raise here: also allowed, but not a short clean end
             received.update(chunk)
         assert received.hexdigest() == sent.hexdigest(), "a clean FIN after a truncated stream"
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
+    """splice-auto: small messages have the direction on its buffer, and the target has
+    stopped taking bytes, so some are held. A burst then fills the buffer (bulk): the
+    direction may move to a pipe only once the held bytes are out, or the pipe's bytes
+    would overtake them."""
+    target_listener = socket.socket()
+    target_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    try:
+        client, target = relay.relaying_pair(target_listener)
+        client.setblocking(False)
+        target.setblocking(False)
+        sent = hashlib.sha256()
+        # Small messages, one per step (the buffer never fills), until the target's side
+        # takes no more and the relay holds some.
+        deadline = time.monotonic() + 10
+        while True:
+            conn = next(iter(relay.connections().values()))
+            if not conn["srv_writable"] and conn["up"]:
+                break
+            assert time.monotonic() < deadline, conn
+            chunk = os.urandom(1000)
+            client.sendall(chunk)
+            sent.update(chunk)
+            relay.step(0)
+        burst = os.urandom(256 << 10)  # fills the buffer in one read: bulk
+        client.setblocking(True)
+        client.settimeout(0.05)
+        view = memoryview(burst)
+        taken = 0
+        with contextlib.suppress(TimeoutError):
+            while taken < len(burst):
+                taken += client.send(view[taken:])
+        sent.update(burst[:taken])
+        relay.step()
+        received = hashlib.sha256()
+        client.setblocking(False)
+        rest = view[taken:]
+        ended = False
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "the stream stalled"
+            relay.step(1)
+            if rest:
+                with contextlib.suppress(BlockingIOError):
+                    n = client.send(rest)
+                    sent.update(rest[:n])
+                    rest = rest[n:]
+            elif not ended:
+                client.shutdown(socket.SHUT_WR)
+                ended = True
+            try:
+                chunk = target.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            received.update(chunk)
+        assert received.hexdigest() == sent.hexdigest(), "bytes out of order or lost"
         client.close()
         target.close()
         relay.assert_nothing_held()
