@@ -4,6 +4,7 @@ less loaded worker (relay/handoff.pxi)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -144,4 +145,47 @@ def test_a_listener_of_one_worker_and_the_handoff_switch(handoff: bool) -> None:
         relay.remove_listener(listener.fileno())
         listener.close()
         relay.stop()
+        server.close()
+
+
+def test_clients_still_in_an_inbox_at_stop_are_reset() -> None:
+    """A client handed to a worker that stops before taking it is closed with a reset
+    by stop(), not left open for ever. Hand-driven: worker 0 runs from this thread and
+    worker 1 never runs, so the third client stays in worker 1's inbox."""
+    from fastproxy import _relay
+
+    server = NamedEchoServer("kept")
+    relay = _relay.Relay(workers=2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    target = (socket.AF_INET, "127.0.0.1", server.port, 1, _relay.TARGET_UP, 1, False)
+    relay.set_app(0, app_slot=0, targets=[target])
+    relay.set_port(port, 0)
+    relay.add_listener(listener.fileno(), port)
+    try:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while relay.worker_connections() != [2, 0] or len(_relay.harness_connections(relay)) != 2:
+            assert time.monotonic() < deadline, relay.worker_connections()
+            _relay.harness_step(relay, 10)
+        for client in clients[:2]:  # worker 0 relays its two
+            client.setblocking(False)
+        deadline = time.monotonic() + 5
+        greeted = 0
+        while greeted < 2:
+            assert time.monotonic() < deadline, "worker 0 did not relay its clients"
+            _relay.harness_step(relay, 10)
+            for client in clients[:2]:
+                with contextlib.suppress(BlockingIOError):
+                    greeted += client.recv(64) == b"kept\n"
+        relay.stop()
+        with pytest.raises(ConnectionResetError):
+            clients[2].recv(64)
+        for client in clients:
+            client.close()
+    finally:
+        relay.remove_listener(listener.fileno())
+        listener.close()
         server.close()
