@@ -21,7 +21,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench_config import RAW_DIR, REPS
-from bench_summary import is_peer
+from bench_contenders import PEERS
 
 # One round of one contender: its figures, and the raw output of the tool that made them.
 Measure = Callable[[str], tuple[dict[str, float], str]]
@@ -110,8 +110,9 @@ def run_series(
             except Exception as exc:
                 # A peer's round that fails (a tool's own hiccup: iperf3 through the
                 # asyncio proxy once lost its control connection on a busy machine) gets
-                # one more try, written down in the raw output; fastproxy's never does.
-                if not is_peer(name) or name in retried:
+                # one more try, written down in the raw output. Only the named peers:
+                # never fastproxy, direct, or a case's own variants.
+                if name not in PEERS or name in retried:
                     raise
                 retried[name] = repr(exc)
                 line["retried_after"] = repr(exc)

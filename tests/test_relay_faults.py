@@ -267,6 +267,7 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
         sent.update(burst[:taken])
         relay.step()
         received = hashlib.sha256()
+        bulk_while_held = 0  # steps that found the state this test is about
         client.setblocking(False)
         rest = view[taken:]
         ended = False
@@ -274,6 +275,8 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
         while True:
             assert time.monotonic() < deadline, "the stream stalled"
             relay.step(1)
+            for conn in relay.connections().values():
+                bulk_while_held += conn["up_bulk"] and conn["up"] > 0 and not conn["up_piped"]
             if rest:
                 with contextlib.suppress(BlockingIOError):
                     n = client.send(rest)
@@ -290,6 +293,7 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
                 break
             received.update(chunk)
         assert received.hexdigest() == sent.hexdigest(), "bytes out of order or lost"
+        assert bulk_while_held, "never saw bulk detected while bytes were held"
         client.close()
         target.close()
         relay.assert_nothing_held()

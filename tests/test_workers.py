@@ -167,8 +167,11 @@ def test_clients_still_in_an_inbox_at_stop_are_reset() -> None:
     try:
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
         deadline = time.monotonic() + 5
-        while relay.worker_connections() != [2, 0] or len(_relay.harness_connections(relay)) != 2:
-            assert time.monotonic() < deadline, relay.worker_connections()
+        while relay.worker_connections() != [2, 0] or _relay.harness_inbox(relay) != [0, 1]:
+            assert time.monotonic() < deadline, (
+                relay.worker_connections(),
+                _relay.harness_inbox(relay),
+            )
             _relay.harness_step(relay, 10)
         for client in clients[:2]:  # worker 0 relays its two
             client.setblocking(False)

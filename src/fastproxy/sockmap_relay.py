@@ -34,8 +34,6 @@ KERNEL_DUPLICATES = (
 
 def _unavailable() -> str | None:
     """Why the program cannot be loaded here, if it cannot (before trying)."""
-    if os.environ.get(UNSAFE_SWITCH) != "1":
-        return KERNEL_DUPLICATES
     if os.geteuid() != 0:
         return "not root"
     if importlib.util.find_spec("bcc") is None:
@@ -63,6 +61,9 @@ def load() -> Objects:
 def attach(relay: _relay.Relay) -> Objects | None:
     """Make `relay` hand established connections to the kernel; the objects returned
     must stay open while it runs. None (and one log line) when it relays with splice."""
+    if os.environ.get(UNSAFE_SWITCH) != "1":
+        log.warning("relay: sockmap refused (%s), relaying with splice", KERNEL_DUPLICATES)
+        return None
     try:
         objects = load()
     except SteeringUnavailable as exc:

@@ -355,7 +355,7 @@ cdef class Relay:
         steering); 0 when connections are steered to it, so the app is found from
         each connection's local port. worker: -1, every worker waits on it (one woken
         per arrival); else only that one (a socket of a SO_REUSEPORT group per
-        worker, as benchmarks/reuseport.py compares). The caller keeps owning the fd."""
+        worker, as benchmarks/spread.py compares). The caller keeps owning the fd."""
         cdef fp_listener* l
         cdef int i, flags
         if fd in self._listeners:

@@ -70,10 +70,18 @@ def harness_connections(Relay relay):
             "client_port": ntohs((<sockaddr_in*>&c.peer).sin_port),
             "up": c.up.len,
             "down": c.down.len,
+            "up_bulk": bool(c.up.bulk),       # splice-auto: the direction carries bulk
+            "up_piped": bool(c.up.piped),     # and its bytes go through a pipe
             "srv_writable": bool(c.srv.writable),
         })
         c = c.next
     return found
+
+
+def harness_inbox(Relay relay):
+    """How many handed clients wait in each worker's inbox (handoff.pxi)."""
+    cdef int i
+    return [fp_load_int(&relay.r.workers[i].handed) for i in range(relay.r.nworkers)]
 
 
 def harness_held(Relay relay):
