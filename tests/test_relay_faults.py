@@ -41,6 +41,15 @@ def named_backends() -> Iterator[list[NamedEchoServer]]:
         server.close()
 
 
+def small_window_listener() -> socket.socket:
+    """A target's listening socket whose connections take few bytes before they stop."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: a small window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    return listener
+
+
 class HandDriven:
     """A relay with one app on one listening port, whose worker runs only when the
     test says so."""
@@ -94,6 +103,27 @@ class HandDriven:
         target, _ = target_listener.accept()
         self.run_until(lambda: next(iter(self.connections().values()))["state"] == "relaying")
         return client, target
+
+    def held_for_a_full_target(
+        self, target_listener: socket.socket
+    ) -> tuple[socket.socket, socket.socket, hashlib._Hash]:
+        """A relaying pair (both ends non-blocking) fed small messages, one per step
+        (a direction's buffer never fills), until the target takes no more and the
+        relay holds bytes for it; with the hash of what the client sent."""
+        client, target = self.relaying_pair(target_listener)
+        client.setblocking(False)
+        target.setblocking(False)
+        sent = hashlib.sha256()
+        deadline = time.monotonic() + 10
+        while True:
+            conn = next(iter(self.connections().values()))
+            if not conn["srv_writable"] and conn["up"]:
+                return client, target, sent
+            assert time.monotonic() < deadline, conn
+            chunk = os.urandom(1000)
+            client.sendall(chunk)
+            sent.update(chunk)
+            self.step(0)
 
     def exchange(self, sock: socket.socket, payload: bytes, timeout: float = 5.0) -> bytes:
         """Send, half-close, and read to EOF while stepping the worker."""
@@ -177,30 +207,12 @@ def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
     """The client's urgent byte and FIN arrive while the relay still holds bytes for
     a target that is not reading: splice() says 0 at the mark, which is not the end
     of the stream. Every byte after the mark must arrive, then the FIN."""
-    target_listener = socket.socket()
-    # A small window, so that the target stops taking bytes soon.
-    target_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    target_listener.bind(("127.0.0.1", 0))
-    target_listener.listen(1)
+    target_listener = small_window_listener()
     relay = HandDriven(
         [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
     )
     try:
-        client, target = relay.relaying_pair(target_listener)
-        client.setblocking(False)
-        target.setblocking(False)
-        sent = hashlib.sha256()
-        # Feed the target until it takes no more while the relay still holds bytes.
-        deadline = time.monotonic() + 10
-        while True:
-            conn = next(iter(relay.connections().values()))
-            if not conn["srv_writable"] and conn["up"]:
-                break
-            assert time.monotonic() < deadline, conn
-            chunk = os.urandom(1000)
-            client.sendall(chunk)
-            sent.update(chunk)
-            relay.step(0)
+        client, target, sent = relay.held_for_a_full_target(target_listener)
         client.sendall(b"A" * 100)
         client.send(b"U", socket.MSG_OOB)  # dropped, as by most proxies
         client.sendall(b"B" * 100)
@@ -234,28 +246,10 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
     stopped taking bytes, so some are held. A burst then fills the buffer (bulk): the
     direction may move to a pipe only once the held bytes are out, or the pipe's bytes
     would overtake them."""
-    target_listener = socket.socket()
-    target_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
-    target_listener.bind(("127.0.0.1", 0))
-    target_listener.listen(1)
+    target_listener = small_window_listener()
     relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
     try:
-        client, target = relay.relaying_pair(target_listener)
-        client.setblocking(False)
-        target.setblocking(False)
-        sent = hashlib.sha256()
-        # Small messages, one per step (the buffer never fills), until the target's side
-        # takes no more and the relay holds some.
-        deadline = time.monotonic() + 10
-        while True:
-            conn = next(iter(relay.connections().values()))
-            if not conn["srv_writable"] and conn["up"]:
-                break
-            assert time.monotonic() < deadline, conn
-            chunk = os.urandom(1000)
-            client.sendall(chunk)
-            sent.update(chunk)
-            relay.step(0)
+        client, target, sent = relay.held_for_a_full_target(target_listener)
         burst = os.urandom(256 << 10)  # fills the buffer in one read: bulk
         client.setblocking(True)
         client.settimeout(0.05)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy import netns
+from fastproxy import _relay, netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
 
@@ -109,15 +109,8 @@ def test_handed_over_clients_carry_their_bytes(tmp_path: Path) -> None:
     server.close()
 
 
-@pytest.mark.parametrize("handoff", [False, True])
-def test_a_listener_of_one_worker_and_the_handoff_switch(handoff: bool) -> None:
-    """The relay API that benchmarks/spread.py compares layouts with: a listener given to
-    one worker is accepted on by that worker alone, which keeps every client unless the
-    hand-off passes some on."""
-    from fastproxy import _relay
-
-    server = NamedEchoServer("one")
-    relay = _relay.Relay(workers=2, handoff=handoff)
+def one_app_one_port(relay: _relay.Relay, server: NamedEchoServer) -> tuple[socket.socket, int]:
+    """Route a new listening socket's port to `server` (the caller adds the listener)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(256)
@@ -125,6 +118,17 @@ def test_a_listener_of_one_worker_and_the_handoff_switch(handoff: bool) -> None:
     target = (socket.AF_INET, "127.0.0.1", server.port, 1, _relay.TARGET_UP, 1, False)
     relay.set_app(0, app_slot=0, targets=[target])
     relay.set_port(port, 0)
+    return listener, port
+
+
+@pytest.mark.parametrize("handoff", [False, True])
+def test_a_listener_of_one_worker_and_the_handoff_switch(handoff: bool) -> None:
+    """The relay API that benchmarks/spread.py compares layouts with: a listener given to
+    one worker is accepted on by that worker alone, which keeps every client unless the
+    hand-off passes some on."""
+    server = NamedEchoServer("one")
+    relay = _relay.Relay(workers=2, handoff=handoff)
+    listener, port = one_app_one_port(relay, server)
     with pytest.raises(ValueError, match="no worker 2"):
         relay.add_listener(listener.fileno(), port, worker=2)
     relay.add_listener(listener.fileno(), port, worker=1)
@@ -152,17 +156,9 @@ def test_clients_still_in_an_inbox_at_stop_are_reset() -> None:
     """A client handed to a worker that stops before taking it is closed with a reset
     by stop(), not left open for ever. Hand-driven: worker 0 runs from this thread and
     worker 1 never runs, so the third client stays in worker 1's inbox."""
-    from fastproxy import _relay
-
     server = NamedEchoServer("kept")
     relay = _relay.Relay(workers=2)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    target = (socket.AF_INET, "127.0.0.1", server.port, 1, _relay.TARGET_UP, 1, False)
-    relay.set_app(0, app_slot=0, targets=[target])
-    relay.set_port(port, 0)
+    listener, port = one_app_one_port(relay, server)
     relay.add_listener(listener.fileno(), port)
     try:
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
