@@ -7,7 +7,7 @@ import hashlib
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class Backend:
@@ -96,3 +96,22 @@ def talk(port: int, payload: bytes, host: str = "127.0.0.1", source: str | None 
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def send_and_read_back(
+    port: int, chunks: Iterable[bytes], received: Callable[[bytes], object]
+) -> None:
+    """One client: send every chunk and half-close, while a thread hands every chunk
+    that comes back to `received`, until the end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            while chunk := sock.recv(1 << 20):
+                received(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        for chunk in chunks:
+            sock.sendall(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(120)

@@ -18,13 +18,14 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
-from servers import HashingEcho
+from servers import HashingEcho, send_and_read_back
 
 LORIS, TRICKLERS, BLOATERS = 1000, 200, 50
 RECONNECT = 0.5  # seconds before a shed client comes back (slowloris's own loop)
@@ -161,22 +162,19 @@ def stream_through(port: int, size: int, result: dict[str, object]) -> None:
     block = os.urandom(1 << 20)
     sent, received = hashlib.sha256(), hashlib.sha256()
     got = 0
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
 
-        def read() -> None:
-            nonlocal got
-            while chunk := sock.recv(1 << 20):
-                received.update(chunk)
-                got += len(chunk)
-
-        reader = threading.Thread(target=read)
-        reader.start()
+    def blocks() -> Iterator[bytes]:
         for _ in range(size // len(block)):
-            sock.sendall(block)
             sent.update(block)
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(60)
+            yield block
+
+    def took(chunk: bytes) -> None:
+        nonlocal got
+        received.update(chunk)
+        got += len(chunk)
+
+    started = time.monotonic()
+    send_and_read_back(port, blocks(), took)
     result.update(
         size=got,
         sent=sent.hexdigest(),

@@ -204,7 +204,7 @@ def test_an_edited_source_is_compiled_and_cached_beside_the_old(
     shutil.copy(loader._source_path() or "", edited)
     with edited.open("a") as f:
         f.write("// an edit\n")
-    monkeypatch.setattr(loader, "_source_path", lambda: str(edited))
+    monkeypatch.setattr(loader, "_source_path", lambda name="steer.c": str(edited))
     logged, _ = start()
     assert COMPILED in logged and HIT not in logged, logged
     assert len(entries(cache_dir)) == 2

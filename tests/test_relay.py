@@ -13,14 +13,14 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
-from servers import Backend, HashingEcho, RecordingEcho, reset, talk
+from servers import Backend, HashingEcho, RecordingEcho, reset, send_and_read_back, talk
 
 
 @pytest.fixture
@@ -60,22 +60,9 @@ def recv_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def stream_through(port: int, payload: bytes, received: Callable[[bytes], object]) -> None:
-    """Send `payload` in 1 MiB pieces and half-close, while a thread hands every chunk
-    that comes back to `received`, until the end."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-
-        def read() -> None:
-            while chunk := sock.recv(1 << 20):
-                received(chunk)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        view = memoryview(payload)
-        for offset in range(0, len(payload), 1 << 20):
-            sock.sendall(view[offset : offset + (1 << 20)])
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(120)
+def megabytes(payload: bytes) -> Iterator[memoryview]:
+    view = memoryview(payload)
+    return (view[offset : offset + (1 << 20)] for offset in range(0, len(payload), 1 << 20))
 
 
 REPLAY_MAX = 256 << 10  # seen: one or two skbs of 64 KiB
@@ -118,7 +105,7 @@ def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     payload = os.urandom(256 << 20)
     sent = hashlib.sha256(payload).hexdigest()
     received = hashlib.sha256()
-    stream_through(port, payload, received.update)
+    send_and_read_back(port, megabytes(payload), received.update)
     # Health checks connect and leave without a byte: only the client's stream counts.
     streams = [d for d in echo.digests if d != hashlib.sha256(b"").hexdigest()]
     assert streams == [sent], "the backend did not receive the client's bytes intact"
@@ -137,7 +124,7 @@ def sockmap_256mib_each_way(tmp_path: Path) -> None:
     proxy = relay_proxy(tmp_path, {"Apps": [app("bulk", [port], [echo.address])]}, "sockmap")
     payload = os.urandom(256 << 20)
     received = bytearray()
-    stream_through(port, payload, received.extend)
+    send_and_read_back(port, megabytes(payload), received.extend)
     streams = [stream for stream in echo.streams if stream]  # not the health checks
     assert len(streams) == 1, f"{len(streams)} streams reached the backend"
     there = kernel_replays(streams[0], payload)

@@ -536,7 +536,7 @@ def test_bpffs_is_mounted_when_absent(ns: Netns) -> None:
 def test_compile_error_is_one_line(ns: Netns, sockets, tmp_path, monkeypatch) -> None:
     broken = tmp_path / "steer.c"
     broken.write_text("int fastproxy_steer(struct bpf_sk_lookup *ctx) { return nope; }\n")
-    monkeypatch.setattr(loader, "_source_path", lambda: str(broken))
+    monkeypatch.setattr(loader, "_source_path", lambda name="steer.c": str(broken))
     with pytest.raises(SteeringUnavailable, match="cannot compile .*error") as info:
         Steering.attach([sockets()], [20000], pin_root=PIN_ROOT)
     assert "\n" not in str(info.value)

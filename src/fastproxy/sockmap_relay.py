@@ -24,7 +24,6 @@ from .steering.loader import RELAY, Objects, load_program
 
 log = logging.getLogger("fastproxy")
 
-
 UNSAFE_SWITCH = "FASTPROXY_UNSAFE_SOCKMAP"
 KERNEL_DUPLICATES = (
     "the kernel's sk_skb redirect sometimes sends a segment twice, corrupting the stream;"
@@ -44,8 +43,8 @@ def _unavailable() -> str | None:
 
 
 def load() -> Objects:
-    """The program and its maps, the program attached to `socks`. Raises
-    SteeringUnavailable with a one-line reason."""
+    """The program and its maps, the program attached to `sources` (the sockets whose
+    bytes it moves). Raises SteeringUnavailable with a one-line reason."""
     reason = _unavailable()
     if reason:
         raise SteeringUnavailable(reason)
@@ -73,7 +72,7 @@ def attach(relay: _relay.Relay) -> Objects | None:
         log.warning("relay: sockmap unavailable (%s), relaying with splice", describe(exc))
         return None
     relay.use_sockmap(objects.fds["socks"], objects.fds["sources"], objects.fds["peers"])
-    # Said once at start, where the operator looks: the one promise this mode breaks.
+    # Said once at start, where the operator looks: the promises this mode breaks.
     log.warning(
         "relay: sockmap runs because %s=1: the kernel may send a segment twice (corrupting"
         " the stream) and gives no backpressure (see bpf/relay.c); for measuring only",

@@ -138,7 +138,7 @@ _PACKAGE_PARENT = os.path.dirname(_PACKAGE)
 def load_program(program: Program = STEER) -> Objects:
     """The program and its maps, loaded: from the cache when it holds this program's
     bytecode for this kernel and bcc, else compiled by bcc (and then cached)."""
-    source = _source_path() if program is STEER else _source_path(program.source)
+    source = _source_path(program.source)
     if source is None:
         raise SteeringUnavailable(f"BPF source {program.source} not found")
     directory = cache.configured_dir()
