@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 
 from .backends import NamedEchoServer
 from .config import load_config
 from .server import Server
+from .signals import SignalInbox
 
 log = logging.getLogger("fastproxy")
 
@@ -57,11 +57,10 @@ def run_demo(config_path: str, *, connections: int) -> int:
         )
     port = config.apps[0].ports[0]
     print(f"demo: try it yourself: nc 127.0.0.1 {port}   (Ctrl-C stops the demo)")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+    # No Event.set in a handler: it could wait on a lock its own thread holds (signals.py).
+    with SignalInbox((signal.SIGINT, signal.SIGTERM)) as inbox:
+        while not inbox.wait(0.5):
+            pass
     server.stop_accepting()
     server.drain(2.0)
     server.close()

@@ -14,8 +14,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, _relay, sockmap_relay
@@ -34,7 +34,9 @@ from .privileges import drop_to, forbid_new_privileges, target
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
+from .signals import SignalInbox
 from .sources import ClusterOptions, ConfigSource, open_source
+from .watchdog import MainLoopWatchdog
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -127,6 +129,8 @@ class Server:
         self._maintenance = threading.Thread(
             target=self._maintain, name="fastproxy-dns", daemon=True
         )
+        # run()'s loop beats it; /healthz says so when the loop stops turning.
+        self.main_loop = MainLoopWatchdog()
 
     @functools.cached_property
     def registry(self) -> CollectorRegistry:
@@ -483,17 +487,22 @@ class Server:
                 self.admin.stop()  # the successor serves the endpoint on the same socket
                 self.admin = None
 
-    def drain(self, timeout: float, abort: threading.Event | None = None) -> bool:
-        """Wait for open connections to finish; False if some were still open."""
+    def drain(self, timeout: float, pause: Callable[[float], bool] | None = None) -> bool:
+        """Wait for open connections to finish; False if some were still open.
+        `pause(seconds)` sleeps between looks and returns True to stop waiting."""
         deadline = time.monotonic() + timeout
         while self.relay.connections() > 0:
-            if time.monotonic() >= deadline or (abort is not None and abort.is_set()):
+            if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.05)
+            if pause is None:
+                time.sleep(0.05)
+            elif pause(0.05):
+                return False
         return True
 
     def close(self) -> None:
         self.stop_accepting()
+        self.main_loop.stop()
         self.health.stop()
         if self.admin is not None:
             self.admin.stop()
@@ -520,6 +529,9 @@ class Server:
         front stops sending, and when a helper thread has died."""
         if self._stopping.is_set():
             return 503, "draining"
+        stuck = self.main_loop.stalled()
+        if stuck is not None:
+            return 503, f"main loop stuck for {stuck:.0f}s"
         helpers = {
             "health-check": self.health.alive(),
             "DNS": self._maintenance.is_alive(),
@@ -529,6 +541,24 @@ class Server:
         if dead:
             return 503, f"helper thread died: {', '.join(dead)}"
         return 200, "ok"
+
+
+class Requests:
+    """What the signals that arrived ask of the main loop."""
+
+    def __init__(self) -> None:
+        self.stops = 0  # SIGTERM/SIGINT seen: the first drains, a second cuts the drain
+        self.reload = False  # SIGHUP
+        self.reopen_log = False  # SIGUSR1
+
+    def note(self, arrived: list[signal.Signals]) -> None:
+        for sig in arrived:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.stops += 1
+            elif sig == signal.SIGHUP:
+                self.reload = True
+            elif sig == signal.SIGUSR1:
+                self.reopen_log = True
 
 
 def run(
@@ -560,36 +590,11 @@ def run(
         with contextlib.suppress(OSError):  # refused again, with the reason, below
             private_directory(control_socket, account.uid)
     raise_fd_limit()  # before a takeover receives thousands of sockets
-    stop = threading.Event()
-    stop_now = threading.Event()
-    reload_requested = threading.Event()
-    wake = threading.Event()  # the main loop sleeps on this; signals set it
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            stop_now.set()  # a second signal: do not wait for connections
-        stop.set()
-        wake.set()
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload_requested.set()
-        wake.set()
-
-    server: Server | None = None
-
-    def on_usr1(signum: int, frame: FrameType | None) -> None:
-        if server is not None:
-            server.access_log.reopen()  # logrotate moved the file away
-
-    # Installed before a takeover starts: a signal during it abandons the takeover
-    # instead of killing us half way (the running process would survive that too).
-    handlers = {
-        signal.SIGTERM: on_stop,
-        signal.SIGINT: on_stop,
-        signal.SIGHUP: on_hup,
-        signal.SIGUSR1: on_usr1,
-    }
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    # Opened before a takeover starts: a signal during it abandons the takeover instead
+    # of killing us half way (the running process would survive that too). The handlers
+    # do nothing but note the signal; this thread acts on it (signals.py says why).
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
+    asked = Requests()
     control: ControlServer | None = None
     try:
         proxy_uid = account.uid if account else None  # the running one may have dropped to it
@@ -600,7 +605,8 @@ def run(
             server.start()
             if successor is not None:
                 failpoint("takeover.before-ready")
-                if stop.is_set():
+                asked.note(inbox.wait(0))
+                if asked.stops:
                     raise TakeoverError("stopped by a signal while starting")
         except BaseException:
             server.abandon()
@@ -624,19 +630,38 @@ def run(
         except OSError as exc:
             log.warning("no control socket at %s (no takeover possible): %s", control_socket, exc)
         notify("READY=1")
-        while not stop.is_set():
-            wake.wait(0.2)  # a successor is noticed within 0.2 s, a signal at once
-            wake.clear()
+        server.main_loop.start()
+        while not asked.stops:
+            server.main_loop.beat()
+            failpoint("main.loop")
             if server.successor_ready.is_set():
                 break
-            if reload_requested.is_set():
-                reload_requested.clear()
+            if asked.reopen_log:
+                asked.reopen_log = False
+                server.access_log.reopen()  # logrotate moved the file away
+            if asked.reload:
+                asked.reload = False
                 server.try_reload("SIGHUP")
+            # A successor is noticed within 0.2 s, a signal at once.
+            asked.note(inbox.wait(0.2))
         timeout = server.config.drain_timeout
         notify("STOPPING=1")
         log.info("stopping: no new connections; draining for up to %gs", timeout)
         server.stop_accepting()
-        if not server.drain(timeout, stop_now):
+
+        stops_before_drain = asked.stops
+
+        def pause(seconds: float) -> bool:
+            """While draining: a SIGTERM/SIGINT (beyond the one that began the drain)
+            stops waiting for connections."""
+            server.main_loop.beat()
+            asked.note(inbox.wait(seconds))
+            if asked.reopen_log:
+                asked.reopen_log = False
+                server.access_log.reopen()
+            return asked.stops > stops_before_drain
+
+        if not server.drain(timeout, pause):
             log.info("closing %d connections still open", server.relay.connections())
         server.close()
         log.info("stopped")
@@ -644,5 +669,5 @@ def run(
     finally:
         if control is not None:
             control.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # A late SIGHUP or SIGUSR1 must not kill a process on its way out with exit 0.
+        inbox.close(ignore=(signal.SIGHUP, signal.SIGUSR1))
