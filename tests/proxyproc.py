@@ -56,6 +56,7 @@ class Proxy:
         prefix: list[str] | None = None,
         env: dict[str, str] | None = None,
         default_admin: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
         # endpoint on a free port (read back from the log; `default_admin`: the real
@@ -84,6 +85,7 @@ class Proxy:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=None if env is None else {**os.environ, **env},
+            pass_fds=pass_fds,
         )
         self.pid = self.proc.pid
         RUNNING.append(self)

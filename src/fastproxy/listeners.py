@@ -4,6 +4,7 @@ the single steered socket of the `bpf` mode."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -50,8 +51,36 @@ def open_listener(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        raise ListenError(f"cannot listen on {shown}: {exc.strerror}") from None
+        held = f" (by {holder(port)})" if exc.errno == errno.EADDRINUSE and holder(port) else ""
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror}{held}") from None
     return sock
+
+
+def holder(port: int) -> str:
+    """Who listens on `port` in our network namespace ("pid 123, fastproxy"), or "" when
+    that cannot be seen (another user's process, as non-root). Error path only: it reads
+    /proc/net/tcp* and every process's descriptors."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                for line in list(lines)[1:]:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except (OSError, IndexError, ValueError):
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")) if inodes else ():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    words = cmdline.read().split(b"\0")
+                name = " ".join(w.decode(errors="replace") for w in words[:4] if w)
+                return f"pid {pid}: {name}"
+        except OSError:
+            continue
+    return ""
 
 
 def listening_ports() -> set[int] | None:
@@ -104,6 +133,7 @@ def check_port_free(host: str, port: int) -> None:
         sock.bind((host, port))
     except OSError as exc:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise ListenError(f"cannot listen on {shown}: {exc.strerror}") from None
+        held = f" (by {holder(port)})" if exc.errno == errno.EADDRINUSE and holder(port) else ""
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror}{held}") from None
     finally:
         sock.close()

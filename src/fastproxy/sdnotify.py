@@ -11,6 +11,11 @@ import time
 
 def notify(*fields: str) -> bool:
     """Send the fields ("READY=1", ...); False when not under systemd or it failed."""
+    return notify_with_fds(list(fields), [])
+
+
+def notify_with_fds(fields: list[str], fds: list[int]) -> bool:
+    """Send the fields with descriptors attached (SCM_RIGHTS), as FDSTORE=1 needs."""
     address = os.environ.get("NOTIFY_SOCKET", "")
     if address.startswith("@"):
         address = "\0" + address[1:]
@@ -19,7 +24,11 @@ def notify(*fields: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall("\n".join(fields).encode())
+            message = "\n".join(fields).encode()
+            if fds:
+                socket.send_fds(sock, [message], fds)
+            else:
+                sock.sendall(message)
     except OSError:
         return False  # the service manager went away: nothing to tell
     return True

@@ -26,6 +26,8 @@ from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
 from .failpoints import failpoint
+from .fdstore import FdStore
+from .fdstore import inherited as systemd_sockets
 from .health import HealthChecker
 from .listener_set import Change, ListenerSet
 from .listeners import ListenError
@@ -98,6 +100,7 @@ class Server:
         source: ConfigSource | None = None,
         options: Options | None = None,
         inherited: Handover | None = None,
+        fd_store: FdStore | None = None,
     ) -> None:
         self.config = config
         self.inherited = inherited  # sockets handed over by the process we replace
@@ -131,6 +134,8 @@ class Server:
         )
         # run()'s loop beats it; /healthz says so when the loop stops turning.
         self.main_loop = MainLoopWatchdog()
+        # systemd keeps our listening sockets across restarts
+        self.fd_store = fd_store or FdStore()
 
     @functools.cached_property
     def registry(self) -> CollectorRegistry:
@@ -185,6 +190,7 @@ class Server:
         if self.source is not None:
             self.source.start(self.reload, self._describe)
         self.admin.start()  # last: /healthz checks the threads above
+        self.fd_store.sync(self.handover().sockets)
         log.info(
             "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
             len(self.config.apps),
@@ -231,6 +237,16 @@ class Server:
 
                 return SteeredListeners.adopt(self.relay, hosts, self.inherited, ports)
             return PortListeners.adopt(self.relay, hosts, self.inherited, ports)
+        # A second instance must not run on unserved: another one's program would steer
+        # our ports away from us whatever mode we chose (HAProxy would get EADDRINUSE).
+        from .steering.pins import DEFAULT_PIN_ROOT, live_owner
+
+        owner = live_owner(DEFAULT_PIN_ROOT)
+        if owner is not None:
+            raise ListenError(
+                f"another fastproxy (pid {owner[0]}) steers this network namespace's ports"
+                f" ({owner[1]}): stop it, or upgrade it with --takeover"
+            )
         mode = self.config.steering
         if mode in ("auto", "bpf"):
             from . import steering
@@ -361,6 +377,7 @@ class Server:
         self.listeners.commit(change)
         self.access_log.configure(new.access_log)
         self.config = new
+        self.fd_store.sync(self.handover().sockets)
 
     def _roll_back(self, change: Change) -> None:
         assert self.listeners is not None
@@ -482,7 +499,9 @@ class Server:
             self._dns_now.set()
             if self.source is not None:
                 self.source.stop()
-            self._release_listeners(successor)
+            # With systemd keeping our sockets, leave them (and bpf steering into them)
+            # as for a successor: the next start takes them back; clients wait meanwhile.
+            self._release_listeners(successor or self.fd_store.enabled)
             if successor and self.admin is not None:
                 self.admin.stop()  # the successor serves the endpoint on the same socket
                 self.admin = None
@@ -599,8 +618,18 @@ def run(
     try:
         proxy_uid = account.uid if account else None  # the running one may have dropped to it
         successor = Successor(control_socket, proxy_uid=proxy_uid) if takeover else None
-        handover = successor.handover if successor is not None else None
-        server = Server(config, source=source, options=options, inherited=handover)
+        # A predecessor's sockets (--takeover), or the ones systemd kept for us (fd store,
+        # socket activation).
+        handover, stored = systemd_sockets(config.admin) if successor is None else (None, set())
+        if successor is not None:
+            handover = successor.handover
+        server = Server(
+            config,
+            source=source,
+            options=options,
+            inherited=handover,
+            fd_store=FdStore(stored),
+        )
         try:
             server.start()
             if successor is not None:
@@ -618,6 +647,8 @@ def run(
             successor.ready()  # from here on we serve: the predecessor stops accepting
             server.go_live()
             log.info("took over from pid %d", successor.handover.pid)
+        elif handover is not None:
+            server.go_live()  # systemd's sockets: nobody else accepts on them
         try:
             control = ControlServer(
                 control_socket,

@@ -154,6 +154,19 @@ def read_owner(directory: str) -> tuple[int, bool] | None:
     return pid, _start_time(pid) == start
 
 
+def live_owner(pin_root: str) -> tuple[int, str] | None:
+    """(pid, pin directory) of another live fastproxy steering this network namespace,
+    None when there is none or we cannot see (the pin root is root's)."""
+    try:
+        directory = os.path.join(pin_root, str(netns_inode()))
+    except OSError:
+        return None
+    owner = read_owner(directory)
+    if owner is None or not owner[1] or owner[0] == os.getpid():
+        return None
+    return owner[0], directory
+
+
 def unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
