@@ -70,23 +70,43 @@ def test_ready_reloading_and_stopping_are_notified(
 
 
 def test_the_unit_verifies(tmp_path: Path) -> None:
+    """`fastproxy systemd-unit` prints a unit for this installation that systemd accepts;
+    packaging/fastproxy.service is the same text for /usr/local/bin/fastproxy."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed (package systemd)")
-    text = UNIT.read_text()
+    from fastproxy.systemd_unit import unit_text
+
+    assert UNIT.read_text() == unit_text("/usr/local/bin/fastproxy")
+    config = tmp_path / "fastproxy.json"
+    config.write_text("{}")
+    printed = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "systemd-unit", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    entry = Path(sys.executable).parent / "fastproxy"
+    lines = printed.splitlines()
     for line in (
         "Type=notify",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"ExecStartPre={entry} check {config}",
+        f"ExecStart={entry} serve {config}",
+        f"ExecReload={entry} reload --config {config}",
+        "StateDirectory=fastproxy",
+        "FileDescriptorStoreMax=131072",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "RuntimeDirectory=fastproxy",
         "RuntimeDirectoryMode=0700",
     ):
-        assert line in text.splitlines(), line
-    # verify checks that ExecStart exists: point it at this checkout's entry point.
+        assert line in lines, line
+    # Installed under a home directory (a venv in /root here): it must stay reachable.
+    in_home = str(entry).startswith(("/root/", "/home/")) or str(config).startswith("/root/")
+    assert ("ProtectHome=read-only" if in_home else "ProtectHome=yes") in lines
     unit = tmp_path / "fastproxy.service"
-    entry = Path(sys.executable).parent / "fastproxy"
-    unit.write_text(text.replace("/usr/local/bin/fastproxy", str(entry)))
+    unit.write_text(printed)
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )

@@ -4,6 +4,7 @@ Expected failures print one line, `error: ...`, and exit non-zero; never a trace
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -326,6 +327,22 @@ def demo(config: str, connections: int) -> None:
         sys.exit(run_demo(config, connections=connections))
     except (ConfigError, ListenError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
+
+
+@main.command("systemd-unit")
+@click.option(
+    "--config",
+    "config_path",
+    default="/etc/fastproxy/fastproxy.json",
+    show_default=True,
+    help="The config the unit serves (checked before start and reload).",
+)
+def systemd_unit(config_path: str) -> None:
+    """Print a systemd unit for this installation (its own entry point). Install it with
+    `fastproxy systemd-unit > /etc/systemd/system/fastproxy.service`."""
+    from .systemd_unit import entry_point, unit_text
+
+    click.echo(unit_text(entry_point(), os.path.abspath(config_path)), nl=False)
 
 
 main.add_command(config_group)
