@@ -3,7 +3,6 @@ Expected failures print one line, `error: ...`, and exit non-zero; never a trace
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -30,14 +29,13 @@ from .control import TakeoverError
 from .listeners import ListenError
 from .privileges import PrivilegeError
 from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
+from .wording import plural
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s fastproxy %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logsetup import setup
+
+    setup(level, fmt)
 
 
 def _fail(message: Any, code: int = 1) -> None:
@@ -46,7 +44,7 @@ def _fail(message: Any, code: int = 1) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fastproxy")
+@click.version_option(__version__, "-V", "--version", prog_name="fastproxy")
 def main() -> None:
     """fastproxy: a zero-copy TCP proxy and load balancer for Linux."""
 
@@ -91,9 +89,18 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: ISO 8601 UTC times (under journald: <N> priority prefixes, no time);"
+    " json: one object a line.",
+)
 def serve(
     config: str,
     log_level: str,
+    log_format: str,
     instance_id: str | None,
     cache_dir: str,
     lease_ttl: int,
@@ -103,7 +110,7 @@ def serve(
     etcd://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
     from .server import run  # the relay extension loads only when serving
 
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     cluster = ClusterOptions(instance_id, cache_dir, lease_ttl)
     try:
         if overrides.get("admin") is not None:
@@ -247,7 +254,7 @@ def status(admin: str | None, config_path: str | None, as_json: bool) -> None:
 def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"fastproxy {status['version']} (pid {status.get('pid')}), steering {status['steering']}, "
-        f"relay {status.get('relay')}, {status.get('connections', 0)} open connections"
+        f"relay {status.get('relay')}, " + plural(status.get("connections", 0), "open connection")
     ]
     header = f"  {'TARGET':<40} {'STATE':<9} {'ACTIVE':>7} {'TOTAL':>9} {'FAILED':>7}"
     for app in status["apps"]:

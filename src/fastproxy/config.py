@@ -25,6 +25,7 @@ from typing import Any
 
 from .admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
 from .privileges import account
+from .wording import plural
 
 __all__ = [
     "BALANCE_MODES",
@@ -1073,10 +1074,6 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def _wrap(label: str, text: str) -> str:
     indent = "  " + " " * len(label)
     return textwrap.fill(
@@ -1124,7 +1121,7 @@ def _app_summary(app: App) -> list[str]:
     names = ", ".join(app.server_names) if app.server_names else "any (no SNI routing)"
     return [
         f"app {_q(app.name)}",
-        _wrap("ports:       ", f"{format_ports(app.ports)} ({_plural(len(app.ports), 'port')})"),
+        _wrap("ports:       ", f"{format_ports(app.ports)} ({plural(len(app.ports), 'port')})"),
         _wrap("targets:     ", ", ".join(_target_summary(t) for t in app.targets)),
         f"  balance:     {app.balance}",
         _wrap("health:      ", _health_summary(app.health_check)),
@@ -1155,8 +1152,8 @@ def summary(config: Config) -> str:
     n_ports = sum(len(app.ports) for app in config.apps)
     n_targets = sum(len(app.targets) for app in config.apps)
     lines = [
-        f"{config.source}: OK, {_plural(len(config.apps), 'app')},"
-        f" {_plural(n_ports, 'port')}, {_plural(n_targets, 'target')}"
+        f"{config.source}: OK, {plural(len(config.apps), 'app')},"
+        f" {plural(n_ports, 'port')}, {plural(n_targets, 'target')}"
     ]
     for app in config.apps:
         lines.extend(_app_summary(app))

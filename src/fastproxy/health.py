@@ -193,6 +193,13 @@ class HealthChecker:
             "at": round(time.time(), 3),
         }
         self._counts.setdefault(slot, Counter())["passed" if ok else "failed"] += 1
+        log.debug(
+            "app %s: target %s: check %s (%s)",
+            app.app.name,
+            target.target.address,
+            "passed" if ok else "failed",
+            why,
+        )
         self._record(app, target, ok, why)
 
     def _error(self, kind: str, what: str) -> None:

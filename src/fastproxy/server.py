@@ -39,6 +39,7 @@ from .sdnotify import notify, reloading
 from .signals import SignalInbox
 from .sources import ClusterOptions, ConfigSource, open_source
 from .watchdog import MainLoopWatchdog
+from .wording import plural
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -192,9 +193,9 @@ class Server:
         self.admin.start()  # last: /healthz checks the threads above
         self.fd_store.sync(self.handover().sockets)
         log.info(
-            "serving %d apps on %d ports (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
-            len(self.config.apps),
-            len(self.routes.port_owner),
+            "serving %s on %s (steering=%s, relay=%s, workers=%d, admin=%s:%d)",
+            plural(len(self.config.apps), "app"),
+            plural(len(self.routes.port_owner), "port"),
             self.steering_mode,
             self.relay_mode,
             self.workers,
@@ -332,10 +333,10 @@ class Server:
                 notify("READY=1")
             self.reloads["success"] += 1
             log.info(
-                "reloaded (%s): %d apps on %d ports",
+                "reloaded (%s): %s on %s",
                 reason,
-                len(new.apps),
-                len(self.routes.port_owner),
+                plural(len(new.apps), "app"),
+                plural(len(self.routes.port_owner), "port"),
             )
 
     def try_reload(self, reason: str) -> bool:
@@ -348,6 +349,7 @@ class Server:
     def _load_for_reload(self) -> Config:
         assert self.source is not None
         new = self.options.apply(self.source.load())
+        log.debug("reload: %s read and valid", new.source)
         kept = {}
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(self.config, key):
@@ -363,13 +365,21 @@ class Server:
             raise ReloadError("not listening")
         addresses = self._resolve(new)
         change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
+        log.debug(
+            "reload: prepared: %s to add, %s to remove",
+            plural(len(change.added), "port"),
+            plural(len(change.removed), "port"),
+        )
         try:
             failpoint("reload.prepared")
             self.listeners.retire(change)
+            log.debug("reload: removed ports stopped accepting")
             failpoint("reload.retired")
             self.routes.apply(new, addresses)
+            log.debug("reload: routes of %s published", plural(len(new.apps), "app"))
             failpoint("reload.routed")
             self.listeners.open(change)
+            log.debug("reload: added ports accept")
             failpoint("reload.opened")
         except BaseException:
             self._roll_back(change)
@@ -693,7 +703,7 @@ def run(
             return asked.stops > stops_before_drain
 
         if not server.drain(timeout, pause):
-            log.info("closing %d connections still open", server.relay.connections())
+            log.info("closing %s still open", plural(server.relay.connections(), "connection"))
         server.close()
         log.info("stopped")
         return 0

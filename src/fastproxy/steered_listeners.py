@@ -48,6 +48,15 @@ class SteeredListeners:
             for sock in socks:
                 sock.close()
             raise
+        log.debug(
+            "steering: program attached to this netns (link %d, prog %d), %d ports steered"
+            " to %s, pinned in %s",
+            steering.link_id,
+            steering.prog_id,
+            len(ports),
+            ", ".join(str(sock.getsockname()[:2]) for sock in socks),
+            steering.directory,
+        )
         self = cls(relay, hosts, socks, steering, pending=False)
         self._accept()
         return self
@@ -78,6 +87,7 @@ class SteeredListeners:
             failpoint("takeover.commit")
             self.steering.commit(takeover=True)
             self._pending = False
+            log.debug("steering: our program swapped in (link %d)", self.steering.link_id)
         except Exception as exc:
             # Still serve: the predecessor's program steers its ports to these very sockets.
             log.error(
@@ -116,10 +126,18 @@ class SteeredListeners:
             self._set_ports(change.previous)
 
     def _set_ports(self, ports: Iterable[int]) -> None:
+        wanted = frozenset(ports)
+        before = self.steering.ports
         try:
-            self.steering.set_ports(ports)
+            self.steering.set_ports(wanted)
         except SteeringUnavailable as exc:
             raise ListenError(str(exc)) from None
+        log.debug(
+            "steering: port map updated (%d added, %d removed, %d steered)",
+            len(wanted - before),
+            len(before - wanted),
+            len(wanted),
+        )
 
     # -- upgrade and stop ----------------------------------------------------
 
