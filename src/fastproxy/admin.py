@@ -34,7 +34,7 @@ class Controlled(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def reload(self, reason: str) -> None: ...
+    def reload(self, reason: str) -> list[str]: ...
 
     def set_target(self, app: str, target: str, action: str) -> dict[str, Any]: ...
 
@@ -166,10 +166,11 @@ class AdminServer:
 
     def _reload(self) -> Response:
         try:
-            self.control.reload("admin endpoint")
+            pending = self.control.reload("admin endpoint")
         except Exception as exc:  # the reason goes back to the operator
             return _json(400, {"result": "failure", "error": str(exc)})
-        return _json(200, {"result": "success"})
+        # Applied, except settings only a restart can change: the CLI exits 3 naming them.
+        return _json(200, {"result": "success", "restart_required": pending})
 
     def _set_target(self, app: str, target: str, action: str) -> Response:
         try:

@@ -270,6 +270,9 @@ def format_status(status: dict[str, Any]) -> str:
                 f"  {t['address']:<40} {t['state']:<9} {t['active']:>7} "
                 f"{t['connections']:>9} {t['connect_failures']:>7}{_target_notes(t)}"
             )
+    if status.get("restart_required"):
+        lines.append("")
+        lines.append(f"needs a restart to apply: {', '.join(status['restart_required'])}")
     return "\n".join(lines)
 
 
@@ -291,8 +294,16 @@ def _target_notes(target: dict[str, Any]) -> str:
 @config_option
 @token_option
 def reload(admin: str | None, config_path: str | None, token_file: str | None) -> None:
-    """Ask the running proxy to reload its config file."""
-    _Endpoint(admin, config_path).post("/reload", token_file, "reload")
+    """Ask the running proxy to reload its config file. Exit 0 when all of it is in
+    force; 3 when some changed settings need a restart (named); 1 when rejected."""
+    answer = _Endpoint(admin, config_path).post("/reload", token_file, "reload")
+    pending = answer.get("restart_required") or []
+    if pending:
+        click.echo(
+            f"reloaded, except what needs a restart to take effect: {', '.join(pending)}",
+            err=True,
+        )
+        sys.exit(3)
     click.echo("reloaded")
 
 

@@ -49,18 +49,19 @@ log = logging.getLogger("fastproxy")
 STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going on
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
-# Settings a running relay cannot change: a reload keeps the old ones (and says so).
-RESTART_ONLY = (
-    "listen",
-    "workers",
-    "steering",
-    "relay",
-    "pipe_size",
-    "admin",
-    "admin_token_file",
-    "user",
-    "group",
-)
+# Settings a running relay cannot change: a reload keeps the old ones (and says so),
+# by their attribute and by their name in the config.
+RESTART_ONLY = {
+    "listen": "Listen",
+    "workers": "Workers",
+    "steering": "Steering",
+    "relay": "Relay",
+    "pipe_size": "PipeSize",
+    "admin": "Admin",
+    "admin_token_file": "AdminTokenFile",
+    "user": "User",
+    "group": "Group",
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Server:
         self.steering_mode = "ports"
         self.listeners: ListenerSet | None = None
         self.reloads = {"success": 0, "failure": 0}
+        # Settings the config source changed that only a restart applies (config names).
+        self.restart_required: list[str] = []
         self.helper_errors = {"dns": 0}  # unexpected errors a helper thread survived
         self.started_at = time.monotonic()
         self.health = HealthChecker(self.routes, on_down=self._target_down)
@@ -308,11 +311,12 @@ class Server:
 
     # -- reload --------------------------------------------------------------
 
-    def reload(self, reason: str) -> None:
+    def reload(self, reason: str) -> list[str]:
         """Apply the config again, all or nothing. Invalid, or any step failing:
         ReloadError, and the running config stays whole. Valid: new ports accept at once,
         removed ports stop, target and policy changes apply to new connections;
-        established connections are untouched."""
+        established connections are untouched. Returns the settings that changed but
+        need a restart (kept as they were until then)."""
         if self.source is None:
             raise ReloadError("no config source to reload from")
         with self.reload_lock:
@@ -320,7 +324,7 @@ class Server:
                 raise ReloadError("shutting down")
             reloading()  # systemd: "reloading" until the READY=1 below
             try:
-                new = self._load_for_reload()
+                new, pending = self._load_for_reload()
                 self._apply(new)
             except Exception as exc:
                 self.reloads["failure"] += 1
@@ -338,6 +342,8 @@ class Server:
                 plural(len(new.apps), "app"),
                 plural(len(self.routes.port_owner), "port"),
             )
+            self.restart_required = pending
+            return pending
 
     def try_reload(self, reason: str) -> bool:
         try:
@@ -346,16 +352,17 @@ class Server:
             return False
         return True
 
-    def _load_for_reload(self) -> Config:
+    def _load_for_reload(self) -> tuple[Config, list[str]]:
         assert self.source is not None
         new = self.options.apply(self.source.load())
         log.debug("reload: %s read and valid", new.source)
         kept = {}
-        for key in RESTART_ONLY:
+        for key, name in RESTART_ONLY.items():
             if getattr(new, key) != getattr(self.config, key):
-                log.warning("reload: %s changed; it takes effect only after a restart", key)
+                log.warning("reload: %s changed; it takes effect only after a restart", name)
                 kept[key] = getattr(self.config, key)
-        return replace(new, **kept) if kept else new
+        pending = sorted(RESTART_ONLY[key] for key in kept)
+        return (replace(new, **kept) if kept else new), pending
 
     def _apply(self, new: Config) -> None:
         """Ports that go away stop first, routes change, then new ports open: no moment
@@ -453,6 +460,7 @@ class Server:
             "connections": self.relay.connections(),
             "worker_connections": self.relay.worker_connections(),
             "reloads": dict(self.reloads),
+            "restart_required": list(self.restart_required),
             "health_check_errors": dict(self.health.errors),
             "apps": apps,
         }

@@ -18,7 +18,7 @@ from .watch import FileWatcher
 DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
 LEASE_TTL = 10  # seconds an instance stays registered after it stops renewing
 
-Reload = Callable[[str], None]  # Server.reload: raises ReloadError when rejected
+Reload = Callable[[str], object]  # Server.reload: raises ReloadError when rejected
 Describe = Callable[[], dict[str, Any]]  # the server's state for the registration
 
 
