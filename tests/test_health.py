@@ -206,6 +206,26 @@ def test_panic_mode_still_tries_targets_marked_down(tmp_path: Path) -> None:
     assert proxy.stop() == 0
 
 
+def test_panic_false_closes_clients_when_no_target_is_up(tmp_path: Path) -> None:
+    port, first, second = free_ports(3)
+    check = {"Interval": 0.1, "Timeout": 0.1, "Rise": 100000, "Fall": 1}
+    targets = [f"127.0.0.1:{first}", f"127.0.0.1:{second}"]
+    config = {"Apps": [app("strict", [port], targets, HealthCheck=check, Panic=False)]}
+    proxy = Proxy(tmp_path, config)
+    for address in targets:
+        wait_state(proxy, "strict", address, "down", 2)
+    alive = NamedEchoServer("alive", port=second)  # answers, but is marked down
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert sock.recv(100) == b""  # closed at once: no target for it
+    assert alive.accepted == 0
+    code, body = proxy.http("GET", "/metrics")
+    assert b'fastproxy_panic_total{app="strict"} 0.0' in body
+    assert b'fastproxy_no_target_total{app="strict"} 10.0' in body
+    alive.close()
+    assert proxy.stop() == 0
+
+
 def test_drained_target_keeps_its_connections(tmp_path: Path, pair) -> None:
     a, b = pair
     (port,) = free_ports(1)

@@ -86,6 +86,7 @@ APP_KEYS = (
     "AcceptProxyProtocol",
     "ServerNames",
     "MaxConnectionsPerSource",
+    "Panic",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -160,6 +161,7 @@ class App:
     accept_proxy_protocol: bool = False  # clients start with a PROXY header
     server_names: tuple[str, ...] = ()  # TLS server names (lower case), exact or "*.suffix"
     max_connections_per_source: int = 0  # 0 = unlimited
+    panic: bool = True  # no target up: try them all anyway (False: close the client)
 
 
 @dataclass(frozen=True)
@@ -547,6 +549,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         max_connections_per_source=_integer(
             raw.get("MaxConnectionsPerSource", 0), "MaxConnectionsPerSource", 0, MAX_COUNT
         ),
+        panic=_boolean(raw.get("Panic", True), "Panic"),
     )
 
 

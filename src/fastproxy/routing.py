@@ -230,6 +230,7 @@ class Routes:
             proxy_protocol=PROXY_PROTOCOL[app.proxy_protocol],
             accept_proxy_protocol=app.accept_proxy_protocol,
             max_connections_per_source=app.max_connections_per_source,
+            panic=app.panic,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -505,7 +505,7 @@ cdef class Relay:
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
                 int proxy_protocol=0, bint accept_proxy_protocol=False,
-                long max_connections_per_source=0):
+                long max_connections_per_source=0, bint panic=True):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched."""
@@ -554,6 +554,7 @@ cdef class Relay:
         rt.idle_timeout_ms = <int64_t>(idle_timeout * 1000)
         rt.max_conns = max_connections
         rt.accept_proxy = accept_proxy_protocol
+        rt.panic = panic
         if max_connections_per_source > 0:
             rt.persource = self._persource(app_id, max_connections_per_source)
             if rt.persource == NULL:

@@ -63,8 +63,9 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
         if marks == NULL:
             return -1
     # Primaries that are up; else backups that are up; else anything not taken
-    # out by an operator (panic: the checks may be wrong, trying beats refusing).
-    for tier in range(TIER_PRIMARY, TIER_PANIC + 1):
+    # out by an operator (panic: the checks may be wrong, trying beats refusing;
+    # unless the app says Panic: false, for targets that must never get traffic down).
+    for tier in range(TIER_PRIMARY, (TIER_PANIC if rt.panic else TIER_PANIC - 1) + 1):
         up = 0
         for i in range(n):
             marks[i] = target_eligible(&rt.targets[i], tier)

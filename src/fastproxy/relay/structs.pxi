@@ -134,6 +134,7 @@ ctypedef struct fp_route:
     int64_t idle_timeout_ms
     int64_t max_conns           # 0: unlimited
     bint accept_proxy           # clients start with a PROXY header
+    bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # MaxConnectionsPerSource counters, or NULL
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin
