@@ -269,7 +269,7 @@ def test_a_long_reload_does_not_hold_up_healthz(tmp_path: Path) -> None:
             latencies.append(time.monotonic() - probe)
             time.sleep(0.02)
         took = time.monotonic() - started
-        assert answer == [(200, b'{\n "result": "success"\n}\n')]
+        assert answer == [(200, b'{\n "result": "success",\n "restart_required": []\n}\n')]
         print(
             f"\nreload of 15,000 ports took {took:.2f}s; {len(latencies)} /healthz meanwhile:"
             f" median {statistics.median(latencies) * 1000:.1f} ms,"

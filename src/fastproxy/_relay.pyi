@@ -60,6 +60,7 @@ class Relay:
         proxy_protocol: int = 0,
         accept_proxy_protocol: bool = False,
         max_connections_per_source: int = 0,
+        panic: bool = True,
     ) -> None: ...
     def set_port_sni(
         self,

@@ -307,29 +307,43 @@ def reload(admin: str | None, config_path: str | None, token_file: str | None) -
     click.echo("reloaded")
 
 
-@main.command()
-@click.argument("action", type=click.Choice(TARGET_ACTIONS))
-@click.argument("app")
-@click.argument("target", metavar="TARGET")
-@admin_option
-@config_option
-@token_option
-def target(
-    action: str,
-    app: str,
-    target: str,
-    admin: str | None,
-    config_path: str | None,
-    token_file: str | None,
-) -> None:
-    """Drain, disable or enable TARGET (host:port, as in the config) of APP in the
-    running proxy. drain: no new connections, open ones finish, checks go on;
-    disable: the same, without checks; enable: back in rotation."""
-    from urllib.parse import quote
+@main.group()
+def target() -> None:
+    """Runtime control of one target of an app in the running proxy."""
 
-    path = f"/targets/{quote(app, safe='')}/{quote(target, safe='')}/{action}"
-    answer = _Endpoint(admin, config_path).post(path, token_file, action)
-    click.echo(f"app {answer.get('app')}: target {answer.get('target')}: {answer.get('state')}")
+
+TARGET_HELP = {
+    "drain": "No new connections to TARGET of APP; open ones finish; checks go on.",
+    "disable": "No new connections to TARGET of APP; open ones finish; no checks.",
+    "enable": "Put TARGET of APP back in rotation (after drain or disable).",
+}
+
+
+def _target_command(action: str) -> click.Command:
+    @click.argument("app")
+    @click.argument("target_address", metavar="TARGET")
+    @admin_option
+    @config_option
+    @token_option
+    def command(
+        app: str,
+        target_address: str,
+        admin: str | None,
+        config_path: str | None,
+        token_file: str | None,
+    ) -> None:
+        from urllib.parse import quote
+
+        path = f"/targets/{quote(app, safe='')}/{quote(target_address, safe='')}/{action}"
+        answer = _Endpoint(admin, config_path).post(path, token_file, action)
+        click.echo(f"app {answer.get('app')}: target {answer.get('target')}: {answer.get('state')}")
+
+    command.__doc__ = TARGET_HELP[action] + " TARGET is host:port, as in the config."
+    return click.command(action)(command)
+
+
+for _action in TARGET_ACTIONS:
+    target.add_command(_target_command(_action))
 
 
 @main.command()
