@@ -160,7 +160,9 @@ def test_invalid_document_in_etcd_is_rejected_reported_and_old_config_kept(
     assert record["config_revision"] == good and record["lags"]
     assert record["rejected_error"].startswith(f"{url}/config: ")
     assert "70000" in record["rejected_error"]
-    assert f"rejected revision {bad}" in cli("cluster", "status", url).stdout
+    shown = cli("cluster", "status", url, check=False)
+    assert f"rejected revision {bad}" in shown.stdout
+    assert shown.returncode == 3  # an instance lags: a monitoring check sees it
     assert proxy.status()["reloads"] == {"success": 0, "failure": 1}
     assert b'fastproxy_reloads_total{result="failure"} 1.0' in proxy.http("GET", "/metrics")[1]
     assert ask(p1) == "a"  # still serving the old config
@@ -168,6 +170,7 @@ def test_invalid_document_in_etcd_is_rejected_reported_and_old_config_kept(
     wait_until(answers(p1, "b"))
     wait_until(lambda: instances(url)["strict"]["config_revision"] == fixed)
     assert instances(url)["strict"]["rejected_revision"] is None
+    assert cli("cluster", "status", url).returncode == 0  # all current again
     assert proxy.stop() == 0
 
 

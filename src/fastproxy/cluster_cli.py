@@ -85,7 +85,9 @@ def cluster_group() -> None:
 @etcd_url_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def status(etcd_url: str, as_json: bool) -> None:
-    """List the instances, the revision each serves and whether it lags."""
+    """List the instances, the revision each serves and whether it lags. Exit 0 when
+    every instance serves the current revision and is healthy; 3 when one lags, has
+    rejected a revision, is unhealthy or unreadable (a monitoring check can use it)."""
     etcd = _connect(etcd_url)
     try:
         current, instances = cluster_state(etcd)
@@ -93,8 +95,19 @@ def status(etcd_url: str, as_json: bool) -> None:
         _fail(exc)
     if as_json:
         click.echo(json.dumps({"config_revision": current, "instances": instances}, indent=2))
-        return
-    click.echo(format_cluster(etcd.url.name(etcd.url.config_key), current, instances))
+    else:
+        click.echo(format_cluster(etcd.url.name(etcd.url.config_key), current, instances))
+    if any(_off_track(r) for r in instances):
+        sys.exit(3)
+
+
+def _off_track(record: dict[str, Any]) -> bool:
+    return bool(
+        record["lags"]
+        or record.get("rejected_revision")
+        or not record.get("healthy")
+        or record.get("error")
+    )
 
 
 def cluster_state(etcd: Etcd) -> tuple[int, list[dict[str, Any]]]:
