@@ -90,6 +90,13 @@ def main() -> None:
     show_default=True,
 )
 @click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help="Reload the config file when it changes (--no-watch: only on SIGHUP or"
+    " `fastproxy reload`, so that a half-finished edit never goes live).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -101,6 +108,7 @@ def serve(
     config: str,
     log_level: str,
     log_format: str,
+    watch: bool,
     instance_id: str | None,
     cache_dir: str,
     lease_ttl: int,
@@ -115,7 +123,7 @@ def serve(
     try:
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
-        code = run(config, cluster=cluster, **overrides)
+        code = run(config, cluster=cluster, watch=watch, **overrides)
     except (ConfigError, ListenError, TakeoverError, PrivilegeError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     except KeyboardInterrupt:  # Ctrl-C while waiting for etcd, before serving
@@ -127,11 +135,15 @@ def serve(
 @click.argument("config", type=click.Path())
 def check(config: str) -> None:
     """Validate CONFIG and print a summary; exit non-zero when it is invalid."""
+    from .plausibility import warnings
+
     try:
         parsed = load_config(config)
     except ConfigError as exc:
         _fail(exc, 2)
     click.echo(summary(parsed))
+    for warning in warnings(parsed):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _admin_address(text: str) -> tuple[str, int]:

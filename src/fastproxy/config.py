@@ -220,7 +220,24 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{source}: cannot read the file: {reason}") from None
+    if source.endswith(".toml"):  # by extension: TOML has comments, JSON has not
+        return parse_config(_decode_toml(raw, source), source)
     return parse_config_bytes(raw, source)
+
+
+def _decode_toml(raw: bytes, source: str) -> object:
+    import tomllib
+
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
 
 
 def parse_config_bytes(raw: bytes, source: str) -> Config:
@@ -731,8 +748,22 @@ def _integer(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
 def _duration(value: object, field: str, *, allow_zero: bool = False) -> float:
-    """Seconds: a finite number > 0 (>= 0 where 0 means "off") and at most a year."""
+    """Seconds: a number, or a string with a unit ("250ms", "2s", "5m", "1h"; none:
+    seconds); finite, > 0 (>= 0 where 0 means "off") and at most a year."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise _Invalid(
+                field,
+                f'expected a duration such as "250ms", "2s", "5m" or a number of seconds,'
+                f" got {_q(value)}",
+            )
+        value = float(match.group(1)) * _UNITS[match.group(2)]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(field, f"expected a number of seconds, {_got(value)}")
     if isinstance(value, float) and not math.isfinite(value):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, _relay, sockmap_relay
+from . import __version__, _relay, plausibility, sockmap_relay
 from .accesslog import AccessLog
 from .admin import AdminServer
 from .admintoken import ensure_token
@@ -356,6 +356,8 @@ class Server:
         assert self.source is not None
         new = self.options.apply(self.source.load())
         log.debug("reload: %s read and valid", new.source)
+        for warning in plausibility.warnings(new):
+            log.warning("reload: %s", warning)
         kept = {}
         for key, name in RESTART_ONLY.items():
             if getattr(new, key) != getattr(self.config, key):
@@ -609,6 +611,7 @@ def run(
     takeover: bool = False,
     control_socket: str = DEFAULT_CONTROL_SOCKET,
     cluster: ClusterOptions | None = None,
+    watch: bool = True,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
     SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
@@ -618,8 +621,10 @@ def run(
     options = Options(
         steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
     )
-    source = open_source(config_path, cluster)
+    source = open_source(config_path, cluster, watch=watch)
     config = options.apply(source.load())
+    for warning in plausibility.warnings(config):
+        log.warning("config: %s", warning)
     account = target(config.user, config.group)  # None unless we will drop root
     if account is not None:
         forbid_new_privileges()  # first: every thread inherits it

@@ -53,14 +53,18 @@ class ClusterOptions:
 
 
 class FileSource:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, watch: bool = True) -> None:
         self.name = path
-        self._watcher: FileWatcher | None = None
+        self.watch = watch  # False: only SIGHUP and the admin reload (a draft saved
+        self._watcher: FileWatcher | None = None  # half way must not go live)
 
     def load(self) -> Config:
         return load_config(self.name)
 
     def start(self, reload: Reload, describe: Describe) -> None:
+        if not self.watch:
+            return
+
         def changed() -> None:
             from .server import ReloadError
 
@@ -82,10 +86,13 @@ class FileSource:
         return {}
 
 
-def open_source(spec: str, cluster: ClusterOptions | None = None) -> ConfigSource:
-    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed)."""
+def open_source(
+    spec: str, cluster: ClusterOptions | None = None, *, watch: bool = True
+) -> ConfigSource:
+    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed).
+    `watch`: reload a file when it changes (an etcd key is always watched)."""
     if is_etcd_url(spec):
         from .etcdsource import EtcdSource
 
         return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
-    return FileSource(spec)
+    return FileSource(spec, watch=watch)
