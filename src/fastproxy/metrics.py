@@ -3,13 +3,23 @@ counted twice and the hot path does no Python work for metrics."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .routing import Routes
+from . import __version__, _relay
+from .routing import Routes, TargetRuntime
 
 
 class ProxyCollector(Collector):
@@ -21,7 +31,11 @@ class ProxyCollector(Collector):
         health_checks: Callable[[], int],
         source_gauges: Callable[[], dict[str, float]] = dict,
         access_log_dropped: Callable[[], int] = lambda: 0,
+        health_report: Callable[[TargetRuntime], dict[str, Any]] | None = None,
+        build: dict[str, str] | None = None,
     ) -> None:
+        self.health_report = health_report
+        self.build = build or {}
         self.access_log_dropped = access_log_dropped
         self.routes = routes
         self.reloads = reloads
@@ -76,7 +90,24 @@ class ProxyCollector(Collector):
                 "Clients closed for a local shortage (descriptors, ports, memory)",
                 labels=["app"],
             ),
+            "connect": HistogramMetricFamily(
+                "fastproxy_connect_seconds",
+                "Time from connect() to an established connection, per target"
+                " (sum by app for an app's)",
+                labels=at,
+            ),
+            "checks": CounterMetricFamily(
+                "fastproxy_health_check_results",
+                "Active health checks of a target by result",
+                labels=["app", "target", "result"],
+            ),
+            "check_ok": GaugeMetricFamily(
+                "fastproxy_health_check_ok",
+                "1 if the target's last active health check passed, 0 if it failed",
+                labels=at,
+            ),
         }
+        bounds = [f"{b:g}" for b in _relay.CONNECT_BUCKETS] + ["+Inf"]
         with self.routes.lock:
             apps = list(self.routes.apps.values())
         sni_unmatched = sni_errors = 0
@@ -102,7 +133,20 @@ class ProxyCollector(Collector):
                 m["active"].add_metric(labels, tstats["active"])
                 m["failures"].add_metric(labels, tstats["connect_failures"])
                 m["up"].add_metric(labels, 1 if target.state == "up" else 0)
+                counts, total = self.routes.relay.connect_times(target.slot)
+                m["connect"].add_metric(labels, list(zip(bounds, accumulate(counts))), total)
+                if self.health_report is not None:
+                    report = self.health_report(target)
+                    m["checks"].add_metric([*labels, "passed"], report["checks_passed"])
+                    m["checks"].add_metric([*labels, "failed"], report["checks_failed"])
+                    if report["last_check"] is not None:
+                        m["check_ok"].add_metric(labels, 1 if report["last_check"]["ok"] else 0)
         yield from m.values()
+        yield InfoMetricFamily(
+            "fastproxy_build",
+            "The running fastproxy",
+            value={"version": __version__, "python": platform.python_version(), **self.build},
+        )
         yield CounterMetricFamily(
             "fastproxy_sni_unmatched",
             "TLS clients closed: no app has their server name and the port has no default",
@@ -150,4 +194,5 @@ class ProxyCollector(Collector):
 def make_registry(collector: ProxyCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    ProcessCollector(registry=registry)  # CPU, memory, descriptors of this process
     return registry

@@ -155,6 +155,8 @@ class Server:
                 lambda: self.health.checks_done,
                 source.gauges if source is not None else dict,
                 self.access_log.dropped,
+                self.health.report,
+                {"steering": self.steering_mode, "relay": self.relay_mode},
             )
         )
 

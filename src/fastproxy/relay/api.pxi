@@ -12,6 +12,8 @@ BALANCE = {
     "source-hash": BAL_SOURCE_HASH,
 }
 MAX_SLOTS = STATS_CHUNK * STATS_CHUNKS
+# Bounds of the connect-time buckets in seconds (the 16th bucket is above them all).
+CONNECT_BUCKETS = tuple(CONNECT_BUCKETS_US[i] / 1e6 for i in range(15))
 STATS_FIELDS = (
     "connections", "active", "bytes_in", "bytes_out", "connect_failures",
     "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
@@ -611,6 +613,18 @@ cdef class Relay:
                 fp_load_u64(&s.idle_timeouts), fp_load_u64(&s.local_errors),
                 fp_load_u64(&s.proxy_errors), fp_load_u64(&s.rejected_per_source),
                 fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors))
+
+    def connect_times(self, unsigned int slot):
+        """A target slot's connect-time histogram: (counts per bucket, the last one above
+        every bound in CONNECT_BUCKETS; the sum in seconds)."""
+        cdef fp_stats* s
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            return (0,) * 16, 0.0
+        s = stats_slot(self.r, slot)
+        return (
+            tuple(fp_load_u64(&s.connect_buckets[i]) for i in range(16)),
+            fp_load_u64(&s.connect_us) / 1e6,
+        )
 
     def connections(self):
         """Connections open in all workers (connecting or relaying)."""

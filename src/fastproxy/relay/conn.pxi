@@ -23,6 +23,27 @@ cdef inline int64_t monotonic_ms() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
 
 
+cdef inline int64_t monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)     # vDSO: no syscall
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+# Upper bounds of the connect-time histogram's buckets (Prometheus "le"), microseconds.
+cdef int64_t[15] CONNECT_BUCKETS_US = [
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000,
+]
+
+
+cdef inline void count_connect_time(fp_stats* st, int64_t us) noexcept nogil:
+    cdef int i = 0
+    while i < 15 and us > CONNECT_BUCKETS_US[i]:
+        i += 1
+    fp_add_u64(&st.connect_buckets[i], 1)
+    fp_add_u64(&st.connect_us, <uint64_t>us if us > 0 else 0)
+
+
 cdef int register_side(fp_worker* w, fp_side* s) noexcept nogil:
     cdef epoll_event ev
     ev.events = SIDE_EVENTS
@@ -444,6 +465,7 @@ cdef void conn_abort(fp_worker* w, fp_conn* c, fp_side* victim) noexcept nogil:
 cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef int proxy_protocol = c.route.proxy_protocol
     fp_add_u64(&c.tgt_st.connections, 1)
+    count_connect_time(c.tgt_st, monotonic_us() - c.connect_start_us)
     w.nconnecting -= 1
     c.state = ST_RELAYING
     c.last_active_ms = w.now_ms
@@ -478,6 +500,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
             conn_local_error(w, c)  # our shortage, not the target's fault
             return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        c.connect_start_us = monotonic_us()
         rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
         if rc < 0 and errno != EINPROGRESS:
             err = errno

@@ -89,7 +89,10 @@ ctypedef struct fp_stats:
     uint64_t sni_errors         # malformed, truncated or late ClientHello
     int routes                  # live routes naming this slot
     int _pad_int
-    uint64_t _pad[1]            # 128 bytes, 64-aligned: no false sharing between slots
+    # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
+    uint64_t connect_buckets[16]
+    uint64_t connect_us         # their sum, microseconds
+    uint64_t _pad[8]            # 320 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -225,6 +228,7 @@ cdef struct fp_conn:
     int tries
     int tier                    # Tier the first pick came from; failover stays in it
     int64_t deadline_ms         # connect deadline, or the end of the reset grace
+    int64_t connect_start_us    # when the current connect began (its time is measured)
     fp_side* failed             # ST_FAILING: the side that failed
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
