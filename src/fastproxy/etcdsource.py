@@ -24,7 +24,7 @@ from .config import Config, ConfigError, parse_config_bytes
 from .etcd import Document, Etcd, EtcdError, EtcdURL
 from .failpoints import failpoint
 from .membership import Membership, backoff, now_iso
-from .sources import ClusterOptions, Describe, Reload
+from .sources import ClusterOptions, Describe, Reload, ReloadError
 
 log = logging.getLogger("fastproxy")
 
@@ -211,8 +211,6 @@ class EtcdSource:
 
     def _offer(self, doc: Document) -> None:
         """Hand a new document to the server's reload; record what became of it."""
-        from .server import ReloadError
-
         assert self._reload is not None
         self._latest = doc
         self._seen = doc.revision

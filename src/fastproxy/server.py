@@ -37,7 +37,7 @@ from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .signals import SignalInbox
-from .sources import ClusterOptions, ConfigSource, open_source
+from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
 from .watchdog import MainLoopWatchdog
 from .wording import plural
 
@@ -81,10 +81,6 @@ class Options:
             if getattr(self, key) is not None
         }
         return replace(config, **changes) if changes else config
-
-
-class ReloadError(Exception):
-    """One-line reason a reload was rejected; the running config stays."""
 
 
 def raise_fd_limit() -> None:

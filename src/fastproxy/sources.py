@@ -19,6 +19,12 @@ DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
 LEASE_TTL = 10  # seconds an instance stays registered after it stops renewing
 
 Reload = Callable[[str], object]  # Server.reload: raises ReloadError when rejected
+
+
+class ReloadError(Exception):
+    """One-line reason a reload was rejected; the running config stays."""
+
+
 Describe = Callable[[], dict[str, Any]]  # the server's state for the registration
 
 
@@ -66,8 +72,6 @@ class FileSource:
             return
 
         def changed() -> None:
-            from .server import ReloadError
-
             # a rejection is logged and counted by the server; the running config stays
             with contextlib.suppress(ReloadError):
                 reload("file changed")
