@@ -678,6 +678,71 @@ def test_urgent_data_neither_stalls_nor_truncates(tmp_path: Path, mode: str) -> 
     echo.backend.close()
 
 
+class StreamRecorder:
+    """A target that reads every connection to its end (an ordinary reader: no
+    SO_OOBINLINE) and records what it got and how it ended: "eof" or the error."""
+
+    def __init__(self) -> None:
+        self.streams: list[tuple[bytes, str]] = []
+        self.backend = Backend(self.handle)
+        self.address = self.backend.address
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        got = bytearray()
+        try:
+            while chunk := conn.recv(1 << 20):
+                got += chunk
+            end = "eof"
+        except OSError as exc:
+            end = type(exc).__name__
+        if got or end != "eof":  # not a health check's connect
+            self.streams.append((bytes(got), end))
+
+    def wait(self, count: int) -> list[tuple[bytes, str]]:
+        deadline = time.monotonic() + 10
+        while len(self.streams) < count:
+            assert time.monotonic() < deadline, f"{len(self.streams)} of {count} streams ended"
+            time.sleep(0.01)
+        return self.streams
+
+
+def urgent_in_the_middle(port: int) -> None:
+    """300,000 bytes, one urgent byte, 50,000 more and the FIN, back to back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"a" * 300_000)
+        sock.send(b"U", socket.MSG_OOB)
+        sock.sendall(b"b" * 50_000)
+        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # a truncating relay resets the rest
+            sock.recv(1)  # until the target has all of it and closes
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_urgent_byte_before_fin_does_not_truncate(tmp_path: Path, mode: str) -> None:
+    """splice() stops at an urgent mark and returns 0 there once the FIN has come,
+    with 50,000 bytes still after it: the relay must not take that for the end. The
+    target gets what it gets on a direct connection (the urgent byte is out of band
+    for an ordinary reader), then the FIN."""
+    target = StreamRecorder()
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = relay_proxy(
+        tmp_path, {"Apps": [app("urgent", [port], [target.address], HealthCheck=quiet)]}, mode
+    )
+    urgent_in_the_middle(target.backend.port)
+    [direct] = target.wait(1)
+    assert direct == (b"a" * 300_000 + b"b" * 50_000, "eof")
+    trials = 20
+    for _ in range(trials):
+        urgent_in_the_middle(port)
+    relayed = target.wait(1 + trials)[1:]
+    wrong = [(len(got), end) for got, end in relayed if (got, end) != direct]
+    assert not wrong, f"{len(wrong)} of {trials} streams differ from direct: {wrong[:3]}"
+    assert proxy.stop() == 0
+    target.backend.close()
+
+
 @pytest.mark.parametrize("mode", ["splice", "sockmap"])
 def test_reset_after_half_close_is_propagated(tmp_path: Path, mode: str) -> None:
     """The client sent its FIN, then resets while the backend is still quiet: the

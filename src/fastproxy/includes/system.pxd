@@ -161,6 +161,7 @@ cdef extern from "<sys/ioctl.h>" nogil:
 cdef extern from "<linux/sockios.h>" nogil:
     enum:
         SIOCOUTQ
+        SIOCATMARK
 
 
 cdef extern from "<netinet/tcp.h>" nogil:

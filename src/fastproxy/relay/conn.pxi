@@ -107,6 +107,18 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
     return -errno
 
 
+cdef bint at_urgent_mark(fp_side* src) noexcept nogil:
+    """Whether the next byte to read is an urgent mark. splice() returns 0 there
+    once the FIN has come, however many bytes follow: a 0 it returns is the end of
+    the stream only if this says no. The EPOLLPRI that would have told may still be
+    on its way (urgent byte, more bytes and FIN arriving while we pump)."""
+    cdef int mark = 0
+    if ioctl(src.fd, SIOCATMARK, &mark) == 0 and mark:
+        src.urgent = True
+        return True
+    return False
+
+
 cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_side* src, fp_side* dst,
                      ssize_t* moved) noexcept nogil:
     """Move up to BOUNCE_SIZE bytes from src to dst with no pipe or buffer: peek,
@@ -207,11 +219,12 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
             if ch.piped and ((n == -EAGAIN and src.urgent)
-                             or (n == 0 and (src.urgent or src.blind))):
+                             or (n == 0 and (src.urgent or src.blind or at_urgent_mark(src)))):
                 # splice() stops at an urgent mark, and says 0 there once a FIN
                 # has come, however many bytes follow: not the end of the stream.
                 # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
-                # too.) Step over it with recv() once the pipe is empty.
+                # too; and EPOLLPRI may come after the 0: at_urgent_mark asks.)
+                # Step over it with recv() once the pipe is empty.
                 if ch.len == 0:
                     n = fill_past_urgent_mark(w, ch, src)
                 else:
