@@ -307,7 +307,13 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     (held here, or still queued on its socket: a reset socket reads to its end)
     goes on to the other side, never with a FIN; once that side has it all, or
     RESET_GRACE_MS has passed, it is reset, so it knows the stream was cut. The
-    bytes held for the failed side are dropped with it."""
+    bytes held for the failed side are dropped with it.
+
+    Unless its FIN came before the error (a peer that closed with SO_LINGER 0, or
+    with unread data, after its FIN): that direction had ended cleanly, and a
+    direct peer would get all of it and the FIN. So it does here too, with no
+    deadline but the idle timeout; only the direction toward the failed side is
+    dead, and the other side is reset once it has acknowledged everything."""
     cdef bint from_target = dead == &c.srv
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
@@ -321,7 +327,11 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
         conn_connect_failed(w, c)
         return
     chan_release(w, &c.up if from_target else &c.down)
-    toward_live.shut = True
+    # EPOLLRDHUP without an error said FIN (side_event), or the pump read to it.
+    c.fin_first = dead.fin or toward_live.eof
+    c.unacked = -1
+    if not c.fin_first:
+        toward_live.shut = True     # no FIN will be passed on
     dead.readable = True
     side_mute(w, live, True)        # nothing more is read from it
     c.state = ST_FAILING
@@ -340,18 +350,32 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
     cdef int queued = 0
+    cdef bint passed = toward_live.shut
     cdef int rc = chan_pump(w, c, toward_live, c.failed, live,
                             &c.up if from_target else &c.down, not from_target)
     if rc == PUMP_DST_FAILED:
         conn_abort(w, c, live)      # the other side failed too
         return
     if rc == PUMP_SRC_FAILED:
-        toward_live.eof = True      # its error ends what it sent
+        toward_live.eof = True      # its error ends what it sent, with no FIN
+        toward_live.shut = True
+    elif toward_live.shut and not passed:
+        # The FIN that came before the error, after the last byte. chan_pump leaves
+        # it to the close when the way back is shut, and this close is a reset.
+        shutdown(live.fd, SHUT_WR)
     if toward_live.len == 0 and toward_live.eof:
         if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
             conn_abort(w, c, live)
             return
-    if w.now_ms >= c.deadline_ms:
+        if queued != c.unacked:
+            c.unacked = queued
+            c.last_active_ms = w.now_ms     # a slow reader still taking bytes
+    if c.fin_first:
+        if c.idle_timeout_ms > 0 and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
+            fp_add_u64(&c.app_st.idle_timeouts, 1)
+            c.result = R_IDLE_TIMEOUT
+            conn_abort(w, c, live)
+    elif w.now_ms >= c.deadline_ms:
         conn_abort(w, c, live)
 
 
