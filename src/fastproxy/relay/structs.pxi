@@ -58,7 +58,7 @@ cdef enum:
     PUMP_BUDGET = 1048576      # bytes one direction moves per wake-up before yielding
     TICK_MS = 100              # timer resolution (timers.pxi)
     WHEEL_SLOTS = 256          # one turn of the timer wheel: 25.6 s
-    IDLE_WAIT_MS = 1000        # longest sleep with no connect/preface/failing timer
+    IDLE_WAIT_MS = 1000        # longest sleep, when no timer is due sooner (timers_wait_ms)
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
     PREFACE_TIMEOUT_MS = 5000  # time a client has to send its PROXY header / ClientHello
     PP_MAX = 536               # longest PROXY header read: v2 16 + 520 (v1 is 107)

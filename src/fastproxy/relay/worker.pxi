@@ -107,10 +107,10 @@ cdef void* worker_main(void* arg) noexcept nogil:
     while not fp_load_int(&w.stop):
         if w.ready != NULL:
             timeout = 0         # collect other events, then resume the ready ones
-        elif w.nconnecting > 0 or w.nfailing > 0:
-            timeout = TICK_MS
         else:
-            timeout = IDLE_WAIT_MS
+            # Connect, preface, idle and failing timers are all on the wheel: sleep
+            # until the first is due, not a fixed tick or second past it.
+            timeout = timers_wait_ms(w, IDLE_WAIT_MS)
         timeout = sockmap_timeout(w, timeout)
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
