@@ -479,6 +479,74 @@ def test_idle_timeout_spares_active_connections(tmp_path: Path) -> None:
     echo.backend.close()
 
 
+def test_idle_timeout_fires_on_time(tmp_path: Path) -> None:
+    """IdleTimeout 0.3 s closes an idle connection 0.3-0.5 s after its last byte (the
+    worker's sleep used to ignore the timer wheel: it closed after about 1 s). The
+    last byte moved between the client's send and its receipt of the echo, so the
+    close is timed from the send for the lower bound and from the receipt for the
+    upper one: both bounds are then at least as strict as the relay's own."""
+    echo = HashingEcho()
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    config = {"Apps": [app("idle", [port], [echo.address], IdleTimeout=0.3, HealthCheck=quiet)]}
+    proxy = Proxy(tmp_path, config)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sent = time.monotonic()
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+            received = time.monotonic()
+            assert sock.recv(10) == b""  # closed by the proxy
+            closed = time.monotonic()
+        print(f"idle close: {closed - sent:.3f}s after the send, {closed - received:.3f}s after")
+        assert closed - sent >= 0.3, f"closed {closed - sent:.3f}s after the last byte"
+        assert closed - received <= 0.5, f"closed {closed - received:.3f}s after the last byte"
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
+def test_preface_timeout_fires_on_time(tmp_path: Path) -> None:
+    """A client that starts its PROXY header (or its ClientHello) and never finishes
+    is closed 5.0-5.3 s after it connected. Its first bytes come 0.5 s in, so a worker
+    sleeping a whole second between wake-ups woke at x.5 s: 5.5 s."""
+    proxy_port, sni_port, target = free_ports(3)
+    config = {
+        "Apps": [
+            app("behind", [proxy_port], [f"127.0.0.1:{target}"], AcceptProxyProtocol=True),
+            app("named", [sni_port], [f"127.0.0.1:{target}"], ServerNames=["a.example"]),
+        ]
+    }
+    proxy = Proxy(tmp_path, config)
+    clients = []
+    for port, start in ((proxy_port, b"PROXY TCP4 192.0.2.1 "), (sni_port, b"\x16\x03\x01\x02")):
+        before = time.monotonic()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        clients.append((sock, start, before, time.monotonic()))
+    time.sleep(0.5)
+    for sock, start, _, _ in clients:
+        sock.sendall(start)
+    poller = select.poll()
+    for sock, _, _, _ in clients:
+        poller.register(sock, select.POLLIN)
+    ended: dict[int, float] = {}
+    while len(ended) < len(clients):
+        events = poller.poll(10_000)
+        assert events, "not closed after 10 s more"
+        for fd, _ in events:
+            ended[fd] = time.monotonic()
+            poller.unregister(fd)
+    for sock, _, before, connected in clients:
+        closed = ended[sock.fileno()]
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(10) == b""
+        sock.close()
+        print(f"preface close: {closed - before:.3f}s after the connect")
+        # Timed from before the connect for the lower bound, from after it for the upper.
+        assert closed - before >= 5.0, f"closed {closed - before:.3f}s after the connect"
+        assert closed - connected <= 5.3, f"closed {closed - connected:.3f}s after the connect"
+    assert proxy.stop() == 0
+
+
 def test_connect_timeout_gives_up_on_a_silent_target(tmp_path: Path) -> None:
     """A target whose accept queue is full drops SYNs: the connect hangs until the
     connect timeout on the worker's timer wheel gives up on it."""
@@ -676,6 +744,71 @@ def test_urgent_data_neither_stalls_nor_truncates(tmp_path: Path, mode: str) -> 
     assert got == b"A" * 10 + b"B" * 10
     assert proxy.stop() == 0
     echo.backend.close()
+
+
+class StreamRecorder:
+    """A target that reads every connection to its end (an ordinary reader: no
+    SO_OOBINLINE) and records what it got and how it ended: "eof" or the error."""
+
+    def __init__(self) -> None:
+        self.streams: list[tuple[bytes, str]] = []
+        self.backend = Backend(self.handle)
+        self.address = self.backend.address
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        got = bytearray()
+        try:
+            while chunk := conn.recv(1 << 20):
+                got += chunk
+            end = "eof"
+        except OSError as exc:
+            end = type(exc).__name__
+        if got or end != "eof":  # not a health check's connect
+            self.streams.append((bytes(got), end))
+
+    def wait(self, count: int) -> list[tuple[bytes, str]]:
+        deadline = time.monotonic() + 10
+        while len(self.streams) < count:
+            assert time.monotonic() < deadline, f"{len(self.streams)} of {count} streams ended"
+            time.sleep(0.01)
+        return self.streams
+
+
+def urgent_in_the_middle(port: int) -> None:
+    """300,000 bytes, one urgent byte, 50,000 more and the FIN, back to back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"a" * 300_000)
+        sock.send(b"U", socket.MSG_OOB)
+        sock.sendall(b"b" * 50_000)
+        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # a truncating relay resets the rest
+            sock.recv(1)  # until the target has all of it and closes
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_urgent_byte_before_fin_does_not_truncate(tmp_path: Path, mode: str) -> None:
+    """splice() stops at an urgent mark and returns 0 there once the FIN has come,
+    with 50,000 bytes still after it: the relay must not take that for the end. The
+    target gets what it gets on a direct connection (the urgent byte is out of band
+    for an ordinary reader), then the FIN."""
+    target = StreamRecorder()
+    (port,) = free_ports(1)
+    quiet = {"Interval": 3600, "Timeout": 1}
+    proxy = relay_proxy(
+        tmp_path, {"Apps": [app("urgent", [port], [target.address], HealthCheck=quiet)]}, mode
+    )
+    urgent_in_the_middle(target.backend.port)
+    [direct] = target.wait(1)
+    assert direct == (b"a" * 300_000 + b"b" * 50_000, "eof")
+    trials = 20
+    for _ in range(trials):
+        urgent_in_the_middle(port)
+    relayed = target.wait(1 + trials)[1:]
+    wrong = [(len(got), end) for got, end in relayed if (got, end) != direct]
+    assert not wrong, f"{len(wrong)} of {trials} streams differ from direct: {wrong[:3]}"
+    assert proxy.stop() == 0
+    target.backend.close()
 
 
 @pytest.mark.parametrize("mode", ["splice", "sockmap"])

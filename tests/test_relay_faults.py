@@ -641,6 +641,57 @@ def test_a_slow_client_gets_the_whole_reply_of_a_target_that_reset(
         backend.close()
 
 
+@pytest.mark.parametrize("mode", ["direct", "splice", "copy"])
+def test_a_reset_after_the_fin_does_not_cut_the_reply(tmp_path: Path, mode: str) -> None:
+    """The target answers, sends its FIN, waits until all of it is acknowledged and
+    closes with a reset (SO_LINGER 0). A slow client still reading the answer gets
+    all of it and a clean EOF, as it does direct ("direct" runs the same test with no
+    proxy): the FIN ended that direction before the reset, which ends only the other
+    one. It used to get 102,400 bytes, then a reset when the 2 s grace ran out."""
+    answer = os.urandom(200_000)
+    reset_done = threading.Event()
+
+    def answer_fin_reset(conn: socket.socket) -> None:
+        if not conn.recv(100):
+            return  # a health check's connect
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 10
+        while unsent(conn) and time.monotonic() < deadline:
+            time.sleep(0.01)  # every byte and the FIN acknowledged
+        reset(conn)
+        reset_done.set()
+
+    backend = Backend(answer_fin_reset)
+    port = backend.port
+    if mode != "direct":
+        (port,) = free_ports(1)
+        quiet = {"Interval": 3600, "Timeout": 1}
+        config = {"Apps": [app("fin-reset", [port], [backend.address], HealthCheck=quiet)]}
+        proxy = Proxy(tmp_path, config, "--relay", mode)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"question")
+            received = bytearray()
+            try:
+                while chunk := sock.recv(4096):
+                    received += chunk
+                    time.sleep(0.05)  # a slow reader
+                end = "eof"
+            except OSError as exc:
+                end = type(exc).__name__
+        assert reset_done.is_set(), "the target never reset"
+        assert (len(received), end) == (len(answer), "eof")
+        assert received == answer
+        if mode != "direct":
+            assert proxy.stop() == 0
+    finally:
+        backend.close()
+
+
 def unsent(sock: socket.socket) -> int:
     """Bytes in the socket's send queue: not sent yet, or not acknowledged."""
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]

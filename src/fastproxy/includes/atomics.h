@@ -24,4 +24,7 @@ static inline uint64_t fp_load_acq_u64(const uint64_t *p) { return __atomic_load
 static inline void fp_store_rel_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void *fp_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fp_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* A full barrier: orders a store before a later load (release/acquire do not;
+ * see the worker epochs in worker.pxi and api.pxi). */
+static inline void fp_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 #endif

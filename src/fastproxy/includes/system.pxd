@@ -161,6 +161,7 @@ cdef extern from "<sys/ioctl.h>" nogil:
 cdef extern from "<linux/sockios.h>" nogil:
     enum:
         SIOCOUTQ
+        SIOCATMARK
 
 
 cdef extern from "<netinet/tcp.h>" nogil:
@@ -256,3 +257,4 @@ cdef extern from "includes/atomics.h" nogil:
     void fp_store_rel_u64(uint64_t* p, uint64_t v)
     void* fp_load_ptr(void** p)
     void fp_store_ptr(void** p, void* v)
+    void fp_fence_seq_cst()

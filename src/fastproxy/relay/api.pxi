@@ -296,6 +296,9 @@ cdef class Relay:
 
     cdef list _epochs(self):
         cdef int i
+        # The tables published before must be visible before the epochs are read:
+        # the other half of the fence in run_batch (worker.pxi).
+        fp_fence_seq_cst()
         return [fp_load_int(&self.r.workers[i].epoch) for i in range(self.r.nworkers)]
 
     cdef bint _moved_on(self, list seen):
@@ -336,6 +339,7 @@ cdef class Relay:
         if seen == NULL:
             raise MemoryError()
         try:
+            fp_fence_seq_cst()          # as in _epochs: tables stored, then epochs read
             for i in range(self.r.nworkers):
                 seen[i] = fp_load_int(&self.r.workers[i].epoch)
                 write(self.r.workers[i].wakefd, &one, sizeof(one))

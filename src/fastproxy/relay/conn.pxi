@@ -128,6 +128,18 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
     return -errno
 
 
+cdef bint at_urgent_mark(fp_side* src) noexcept nogil:
+    """Whether the next byte to read is an urgent mark. splice() returns 0 there
+    once the FIN has come, however many bytes follow: a 0 it returns is the end of
+    the stream only if this says no. The EPOLLPRI that would have told may still be
+    on its way (urgent byte, more bytes and FIN arriving while we pump)."""
+    cdef int mark = 0
+    if ioctl(src.fd, SIOCATMARK, &mark) == 0 and mark:
+        src.urgent = True
+        return True
+    return False
+
+
 cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_side* src, fp_side* dst,
                      ssize_t* moved) noexcept nogil:
     """Move up to BOUNCE_SIZE bytes from src to dst with no pipe or buffer: peek,
@@ -228,11 +240,12 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src.fd)
             if ch.piped and ((n == -EAGAIN and src.urgent)
-                             or (n == 0 and (src.urgent or src.blind))):
+                             or (n == 0 and (src.urgent or src.blind or at_urgent_mark(src)))):
                 # splice() stops at an urgent mark, and says 0 there once a FIN
                 # has come, however many bytes follow: not the end of the stream.
                 # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
-                # too.) Step over it with recv() once the pipe is empty.
+                # too; and EPOLLPRI may come after the 0: at_urgent_mark asks.)
+                # Step over it with recv() once the pipe is empty.
                 if ch.len == 0:
                     n = fill_past_urgent_mark(w, ch, src)
                 else:
@@ -315,7 +328,13 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     (held here, or still queued on its socket: a reset socket reads to its end)
     goes on to the other side, never with a FIN; once that side has it all, or
     RESET_GRACE_MS has passed, it is reset, so it knows the stream was cut. The
-    bytes held for the failed side are dropped with it."""
+    bytes held for the failed side are dropped with it.
+
+    Unless its FIN came before the error (a peer that closed with SO_LINGER 0, or
+    with unread data, after its FIN): that direction had ended cleanly, and a
+    direct peer would get all of it and the FIN. So it does here too, with no
+    deadline but the idle timeout; only the direction toward the failed side is
+    dead, and the other side is reset once it has acknowledged everything."""
     cdef bint from_target = dead == &c.srv
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
@@ -329,7 +348,11 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
         conn_connect_failed(w, c)
         return
     chan_release(w, &c.up if from_target else &c.down)
-    toward_live.shut = True
+    # EPOLLRDHUP without an error said FIN (side_event), or the pump read to it.
+    c.fin_first = dead.fin or toward_live.eof
+    c.unacked = -1
+    if not c.fin_first:
+        toward_live.shut = True     # no FIN will be passed on
     dead.readable = True
     side_mute(w, live, True)        # nothing more is read from it
     c.state = ST_FAILING
@@ -348,18 +371,32 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
     cdef int queued = 0
+    cdef bint passed = toward_live.shut
     cdef int rc = chan_pump(w, c, toward_live, c.failed, live,
                             &c.up if from_target else &c.down, not from_target)
     if rc == PUMP_DST_FAILED:
         conn_abort(w, c, live)      # the other side failed too
         return
     if rc == PUMP_SRC_FAILED:
-        toward_live.eof = True      # its error ends what it sent
+        toward_live.eof = True      # its error ends what it sent, with no FIN
+        toward_live.shut = True
+    elif toward_live.shut and not passed:
+        # The FIN that came before the error, after the last byte. chan_pump leaves
+        # it to the close when the way back is shut, and this close is a reset.
+        shutdown(live.fd, SHUT_WR)
     if toward_live.len == 0 and toward_live.eof:
         if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
             conn_abort(w, c, live)
             return
-    if w.now_ms >= c.deadline_ms:
+        if queued != c.unacked:
+            c.unacked = queued
+            c.last_active_ms = w.now_ms     # a slow reader still taking bytes
+    if c.fin_first:
+        if c.idle_timeout_ms > 0 and w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
+            fp_add_u64(&c.app_st.idle_timeouts, 1)
+            c.result = R_IDLE_TIMEOUT
+            conn_abort(w, c, live)
+    elif w.now_ms >= c.deadline_ms:
         conn_abort(w, c, live)
 
 

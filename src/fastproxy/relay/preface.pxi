@@ -65,7 +65,8 @@ cdef int preface_read_hello(fp_worker* w, fp_conn* c) noexcept nogil:
     """The app the ClientHello's server name goes to; -1: wait, or closed."""
     cdef uint8_t* name = NULL
     cdef size_t name_len = 0
-    cdef int rc, app
+    cdef int rc, app = -1
+    cdef fp_sni* now
     cdef ssize_t n = preface_peek(w, c, w.peek, SNI_MAX, R_SNI_ERROR)
     if n == 0:
         return -1
@@ -75,7 +76,14 @@ cdef int preface_read_hello(fp_worker* w, fp_conn* c) noexcept nogil:
     if rc != SNI_FOUND and rc != SNI_ABSENT:
         preface_fail(w, c, R_SNI_ERROR)
         return -1
-    app = sni_lookup(c.sni, name, name_len)
+    # The port's table in force now, not c.sni, the one at accept: since then a
+    # reload may have removed an app it names and another have taken its id. Read
+    # in this event batch, its ids are those of apps[] (Routes hands a removed
+    # app's id on only once every worker has finished the batch it was in).
+    now = sni_get(w.relay, c.port)
+    if now != NULL:
+        app = sni_lookup(now, name, name_len)
+        sni_decref(now)
     if app < 0:
         preface_fail(w, c, R_SNI_UNMATCHED)
     return app
@@ -106,6 +114,25 @@ cdef bint preface_route(fp_worker* w, fp_conn* c, int app) noexcept nogil:
     return True
 
 
+cdef bint preface_reroute(fp_worker* w, fp_conn* c) noexcept nogil:
+    """A client of a port one app owns has sent its PROXY header: it goes by the
+    port's route in force now. The one taken at accept may be an older version of
+    that app's (replaced), or of an app a reload removed (the client is closed).
+    The app slot tells the same app: no other can have it while we count in it."""
+    cdef fp_route* rt = route_get(w.relay, fp_load_int(&w.relay.port_app[c.port]))
+    if rt == NULL or rt.app_slot != c.app_slot:
+        if rt != NULL:
+            route_decref(rt)
+        fp_add_u64(&c.app_st.no_target, 1)
+        c.result = R_NO_TARGET
+        conn_close(w, c)
+        return False
+    route_decref(c.route)
+    c.route = rt
+    c.idle_timeout_ms = rt.idle_timeout_ms
+    return True
+
+
 cdef void preface_step(fp_worker* w, fp_conn* c) noexcept nogil:
     """The client sent something (or went away): read on, and once all is there,
     route and connect."""
@@ -116,6 +143,8 @@ cdef void preface_step(fp_worker* w, fp_conn* c) noexcept nogil:
         app = preface_read_hello(w, c)
         if app < 0 or not preface_route(w, c, app):
             return
+    elif not preface_reroute(w, c):
+        return
     # The bytes after the preface wait in the socket; no new edge will say so.
     c.cli.readable = True
     conn_start(w, c)

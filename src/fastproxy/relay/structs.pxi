@@ -23,7 +23,8 @@ cdef enum ConnState:
                         # one that closed while queued for a retry)
     ST_PREFACE = 5      # reading a PROXY header and/or a TLS ClientHello (preface.pxi)
     ST_FAILING = 6      # one side failed: what it sent still goes to the other side,
-                        # for up to RESET_GRACE_MS, then that side is reset
+                        # for up to RESET_GRACE_MS (with no deadline but the idle
+                        # timeout when its FIN came first), then that side is reset
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -57,7 +58,7 @@ cdef enum:
     PUMP_BUDGET = 1048576      # bytes one direction moves per wake-up before yielding
     TICK_MS = 100              # timer resolution (timers.pxi)
     WHEEL_SLOTS = 256          # one turn of the timer wheel: 25.6 s
-    IDLE_WAIT_MS = 1000        # longest sleep with no connect/preface/failing timer
+    IDLE_WAIT_MS = 1000        # longest sleep, when no timer is due sooner (timers_wait_ms)
     PERSOURCE_BUCKETS = 4096   # per-source counters per app (16 KiB)
     PREFACE_TIMEOUT_MS = 5000  # time a client has to send its PROXY header / ClientHello
     PP_MAX = 536               # longest PROXY header read: v2 16 + 520 (v1 is 107)
@@ -230,6 +231,9 @@ cdef struct fp_conn:
     int64_t deadline_ms         # connect deadline, or the end of the reset grace
     int64_t connect_start_us    # when the current connect began (its time is measured)
     fp_side* failed             # ST_FAILING: the side that failed
+    bint fin_first              # ST_FAILING: its FIN came before its error (conn_fail)
+    int unacked                 # ST_FAILING after a FIN: bytes the other side had not
+                                # acknowledged at the last look, -1 before the first
     sockaddr_storage peer       # the client
     sockaddr_storage local      # where the client connected to
     # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)

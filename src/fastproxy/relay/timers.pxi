@@ -89,3 +89,18 @@ cdef void timers_run(fp_worker* w) noexcept nogil:
             c = nxt
     if w.wheel_tick < now_tick:
         w.wheel_tick = now_tick
+
+
+cdef int timers_wait_ms(fp_worker* w, int longest) noexcept nogil:
+    """How long the loop may sleep: until the tick of the first slot holding a
+    timer (timers_run runs it once now_ms reaches that tick), at most `longest`.
+    Only the slots within `longest` are looked at: a dozen for a second."""
+    cdef int64_t tick = w.wheel_tick + 1
+    cdef int64_t last = w.wheel_tick + min(<int64_t>WHEEL_SLOTS, longest // TICK_MS + 1)
+    cdef int64_t wait
+    while tick <= last:
+        if w.wheel[tick % WHEEL_SLOTS] != NULL:
+            wait = tick * TICK_MS - monotonic_ms()
+            return <int>max(<int64_t>0, min(wait, <int64_t>longest))
+        tick += 1
+    return longest

@@ -94,6 +94,14 @@ cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
     process_ready(w)
     free_graveyard(w)
     fp_store_int(&w.epoch, w.epoch + 1)
+    # Store-buffer pattern with Relay._epochs / quiesce: we store the epoch, then
+    # (next batch) load apps[], port_app[] and port_sni[]; Python stores those, then
+    # loads the epochs. Release/acquire lets each side's load pass its own store
+    # (x86 does, from its store buffer): Python could see the old epoch while we
+    # still read the old table, and free it under us. A full fence on each side
+    # forbids that. (It held before only because epoll_wait and Python's mutex
+    # unlock happen to fence.)
+    fp_fence_seq_cst()
 
 
 cdef void* worker_main(void* arg) noexcept nogil:
@@ -107,10 +115,10 @@ cdef void* worker_main(void* arg) noexcept nogil:
     while not fp_load_int(&w.stop):
         if w.ready != NULL:
             timeout = 0         # collect other events, then resume the ready ones
-        elif w.nconnecting > 0 or w.nfailing > 0:
-            timeout = TICK_MS
         else:
-            timeout = IDLE_WAIT_MS
+            # Connect, preface, idle and failing timers are all on the wheel: sleep
+            # until the first is due, not a fixed tick or second past it.
+            timeout = timers_wait_ms(w, IDLE_WAIT_MS)
         timeout = sockmap_timeout(w, timeout)
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
