@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-from proxyproc import ROOT
-
 from fastproxy import config
+from proxyproc import ROOT
 
 DOCS = ROOT / "docs"
 
