@@ -80,7 +80,8 @@ class TLS:
 class Etcd:
     """One etcd member with its data in `data_dir`; stopped by pid, never by name.
     Started in the network namespace of the calling thread. With `tls`, its client
-    port speaks only TLS and takes only clients with a certificate of tls's CA."""
+    port speaks only TLS and (client_cert_auth) takes only clients with a certificate
+    of tls's CA."""
 
     def __init__(
         self,
@@ -89,6 +90,8 @@ class Etcd:
         ports: list[int] | None = None,
         tls: TLS | None = None,
         max_request_bytes: int | None = None,
+        client_cert_auth: bool = True,
+        extra: tuple[str, ...] = (),
     ):
         self.data_dir = data_dir
         self.host = host
@@ -97,6 +100,8 @@ class Etcd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.with_suffix(".log")
         self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        self.extra = extra  # more of etcd's flags
         self.max_request_bytes = max_request_bytes
 
     def url(self, prefix: str = "fp") -> str:
@@ -125,11 +130,12 @@ class Etcd:
             argv += [
                 f"--cert-file={self.tls.server_cert}",
                 f"--key-file={self.tls.server_key}",
-                f"--trusted-ca-file={self.tls.ca}",
-                "--client-cert-auth",
             ]
+            if self.client_cert_auth:
+                argv += [f"--trusted-ca-file={self.tls.ca}", "--client-cert-auth"]
         if self.max_request_bytes is not None:
             argv.append(f"--max-request-bytes={self.max_request_bytes}")
+        argv += self.extra
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process holds it
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
