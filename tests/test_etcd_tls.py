@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from etcdproc import TLS, Etcd, EtcdProxy, cli, client, have_etcd, instances, push
 from fastproxy.backends import NamedEchoServer
+from fastproxy.cli import main
 from proxyproc import app, free_ports
 from test_etcd import answers, ask, config, wait_until
 
@@ -56,6 +59,18 @@ def backends() -> Iterator[dict[str, NamedEchoServer]]:
         server.close()
 
 
+def fastproxy(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`fastproxy ARGS...` in this process (click's runner), as cli() does in a process
+    of its own: starting Python is most of a short command's time."""
+    done = CliRunner().invoke(main, list(args), env=env)
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        raise done.exception
+    assert not check or done.exit_code == 0, done.stderr
+    return subprocess.CompletedProcess(list(args), done.exit_code, done.stdout, done.stderr)
+
+
 def one_line_error(done: Any, code: int = 1) -> str:
     assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
@@ -76,7 +91,9 @@ def test_etcds_with_a_client_certificate_serves_and_nothing_else_gets_in(
     # the watch and the registration go over TLS too
     push(config(app("x", [p1], [backends["b"].address])), url, tls.security())
     wait_until(answers(p1, "b"), what="a change seen through the TLS watch")
-    assert instances(url, tls.security())["tls"]["config_revision"] > revision
+    wait_until(
+        lambda: instances(url, tls.security()).get("tls", {}).get("config_revision", 0) > revision
+    )
     # the cache it wrote: 0600 in a 0700 directory
     cache = proxy.cache_dir / f"etcd-{url.rsplit('/', 1)[1]}.json"
     assert oct(cache.stat().st_mode & 0o777) == "0o600"
@@ -84,11 +101,13 @@ def test_etcds_with_a_client_certificate_serves_and_nothing_else_gets_in(
     # the same flags from the environment
     env = {"FASTPROXY_ETCD_CACERT": str(tls.ca), "FASTPROXY_ETCD_CERT": str(tls.cert),
            "FASTPROXY_ETCD_KEY": str(tls.key)}  # fmt: skip
-    assert "revision" in cli("config", "get", url, env=env).stderr
-    assert "tls" in cli("cluster", "status", url, env=env).stdout
+    assert "revision" in fastproxy("config", "get", url, env=env).stderr
+    assert "tls" in fastproxy("cluster", "status", url, env=env).stdout
 
     # no client certificate: one line, and nothing read
-    line = one_line_error(cli("config", "get", url, "--etcd-cacert", str(tls.ca), check=False))
+    line = one_line_error(
+        fastproxy("config", "get", url, "--etcd-cacert", str(tls.ca), check=False)
+    )
     assert "etcd unreachable" in line and "TLS" in line, line
     # a CA that did not sign etcd's certificate: one line
     other = TLS(tmp_path / "other", name="other")
@@ -100,12 +119,12 @@ def test_etcds_with_a_client_certificate_serves_and_nothing_else_gets_in(
         "--etcd-key",
         str(tls.key),
     ]
-    line = one_line_error(cli("config", "get", url, *args, check=False))
+    line = one_line_error(fastproxy("config", "get", url, *args, check=False))
     assert "not signed by a CA we trust" in line, line
     # another CA's client certificate: etcd refuses it
     args = ["--etcd-cacert", str(tls.ca), "--etcd-cert", str(other.cert),
             "--etcd-key", str(other.key)]  # fmt: skip
-    line = one_line_error(cli("config", "get", url, *args, check=False))
+    line = one_line_error(fastproxy("config", "get", url, *args, check=False))
     assert "TLS" in line, line
     # an instance without a certificate waits for etcd, one line per try
     stray = EtcdProxy(tmp_path / "j", url, "--etcd-cacert", str(tls.ca), instance_id="no-cert",
@@ -150,17 +169,20 @@ def test_plain_etcd_beyond_loopback_is_refused_unless_insecure(
         remote = f"etcd://0.0.0.0:{plain.client_port}/fp"
         for args in (("config", "get", remote), ("cluster", "status", remote),
                      ("serve", remote, "--cache-dir", str(tmp_path / "c"))):  # fmt: skip
-            line = one_line_error(cli(*args, check=False), code=2)
+            line = one_line_error(fastproxy(*args, check=False), code=2)
             assert "plain etcd:// to 0.0.0.0" in line and "--etcd-insecure" in line, line
         good = tmp_path / "good.json"
         good.write_text(json.dumps(config(app("x", [7001], ["127.0.0.1:9"]))))
-        one_line_error(cli("config", "push", str(good), remote, check=False), code=2)
-        assert '"Ports": [7000]' in cli("config", "get", plain.url()).stdout  # not written
-        assert "7000" in cli("config", "get", remote, "--etcd-insecure").stdout
-        assert "7000" in cli("config", "get", remote, env={"FASTPROXY_ETCD_INSECURE": "1"}).stdout
+        one_line_error(fastproxy("config", "push", str(good), remote, check=False), code=2)
+        assert '"Ports": [7000]' in fastproxy("config", "get", plain.url()).stdout  # not written
+        assert "7000" in fastproxy("config", "get", remote, "--etcd-insecure").stdout
+        assert (
+            "7000"
+            in fastproxy("config", "get", remote, env={"FASTPROXY_ETCD_INSECURE": "1"}).stdout
+        )
         # TLS flags on a plain URL are a mistake, not silently unused
         line = one_line_error(
-            cli("config", "get", plain.url(), "--etcd-cacert", "/x", check=False), 2
+            fastproxy("config", "get", plain.url(), "--etcd-cacert", "/x", check=False), 2
         )
         assert "etcds://" in line
     finally:
@@ -178,10 +200,10 @@ def test_a_fleet_document_setting_a_host_local_key_is_rejected(
     (tmp_path / "evil.json").write_text(json.dumps(evil))
     # at push time: one line naming the key, and nothing written
     line = one_line_error(
-        cli("config", "push", str(tmp_path / "evil.json"), url, *tls.args(), check=False), 2
+        fastproxy("config", "push", str(tmp_path / "evil.json"), url, *tls.args(), check=False), 2
     )
     assert "AccessLog: a host-local setting" in line, line
-    assert "no config" in cli("config", "get", url, *tls.args(), check=False).stderr
+    assert "no config" in fastproxy("config", "get", url, *tls.args(), check=False).stderr
 
     good = push(config(app("x", [p1], [backends["a"].address])), url, tls.security())
     proxy = EtcdProxy(tmp_path / "i", url, *tls.args(), instance_id="local")
@@ -189,7 +211,11 @@ def test_a_fleet_document_setting_a_host_local_key_is_rejected(
     for key, value in (("AccessLog", str(evil_log)), ("User", "nobody"), ("Admin", "0.0.0.0:1")):
         bad = push({key: value, **config(app("x", [p1], [backends["b"].address]))}, url,
                    tls.security())  # fmt: skip
-        wait_until(lambda b=bad: instances(url, tls.security())["local"]["rejected_revision"] == b)
+        wait_until(
+            lambda b=bad: (
+                instances(url, tls.security()).get("local", {}).get("rejected_revision") == b
+            )
+        )
         record = instances(url, tls.security())["local"]
         assert f"{key}: a host-local setting" in record["rejected_error"]
         assert record["config_revision"] == good
@@ -198,14 +224,18 @@ def test_a_fleet_document_setting_a_host_local_key_is_rejected(
     assert proxy.status()["reloads"] == {"success": 0, "failure": 3}
     assert not evil_log.exists()
     assert proxy.stop() == 0
+    # the admin port is each host's: a fleet's app may take 9901, the default one (it
+    # was refused, "set Admin to another address", which a fleet document may not do)
+    (tmp_path / "9901.json").write_text(json.dumps(config(app("x", [9901], ["127.0.0.1:9"]))))
+    fastproxy("config", "push", str(tmp_path / "9901.json"), url, *tls.args())
     # the host's own file holds only host-local keys
     (tmp_path / "local.json").write_text(json.dumps({"Apps": []}))
-    done = cli("serve", url, *tls.args(), "--local-config", str(tmp_path / "local.json"),
+    done = fastproxy("serve", url, *tls.args(), "--local-config", str(tmp_path / "local.json"),
                check=False)  # fmt: skip
     assert "Apps: a setting of the fleet" in one_line_error(done, 2)
 
 
-@pytest.mark.parametrize("planted", ["other-owner", "mode-0666"])
+@pytest.mark.parametrize("planted", ["other-owner", "mode-0666", "directory-of-another"])
 def test_a_planted_config_cache_is_not_trusted(
     tmp_path: Path, planted: str, backends: dict[str, NamedEchoServer]
 ) -> None:
@@ -222,19 +252,24 @@ def test_a_planted_config_cache_is_not_trusted(
     if planted == "other-owner":
         cache.chmod(0o600)
         os.chown(cache, 65534, 65534)
-        why = "owned by uid 65534, not root or the proxy's user"
-    else:
+        why = "it is owned by uid 65534, not root or the proxy's user"
+    elif planted == "mode-0666":
         cache.chmod(0o666)
-        why = "writable by group or others (mode 0666)"
+        why = "it is writable by group or others (mode 0666)"
+    else:  # the file is fine, but another user could have replaced it
+        cache.chmod(0o600)
+        os.chown(cache_dir, 65534, 65534)
+        why = f"its directory {cache_dir} is owned by uid 65534, not root or the proxy's user"
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="planted", wait=False)
     proxy.wait_log("waiting for etcd")
-    assert f"ignoring the config cache {cache}: it is {why}" in proxy.log(), proxy.log()
+    assert f"ignoring the config cache {cache}: {why}" in proxy.log(), proxy.log()
     assert "starting on the cached config" not in proxy.log()
     with pytest.raises(OSError):
         ask(p1)
     proxy.kill()
     # the same file, owned by us and 0600: served (the test plants what a cache holds)
     os.chown(cache, os.geteuid(), os.getegid())
+    os.chown(cache_dir, os.geteuid(), os.getegid())
     cache.chmod(0o600)
     proxy = EtcdProxy(tmp_path / "i", url, instance_id="planted")
     assert "starting on the cached config of revision 7" in proxy.log()
@@ -270,11 +305,11 @@ def test_user_and_password_over_tls(
         (tmp_path / "wrong").write_text("guess\n")
         server_only = ["--etcd-cacert", str(tls.ca)]
         auth = [*server_only, "--etcd-user", "fleet", "--etcd-password-file", str(tmp_path / "pw")]
-        line = one_line_error(cli("config", "get", url, *server_only, check=False))
+        line = one_line_error(fastproxy("config", "get", url, *server_only, check=False))
         assert "etcd refused: etcdserver: user name is empty" in line, line
         wrong = [*server_only, "--etcd-user", "fleet", "--etcd-password-file",
                  str(tmp_path / "wrong")]  # fmt: skip
-        line = one_line_error(cli("config", "get", url, *wrong, check=False))
+        line = one_line_error(fastproxy("config", "get", url, *wrong, check=False))
         assert "authentication failed" in line, line
 
         (p1,) = free_ports(1)
@@ -282,13 +317,13 @@ def test_user_and_password_over_tls(
             (tmp_path / f"{name}.json").write_text(
                 json.dumps(config(app("x", [p1], [backends[name].address])))
             )
-        cli("config", "push", str(tmp_path / "a.json"), url, *auth)
+        fastproxy("config", "push", str(tmp_path / "a.json"), url, *auth)
         proxy = EtcdProxy(tmp_path / "i", url, *auth, instance_id="user")
         assert ask(p1) == "a"
         time.sleep(1.5)  # every token the instance holds has expired
-        cli("config", "push", str(tmp_path / "b.json"), url, *auth)
+        fastproxy("config", "push", str(tmp_path / "b.json"), url, *auth)
         wait_until(answers(p1, "b"), what="a push seen after the token expired")
-        assert "user" in cli("cluster", "status", url, *auth).stdout
+        assert "user" in fastproxy("cluster", "status", url, *auth).stdout
         assert proxy.stop() == 0
     finally:
         etcd.stop()

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import ConfigError, load_config, parse_fleet_config
+from .config import ConfigError, parse_fleet_config, read_config_file
 from .etcd import Etcd, EtcdError, EtcdURL, Security
 
 
@@ -92,14 +92,10 @@ def push(file: str, etcd_url: str, if_revision: int | None, security: Security) 
     An invalid file, or one that sets a host-local setting (Admin, User, AccessLog...),
     is never written."""
     try:
-        load_config(file)  # its messages for a file that cannot be read
-        with open(file, "rb") as f:
-            document = f.read()
+        document = read_config_file(file)
         parse_fleet_config(document, file)  # what is written is what was validated
     except ConfigError as exc:
         _fail(exc, 2)
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}", 2)
     etcd = _connect(etcd_url, security)
     try:
         revision = etcd.put_if(etcd.url.config_key, document, if_revision)

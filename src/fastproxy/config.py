@@ -44,6 +44,7 @@ __all__ = [
     "parse_config",
     "parse_config_bytes",
     "parse_fleet_config",
+    "read_config_file",
     "parse_host_port",
     "summary",
 ]
@@ -220,9 +221,14 @@ class Config:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file. Every failure, I/O included, is a ConfigError."""
+    return parse_config_bytes(read_config_file(path), os.fsdecode(path))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a config file (regular, at most MAX_CONFIG_BYTES); ConfigError else."""
     source = os.fsdecode(path)
     try:
-        raw = _read_regular_file(path, source)
+        return _read_regular_file(path, source)
     except FileNotFoundError:
         raise ConfigError(f"{source}: file not found") from None
     except PermissionError:
@@ -230,7 +236,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{source}: cannot read the file: {reason}") from None
-    return parse_config_bytes(raw, source)
 
 
 def parse_config_bytes(raw: bytes, source: str) -> Config:
@@ -251,7 +256,9 @@ def parse_fleet_config(raw: bytes, source: str, local: dict[str, Any] | None = N
                     f"{source}: {key}: a host-local setting, never taken from a fleet's config"
                     " (give it on each host: --local-config FILE)"
                 )
-        merged = _JsonObject({**data, **(local or {})})
+        # Without a host's settings (a push), Admin is left to each host: port 0 is no
+        # app's port, so only a host's own Admin is checked against the apps' ports.
+        merged = _JsonObject({**data, **(local if local is not None else {"Admin": "127.0.0.1:0"})})
         merged.duplicates = getattr(data, "duplicates", ())
         data = merged
     return parse_config(data, source)
@@ -260,15 +267,7 @@ def parse_fleet_config(raw: bytes, source: str, local: dict[str, Any] | None = N
 def load_local_config(path: str) -> dict[str, Any]:
     """The host-local settings of an instance serving a fleet's config (--local-config):
     a JSON object of HOST_LOCAL_KEYS only, validated; ConfigError otherwise."""
-    try:
-        data = _decode_json(_read_regular_file(path, path), path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
-    except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"{path}: cannot read the file: {reason}") from None
+    data = _decode_json(read_config_file(path), path)
     try:
         if not isinstance(data, dict):
             raise _Invalid("", f"expected a JSON object at the top level, {_got(data)}")
