@@ -25,7 +25,7 @@ _FILE = click.Path(dir_okay=False)
 # same settings from FASTPROXY_ETCD_* for a unit file or a shell profile.
 _ETCD_OPTIONS = [
     click.option("--etcd-cacert", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_CACERT",
-                 help="CA that signed etcd's certificate (etcds://; default: the system's)."),
+                 help="CA that signed etcd's certificate (etcds://; default: certifi's CAs)."),
     click.option("--etcd-cert", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_CERT",
                  help="Client certificate to present to etcd (etcds://)."),
     click.option("--etcd-key", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_KEY",

@@ -111,7 +111,7 @@ class EtcdURL:
 class Security:
     """How to reach etcd: the --etcd-* flags (etcdctl's names)."""
 
-    cacert: str | None = None  # CA bundle that signed etcd's certificate (else the system's)
+    cacert: str | None = None  # CA that signed etcd's certificate (else certifi's CAs)
     cert: str | None = None  # client certificate...
     key: str | None = None  # ...and its key
     user: str | None = None  # etcd's own authentication, with the password in a file
@@ -143,18 +143,21 @@ class Security:
                 _readable(f"--etcd-{flag}", path)
 
     def password(self) -> str:
-        text = _readable("--etcd-password-file", self.password_file or "")
-        password = text.rstrip("\r\n")
+        """The first line of --etcd-password-file."""
+        raw = _readable("--etcd-password-file", self.password_file or "")
+        password = raw.decode("utf-8", "replace").split("\n", 1)[0].rstrip("\r")
         if not password:
             raise ConfigError(f"--etcd-password-file {self.password_file}: the file is empty")
         return password
 
 
-def _readable(flag: str, path: str) -> str:
+def _readable(flag: str, path: str) -> bytes:
+    """The start of a file we are given, or why it cannot be read (at start: one line,
+    not a TLS error from deep inside a request later)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             return f.read(1 << 20)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{flag} {path}: {reason}") from None
 
@@ -190,7 +193,9 @@ def _session(security: Security) -> Any:
             return super().request(*args, **kwargs)
 
     session = Session()
-    session.trust_env = False  # no proxy or CA bundle from the environment
+    # Not the environment's proxy or CA bundle: requests lets REQUESTS_CA_BUNDLE override
+    # session.verify, and our --etcd-cacert must be the CA that is checked.
+    session.trust_env = False
     if security.cacert:
         session.verify = security.cacert
     if security.cert and security.key:
