@@ -35,9 +35,6 @@ BACKENDS = {"a": 7101, "b": 7102, "c": 7103}  # in every instance's namespace
 def _config(k: int) -> dict:
     names = sorted(BACKENDS)
     return {
-        "Steering": "ports",
-        "Listen": "127.0.0.1",
-        "Admin": "127.0.0.1:0",
         "Apps": [
             app("steady", [8000], [f"127.0.0.1:{BACKENDS[names[k % 3]]}"]),
             app("moving", [8100 + k % 1000], [f"127.0.0.1:{BACKENDS[names[(k + 1) % 3]]}"]),

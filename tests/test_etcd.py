@@ -51,7 +51,8 @@ def backends() -> Iterator[dict[str, NamedEchoServer]]:
 
 
 def config(*apps: dict[str, Any]) -> dict[str, Any]:
-    return {"Steering": "ports", "Listen": "127.0.0.1", "Admin": "127.0.0.1:0", "Apps": list(apps)}
+    """A fleet's config: its instances' own settings are etcdproc.LOCAL."""
+    return {"Apps": list(apps)}
 
 
 def ask(port: int) -> str:

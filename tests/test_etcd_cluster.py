@@ -34,9 +34,6 @@ def revision_config(k: int) -> dict[str, Any]:
     """Revision k: the steady app's target moves, one port comes and one goes."""
     names = sorted(BACKENDS)
     return {
-        "Steering": "ports",
-        "Listen": "127.0.0.1",
-        "Admin": "127.0.0.1:0",
         "Apps": [
             app("steady", [STEADY], [f"127.0.0.1:{BACKENDS[names[k % 3]]}"]),
             app("moving", [8100 + k], [f"127.0.0.1:{BACKENDS[names[(k + 1) % 3]]}"]),

@@ -13,7 +13,7 @@ from . import __version__
 from .admin import TARGET_ACTIONS
 from .admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
 from .admintoken import TokenError, read_token
-from .cluster_cli import cluster_group, config_group
+from .cluster_cli import cluster_group, config_group, etcd_options
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
@@ -21,11 +21,13 @@ from .config import (
     ConfigError,
     format_ports,
     load_config,
+    load_local_config,
     parse_host_port,
     summary,
 )
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import TakeoverError
+from .etcd import Security, is_etcd_url
 from .listeners import ListenError
 from .privileges import PrivilegeError
 from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
@@ -84,6 +86,14 @@ def main() -> None:
 )
 @click.option("--lease-ttl", type=click.IntRange(2, 3600), default=LEASE_TTL, hidden=True)
 @click.option(
+    "--local-config",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="With an etcd:// CONFIG: this host's own settings (Admin, User, AccessLog, Listen...),"
+    " which the fleet's config may not set.",
+)
+@etcd_options
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -112,15 +122,22 @@ def serve(
     instance_id: str | None,
     cache_dir: str,
     lease_ttl: int,
+    local_config: str | None,
+    security: Security,
     **overrides: Any,
 ) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT. CONFIG is a file, or
-    etcd://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
+    etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
     from .server import run  # the relay extension loads only when serving
 
     _setup_logging(log_level, log_format)
-    cluster = ClusterOptions(instance_id, cache_dir, lease_ttl)
     try:
+        local = {}
+        if local_config is not None:
+            if not is_etcd_url(config):
+                raise ConfigError("--local-config goes with an etcd:// CONFIG (a file has it all)")
+            local = load_local_config(local_config)
+        cluster = ClusterOptions(instance_id, cache_dir, lease_ttl, security, local)
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
         code = run(config, cluster=cluster, watch=watch, **overrides)

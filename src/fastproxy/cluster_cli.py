@@ -3,14 +3,16 @@ its instances, in etcd (SPEC section 8). Failures print one line and exit non-ze
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
 
-from .config import ConfigError, load_config, parse_config_bytes
-from .etcd import Etcd, EtcdError, EtcdURL
+from .config import ConfigError, parse_fleet_config, read_config_file
+from .etcd import Etcd, EtcdError, EtcdURL, Security
 
 
 def _fail(message: Any, code: int = 1) -> NoReturn:
@@ -18,9 +20,52 @@ def _fail(message: Any, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _connect(etcd_url: str) -> Etcd:
+_FILE = click.Path(dir_okay=False)
+# How every etcd command reaches etcd (SPEC section 12): etcdctl's flag names, and the
+# same settings from FASTPROXY_ETCD_* for a unit file or a shell profile.
+_ETCD_OPTIONS = [
+    click.option("--etcd-cacert", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_CACERT",
+                 help="CA that signed etcd's certificate (etcds://; default: certifi's CAs)."),
+    click.option("--etcd-cert", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_CERT",
+                 help="Client certificate to present to etcd (etcds://)."),
+    click.option("--etcd-key", metavar="FILE", type=_FILE, envvar="FASTPROXY_ETCD_KEY",
+                 help="Key of --etcd-cert."),
+    click.option("--etcd-user", metavar="NAME", envvar="FASTPROXY_ETCD_USER",
+                 help="etcd user (etcd's own authentication); needs --etcd-password-file."),
+    click.option("--etcd-password-file", metavar="FILE", type=_FILE,
+                 envvar="FASTPROXY_ETCD_PASSWORD_FILE", help="The password of --etcd-user."),
+    click.option("--etcd-insecure", is_flag=True, envvar="FASTPROXY_ETCD_INSECURE",
+                 help="Allow plain etcd:// to addresses beyond loopback (a trusted network)."),
+]  # fmt: skip
+
+
+def etcd_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --etcd-* options, handed to the command as one `security` argument."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        etcd_cacert: str | None,
+        etcd_cert: str | None,
+        etcd_key: str | None,
+        etcd_user: str | None,
+        etcd_password_file: str | None,
+        etcd_insecure: bool,
+        **kwargs: Any,
+    ) -> Any:
+        security = Security(
+            etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_insecure
+        )
+        return command(*args, security=security, **kwargs)
+
+    for option in reversed(_ETCD_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _connect(etcd_url: str, security: Security) -> Etcd:
     try:
-        return Etcd(EtcdURL.parse(etcd_url))
+        return Etcd(EtcdURL.parse(etcd_url), security)
     except ConfigError as exc:
         _fail(exc, 2)
 
@@ -30,7 +75,7 @@ etcd_url_argument = click.argument("etcd_url", metavar="ETCD_URL")
 
 @click.group("config")
 def config_group() -> None:
-    """The config a fleet serves, in etcd (ETCD_URL: etcd://HOST:PORT[,...]/PREFIX)."""
+    """The config a fleet serves, in etcd (ETCD_URL: etcd[s]://HOST:PORT[,...]/PREFIX)."""
 
 
 @config_group.command()
@@ -41,19 +86,17 @@ def config_group() -> None:
     type=click.IntRange(0),
     help="Write only if the config is still at this revision (0: not there yet).",
 )
-def push(file: str, etcd_url: str, if_revision: int | None) -> None:
+@etcd_options
+def push(file: str, etcd_url: str, if_revision: int | None, security: Security) -> None:
     """Validate FILE, then store it as the fleet's config; print the new revision.
-    An invalid file is never written."""
+    An invalid file, or one that sets a host-local setting (Admin, User, AccessLog...),
+    is never written."""
     try:
-        load_config(file)  # its messages for a file that cannot be read
-        with open(file, "rb") as f:
-            document = f.read()
-        parse_config_bytes(document, file)  # what is written is what was validated
+        document = read_config_file(file)
+        parse_fleet_config(document, file)  # what is written is what was validated
     except ConfigError as exc:
         _fail(exc, 2)
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}", 2)
-    etcd = _connect(etcd_url)
+    etcd = _connect(etcd_url, security)
     try:
         revision = etcd.put_if(etcd.url.config_key, document, if_revision)
     except EtcdError as exc:
@@ -63,9 +106,10 @@ def push(file: str, etcd_url: str, if_revision: int | None) -> None:
 
 @config_group.command()
 @etcd_url_argument
-def get(etcd_url: str) -> None:
+@etcd_options
+def get(etcd_url: str, security: Security) -> None:
     """Print the fleet's config (its revision goes to stderr)."""
-    etcd = _connect(etcd_url)
+    etcd = _connect(etcd_url, security)
     try:
         doc, _ = etcd.read(etcd.url.config_key)
     except EtcdError as exc:
@@ -84,11 +128,12 @@ def cluster_group() -> None:
 @cluster_group.command()
 @etcd_url_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
-def status(etcd_url: str, as_json: bool) -> None:
+@etcd_options
+def status(etcd_url: str, as_json: bool, security: Security) -> None:
     """List the instances, the revision each serves and whether it lags. Exit 0 when
     every instance serves the current revision and is healthy; 3 when one lags, has
     rejected a revision, is unhealthy or unreadable (a monitoring check can use it)."""
-    etcd = _connect(etcd_url)
+    etcd = _connect(etcd_url, security)
     try:
         current, instances = cluster_state(etcd)
     except EtcdError as exc:

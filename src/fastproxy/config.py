@@ -38,10 +38,14 @@ __all__ = [
     "ConfigError",
     "HealthCheck",
     "Target",
+    "HOST_LOCAL_KEYS",
     "format_ports",
     "load_config",
+    "load_local_config",
     "parse_config",
     "parse_config_bytes",
+    "parse_fleet_config",
+    "read_config_file",
     "parse_host_port",
     "summary",
 ]
@@ -73,6 +77,16 @@ TOP_KEYS = (
     "Group",
     "AccessLog",
 )
+# Settings of one host, never of a fleet (SPEC section 12): who runs the proxy, what it
+# writes to disk, where it listens and is administered. A config in etcd that set them
+# would let whoever can write etcd choose the file root appends to or the admin address.
+# AdminHosts counts once the config knows it.
+HOST_LOCAL_KEYS = tuple(
+    key
+    for key in TOP_KEYS
+    if key in {"Admin", "AdminTokenFile", "AdminHosts", "User", "Group", "AccessLog",
+               "Steering", "Workers", "Relay", "PipeSize", "Listen"}
+)  # fmt: skip
 APP_KEYS = (
     "Name",
     "Ports",
@@ -211,8 +225,17 @@ class Config:
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file. Every failure, I/O included, is a ConfigError."""
     source = os.fsdecode(path)
+    raw = read_config_file(path)
+    if source.endswith(".toml"):  # by extension: TOML has comments, JSON has not
+        return parse_config(_decode_toml(raw, source), source)
+    return parse_config_bytes(raw, source)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a config file (regular, at most MAX_CONFIG_BYTES); ConfigError else."""
+    source = os.fsdecode(path)
     try:
-        raw = _read_regular_file(path, source)
+        return _read_regular_file(path, source)
     except FileNotFoundError:
         raise ConfigError(f"{source}: file not found") from None
     except PermissionError:
@@ -220,9 +243,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{source}: cannot read the file: {reason}") from None
-    if source.endswith(".toml"):  # by extension: TOML has comments, JSON has not
-        return parse_config(_decode_toml(raw, source), source)
-    return parse_config_bytes(raw, source)
 
 
 def _decode_toml(raw: bytes, source: str) -> object:
@@ -244,6 +264,43 @@ def parse_config_bytes(raw: bytes, source: str) -> Config:
     """Decode and validate a config document that did not come from a file (etcd);
     `source` names it in every message."""
     return parse_config(_decode_json(raw, source), source)
+
+
+def parse_fleet_config(raw: bytes, source: str, local: dict[str, Any] | None = None) -> Config:
+    """A fleet's config (from etcd, or to be pushed there) completed by this host's own
+    settings (`local`, from load_local_config). A fleet document that sets a host-local
+    setting is refused: only the host decides those."""
+    data = _decode_json(raw, source)
+    if isinstance(data, dict):
+        for key in data:
+            if key in HOST_LOCAL_KEYS:
+                raise ConfigError(
+                    f"{source}: {key}: a host-local setting, never taken from a fleet's config"
+                    " (give it on each host: --local-config FILE)"
+                )
+        # Without a host's settings (a push), Admin is left to each host: port 0 is no
+        # app's port, so only a host's own Admin is checked against the apps' ports.
+        merged = _JsonObject({**data, **(local if local is not None else {"Admin": "127.0.0.1:0"})})
+        merged.duplicates = getattr(data, "duplicates", ())
+        data = merged
+    return parse_config(data, source)
+
+
+def load_local_config(path: str) -> dict[str, Any]:
+    """The host-local settings of an instance serving a fleet's config (--local-config):
+    a JSON object of HOST_LOCAL_KEYS only, validated; ConfigError otherwise."""
+    data = _decode_json(read_config_file(path), path)
+    try:
+        if not isinstance(data, dict):
+            raise _Invalid("", f"expected a JSON object at the top level, {_got(data)}")
+        for key in data:
+            if key in TOP_KEYS and key not in HOST_LOCAL_KEYS:
+                raise _Invalid(key, "a setting of the fleet, not of one host: it belongs in etcd")
+        _check_keys(data, HOST_LOCAL_KEYS)
+        _parse_local_settings(data)
+    except _Invalid as err:
+        raise _error(path, None, err) from None
+    return dict(data)
 
 
 def _not_a_file(mode: int) -> str | None:
@@ -408,6 +465,10 @@ class _JsonObject(dict[str, Any]):
 
 
 def _decode_json(raw: bytes, source: str) -> object:
+    if len(raw) > MAX_CONFIG_BYTES:  # a file is checked before it is read; etcd's value here
+        raise ConfigError(
+            f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB, too large for a config"
+        )
     try:
         text = raw.decode("utf-8-sig")  # tolerate a BOM written by some editors
     except UnicodeDecodeError as exc:
@@ -455,33 +516,27 @@ def _parse_top(data: object, source: str) -> Config:
         raise _Invalid("Apps", f"expected a list of apps, {_got(raw_apps)}")
     if not raw_apps:
         raise _Invalid("Apps", "empty list, define at least one app")
-    listen = _parse_listen(data.get("Listen", ["::"]))
-    admin = _parse_admin(data.get("Admin", "127.0.0.1:9901"))
-    admin_token_file = _parse_token_file(data.get("AdminTokenFile", DEFAULT_ADMIN_TOKEN_FILE))
-    workers = _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS)
-    steering = _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES)
+    local = _parse_local_settings(data)
     drain = _duration(data.get("DrainTimeout", 30.0), "DrainTimeout", allow_zero=True)
-    relay = _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES)
-    pipe_size = _parse_pipe_size(data.get("PipeSize", 0))
-    user, group = _parse_account(data.get("User"), data.get("Group"))
-    access_log = _parse_access_log(data.get("AccessLog"))
     apps = _parse_apps(raw_apps, source)
-    _check_admin_port(admin, apps, explicit="Admin" in data)
-    return Config(
-        apps=apps,
-        listen=listen,
-        admin=admin,
-        admin_token_file=admin_token_file,
-        workers=workers,
-        steering=steering,
-        drain_timeout=drain,
-        relay=relay,
-        pipe_size=pipe_size,
-        user=user,
-        group=group,
-        access_log=access_log,
-        source=source,
-    )
+    _check_admin_port(local["admin"], apps, explicit="Admin" in data)
+    return Config(apps=apps, drain_timeout=drain, source=source, **local)
+
+
+def _parse_local_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The Config fields of HOST_LOCAL_KEYS, their defaults where absent."""
+    local: dict[str, Any] = {
+        "listen": _parse_listen(data.get("Listen", ["::"])),
+        "admin": _parse_admin(data.get("Admin", "127.0.0.1:9901")),
+        "admin_token_file": _parse_token_file(data.get("AdminTokenFile", DEFAULT_ADMIN_TOKEN_FILE)),
+        "workers": _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS),
+        "steering": _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES),
+        "relay": _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES),
+        "pipe_size": _parse_pipe_size(data.get("PipeSize", 0)),
+    }
+    local["user"], local["group"] = _parse_account(data.get("User"), data.get("Group"))
+    local["access_log"] = _parse_access_log(data.get("AccessLog"))
+    return local
 
 
 def _parse_apps(raw_apps: Sequence[object], source: str) -> tuple[App, ...]:

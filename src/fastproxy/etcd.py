@@ -1,5 +1,6 @@
-"""etcd as the home of a fleet's config (SPEC section 8): the `etcd://` URL, and the
-few operations the cluster mode needs, through etcd3gw (etcd's v3 JSON gateway).
+"""etcd as the home of a fleet's config (SPEC sections 8 and 12): the `etcd://` and
+`etcds://` URLs, how to reach etcd safely (TLS, client certificate, user and password),
+and the few operations the cluster mode needs, through etcd3gw (etcd's v3 JSON gateway).
 
 Every failure to reach etcd becomes an EtcdError with a one-line reason. With several
 endpoints, a call that cannot reach one goes on to the next."""
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +19,7 @@ from typing import Any, TypeVar
 from .config import ConfigError, parse_host_port
 
 SCHEME = "etcd://"
+TLS_SCHEME = "etcds://"
 TIMEOUT = 5.0  # seconds for one request (a watch waits longer, see watch_once)
 CONNECT_TIMEOUT = 2.0  # an unreachable endpoint must not hold a thread for minutes
 
@@ -39,21 +43,35 @@ class RevisionMismatch(EtcdError):
 
 
 def is_etcd_url(text: str) -> bool:
-    return text.startswith(SCHEME)
+    return text.startswith((SCHEME, TLS_SCHEME))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: where it points is not ours to trust
 
 
 @dataclass(frozen=True)
 class EtcdURL:
-    """etcd://HOST:PORT[,HOST:PORT...]/PREFIX"""
+    """etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX"""
 
     endpoints: tuple[tuple[str, int], ...]
     prefix: str  # "/fleet/prod": keys are PREFIX/config and PREFIX/instances/ID
+    tls: bool = False  # etcds://
 
     @classmethod
     def parse(cls, text: str) -> EtcdURL:
         if not is_etcd_url(text):
-            raise ConfigError(f"{text}: not an etcd URL (etcd://HOST:PORT[,HOST:PORT...]/PREFIX)")
-        hosts, slash, prefix = text[len(SCHEME) :].partition("/")
+            raise ConfigError(
+                f"{text}: not an etcd URL (etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX)"
+            )
+        tls = text.startswith(TLS_SCHEME)
+        scheme = TLS_SCHEME if tls else SCHEME
+        hosts, slash, prefix = text[len(scheme) :].partition("/")
         prefix = prefix.strip("/")
         if not slash or not prefix:
             raise ConfigError(f"{text}: the etcd URL needs a key prefix (etcd://HOST:PORT/PREFIX)")
@@ -63,7 +81,11 @@ class EtcdURL:
                 endpoints.append(parse_host_port(item))
             except ConfigError as exc:
                 raise ConfigError(f"{text}: etcd endpoint {exc}") from None
-        return cls(tuple(endpoints), "/" + prefix)
+        return cls(tuple(endpoints), "/" + prefix, tls)
+
+    @property
+    def scheme(self) -> str:
+        return TLS_SCHEME if self.tls else SCHEME
 
     @property
     def hosts(self) -> str:
@@ -78,11 +100,66 @@ class EtcdURL:
         return f"{self.prefix}/instances/"
 
     def __str__(self) -> str:
-        return f"{SCHEME}{self.hosts}{self.prefix}"
+        return f"{self.scheme}{self.hosts}{self.prefix}"
 
     def name(self, key: str) -> str:
         """How messages name a key: etcd://HOST:PORT/PREFIX/config"""
-        return f"{SCHEME}{self.hosts}{key}"
+        return f"{self.scheme}{self.hosts}{key}"
+
+
+@dataclass(frozen=True)
+class Security:
+    """How to reach etcd: the --etcd-* flags (etcdctl's names)."""
+
+    cacert: str | None = None  # CA that signed etcd's certificate (else certifi's CAs)
+    cert: str | None = None  # client certificate...
+    key: str | None = None  # ...and its key
+    user: str | None = None  # etcd's own authentication, with the password in a file
+    password_file: str | None = None
+    insecure: bool = False  # plain etcd:// to an address beyond loopback
+
+    def check(self, url: EtcdURL) -> None:
+        """ConfigError (one line) for a combination that would not be safe or work."""
+        if not url.tls:
+            tls_flags = [f for f, v in (("cacert", self.cacert), ("cert", self.cert),
+                                        ("key", self.key)) if v]  # fmt: skip
+            if tls_flags:
+                raise ConfigError(
+                    f"{url}: --etcd-{tls_flags[0]} needs TLS: write the URL as etcds://"
+                )
+            remote = [h for h, _ in url.endpoints if not _is_loopback(h)]
+            if remote and not self.insecure:
+                raise ConfigError(
+                    f"{url}: plain etcd:// to {remote[0]} would let anyone on the network "
+                    "read and rewrite the fleet's config: use etcds:// with --etcd-cacert, "
+                    "--etcd-cert and --etcd-key (or --etcd-insecure on a network you trust)"
+                )
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("--etcd-cert and --etcd-key go together (a client certificate)")
+        if bool(self.user) != bool(self.password_file):
+            raise ConfigError("--etcd-user and --etcd-password-file go together")
+        for flag, path in (("cacert", self.cacert), ("cert", self.cert), ("key", self.key)):
+            if path:
+                _readable(f"--etcd-{flag}", path)
+
+    def password(self) -> str:
+        """The first line of --etcd-password-file."""
+        raw = _readable("--etcd-password-file", self.password_file or "")
+        password = raw.decode("utf-8", "replace").split("\n", 1)[0].rstrip("\r")
+        if not password:
+            raise ConfigError(f"--etcd-password-file {self.password_file}: the file is empty")
+        return password
+
+
+def _readable(flag: str, path: str) -> bytes:
+    """The start of a file we are given, or why it cannot be read (at start: one line,
+    not a TLS error from deep inside a request later)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{flag} {path}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -102,9 +179,11 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def _session() -> Any:
+def _session(security: Security) -> Any:
     """A requests session whose requests without a timeout (etcd3gw's watch) still
-    give up connecting after CONNECT_TIMEOUT; reading a watch stream may wait."""
+    give up connecting after CONNECT_TIMEOUT; reading a watch stream may wait. etcd3gw
+    takes the CA and client certificate only for a session it makes itself, so ours
+    carries them (and the auth token, a header on every request, the watch's too)."""
     import requests
 
     class Session(requests.Session):
@@ -113,21 +192,50 @@ def _session() -> Any:
                 kwargs["timeout"] = (CONNECT_TIMEOUT, None)
             return super().request(*args, **kwargs)
 
-    return Session()
+    session = Session()
+    # Not the environment's proxy or CA bundle: requests lets REQUESTS_CA_BUNDLE override
+    # session.verify, and our --etcd-cacert must be the CA that is checked.
+    session.trust_env = False
+    if security.cacert:
+        session.verify = security.cacert
+    if security.cert and security.key:
+        session.cert = (security.cert, security.key)
+    return session
 
 
 class Etcd:
     """One client per thread that uses it (requests sessions are not shared)."""
 
-    def __init__(self, url: EtcdURL, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self, url: EtcdURL, security: Security | None = None, timeout: float = TIMEOUT
+    ) -> None:
         import etcd3gw
 
         self.url = url
+        self.security = security or Security()
+        self.security.check(url)
+        self._password = self.security.password() if self.security.user else None
+        protocol = "https" if url.tls else "http"
         self._clients = [
-            etcd3gw.client(host=h, port=p, timeout=timeout, session=_session())
+            etcd3gw.client(
+                host=h,
+                port=p,
+                protocol=protocol,
+                timeout=timeout,
+                session=_session(self.security),
+            )  # fmt: skip
             for h, p in url.endpoints
         ]
         self._current = 0  # the endpoint that answered last
+
+    def _authenticate(self, client: Any) -> None:
+        """etcd's user/password login (etcd3gw has none): the token it returns goes
+        in the Authorization header of every later request of this client."""
+        client.session.headers.pop("Authorization", None)
+        answer = self._post(
+            client, "/auth/authenticate", {"name": self.security.user, "password": self._password}
+        )
+        client.session.headers["Authorization"] = str(answer["token"])
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         import requests
@@ -139,7 +247,15 @@ class Etcd:
             index = (self._current + step) % len(self._clients)
             client = self._clients[index]
             try:
-                result = fn(client)
+                if self._password is not None and "Authorization" not in client.session.headers:
+                    self._authenticate(client)
+                try:
+                    result = fn(client)
+                except Etcd3Exception as exc:
+                    if self._password is None or "auth token" not in _reason(exc):
+                        raise
+                    self._authenticate(client)  # the token expired: log in again, once
+                    result = fn(client)
             except (*unreachable, OSError) as exc:
                 reasons.append(_reason(exc))
                 continue
@@ -159,11 +275,12 @@ class Etcd:
 
     # -- keys ----------------------------------------------------------------
 
-    def read(self, key: str) -> tuple[Document | None, int]:
-        """The key's value (None if absent) and the store's revision at the read."""
+    def read(self, key: str, keys_only: bool = False) -> tuple[Document | None, int]:
+        """The key's value (None if absent) and the store's revision at the read.
+        keys_only: only the key's revision (the value is b"")."""
 
         def call(client: Any) -> tuple[Document | None, int]:
-            answer = self._post(client, "/kv/range", {"key": _b64(key)})
+            answer = self._post(client, "/kv/range", {"key": _b64(key), "keys_only": keys_only})
             revision = int(answer["header"]["revision"])
             for kv in answer.get("kvs", []):
                 return Document(_unb64(kv.get("value", "")), int(kv["mod_revision"])), revision
@@ -249,7 +366,25 @@ def _reason(exc: BaseException) -> str:
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("error", detail)
     text = str(detail or exc or type(exc).__name__)
-    # requests nests the socket error deep inside its message: keep the end of it
+    # requests nests the socket or TLS error deep inside its message: keep the end of it
+    if "SSLError" in text:
+        found = re.search(r"\[SSL[^\]]*\] ([^(')\"]*)", text) or re.search(
+            r"SSL\w*Error\(\d+, '([^'(]*)", text
+        )
+        gist = " ".join(found.group(1).split()) if found else "handshake failed"
+        return f"TLS: {_TLS_HINTS.get(gist, gist)}"
     if "Errno" in text:
         text = text[text.rfind("[Errno") :].rstrip("')\"")
     return " ".join(text.split())[:200]
+
+
+# What the TLS errors most often mean, in the flags' words
+_TLS_HINTS = {
+    "certificate verify failed: unable to get local issuer certificate": (
+        "etcd's certificate is not signed by a CA we trust (see --etcd-cacert)"
+    ),
+    "tlsv13 alert certificate required": "etcd wants a client certificate (--etcd-cert/--etcd-key)",
+    "EOF occurred in violation of protocol": (
+        "etcd closed the connection during the handshake (does it take our --etcd-cert?)"
+    ),
+}

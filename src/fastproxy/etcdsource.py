@@ -1,8 +1,10 @@
 """The config of a fleet, read from PREFIX/config in etcd and watched (SPEC section 8).
 
 A change goes through the server's reload (validate, apply the difference, or reject
-and keep serving). The last applied document is cached on disk, so an instance that
-starts while etcd is away still serves what it served before.
+and keep serving). The document is completed by the host's own settings (SPEC section
+12), which it may not set itself. The last applied document is cached on disk, so an
+instance that starts while etcd is away still serves what it served before; the cache
+is believed only where no one but root and the proxy's user could have written it.
 
 etcd3gw's watch tells its caller neither that the stream broke nor that etcd cancelled
 it (compaction of the revision it started from), so each watch is bounded
@@ -12,18 +14,21 @@ revision after the last one seen."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from typing import Any
 
-from .config import Config, ConfigError, parse_config_bytes
+from .config import MAX_CONFIG_BYTES, Config, ConfigError, parse_fleet_config
 from .etcd import Document, Etcd, EtcdError, EtcdURL
 from .failpoints import failpoint
 from .membership import Membership, backoff, now_iso
+from .privileges import account
 from .sources import ClusterOptions, Describe, Reload, ReloadError
 
 log = logging.getLogger("fastproxy")
@@ -31,30 +36,85 @@ log = logging.getLogger("fastproxy")
 WATCH_CYCLE = 3.0  # seconds one watch lasts before a read checks on etcd and the key
 
 
-class ConfigCache:
-    """The last applied document of one PREFIX, in a file of its own under cache_dir."""
+def proxy_uid(local: dict[str, Any]) -> int:
+    """The uid the proxy runs as once serving: User's when root drops to it, else ours."""
+    if local.get("User") and os.geteuid() == 0:
+        with contextlib.suppress(KeyError):  # the server refuses to start, with the reason
+            return account(local["User"], local.get("Group")).uid
+    return os.geteuid()
 
-    def __init__(self, directory: str, url: EtcdURL) -> None:
+
+def _unsafe(st: os.stat_result, what: str, owner: int) -> str | None:
+    """Why a file or directory of the cache may have been planted, or None."""
+    if st.st_uid not in (0, owner):
+        return f"{what} is owned by uid {st.st_uid}, not root or the proxy's user (uid {owner})"
+    if st.st_mode & 0o022:
+        return f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+class ConfigCache:
+    """The last applied document of one PREFIX, in a file of its own under `directory`
+    (0700, owned by the proxy's user `owner`; the file 0600). Checked like the BPF pin
+    directory: a cache someone else could have written would let them choose the
+    config an instance starts on while etcd is away."""
+
+    def __init__(self, directory: str, url: EtcdURL, owner: int) -> None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", url.prefix.strip("/"))
+        self.directory = directory
         self.path = os.path.join(directory, f"etcd-{slug}.json")
+        self.owner = owner
         self._warned = False
+
+    def prepare(self) -> None:
+        """Before privileges are dropped: the directory, made the proxy's user's (as
+        systemd's StateDirectory= may hand it over root-owned)."""
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(self.directory, mode=0o700)
+        with contextlib.suppress(OSError):  # refused again, with the reason, when used
+            st = os.lstat(self.directory)
+            if stat.S_ISDIR(st.st_mode) and _unsafe(st, "", self.owner) is None:
+                if st.st_uid != self.owner and os.geteuid() == 0:
+                    os.chown(self.directory, self.owner, -1)
+                os.chmod(self.directory, 0o700)
+
+    def _check_directory(self) -> str | None:
+        st = os.lstat(self.directory)
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{self.directory} is not a directory"
+        return _unsafe(st, f"its directory {self.directory}", self.owner)
 
     def read(self) -> Document | None:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            return Document(data["config"].encode(), int(data["revision"]))
+            why = self._check_directory()
+            if why is None:
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                with open(os.open(self.path, flags), "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if not stat.S_ISREG(st.st_mode):
+                        why = "not a regular file"
+                    else:
+                        why = _unsafe(st, "it", self.owner)
+                    if why is None:
+                        data = json.loads(f.read(2 * MAX_CONFIG_BYTES))
+                        return Document(data["config"].encode(), int(data["revision"]))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring the config cache %s: %s", self.path, exc)
-            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            why = str(exc)
+        log.warning("ignoring the config cache %s: %s", self.path, why)
+        return None
 
     def write(self, doc: Document) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
+            why = self._check_directory()
+            if why is not None:
+                raise OSError(why)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with open(os.open(tmp, flags, 0o600), "w", encoding="utf-8") as f:
                 json.dump({"revision": doc.revision, "config": doc.value.decode()}, f)
             os.replace(tmp, self.path)
         except (OSError, UnicodeDecodeError) as exc:
@@ -67,9 +127,11 @@ class EtcdSource:
     def __init__(self, url: EtcdURL, options: ClusterOptions) -> None:
         self.url = url
         self.name = url.name(url.config_key)
-        self.cache = ConfigCache(options.cache_dir, url)
-        self.membership = Membership(url, options.resolved_id(), options.lease_ttl)
-        self._etcd = Etcd(url)  # the start-up read, then the watch thread's alone
+        self.local = options.local  # the host's own settings, the document may not set them
+        self.cache = ConfigCache(options.cache_dir, url, proxy_uid(self.local))
+        self._etcd = Etcd(url, options.security)  # the start-up read, then the watch thread's
+        security = options.security
+        self.membership = Membership(url, options.resolved_id(), options.lease_ttl, security)
         self._latest: Document | None = None  # newest document offered to the server
         self._served: Document | None = None
         self._seen = 0  # revision of the newest document seen, applied or not
@@ -84,7 +146,10 @@ class EtcdSource:
     def load(self) -> Config:
         if self._latest is None:
             return self._first()
-        return parse_config_bytes(self._latest.value, self.name)
+        return self._parse(self._latest.value, self.name)
+
+    def _parse(self, value: bytes, name: str) -> Config:
+        return parse_fleet_config(value, name, self.local)
 
     def start(self, reload: Reload, describe: Describe) -> None:
         self._reload = reload
@@ -110,7 +175,14 @@ class EtcdSource:
     def _first(self) -> Config:
         """etcd's config; while etcd cannot be reached or holds none, the cached one,
         or (no cache) wait for it, saying so at every attempt."""
+        self.cache.prepare()
         cached = self.cache.read()
+        if cached is not None:
+            try:  # a cache written before a change of host-local settings, say
+                self._parse(cached.value, self.cache.path)
+            except ConfigError as exc:
+                log.warning("ignoring the config cache %s: %s", self.cache.path, exc)
+                cached = None
         attempt = 0
         while True:
             try:
@@ -138,7 +210,7 @@ class EtcdSource:
 
     def _first_document(self, doc: Document, cached: Document | None) -> Config:
         try:
-            config = parse_config_bytes(doc.value, self.name)
+            config = self._parse(doc.value, self.name)
         except ConfigError as exc:
             if cached is None:
                 raise
@@ -157,7 +229,7 @@ class EtcdSource:
     def _serve(self, doc: Document, seen: int) -> Config:
         self._latest = self._served = doc
         self._seen = seen
-        return parse_config_bytes(doc.value, f"{self.cache.path} (revision {doc.revision})")
+        return self._parse(doc.value, f"{self.cache.path} (revision {doc.revision})")
 
     # -- the watch thread ----------------------------------------------------
 
@@ -191,10 +263,13 @@ class EtcdSource:
             self._stop.wait(wait)
 
     def _catch_up(self) -> None:
-        doc, revision = self._etcd.read(self.url.config_key)
+        # the revision first: a quiet cycle does not fetch (a huge) document again
+        doc, revision = self._etcd.read(self.url.config_key, keys_only=True)
         if not self._up:
             log.info("etcd: connected to %s", self.url.hosts)
             self._up = True
+        if doc is not None and doc.revision != self._seen:
+            doc, revision = self._etcd.read(self.url.config_key)
         self._next = revision + 1
         if doc is not None and doc.revision != self._seen:
             self._offer(doc)

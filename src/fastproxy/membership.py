@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from . import __version__
-from .etcd import Etcd, EtcdError, EtcdUnreachable, EtcdURL
+from .config import ConfigError
+from .etcd import Etcd, EtcdError, EtcdUnreachable, EtcdURL, Security
 from .failpoints import failpoint
 
 log = logging.getLogger("fastproxy")
@@ -30,8 +31,9 @@ def now_iso() -> str:
 
 
 class Membership:
-    def __init__(self, url: EtcdURL, instance_id: str, ttl: int) -> None:
+    def __init__(self, url: EtcdURL, instance_id: str, ttl: int, security: Security) -> None:
         self.url = url
+        self.security = security
         self.key = url.instances_prefix + instance_id
         self.ttl = ttl
         self.record: dict[str, Any] = {
@@ -71,8 +73,8 @@ class Membership:
             self._thread.join(2)
         if self._lease is not None:
             try:
-                Etcd(self.url, timeout=1.0).revoke(self._lease)
-            except EtcdError as exc:
+                Etcd(self.url, self.security, timeout=1.0).revoke(self._lease)
+            except (EtcdError, ConfigError) as exc:
                 log.warning("etcd: could not withdraw the registration: %s", exc)
 
     def _snapshot(self) -> dict[str, Any]:
@@ -84,7 +86,7 @@ class Membership:
     def _run(self) -> None:
         """Grant, write, renew every third of the TTL; on any failure back off and
         start over. Never ends before stop() (SPEC section 10)."""
-        etcd = Etcd(self.url)
+        etcd = Etcd(self.url, self.security)
         written: dict[str, Any] | None = None
         renew_at = 0.0
         attempt = 0

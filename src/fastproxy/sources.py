@@ -8,11 +8,11 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config, load_config
-from .etcd import EtcdURL, is_etcd_url
+from .etcd import EtcdURL, Security, is_etcd_url
 from .watch import FileWatcher
 
 DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
@@ -53,6 +53,8 @@ class ClusterOptions:
     instance_id: str | None = None  # default: hostname-pid
     cache_dir: str = DEFAULT_CACHE_DIR
     lease_ttl: int = LEASE_TTL
+    security: Security = field(default_factory=Security)  # how etcd is reached
+    local: dict[str, Any] = field(default_factory=dict)  # host-local settings (--local-config)
 
     def resolved_id(self) -> str:
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
