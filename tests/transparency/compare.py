@@ -48,6 +48,8 @@ def _kind(sender: Side, reader: Side, direct: Sequence[Obs], proxied: Obs, relay
     """Which KNOWN_BUGS entry a difference in what `reader` read looks like."""
     most = max(d.got for d in direct)
     all_eof = all(d.end == "eof" for d in direct)
+    if sender.end in ("fin-rst", "fin-close-unread") and all_eof and proxied.end == "reset":
+        return "reset after FIN loses the reply"
     if relay == "splice":
         if sender.urgent() and proxied.end == "eof" and proxied.got < most:
             return "urgent truncates splice"
@@ -55,8 +57,6 @@ def _kind(sender: Side, reader: Side, direct: Sequence[Obs], proxied: Obs, relay
         # direction for ended, closes it with bytes unread, and the kernel resets it.
         if reader.urgent() and proxied.end == "reset" and all_eof:
             return "urgent truncates splice"
-    if sender.end in ("fin-rst", "fin-close-unread") and all_eof and proxied.end == "reset":
-        return "reset after FIN loses the reply"
     return "unexplained"
 
 

@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mode not in MODES:
                 print(f"fuzz-relay: unknown mode {mode!r}, expected one of {', '.join(MODES)}")
                 return 2
+            if mode.endswith("/bpf") and os.geteuid() != 0:
+                print(f"{mode}: skipped, bpf steering needs root")
+                continue
             mode_tmp = Path(tmp) / mode.replace("/", "-")
             mode_tmp.mkdir()
             tally = fuzz(mode, seeds(args.scenarios, args.first_seed), mode_tmp)
