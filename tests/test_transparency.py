@@ -12,7 +12,7 @@ import pytest
 from transparency.compare import KNOWN_BUGS
 from transparency.fuzz import MODES, fuzz, seeds
 
-SHORT_RUN = 400  # per mode: about 10 s each
+SHORT_RUN = 400  # per mode: about 15 s each
 
 
 @pytest.mark.parametrize("mode", MODES)
