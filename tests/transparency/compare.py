@@ -49,13 +49,15 @@ def _kind(sender: Side, reader: Side, direct: Sequence[Obs], proxied: Obs) -> st
     """Which KNOWN_BUGS entry a difference in what `reader` read looks like."""
     most = max(d.got for d in direct)
     all_eof = all(d.end == "eof" for d in direct)
-    if sender.end in ("fin-rst", "fin-close-unread") and all_eof and proxied.end == "reset":
+    # A reset, or an EOF after fewer bytes when its own write took the reset first.
+    reset = proxied.end == "reset" or (_ending(proxied)[1] == "eof|reset" and proxied.got < most)
+    if sender.end in ("fin-rst", "fin-close-unread") and all_eof and reset:
         return "reset after FIN loses the reply"
     if sender.urgent() and proxied.end == "eof" and proxied.got < most:
         return "urgent truncates the stream"
     # The reader's own stream was cut at its urgent mark: the relay, taking its direction
     # for ended, closes it with bytes unread, and the kernel resets it.
-    if reader.urgent() and proxied.end == "reset" and all_eof:
+    if reader.urgent() and reset and all_eof:
         return "urgent truncates the stream"
     return "unexplained"
 
@@ -100,7 +102,8 @@ def compare(
     scenario: Scenario, direct: Sequence[tuple[Obs, Obs]], proxied: tuple[Obs, Obs], mode: str
 ) -> list[Difference]:
     """Every difference between `proxied` and all of the `direct` runs not in ALLOWED."""
-    found = []
+    found: list[Difference] = []
+    writes: list[str] = []
 
     def differ(kind: str, what: str) -> None:
         found.append(Difference(scenario, mode, kind, what))
@@ -124,7 +127,11 @@ def compare(
             if not any((d.wrote, d.write_error) == mine for d in d_obs):
                 seen = " or ".join(sorted({f"{d.wrote} {d.write_error or 'ok'}" for d in d_obs}))
                 mine_s = f"{p.wrote} {p.write_error or 'ok'}"
-                differ("unexplained", f"{name} wrote {mine_s}; direct {seen}")
+                writes.append(f"{name} wrote {mine_s}; direct {seen}")
+    # A write fails when the connection is reset: if the reads show why, it is that kind.
+    cause = next((d.kind for d in found if d.kind in KNOWN_BUGS), "unexplained")
+    for what in writes:
+        differ(cause, what)
     return found
 
 
