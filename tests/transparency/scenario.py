@@ -86,7 +86,7 @@ def _side(rng: random.Random, reader: str, peer_reader: str) -> Side:
     if reader == "never":
         end = rng.choice(ENDS_NEVER)
     else:
-        end = rng.choices(ENDS_READING, weights=[60, 15, 25])[0]
+        end = rng.choices(ENDS_READING, weights=[55, 15, 30])[0]
     slow_ms = rng.choice([1, 10, 50]) if reader == "slow" else 0
     return Side(reader, tuple(acts), end, slow_ms)
 
