@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test faults sockmap-duplicates lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test faults fuzz-relay sockmap-duplicates lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -54,6 +54,16 @@ test: setup bench-deps lint
 # clients, a 30-minute soak): about an hour. `make test` runs the short variants.
 faults: setup
 	$(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
+
+# The transparency fuzzer's long run (tests/transparency, SPEC §11): FUZZ_SCENARIOS per
+# relay mode (copy, splice; ports and bpf steering), direct against proxied. Prints every
+# difference with its reproducer and writes its figures into benchmarks/RELIABILITY.md.
+# FUZZ_SEED=N reruns that one scenario in every mode (the report is left alone then).
+FUZZ_SCENARIOS ?= 20000
+export FUZZ_SEED
+fuzz-relay: setup
+	cd tests && ../$(PY) -m transparency.fuzz --scenarios $(FUZZ_SCENARIOS) \
+		$(if $(FUZZ_SEED),,--write-report)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 # Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with

@@ -57,6 +57,7 @@ class Proxy:
         env: dict[str, str] | None = None,
         default_admin: bool = False,
         pass_fds: tuple[int, ...] = (),
+        start_timeout: float = 15,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
         # endpoint on a free port (read back from the log; `default_admin`: the real
@@ -91,7 +92,7 @@ class Proxy:
         RUNNING.append(self)
         first_port = config["Apps"][0]["Ports"][0]
         try:
-            self._wait_serving(int(str(first_port).split("-")[0]))
+            self._wait_serving(int(str(first_port).split("-")[0]), start_timeout)
         except Exception:
             self.kill()
             raise
@@ -116,8 +117,8 @@ class Proxy:
             os.close(fd)
         os.utime(self.config_path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
-    def _wait_serving(self, port: int) -> None:
-        deadline = time.monotonic() + 15
+    def _wait_serving(self, port: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
         while b"serving" not in self.log_path.read_bytes():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fastproxy exited: {self.log()}")
