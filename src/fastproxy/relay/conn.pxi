@@ -202,6 +202,10 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             elif n == -EAGAIN:
                 dst.writable = False
             else:
+                if n == -EPIPE:
+                    # The kernel says EPIPE for a reset that came after the peer's FIN
+                    # (tcp_reset in CLOSE_WAIT), ECONNRESET for one that came alone.
+                    dst.fin = True
                 rc = PUMP_DST_FAILED
                 break
         if ch.len == 0 and ch.eof and not ch.shut:
@@ -308,17 +312,28 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
 
 
 cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
-    cdef int rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
-    if rc == PUMP_OK:
+    # A side that hung up is read before it is written to. A write to a reset socket
+    # takes its error (the kernel reports it once), and a read after that returns 0
+    # whether or not a FIN came before the reset; read first, a FIN that came first
+    # still reads as the end (0) and a reset alone as the error.
+    cdef bint target_first = c.srv.hup and not c.cli.hup
+    cdef int rc
+    if target_first:
         rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
-        if rc == PUMP_SRC_FAILED:
-            conn_fail(w, c, &c.srv)         # the target reset
-        elif rc == PUMP_DST_FAILED:
-            conn_fail(w, c, &c.cli)
-    elif rc == PUMP_SRC_FAILED:
-        conn_fail(w, c, &c.cli)             # the client reset
+        if rc == PUMP_OK:
+            rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
+            if rc != PUMP_OK:
+                conn_fail(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
+        else:
+            conn_fail(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
     else:
-        conn_fail(w, c, &c.srv)
+        rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
+        if rc == PUMP_OK:
+            rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
+            if rc != PUMP_OK:
+                conn_fail(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
+        else:
+            conn_fail(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
     if c.state == ST_RELAYING and c.up.shut and c.down.shut:
         conn_close(w, c)
 
@@ -371,7 +386,6 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
     cdef int queued = 0
-    cdef bint passed = toward_live.shut
     cdef int rc = chan_pump(w, c, toward_live, c.failed, live,
                             &c.up if from_target else &c.down, not from_target)
     if rc == PUMP_DST_FAILED:
@@ -380,11 +394,13 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
     if rc == PUMP_SRC_FAILED:
         toward_live.eof = True      # its error ends what it sent, with no FIN
         toward_live.shut = True
-    elif toward_live.shut and not passed:
-        # The FIN that came before the error, after the last byte. chan_pump leaves
-        # it to the close when the way back is shut, and this close is a reset.
-        shutdown(live.fd, SHUT_WR)
     if toward_live.len == 0 and toward_live.eof:
+        if c.fin_first:
+            # The FIN that came before the error, after the last byte. chan_pump
+            # leaves it to the close when the way back is shut (perhaps in an
+            # earlier batch), and this close is a reset: send it now. A repeat is a
+            # no-op, and it counts in SIOCOUTQ until acknowledged.
+            shutdown(live.fd, SHUT_WR)
         if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
             conn_abort(w, c, live)
             return
@@ -407,8 +423,14 @@ cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
     cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
     cdef int err = 0
     cdef socklen_t size = sizeof(err)
-    if reading.eof or (getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) == 0 and err != 0):
+    if reading.eof:
         conn_fail(w, c, s)
+        return
+    if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) != 0 or err == 0:
+        return
+    if err == EPIPE:
+        s.fin = True    # a reset after its FIN (tcp_reset in CLOSE_WAIT): see chan_pump
+    conn_fail(w, c, s)
 
 
 # -- life cycle -------------------------------------------------------------------
