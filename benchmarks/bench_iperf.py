@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench_procs import CLIENT_CPU, HOST, SERVER_CPU, CpuMeter, Pinned
+from bench_procs import CLIENT_CPU, HOST, SERVER_CPU, CpuMeter, Pinned, cpu_figures
 
 
 def transfer(
@@ -42,12 +42,41 @@ def transfer(
         raise RuntimeError(f"iperf3 client ({client.returncode}): {client.stderr}") from None
     if client.returncode != 0 or "error" in report:
         raise RuntimeError(f"iperf3 client: {report.get('error', client.stderr)}")
-    received = report["end"]["sum_received"]
-    gb = int(received["bytes"]) / 1e9
-    figures = {"gbit_per_s": gb * 8 / float(received["seconds"])}
-    if proxy_cpu is not None:
-        figures["proxy_cpu_ms_per_gb"] = proxy_cpu * 1e3 / gb
-    figures["shared_cpu_ms_per_gb"] = shared_cpu * 1e3 / gb
-    figures["all_cpu_ms_per_gb"] = meter.all_seconds * 1e3 / gb
+    cpu = {
+        "proxy_cpu_ms_per_gb": proxy_cpu,
+        "shared_cpu_ms_per_gb": shared_cpu,
+        "all_cpu_ms_per_gb": meter.all_seconds,
+    }
+    figures, unmeasured = bulk_figures(report["end"], cpu)
     # The per-second intervals are long and add nothing to the totals: keep the end.
-    return figures, json.dumps({"end": report["end"]})
+    raw = {"end": report["end"], **({"not_measured": unmeasured} if unmeasured else {})}
+    return figures, json.dumps(raw)
+
+
+def bulk_figures(
+    end: dict, cpu: dict[str, float | None]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Gbit/s and CPU ms per GB from an iperf3 client's "end" section, and the CPU
+    seconds read around it (figure name -> seconds, see bench_procs.cpu_figures). The
+    bytes are those the server counted: with -n the client ends the test once it has
+    written them all into its socket, and the server stops counting when that end
+    reaches it over the control connection; bytes still in the path's buffers then
+    (through a proxy, up to tens of MB per stream) are not counted. A round in which
+    it counted none has no figure: an error that says so."""
+    sent = int(end["sum_sent"]["bytes"])
+    received = int(end["sum_received"]["bytes"])
+    seconds = float(end["sum_received"]["seconds"])
+    if not sent:
+        raise RuntimeError("iperf3: the client sent no byte: no traffic carried, no figure")
+    if not received:
+        raise RuntimeError(
+            f"iperf3: the server counted none of the {sent:,} bytes sent: none reached it"
+            " before the client's end of the test did (the proxy did not carry the stream,"
+            " or all of it was still in the path's buffers, the server not having run"
+            " meanwhile): no figure from this round"
+        )
+    if seconds <= 0:
+        raise RuntimeError(f"iperf3: {received:,} bytes received in {seconds:g} s: no rate")
+    gb = received / 1e9
+    figures, unmeasured = cpu_figures(cpu, gb, 1e3)
+    return {"gbit_per_s": gb * 8 / seconds, **figures}, unmeasured

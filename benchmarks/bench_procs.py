@@ -99,6 +99,26 @@ class CpuMeter:
         return proxy, cpu_busy_seconds(SERVER_CPU) - self.shared
 
 
+def cpu_figures(
+    seconds: dict[str, float | None], amount: float, scale: float
+) -> tuple[dict[str, float], dict[str, str]]:
+    """CPU seconds per unit of work: each of `seconds` (figure name -> CPU seconds read
+    around a run, None where there is nothing to read: the direct connection's proxy)
+    times `scale` over `amount`. /proc counts whole clock ticks, so a run that cost less
+    than one tick (a smoke run's few megabytes through a quiet proxy) reads 0: not a
+    figure of 0 but none, left out and said why in the second dict."""
+    figures: dict[str, float] = {}
+    unmeasured: dict[str, str] = {}
+    for name, spent in seconds.items():
+        if spent is None:
+            continue
+        if spent <= 0:
+            unmeasured[name] = f"less than one clock tick ({1e3 / CLOCK_TICKS:g} ms) counted"
+            continue
+        figures[name] = spent * scale / amount
+    return figures, unmeasured
+
+
 class Pinned:
     """A command run on one CPU (`taskset -c`, which execs it: the pid is the command's),
     its output in a log file. Stopped with SIGTERM, then SIGKILL, by its pid."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from bench_procs import CLIENT_CPU, HOST, CpuMeter
+from bench_procs import CLIENT_CPU, HOST, CpuMeter, cpu_figures
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
@@ -33,10 +33,10 @@ def run_wrk(
     figures = parse(out.stdout)
     if not figures["requests"]:  # a figure too (a proxy stalled), but with no latencies
         return {"rate": 0.0, "errors": figures["errors"]}, out.stdout
-    if proxy_cpu is not None:
-        figures["proxy_cpu_us_per_req"] = proxy_cpu * 1e6 / figures["requests"]
-    figures["shared_cpu_us_per_req"] = shared_cpu * 1e6 / figures["requests"]
-    return figures, out.stdout
+    cpu = {"proxy_cpu_us_per_req": proxy_cpu, "shared_cpu_us_per_req": shared_cpu}
+    per_request, unmeasured = cpu_figures(cpu, figures["requests"], 1e6)
+    notes = "".join(f"\nnot measured: {name}: {why}" for name, why in unmeasured.items())
+    return {**figures, **per_request}, out.stdout + notes
 
 
 def wrk_argv(

@@ -35,7 +35,14 @@ METHOD = """\
   on loopback, where receive work is charged to whoever runs); for bulk also *all
   CPUs*: busy time of both CPUs (client and server included, the same for everyone),
   which also sees kernel work that moves off the shared CPU (the sockmap relay's
-  redirects run in the sender's softirq and in kernel worker threads).
+  redirects run in the sender's softirq and in kernel worker threads). /proc counts
+  CPU time in clock ticks (10 ms): a round that cost less than one tick has no CPU
+  figure (left out, and said so in its raw output), not a figure of 0.
+- Bulk Gb/s and CPU per GB count the bytes the iperf3 server received: with `-n` the
+  client ends the test once it has written them all, and what is still in the path's
+  buffers then is not counted (up to tens of MB per stream: a few % of 2 GB, most of a
+  smoke run's 20 MB). A round in which the server counted no byte is an error, not a
+  figure.
 - `fastproxy-sockmap` (`Relay: sockmap`): the kernel relaying. Since 941ce88 the mode
   is refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks set it), because this
   kernel's sk_skb redirect sometimes sends a segment twice (`make sockmap-duplicates`).

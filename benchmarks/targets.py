@@ -8,6 +8,8 @@ reported as a tie."""
 
 from __future__ import annotations
 
+import math
+
 from bench_summary import METRICS, OURS, Case, Spread
 
 NOT_RUNNABLE = ("fastproxy-sockmap",)  # measured for what the kernel path costs, only
@@ -39,14 +41,26 @@ def _vs_best_peer(case: Case, metric: str, factor: float) -> tuple[str, str, boo
     theirs = case.figures[best][metric]
     higher = METRICS[metric][1]
     advantage = (
-        mine[1].median / theirs.median if higher else theirs.median / max(mine[1].median, 1e-9)
+        _ratio(mine[1].median, theirs.median) if higher else _ratio(theirs.median, mine[1].median)
     )
     tie = " (spreads overlap: tie)" if mine[1].overlaps(theirs) else ""
     return (
         f"{mine[0]} {_show(metric, mine[1])}",
-        f"{best} {_show(metric, theirs)}: {advantage:.2f}×{tie}",
-        advantage >= factor and not tie,
+        f"{best} {_show(metric, theirs)}: {_times(advantage)}{tie}",
+        advantage is not None and advantage >= factor and not tie,
     )
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """a / b; infinite when only b is 0, None when both are (a stalled round's rate of
+    0 is a figure too): never a division by zero, never a made-up denominator."""
+    if b == 0:
+        return math.inf if a > 0 else None
+    return a / b
+
+
+def _times(ratio: float | None) -> str:
+    return "no ratio (both 0)" if ratio is None else f"{ratio:.2f}×"
 
 
 def rows(cases: list[Case]) -> list[str]:
@@ -63,13 +77,13 @@ def rows(cases: list[Case]) -> list[str]:
         judged = _vs_best_peer(bulk, "gbit_per_s", 1.2)
         if mine and judged:
             direct = bulk.figures["direct"]["gbit_per_s"].median
-            share = mine[1].median / direct
+            share = _ratio(mine[1].median, direct)
             add(
                 "1-stream bulk Gb/s",
                 "≥ 0.85× direct",
                 judged[0],
-                f"direct {direct:,.2f}: {share:.2f}×",
-                share >= 0.85,
+                f"direct {direct:,.2f}: {_times(share)}",
+                share is not None and share >= 0.85,
             )
             add("1-stream bulk Gb/s", "≥ 1.2× best peer", *judged)
     for name in ("bulk-1stream", "bulk-4stream"):
@@ -96,16 +110,15 @@ def rows(cases: list[Case]) -> list[str]:
             mine = _ours(many, metric)
             if mine is None or metric not in few.figures.get(mine[0], {}):
                 continue
-            base = few.figures[mine[0]][metric].median
-            change = mine[1].median / base
-            within = change >= 0.9 if metric == "rate" else change <= 1.1
+            change = _ratio(mine[1].median, few.figures[mine[0]][metric].median)
+            within = change is not None and (change >= 0.9 if metric == "rate" else change <= 1.1)
             add(
                 f"{METRICS[metric][0]}, {many.info.get('connections')} vs"
                 f" {few.info.get('connections')} connections",
                 "within 10 %",
                 f"{mine[0]} {_show(metric, mine[1])}",
                 f"{_show(metric, few.figures[mine[0]][metric])} with"
-                f" {few.info.get('connections')}: {change:.2f}×",
+                f" {few.info.get('connections')}: {_times(change)}",
                 within,
             )
     start = by.get("ports-startup")

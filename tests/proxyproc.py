@@ -130,6 +130,15 @@ class Proxy:
         self.admin = f"{found.group(1).decode()}:{found.group(2).decode()}"
         self.steering = re.search(rb"steering=(\w+)", self.log_path.read_bytes()).group(1).decode()
 
+    def wait_for_a_passed_check(self, timeout: float = 10) -> None:
+        """Until the first app's first target has passed an active health check: the
+        target has seen a check's connection (for a tcp check, one that leaves without a
+        byte), so a test that meets them does so on every run."""
+        deadline = time.monotonic() + timeout
+        while not self.status()["apps"][0]["targets"][0]["checks_passed"]:
+            assert time.monotonic() < deadline, f"no health check passed in {timeout:g} s"
+            time.sleep(0.01)
+
     def token(self) -> str:
         return self.token_file.read_text().strip()
 

@@ -15,6 +15,12 @@ from servers import Backend
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PAYLOAD = b"after the header"
+# The target sees the proxy's active health checks too: a tcp check connects and closes
+# without a byte, and the first one falls anywhere in the first interval (with the
+# default 2 s, now and then before the relayed connection: this test once took such a
+# check for the relayed connection, "the target got no bytes"). Checks every 50 ms, and
+# one passed before the client connects, so that every run meets them.
+CHECKS = {"Interval": 0.05}
 
 
 def expected_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
@@ -40,26 +46,38 @@ def expected_header(version: str, client: tuple[str, int], local: tuple[str, int
 def test_target_receives_the_exact_header_then_the_client_bytes(
     tmp_path: Path, version: str, listen: str, client_host: str
 ) -> None:
-    received: queue.Queue[bytes] = queue.Queue()
+    relayed: queue.Queue[bytes] = queue.Queue()
 
     def record(conn: socket.socket) -> None:
         data = b""
         while chunk := conn.recv(4096):
             data += chunk
-        received.put(data)
+        if data:  # else a health check's connection: the relayed one starts with the header
+            relayed.put(data)
 
     target = Backend(record)
     (port,) = free_ports(1)
     proxy = Proxy(
         tmp_path,
-        {"Listen": listen, "Apps": [app("pp", [port], [target.address], ProxyProtocol=version)]},
+        {
+            "Listen": listen,
+            "Apps": [
+                app("pp", [port], [target.address], ProxyProtocol=version, HealthCheck=CHECKS)
+            ],
+        },
     )
+    proxy.wait_for_a_passed_check()
     with socket.create_connection((client_host, port), timeout=5) as sock:
         client = sock.getsockname()[:2]
         local = sock.getpeername()[:2]
         sock.sendall(PAYLOAD)
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(100) == b""  # the target closes after reading everything
-    assert received.get(timeout=5) == expected_header(version, client, local) + PAYLOAD
+    try:
+        stream = relayed.get(timeout=5)
+    except queue.Empty:
+        pytest.fail("the target got no bytes on any connection: no header, no payload")
+    assert stream == expected_header(version, client, local) + PAYLOAD
+    assert relayed.empty(), "a second connection to the target carried bytes"
     assert proxy.stop() == 0
     target.close()

@@ -43,6 +43,9 @@ def ask_name(port: int, payload: bytes = b"ping") -> tuple[str, bytes]:
 # elsewhere (not root) it falls back to splice, and says so.
 SOCKMAP_EXPECTED = os.geteuid() == 0
 UNSAFE_SOCKMAP = {"FASTPROXY_UNSAFE_SOCKMAP": "1"}
+# Active health checks connect to the targets too: a backend that records what each
+# connection did must tell them apart from the relayed ones.
+CHECKS = {"Interval": 0.05}
 
 
 def relay_proxy(tmp_path: Path, config: dict, mode: str, *args: str) -> Proxy:
@@ -358,6 +361,9 @@ def test_client_reset_is_propagated(tmp_path: Path, mode: str) -> None:
     seen: list[str] = []
 
     def wait_for_reset(conn: socket.socket) -> None:
+        # A health check's connect leaves without a byte: its FIN is no client's.
+        if conn.recv(5, socket.MSG_WAITALL) != b"hello":
+            return
         conn.sendall(b"ready")
         try:
             while conn.recv(65536):
@@ -368,8 +374,13 @@ def test_client_reset_is_propagated(tmp_path: Path, mode: str) -> None:
 
     backend = Backend(wait_for_reset)
     (port,) = free_ports(1)
-    proxy = relay_proxy(tmp_path, {"Apps": [app("client-resets", [port], [backend.address])]}, mode)
+    # Checks every 50 ms, one passed before the client connects: the backend meets them
+    # on every run, as it may with the default interval.
+    config = {"Apps": [app("client-resets", [port], [backend.address], HealthCheck=CHECKS)]}
+    proxy = relay_proxy(tmp_path, config, mode)
+    proxy.wait_for_a_passed_check()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"hello")
     assert sock.recv(5) == b"ready"
     reset(sock)
     deadline = time.monotonic() + 5
