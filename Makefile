@@ -30,7 +30,7 @@ build:
 	$(PY) setup.py -q build_ext --inplace --force
 	$(PY) -m compileall -q src
 
-# The relay with its invariant checks and held-resource counters (see setup.py)
+# The relay with its invariant checks (see setup.py)
 build-debug:
 	FASTPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
