@@ -30,7 +30,7 @@ build:
 	$(PY) setup.py -q build_ext --inplace --force
 	$(PY) -m compileall -q src
 
-# The relay with its invariant checks and held-resource counters (see setup.py)
+# The relay with its invariant checks (see setup.py)
 build-debug:
 	FASTPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
@@ -47,13 +47,15 @@ lint:
 	$(VENV)/bin/mypy
 
 # The tests include a smoke run of every benchmark (tests/test_bench_smoke.py): its tools too.
+# --durations: the slowest tests, so the suite's 15-minute budget stays visible.
 test: setup bench-deps lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=25 tests
 
 # The fault-injection suite with its long variants (1 GiB streams, 50,000 resetting
 # clients, a 30-minute soak): about an hour. `make test` runs the short variants.
+# Only this run writes benchmarks/RELIABILITY.md (tests/faults/conftest.py).
 faults: setup
-	$(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
+	FASTPROXY_WRITE_RELIABILITY=1 $(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
 
 # The transparency fuzzer's long run (tests/transparency, SPEC §11): FUZZ_SCENARIOS per
 # relay mode (copy, splice; ports and bpf steering), direct against proxied. Prints every

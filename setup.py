@@ -8,9 +8,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# FASTPROXY_DEBUG=1 (`make build-debug`): the relay checks its invariants and counts
-# what it holds (src/fastproxy/includes/debug.h). Only the C compile differs, so the
-# generated C is the same for both builds.
+# FASTPROXY_DEBUG=1 (`make build-debug`): the relay checks its invariants
+# (src/fastproxy/includes/debug.h; what it holds is counted in every build). Only the
+# C compile differs, so the generated C is the same for both builds.
 DEBUG = os.environ.get("FASTPROXY_DEBUG") == "1"
 
 

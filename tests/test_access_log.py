@@ -5,6 +5,7 @@ never slows relaying, and the lost lines are counted."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -13,11 +14,13 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fastproxy import _relay, accesslog
 from metricsutil import metric
 from proxyproc import Proxy, app, free_ports
 from servers import HashingEcho
@@ -128,6 +131,100 @@ def test_a_stuck_destination_never_stalls_relaying(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert metric(proxy, "fastproxy_access_log_dropped_total") == 50
     assert proxy.stop() == 0  # and it stops promptly
+
+
+ALOG_SLOTS = 4096  # records per worker ring (relay/structs.pxi)
+
+
+class NoNames:
+    """AccessLog names apps and targets from the server's routes: none here."""
+
+    slot_keys: dict[int, tuple[str, str, str]] = {}
+
+
+@contextlib.contextmanager
+def logging_relay() -> Iterator[tuple[_relay.Relay, int]]:
+    """A started relay (one worker) with its access log on and no drain thread: the
+    test drains. Its only target refuses, so every client is closed at once, logged."""
+    [dead] = free_ports(1)
+    relay = _relay.Relay(workers=1)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    target = (socket.AF_INET, "127.0.0.1", dead, 1, _relay.TARGET_UP, 1, False)
+    relay.set_app(0, app_slot=0, targets=[target])
+    relay.set_port(port, 0)
+    relay.add_listener(listener.fileno(), port)
+    relay.set_access_log(True)
+    relay.start()
+    try:
+        yield relay, port
+    finally:
+        relay.stop()
+        listener.close()
+
+
+def end_connections(port: int, count: int) -> list[int]:
+    """Clients the relay closes (its target refuses): their ports, in order."""
+    ports = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert sock.recv(1) == b""  # closed: the record is in the ring (or counted)
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def test_a_full_ring_drops_records_and_counts_each() -> None:
+    with logging_relay() as (relay, port):
+        end_connections(port, ALOG_SLOTS + 100)  # nothing drains meanwhile
+        assert relay.access_log_dropped() == 100
+        assert len(relay.drain_access_log()) == ALOG_SLOTS
+        later = end_connections(port, 10)  # drained: there is room again
+        assert [rec[-1] for rec in relay.drain_access_log()] == later
+        assert relay.access_log_dropped() == 100
+
+
+def test_a_slow_reader_gets_whole_lines_and_what_pending_max_cannot_hold_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination takes a page at a time: writes stop part-way through a line,
+    the rest of it waits with the lines behind it, up to PENDING_MAX bytes; lines
+    beyond are dropped and counted. The reader gets whole lines, in order."""
+    monkeypatch.setattr(accesslog, "PENDING_MAX", 8192)
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+    try:
+        with logging_relay() as (relay, port):
+            log = accesslog.AccessLog(relay, NoNames())  # type: ignore[arg-type]
+            log.path = str(fifo)  # configure() would start the drain thread
+            clients = end_connections(port, 100)  # ~200 bytes a line: 20 KB
+            log.flush()
+            received = read_available(reader)
+            assert len(received) == 4096 and not received.endswith(b"\n")  # a partial write
+            for _ in range(10):  # the reader catches up, a page per drain
+                log.flush()
+                received += read_available(reader)
+            log._close_file()
+        lines = received.decode().splitlines(keepends=True)
+        assert all(line.endswith("\n") for line in lines)
+        kept = [json.loads(line)["client"] for line in lines]
+        assert kept == [f"127.0.0.1:{p}" for p in clients[: len(kept)]]
+        # Held up to PENDING_MAX (whole lines only), the rest dropped and counted.
+        assert 8192 - 400 < len(received) <= 8192, len(received)
+        assert log.unwritten == log.dropped() == 100 - len(kept)
+    finally:
+        os.close(reader)
+
+
+def read_available(fd: int) -> bytes:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return data
 
 
 def test_idle_timeout_and_reset_results(tmp_path: Path) -> None:

@@ -402,25 +402,44 @@ def test_no_fd_or_pipe_leak_after_5000_connections(
         tmp_path, {"Apps": [app("leaks", [port], targets, HealthCheck=quiet)]}, "--workers", "2"
     )
 
-    def burst(count: int, concurrency: int = 20) -> None:
+    def burst(clients: int, concurrency: int = 20) -> None:
+        """`count` clients, every tenth resetting mid-way, the others exchanging 3000
+        bytes: each must have happened (a client thread's failure fails the test, so
+        "no leak" cannot be "no traffic")."""
+        done: Counter[str] = Counter()
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def count(kind: str) -> None:
+            with lock:
+                done[kind] += 1
+
         def worker(n: int) -> None:
-            for i in range(n):
-                if i % 10 == 9:  # some clients vanish with a reset mid-way
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                    sock.sendall(b"bye")
-                    reset(sock)
-                else:
-                    name, echo = ask_name(port, b"x" * 3000)
-                    assert echo == b"x" * 3000
+            try:
+                for i in range(n):
+                    if i % 10 == 9:  # some clients vanish with a reset mid-way
+                        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                        sock.sendall(b"bye")
+                        reset(sock)
+                        count("reset")
+                    else:
+                        name, echo = ask_name(port, b"x" * 3000)
+                        assert name.startswith("backend-") and echo == b"x" * 3000, name
+                        count("exchanged")
+            except (AssertionError, OSError) as exc:
+                errors.append(repr(exc))
 
         threads = [
-            threading.Thread(target=worker, args=(count // concurrency,))
+            threading.Thread(target=worker, args=(clients // concurrency,))
             for _ in range(concurrency)
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
+        assert not any(t.is_alive() for t in threads), "a client thread hung"
+        assert errors == [], errors[:5]
+        assert done == {"exchanged": clients * 9 // 10, "reset": clients // 10}, done
 
     def settled_fds() -> Counter[str]:
         """Open descriptors of the proxy by kind (socket, pipe, anon_inode, ...)."""

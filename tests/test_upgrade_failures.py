@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import proxyproc
 from fastproxy import netns
 from fastproxy.backends import NamedEchoServer
 from proxyproc import ROOT, Proxy, app, free_ports, wait_for_port
@@ -42,13 +43,27 @@ def successor(
     path.write_text(json.dumps({"AdminTokenFile": str(tmp_path / "admin-token"), **config}))
     env = {**os.environ, "FASTPROXY_FAILPOINTS": failpoints}
     cmd = [sys.executable, "-m", "fastproxy", "serve", str(path), "--takeover"]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*cmd, "--control-socket", control],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
         env=env,
     )
+    proxyproc.RUNNING.append(Reaped(proc))  # a failed assertion must not leave it serving
+    return proc
+
+
+class Reaped:
+    """A process the autouse fixture in conftest kills after the test, if still running."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def wait_line(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60) -> bytes:
@@ -159,15 +174,23 @@ def test_sigterm_during_start_abandons_the_takeover(
 def test_takeover_commit_failure_still_serves(
     tmp_path: Path, steering: dict[str, str], two_apps: Any
 ) -> None:
-    """Past READY the successor must serve even if swapping in its program fails: the
-    predecessor's program steers to the very sockets it holds."""
+    """Past READY the successor must serve even if putting its own config into effect
+    fails (bpf: swapping in its program; ports: opening its new ports): the ports it
+    inherited are served (bpf: the predecessor's program steers to the very sockets it
+    holds), the port new in its config is not, and the failure is logged."""
     config, ports, _ = two_apps
     config = {**config, **steering}
     old = Proxy(tmp_path, config)
-    new = successor(tmp_path, config, old.control_socket, "takeover.commit")
-    wait_line(new, b"serving")
+    (new_port,) = free_ports(1)
+    wanted = json.loads(json.dumps(config))
+    wanted["Apps"][0]["Ports"].append(new_port)
+    new = successor(tmp_path, wanted, old.control_socket, "takeover.commit")
+    output = wait_line(new, b"serving")
+    assert b"(failpoint takeover.commit)" in output, output  # the failure happened
     assert old.proc.wait(15) == 0
     serves_every_port(ports, {"b0", "b1"})
+    with pytest.raises(ConnectionRefusedError):
+        talk(new_port, b"x")
     new.send_signal(signal.SIGTERM)
     assert new.wait(15) == 0
 
@@ -218,14 +241,14 @@ def test_reload_failing_at_any_step_keeps_the_running_config_whole(
     # All of the old config, none of the new.
     assert answers(kept) == "r0"
     assert answers(removed) == "r0"
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         talk(added, b"x")
     assert f"failpoint {step.partition('*')[0]}" in proxy.log()
     # The failpoint fired once: the same reload now goes through whole.
     proxy.proc.send_signal(signal.SIGHUP)
     wait_for_port(added)
     assert answers(added) == "r1" and answers(kept) == "r1"
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         talk(removed, b"x")
     # The port answers once opened; the reload is counted when it commits, just after.
     deadline = time.monotonic() + 10
@@ -259,7 +282,7 @@ def test_bpf_reload_failing_at_any_step_keeps_the_port_map(
             assert time.monotonic() < deadline, proxy.log()
             time.sleep(0.05)
         assert answers(kept) == "r0" and answers(removed) == "r0"
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             talk(added, b"x")
         assert proxy.stop() == 0
         for b in backends:

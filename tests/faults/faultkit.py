@@ -125,6 +125,44 @@ def echo_client(
         outcome.add("cut", check.received)
 
 
+def source_client(
+    port: int, size: int, outcome: Outcome, receiving: threading.Semaphore, timeout: float = 20
+) -> None:
+    """One connection to a `source` target: ask for `size` pattern bytes and read to
+    the end, sending nothing more (so nothing the client does provokes a reset).
+    'ok' when every byte came; 'cut' when the stream ended early with a reset;
+    'truncated' when it ended early with a clean FIN, passing a cut stream off as a
+    whole one; 'corrupt', 'hang', 'refused' as echo_client. `receiving` is released
+    when the first bytes arrive."""
+    seed = random.getrandbits(40)
+    check = PrefixCheck(seed)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError as exc:
+        outcome.add("refused")
+        outcome.errors.append(f"connect: {exc!r}")
+        return
+    kind = "truncated"
+    try:
+        with sock:
+            sock.sendall(b"%d %d\n" % (size, seed))
+            while data := sock.recv(1 << 18):
+                if check.received == 0:
+                    receiving.release()
+                check.feed(data)
+    except TimeoutError:
+        outcome.add("hang")
+        return
+    except ConnectionResetError:
+        kind = "cut"
+    if not check.intact():
+        outcome.add("corrupt")
+    elif check.received == size:
+        outcome.add("ok", check.received)
+    else:
+        outcome.add(kind, check.received)
+
+
 def _send_pattern(sock: socket.socket, seed: int, size: int) -> None:
     with contextlib.suppress(OSError):
         for offset in range(0, size, 1 << 16):
@@ -241,6 +279,7 @@ def assert_nothing_left_open(proxy: Proxy, baseline: dict[str, int], wait: float
 
 def assert_serves(port: int, host: str = "127.0.0.1", clients: int = 5) -> Outcome:
     """New clients still get every byte back."""
+    assert clients >= 1, "serving nobody proves nothing"
     outcome = Outcome()
     for _ in range(clients):
         echo_client(port, 200_000, outcome, host=host)

@@ -1,10 +1,11 @@
 """Config fuzzing: random mutations of valid configs, checked with `fastproxy check`
-in-process. Each gives a one-line error (exit 2) or a valid config (exit 0), never
-a traceback, a hang or a crash."""
+in-process. Each gives a one-line error (exit 2) or a valid config (exit 0: checked
+against the spec's rules here, not by config.py), never a traceback, a hang or a crash."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ VALID: dict[str, Any] = {
     ],
 }
 EXAMPLES = {"short": 300, "long": 5000}
+EDGES = [0, -1, 65536, 70000, -0.5, 10**9, "0", "65536", "70000-70001", "", []]
 
 json_values = st.recursive(
     st.none()
@@ -75,7 +77,7 @@ def mutated(draw: st.DrawFn) -> Any:
     doc = json.loads(json.dumps(VALID))
     for _ in range(draw(st.integers(1, 4))):
         where = draw(st.sampled_from(paths(doc)))
-        action = draw(st.sampled_from(["replace", "delete", "add", "duplicate"]))
+        action = draw(st.sampled_from(["replace", "edge", "delete", "add", "duplicate"]))
         if not where:
             if action == "replace":
                 doc = draw(json_values)
@@ -86,6 +88,8 @@ def mutated(draw: st.DrawFn) -> Any:
         last = where[-1]
         if action == "replace":
             parent[last] = draw(json_values)
+        elif action == "edge":  # just past a bound: what a missing check lets through
+            parent[last] = draw(st.sampled_from(EDGES))
         elif action == "delete":
             del parent[last]
         elif action == "add" and isinstance(parent, dict):
@@ -93,6 +97,50 @@ def mutated(draw: st.DrawFn) -> Any:
         elif action == "duplicate" and isinstance(parent, list):
             parent.append(json.loads(json.dumps(parent[last])))
     return doc
+
+
+def _port(value: Any) -> int:
+    assert isinstance(value, int) and not isinstance(value, bool), value
+    assert 1 <= value <= 65535, value
+    return value
+
+
+def _seconds(value: Any) -> None:
+    assert isinstance(value, int | float) and not isinstance(value, bool), value
+    assert math.isfinite(value) and 0 <= value <= 366 * 86400, value
+
+
+def assert_valid(doc: Any) -> None:
+    """What SPEC section 3 requires of a config, checked here independently of
+    config.py: a config `check` accepts (exit 0) must have all of it."""
+    assert isinstance(doc, dict), doc
+    apps = doc["Apps"]
+    assert isinstance(apps, list) and apps, "Apps: at least one app"
+    for field in ("DrainTimeout",):
+        if field in doc:
+            _seconds(doc[field])
+    if "Workers" in doc:
+        assert isinstance(doc["Workers"], int) and doc["Workers"] >= 0, doc["Workers"]  # 0: per CPU
+    for a in apps:
+        assert isinstance(a, dict) and isinstance(a["Name"], str) and a["Name"], a
+        assert isinstance(a["Ports"], list) and a["Ports"], a
+        for entry in a["Ports"]:
+            if isinstance(entry, str):
+                low, _, high = entry.partition("-")
+                assert _port(int(low)) <= _port(int(high or low)), entry
+            else:
+                _port(entry)
+        assert isinstance(a["Targets"], list) and a["Targets"], a
+        for target in a["Targets"]:
+            address = target["Address"] if isinstance(target, dict) else target
+            assert isinstance(address, str), target
+            _port(int(address.rpartition(":")[2]))
+        for field in ("ConnectTimeout", "IdleTimeout"):
+            if field in a:
+                _seconds(a[field])
+        for field in ("Interval", "Timeout"):
+            if field in a.get("HealthCheck", {}):
+                _seconds(a["HealthCheck"][field])
 
 
 def check_one_line_or_valid(runner: CliRunner, path: Path, tally: Tally) -> None:
@@ -104,6 +152,11 @@ def check_one_line_or_valid(runner: CliRunner, path: Path, tally: Tally) -> None
         tally.failures += 1
         raise AssertionError(f"{path.read_bytes()[:300]!r}: {result.exception!r}")
     if result.exit_code == 0:
+        try:
+            assert_valid(json.loads(path.read_bytes()))
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            tally.failures += 1
+            raise AssertionError(f"exit 0 for {path.read_bytes()[:300]!r}: {exc!r}") from None
         return
     lines = result.stderr.strip().splitlines()
     ok = result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
@@ -156,3 +209,23 @@ def test_corrupted_config_bytes_give_one_line_or_valid(
 
     corrupted()
     tally.note(f"{EXAMPLES[variant]} byte-level corruptions of the JSON text")
+
+
+def test_every_value_set_just_past_a_bound_gives_one_line_or_valid(
+    tmp_path: Path, tally: Tally
+) -> None:
+    """Each place in the valid config, in turn, set to each EDGES value (one change
+    at a time, so nothing else masks it): a missing bound check is found every run."""
+    runner = CliRunner()
+    path = tmp_path / "edge.json"
+    places = [where for where in paths(VALID) if where]
+    for where in places:
+        for value in EDGES:
+            doc = json.loads(json.dumps(VALID))
+            parent = doc
+            for step in where[:-1]:
+                parent = parent[step]
+            parent[where[-1]] = value
+            path.write_text(json.dumps(doc))
+            check_one_line_or_valid(runner, path, tally)
+    tally.note(f"{len(places)} places x {len(EDGES)} values just past a bound")

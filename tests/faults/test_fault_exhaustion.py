@@ -1,9 +1,11 @@
 """Exhaustion: descriptors (the proxy under a small RLIMIT_NOFILE, via prlimit) and
 ephemeral ports toward one target (a narrow ip_local_port_range, inside a netns of
-the test's own). The proxy survives, recovers, and loses nothing it accepted."""
+the test's own). The proxy survives, recovers, and loses nothing it accepted: every
+client it served before running out is still served, byte for byte, afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -51,19 +53,32 @@ def descriptor_exhaustion(tmp_path: Path, tally: Tally, ns: str) -> None:
             except OSError:
                 continue  # turned away: the proxy is out of descriptors
             held.append(sock)
+        # Each held client was either served (its 4 bytes echoed) or turned away at
+        # once (closed or reset, nothing received): none is left waiting.
+        served = [sock for sock in held if read_back(sock, b"hold")]
+        assert served, "no held client was served"
         load = Load(port, threads=4, sizes=(1, 16 << 10), ns=ns)
         time.sleep(3)
         outcome = load.stop()
         exhausted = len(os.listdir(f"/proc/{proxy.pid}/fd"))
         assert proxy.proc.poll() is None, "the proxy died of descriptor exhaustion"
+        # Every client it served is still served after the exhaustion, whole.
+        intact = 0
+        for sock in served:
+            payload = os.urandom(64 << 10)
+            with contextlib.suppress(ConnectionResetError):  # reset: lost, counted below
+                sock.sendall(payload)
+                intact += read_back(sock, payload)
         for sock in held:
             sock.close()
         tally.connections += NOFILE
         tally.count(outcome, ("corrupt", "hang"))
         tally.note(
-            f"RLIMIT_NOFILE {NOFILE}: {len(held)} of {NOFILE} held clients accepted,"
+            f"RLIMIT_NOFILE {NOFILE}: {len(served)} of {NOFILE} held clients served,"
+            f" {intact} of them read back whole after the exhaustion;"
             f" {exhausted} descriptors in use; load while exhausted: {dict(outcome)}"
         )
+        assert intact == len(served), f"{len(served) - intact} served clients were lost"
         # Clients the proxy had no descriptor for were turned away (reset, or closed
         # early): never given a wrong byte, never left hanging.
         assert outcome["corrupt"] == outcome["hang"] == 0, outcome
@@ -72,6 +87,20 @@ def descriptor_exhaustion(tmp_path: Path, tally: Tally, ns: str) -> None:
         assert proxy.stop() == 0
     finally:
         target.close()
+
+
+def read_back(sock: socket.socket, expected: bytes) -> bool:
+    """True when `expected` comes back whole; False when the proxy closed or reset
+    the client first. Anything else (wrong bytes, a wait) fails the test."""
+    sock.settimeout(10)
+    data = b""
+    try:
+        while len(data) < len(expected) and (chunk := sock.recv(len(expected) - len(data))):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    assert expected.startswith(data), "a held client got wrong bytes"
+    return data == expected
 
 
 PORTS = 64  # ephemeral ports in the test netns, outside the default range

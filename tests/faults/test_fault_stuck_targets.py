@@ -113,9 +113,13 @@ def fill_until_blocked(sock: socket.socket) -> int:
 
 
 def test_target_never_reads_and_the_client_resets(tmp_path: Path, tally: Tally) -> None:
-    deaf = TargetProcess("noread")
-    (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Apps": [app("deaf", [port], [deaf.address], IdleTimeout=600)]})
+    deaf, live = TargetProcess("noread"), TargetProcess("echo")
+    port, live_port = free_ports(2)
+    apps = [
+        app("deaf", [port], [deaf.address], IdleTimeout=600),
+        app("live", [live_port], [live.address]),  # shows the proxy still serves
+    ]
+    proxy = Proxy(tmp_path, {"Apps": apps})
     baseline = open_state(proxy)
     try:
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
@@ -130,10 +134,20 @@ def test_target_never_reads_and_the_client_resets(tmp_path: Path, tally: Tally) 
         except AssertionError:
             tally.failures += 4
             raise
-        tally.count(assert_serves(port, clients=0), FAILED)
+        # Still serving: new clients of the other app get every byte back, and a new
+        # client of the deaf target is taken and connected to it.
+        tally.count(assert_serves(live_port), FAILED)
+        newcomer = socket.create_connection(("127.0.0.1", port), timeout=5)
+        deadline = time.monotonic() + 5
+        while proxy.status()["apps"][0]["targets"][0]["active"] != 1:
+            assert time.monotonic() < deadline, "a new client of the deaf target was not served"
+            time.sleep(0.05)
+        reset(newcomer)
+        assert_nothing_left_open(proxy, baseline, wait=10)
         assert proxy.stop() == 0
     finally:
         deaf.close()
+        live.close()
 
 
 def test_target_never_reads_idle_timeout_closes_both(tmp_path: Path, tally: Tally) -> None:

@@ -1,12 +1,14 @@
 """Targets that die: SIGKILL mid-stream, restarted, and flapping every 200 ms under
 load. Streams through a surviving target arrive whole; streams through a killed one
-end early but never carry a wrong byte; nothing stays open; new clients are served."""
+end early with a reset (never a clean FIN: that would pass a cut stream off as whole)
+and never carry a wrong byte; nothing stays open; new clients are served."""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +19,8 @@ from faultkit import (
     TargetProcess,
     assert_nothing_left_open,
     assert_serves,
-    echo_client,
     open_state,
+    source_client,
 )
 from faultnet import namespace
 from proxyproc import Proxy, app, free_ports
@@ -32,37 +34,63 @@ def test_targets_killed_mid_stream_and_restarted(
     tmp_path: Path, tally: Tally, variant: str
 ) -> None:
     rounds, streams, size = {"short": (3, 6, 8 << 20), "long": (30, 16, 64 << 20)}[variant]
-    doomed, survivor = TargetProcess("echo"), TargetProcess("echo")
+    # Targets that send a stream on request; the doomed one paced at about 0.8 MB/s, so
+    # its streams take seconds and the kill lands mid-stream; its death resets them.
+    doomed, survivor = TargetProcess("paced"), TargetProcess("source")
     (port,) = free_ports(1)
     proxy = Proxy(tmp_path, {"Apps": [app("kill", [port], [doomed.address, survivor.address])]})
     baseline = open_state(proxy)
     try:
         for _ in range(rounds):
-            outcome = Outcome()
+            wait_until_up(proxy, doomed.address)  # round robin: half the streams go to it
+            outcome, receiving = Outcome(), threading.Semaphore(0)
             clients = [
-                threading.Thread(target=echo_client, args=(port, size, outcome))
+                threading.Thread(target=source_client, args=(port, size, outcome, receiving))
                 for _ in range(streams)
             ]
             for c in clients:
                 c.start()
-            time.sleep(0.5)
-            doomed.kill9()  # mid-stream: its clients are cut, the others go on
+            for _ in range(streams):  # every stream has had bytes back: all are flowing
+                assert receiving.acquire(timeout=20), outcome
+            in_flight = target_of(proxy, doomed.address)["active"]
+            doomed.kill9()  # mid-stream: its clients are reset, the others go on
             time.sleep(0.3)
             doomed.start()
             for c in clients:
                 c.join(120)
-            tally.count(outcome, FAILED)
+            tally.count(outcome, (*FAILED, "truncated"))
             assert outcome["corrupt"] == outcome["hang"] == outcome["refused"] == 0, outcome
-            assert outcome["ok"] >= 1, f"no stream went through the survivor: {outcome}"
+            # Each stream of the killed target ended early with a reset, none with a FIN.
+            assert outcome["truncated"] == 0, f"a cut stream ended with a clean FIN: {outcome}"
+            assert in_flight >= 1 and outcome["cut"] == in_flight, (in_flight, outcome)
+            assert outcome["ok"] == streams - in_flight, f"a survivor's stream was lost: {outcome}"
         tally.note(
-            f"{rounds} kills of one of two echo targets, {streams} streams of {size >> 20} MiB each"
+            f"{rounds} kills of one of two targets (the killed one paced at ~0.8 MB/s),"
+            f" {streams} streams of {size >> 20} MiB each: the killed target's streams reset"
+            " mid-way, the others whole"
         )
         assert_nothing_left_open(proxy, baseline)
-        tally.count(assert_serves(port), FAILED)
+        wait_until_up(proxy, doomed.address)
+        served, receiving = Outcome(), threading.Semaphore(0)
+        for _ in range(4):  # new clients, through both targets, get whole streams
+            source_client(port, 200_000, served, receiving)
+        tally.count(served, (*FAILED, "cut", "truncated"))
+        assert served["ok"] == 4, served
         assert proxy.stop() == 0
     finally:
         doomed.close()
         survivor.close()
+
+
+def target_of(proxy: Proxy, address: str) -> dict[str, Any]:
+    return next(t for a in proxy.status()["apps"] for t in a["targets"] if t["address"] == address)
+
+
+def wait_until_up(proxy: Proxy, address: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while target_of(proxy, address)["state"] != "up":
+        assert time.monotonic() < deadline, f"{address} did not come back up"
+        time.sleep(0.1)
 
 
 @needs_root

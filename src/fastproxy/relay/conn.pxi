@@ -453,7 +453,7 @@ cdef fp_conn* conn_new(fp_worker* w, int fd) noexcept nogil:
     c.last_active_ms = w.now_ms
     c.start_ms = w.now_ms
     c.tslot = -1
-    dbg_count(&w.dbg_conns, 1)
+    count_held(&w.held_conns, 1)
     c.next = w.conns
     if w.conns != NULL:
         w.conns.prev = c
@@ -697,7 +697,7 @@ cdef void accept_clients(fp_worker* w, fp_listener* l) noexcept nogil:
         plen = sizeof(peer)
         fd = accept4(l.fd, <sockaddr*>&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd >= 0:
-            dbg_count(&w.dbg_sockets, 1)
+            count_held(&w.held_sockets, 1)
         if fd < 0:
             if errno == EINTR or errno == ECONNABORTED:
                 continue

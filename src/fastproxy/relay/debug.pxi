@@ -1,7 +1,8 @@
-# Debug builds (`FASTPROXY_DEBUG=1 make build`): the relay checks its own
-# invariants and counts what each worker holds, so tests can prove that every path
-# gives back its connection, sockets and pipes. In release builds FP_DEBUG is 0 and
-# all of this compiles to nothing.
+# Every build counts what each worker holds (connections allocated, sockets, pipes
+# and buffers held by channels), so a test can prove, in the release build CI runs,
+# that every path gives them back: plain per-worker integers, one writer each.
+# Debug builds (`make build-debug`) also check the relay's invariants; in release
+# builds FP_DEBUG is 0 and the checks compile to nothing.
 
 cdef extern from "includes/debug.h" nogil:
     enum:
@@ -9,21 +10,21 @@ cdef extern from "includes/debug.h" nogil:
     void fp_check(bint cond, const char* what)
 
 
-cdef inline void dbg_count(int* counter, int delta) noexcept nogil:
-    if FP_DEBUG:
-        fp_store_int(counter, counter[0] + delta)
+cdef inline void count_held(int* counter, int delta) noexcept nogil:
+    # Only its worker writes it: a store, not an atomic add (harness_held reads it).
+    fp_store_int(counter, counter[0] + delta)
 
 
 cdef inline int open_socket(fp_worker* w, int family) noexcept nogil:
     cdef int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd >= 0:
-        dbg_count(&w.dbg_sockets, 1)
+        count_held(&w.held_sockets, 1)
     return fd
 
 
 cdef inline void close_socket(fp_worker* w, int fd) noexcept nogil:
     close(fd)
-    dbg_count(&w.dbg_sockets, -1)
+    count_held(&w.held_sockets, -1)
 
 
 cdef inline void list_join(fp_conn* c, int which) noexcept nogil:

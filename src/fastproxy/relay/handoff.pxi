@@ -39,7 +39,7 @@ cdef bint hand_off(fp_worker* w, int fd, int port, sockaddr_storage* peer) noexc
     first = best.handed == 0
     fp_store_int(&best.handed, best.handed + 1)
     pthread_mutex_unlock(&best.inbox_lock)
-    dbg_count(&w.dbg_sockets, -1)
+    count_held(&w.held_sockets, -1)
     if first:
         write(best.wakefd, &one, sizeof(one))   # later ones find it already announced
     return True
@@ -55,7 +55,7 @@ cdef void take_handed(fp_worker* w) noexcept nogil:
     fp_store_int(&w.handed, 0)
     pthread_mutex_unlock(&w.inbox_lock)
     for i in range(n):
-        dbg_count(&w.dbg_sockets, 1)
+        count_held(&w.held_sockets, 1)
         take_client(w, taken[i].fd, taken[i].port, &taken[i].peer)
 
 

@@ -85,17 +85,18 @@ def harness_inbox(Relay relay):
 
 
 def harness_held(Relay relay):
-    """What the workers hold: connections, sockets and pipes open in all workers
-    (debug builds count sockets and pipes; release builds report them as None)."""
+    """What the workers hold: connections open, connections allocated and not yet
+    freed, sockets, and pipes and buffers held by channels, in all workers (counted
+    in every build, debug.pxi)."""
     cdef int i
     cdef fp_worker* w
-    conns = allocated = sockets = pipes = 0
+    conns = allocated = sockets = pipes = bufs = 0
     for i in range(relay.r.nworkers):
         w = &relay.r.workers[i]
         conns += fp_load_int(&w.nconns)
-        allocated += fp_load_int(&w.dbg_conns)
-        sockets += fp_load_int(&w.dbg_sockets)
-        pipes += fp_load_int(&w.dbg_pipes)
-    if not FP_DEBUG:
-        return {"connections": conns, "allocated": None, "sockets": None, "pipes": None}
-    return {"connections": conns, "allocated": allocated, "sockets": sockets, "pipes": pipes}
+        allocated += fp_load_int(&w.held_conns)
+        sockets += fp_load_int(&w.held_sockets)
+        pipes += fp_load_int(&w.held_pipes)
+        bufs += fp_load_int(&w.held_bufs)
+    return {"connections": conns, "allocated": allocated, "sockets": sockets, "pipes": pipes,
+            "buffers": bufs}

@@ -12,14 +12,14 @@ cdef int chan_acquire(fp_worker* w, fp_chan* c, bint pipe) noexcept nogil:
     if pipe:
         if c.pipe_r >= 0:
             return 0
-        dbg_count(&w.dbg_pipes, 1)
+        count_held(&w.held_pipes, 1)
         if w.npipes > 0:
             w.npipes -= 1
             c.pipe_r = w.pipes[2 * w.npipes]
             c.pipe_w = w.pipes[2 * w.npipes + 1]
             return 0
         if pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0:
-            dbg_count(&w.dbg_pipes, -1)
+            count_held(&w.held_pipes, -1)
             return -errno
         if w.relay.pipe_size > 0:
             # Best effort: a smaller pipe only means more syscalls per byte.
@@ -36,6 +36,7 @@ cdef int chan_acquire(fp_worker* w, fp_chan* c, bint pipe) noexcept nogil:
         c.buf = <char*>malloc(buf_cap(w.relay))
         if c.buf == NULL:
             return -ENOMEM
+    count_held(&w.held_bufs, 1)
     c.off = 0
     return 0
 
@@ -44,7 +45,7 @@ cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
     """Return the pipe or buffer to the pool. A pipe still holding bytes (an aborted
     connection) is closed instead: its contents must not leak into the next one."""
     if c.pipe_r >= 0:
-        dbg_count(&w.dbg_pipes, -1)
+        count_held(&w.held_pipes, -1)
         if c.len == 0 and w.npipes < POOL_MAX:
             w.pipes[2 * w.npipes] = c.pipe_r
             w.pipes[2 * w.npipes + 1] = c.pipe_w
@@ -55,6 +56,7 @@ cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
         c.pipe_r = -1
         c.pipe_w = -1
     if c.buf != NULL:
+        count_held(&w.held_bufs, -1)
         if w.nbufs < POOL_MAX:
             w.bufs[w.nbufs] = c.buf
             w.nbufs += 1

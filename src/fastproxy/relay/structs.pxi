@@ -321,11 +321,12 @@ ctypedef struct fp_worker:
     int npipes
     char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
-    # Debug builds only (FP_DEBUG): what this worker holds, so a test can prove
-    # that every path gives it back.
-    int dbg_conns               # fp_conn allocated and not yet freed
-    int dbg_sockets             # client and target sockets open
-    int dbg_pipes               # pipes held by channels (not the idle pool)
+    # What this worker holds (debug.pxi), so a test can prove that every path
+    # gives it back; written by this worker only.
+    int held_conns              # fp_conn allocated and not yet freed
+    int held_sockets            # client and target sockets open
+    int held_pipes              # pipes held by channels (not the idle pool)
+    int held_bufs               # buffers held by channels (not the idle pool)
     fp_mapped* sm_conns         # connections in the sockmap relay (sockmap.pxi)
     int sm_pending              # of which a FIN or reset waits for its bytes
     int64_t sm_next_sweep_ms    # next reading of every counter (sockmap.pxi)

@@ -50,7 +50,7 @@ cdef void free_graveyard(fp_worker* w) noexcept nogil:
             w.graveyard = c
         else:
             free(c)
-            dbg_count(&w.dbg_conns, -1)
+            count_held(&w.held_conns, -1)
         c = nxt
 
 
