@@ -56,6 +56,8 @@ class Proxy:
         prefix: list[str] | None = None,
         env: dict[str, str] | None = None,
         default_admin: bool = False,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
         # endpoint on a free port (read back from the log; `default_admin`: the real
@@ -73,7 +75,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [
                 *(prefix or []),
-                sys.executable,
+                python,
                 "-m",
                 "fastproxy",
                 "serve",
@@ -82,7 +84,7 @@ class Proxy:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,10 +117,20 @@ def _session() -> Any:
     return Session()
 
 
+NOT_INSTALLED = "etcd support is not installed: pip install 'fastproxy[etcd]'"
+
+
+def require_client() -> None:
+    """ConfigError with one line when the `etcd` extra (etcd3gw) is not installed."""
+    if importlib.util.find_spec("etcd3gw") is None:
+        raise ConfigError(NOT_INSTALLED)
+
+
 class Etcd:
     """One client per thread that uses it (requests sessions are not shared)."""
 
     def __init__(self, url: EtcdURL, timeout: float = TIMEOUT) -> None:
+        require_client()
         import etcd3gw
 
         self.url = url
