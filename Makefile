@@ -16,12 +16,13 @@ system:
 	bash scripts/install-system-deps.sh
 	bash scripts/install-build-deps.sh
 
-# Our own interpreter in a venv; bcc is Debian's, so link just that one package in.
+# Our own interpreter in a venv, the project in it editable (with the etcd extra and the
+# relay's test harness); bcc is Debian's, so link just that one package in.
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q 'setuptools>=77' wheel 'Cython>=3.0,<3.4'
-	$(PIP) install -q --no-build-isolation -e '.[dev,etcd]'
+	FASTPROXY_HARNESS=1 $(PIP) install -q --no-build-isolation -e '.[dev,etcd]'
 	bash scripts/link-bcc.sh $(PY)
 
 # Rebuild the Cython relay in place (editable install). --force: the C compile

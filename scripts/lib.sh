@@ -57,7 +57,7 @@ disable_services() {
     if compgen -G "/etc/systemd/system/*.wants/$unit.service" >/dev/null; then
       deb-systemd-helper disable "$unit.service" >/dev/null 2>&1 ||
         rm -f /etc/systemd/system/*.wants/"$unit".service
-      log "disabled the $unit service (tests run their own)"
+      log "disabled the $unit service (the tests and benchmarks start their own)"
     fi
     if compgen -G "/etc/rc[2-5].d/S??$unit" >/dev/null; then
       update-rc.d "$unit" disable >/dev/null 2>&1 || rm -f /etc/rc[2-5].d/S??"$unit"

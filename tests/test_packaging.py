@@ -42,7 +42,10 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("dist")
     bin_dir = Path(sys.executable).parent
     build = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out / "raw")]
-    subprocess.run([*build, str(ROOT)], check=True, capture_output=True, timeout=540)
+    started = time.monotonic()
+    done = subprocess.run([*build, str(ROOT)], capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"python -m build: {time.monotonic() - started:.0f} s")
     (sdist,) = (out / "raw").glob("fastproxy-*.tar.gz")
     (raw,) = (out / "raw").glob("fastproxy-*.whl")
     subprocess.run(

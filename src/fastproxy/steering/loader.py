@@ -100,7 +100,10 @@ def compiler_missing(program: Program) -> str | None:
     # only the compiler child (see compile_program) should carry.
     if importlib.util.find_spec("bcc") is None:
         if os.path.isdir("/usr/lib/python3/dist-packages/bcc"):
-            missing = f"bcc not importable by {sys.executable} (link it: scripts/link-bcc.sh)"
+            missing = (
+                f"bcc not importable by {sys.executable} (link /usr/lib/python3/dist-packages/bcc"
+                " into its site-packages, as scripts/link-bcc.sh does)"
+            )
         else:
             missing = "bcc not importable (install python3-bpfcc)"
         return f"{shipped} and {missing}; {packaged.REBUILD}"
