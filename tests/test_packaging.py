@@ -242,6 +242,22 @@ def test_check_runs_from_the_wheel(venv: Path, tmp_path: Path) -> None:
     assert "fastproxy" in version.stdout
 
 
+def test_no_test_or_bench_service_is_enabled() -> None:
+    """`make test` installs etcd, redis, nginx, HAProxy... for the tests and benchmarks,
+    which start their own: none is left to start at boot (systemd wants links, SysV
+    start links), whatever the packages' scripts enabled."""
+    units = ("redis-server", "etcd", "nginx", "haproxy", "iperf3")
+    enabled = [
+        str(link)
+        for unit in units
+        for link in [
+            *Path("/etc/systemd/system").glob(f"*.wants/{unit}.service"),
+            *Path("/etc").glob(f"rc[2-5].d/S[0-9][0-9]{unit}"),
+        ]
+    ]
+    assert enabled == [], "scripts/install-test-deps.sh leaves these disabled"
+
+
 def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> list[str]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout
