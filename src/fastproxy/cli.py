@@ -376,16 +376,17 @@ for _action in TARGET_ACTIONS:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False), default="examples/demo.json")
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("--connections", default=12, show_default=True, help="Demo clients per app.")
-def demo(config: str, connections: int) -> None:
+def demo(config: str | None, connections: int) -> None:
     """Start demo backends for CONFIG's loopback targets, the proxy, and some
-    traffic to show it flowing; then keep serving until Ctrl-C."""
-    from .demo import run_demo
+    traffic to show it flowing; then keep serving until Ctrl-C. CONFIG defaults to
+    the demo config installed with fastproxy (examples/demo.json)."""
+    from .demo import default_config, run_demo
 
     _setup_logging("info")
     try:
-        sys.exit(run_demo(config, connections=connections))
+        sys.exit(run_demo(config or default_config(), connections=connections))
     except (ConfigError, ListenError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import time
 from collections import Counter
+from importlib import resources
 
 from .backends import NamedEchoServer
 from .config import load_config
@@ -25,6 +27,16 @@ def _ask(port: int, message: bytes) -> tuple[str, bytes]:
             data += chunk
     name, _, echo = data.partition(b"\n")
     return name.decode(), echo
+
+
+def default_config() -> str:
+    """The demo config: shipped in the package (setup.py copies examples/demo.json into
+    fastproxy/examples/), else the source checkout's."""
+    shipped = resources.files("fastproxy") / "examples" / "demo.json"
+    if shipped.is_file():
+        return str(shipped)  # a wheel installs files: a path of its own
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, os.pardir, os.pardir, "examples", "demo.json"))
 
 
 def run_demo(config_path: str, *, connections: int) -> int:
@@ -55,10 +67,11 @@ def run_demo(config_path: str, *, connections: int) -> int:
             f"demo: app {app.name}: bytes in {stats['bytes_in']}, out {stats['bytes_out']}, "
             f"connections {stats['connections']}"
         )
-    port = config.apps[0].ports[0]
-    print(f"demo: try it yourself: nc 127.0.0.1 {port}   (Ctrl-C stops the demo)")
-    # No Event.set in a handler: it could wait on a lock its own thread holds (signals.py).
+    # Watched before saying so: a signal right after the line stops the demo too. No
+    # Event.set in a handler: it could wait on a lock its own thread holds (signals.py).
     with SignalInbox((signal.SIGINT, signal.SIGTERM)) as inbox:
+        port = config.apps[0].ports[0]
+        print(f"demo: try it yourself: nc 127.0.0.1 {port}   (Ctrl-C stops the demo)", flush=True)
         while not inbox.wait(0.5):
             pass
     server.stop_accepting()

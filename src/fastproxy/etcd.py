@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import ipaddress
 import json
 import re
@@ -203,12 +204,22 @@ def _session(security: Security) -> Any:
     return session
 
 
+NOT_INSTALLED = "etcd support is not installed: pip install 'fastproxy[etcd]'"
+
+
+def require_client() -> None:
+    """ConfigError with one line when the `etcd` extra (etcd3gw) is not installed."""
+    if importlib.util.find_spec("etcd3gw") is None:
+        raise ConfigError(NOT_INSTALLED)
+
+
 class Etcd:
     """One client per thread that uses it (requests sessions are not shared)."""
 
     def __init__(
         self, url: EtcdURL, security: Security | None = None, timeout: float = TIMEOUT
     ) -> None:
+        require_client()
         import etcd3gw
 
         self.url = url

@@ -13,14 +13,13 @@ A relay that may duplicate bytes must not carry traffic; the switch is for measu
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 
 from . import _relay
 from .steering.bpfsys import prog_attach
 from .steering.errors import SteeringUnavailable, describe
-from .steering.loader import RELAY, Objects, load_program
+from .steering.loader import RELAY, Objects, compiler_missing, load_program
 
 log = logging.getLogger("fastproxy")
 
@@ -35,11 +34,7 @@ def _unavailable() -> str | None:
     """Why the program cannot be loaded here, if it cannot (before trying)."""
     if os.geteuid() != 0:
         return "not root"
-    if importlib.util.find_spec("bcc") is None:
-        return "bcc not importable (install python3-bpfcc)"
-    if not os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
-        return "kernel headers missing (run scripts/install-system-deps.sh)"
-    return None
+    return compiler_missing(RELAY)
 
 
 def load() -> Objects:

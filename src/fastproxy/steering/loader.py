@@ -1,6 +1,7 @@
-"""Loading a program of bpf/ (steer.c, relay.c): the bytecode cached from an earlier start
-when there is one, else compiled and loaded by bcc in a short-lived child process (and then
-cached)."""
+"""Loading a program of bpf/ (steer.c, relay.c): the image the wheel carries when it is
+for this source (packaged.py), else the bytecode cached from an earlier start, else compiled
+and loaded by bcc in a short-lived child process (and then cached). Only the last needs bcc
+and the kernel headers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from . import cache
+from . import cache, packaged
 from .bpfsys import (
     BPF_PROG_TYPE_SK_LOOKUP,
     BPF_PROG_TYPE_SK_SKB,
@@ -82,18 +83,40 @@ def probe() -> str | None:
     """None if BPF steering can be loaded here, else a one-line reason why not."""
     if os.geteuid() != 0:
         return "not root"
+    reason = compiler_missing(STEER)
+    return reason if reason else probe_sk_lookup()
+
+
+def compiler_missing(program: Program) -> str | None:
+    """Why `program` cannot be had here without the packaged image, when bcc or the
+    kernel headers would be needed to compile it and are missing; None otherwise."""
+    source = _source_path(program.source)
+    if source is None:
+        return f"BPF source {program.source} not found (neither in the package nor in bpf/)"
+    shipped = packaged.problem(source, _identity(program))
+    if shipped is None:
+        return None
     # Found, not imported: importing loads libbcc and LLVM into this process, which
     # only the compiler child (see compile_program) should carry.
     if importlib.util.find_spec("bcc") is None:
         if os.path.isdir("/usr/lib/python3/dist-packages/bcc"):
-            return f"bcc not importable by {sys.executable} (link it: scripts/link-bcc.sh)"
-        return "bcc not importable (install python3-bpfcc)"
+            missing = (
+                f"bcc not importable by {sys.executable} (link /usr/lib/python3/dist-packages/bcc"
+                " into its site-packages, as scripts/link-bcc.sh does)"
+            )
+        else:
+            missing = "bcc not importable (install python3-bpfcc)"
+        return f"{shipped} and {missing}; {packaged.REBUILD}"
     build = f"/lib/modules/{os.uname().release}/build"
     if not os.path.isdir(build):
-        return f"kernel headers missing at {build} (run scripts/install-system-deps.sh)"
-    if _source_path() is None:
-        return "BPF source steer.c not found (neither in the package nor in bpf/)"
-    return probe_sk_lookup()
+        missing = f"kernel headers missing at {build} (run scripts/install-build-deps.sh)"
+        return f"{shipped} and {missing}; {packaged.REBUILD}"
+    return None
+
+
+def _identity(program: Program) -> list[object]:
+    """What an image must have been compiled as, beside its source text."""
+    return [program.function, program.prog_type, program.attach_type]
 
 
 @contextlib.contextmanager
@@ -136,23 +159,71 @@ _PACKAGE_PARENT = os.path.dirname(_PACKAGE)
 
 
 def load_program(program: Program = STEER) -> Objects:
-    """The program and its maps, loaded: from the cache when it holds this program's
-    bytecode for this kernel and bcc, else compiled by bcc (and then cached)."""
+    """The program and its maps, loaded: from the package's image when it is for this
+    source, else from the cache when it holds this program's bytecode for this kernel
+    and bcc, else compiled by bcc (and then cached)."""
     source = _source_path(program.source)
     if source is None:
         raise SteeringUnavailable(f"BPF source {program.source} not found")
+    objects = _from_package(program, source)
+    if objects is not None:
+        return objects
     directory = cache.configured_dir()
     if directory is None:
         return _compiled_uncached(program, source, "cache off")
     with open(source, "rb") as f:
         text = f.read()
-    key = cache.cache_key(text, [program.function, program.prog_type, program.attach_type])
+    key = cache.cache_key(text, _identity(program))
     try:
         with cache.opened(directory) as store:
             return _cached_or_compiled(program, store, key, source, text)
     except cache.CacheRefused as exc:
         log.warning("%s: BPF program cache not used: %s", program.label, exc)
         return _compiled_uncached(program, source, "cache not used")
+
+
+def _from_package(program: Program, source: str) -> Objects | None:
+    """The packaged image of `source`, loaded; None (with a warning if one ships but is
+    not to be used) to go on to the cache and bcc."""
+    started = time.monotonic()
+    try:
+        image = packaged.read(source, _identity(program))
+    except packaged.Stale as exc:
+        log.warning(
+            "%s: not loading the packaged BPF program: %s (%s)",
+            program.label,
+            exc,
+            packaged.REBUILD,
+        )
+        return None
+    if image is None:
+        log.info(
+            "%s: no packaged BPF program beside %s (%s)", program.label, source, packaged.REBUILD
+        )
+        return None
+    problem = _not_ours(program, image)
+    if problem is None:
+        try:
+            objects = Objects(image.load())
+        except OSError as exc:  # this kernel's verifier refuses it
+            problem = describe(exc)
+        else:
+            elapsed = (time.monotonic() - started) * 1e3
+            path = packaged.image_path(source)
+            log.info(
+                "%s: BPF program loaded from the package in %.0f ms (%s)",
+                program.label,
+                elapsed,
+                path,
+            )
+            return objects
+    log.warning(
+        "%s: the packaged BPF program is not usable here: %s (%s)",
+        program.label,
+        problem,
+        packaged.REBUILD,
+    )
+    return None
 
 
 def _compiled_uncached(program: Program, source: str, why: str) -> Objects:
