@@ -7,13 +7,25 @@ business (admin.py).
 The handler runs on the event loop and must be quick; work that may take long (a
 reload, a /status of thousands of ports) comes back as a Deferred and runs on a worker
 thread of its lane, so the loop keeps answering everything else (/healthz above all)
-meanwhile. Each connection has at most one request in flight, so a lane's queue never
-holds more than MAX_CONNECTIONS jobs.
+meanwhile. Each connection has at most one request in flight, and the loop hands a
+lane's worker one job at a time, at the end of a turn, taking client addresses in
+turn: a flood of deferred requests from one address does not queue ahead of another's,
+and the worker (which needs the GIL as much as the loop) never works through a long
+queue while the loop is answering.
 
-When every slot is taken, a new connection replaces the connection that has been
-waiting longest for its request (or for its response to be read): slow or stalled
-clients are shed first and a prompt client is always served. Only when every slot has
-a request being worked on is the newcomer turned away (503)."""
+The slots are shared out so that no client can take the endpoint from its operator
+(SPEC section 12). A client address has at most MAX_PER_SOURCE of the MAX_CONNECTIONS
+slots; when they are all taken, a newcomer replaces the connection that has waited
+longest for its request (or for its response to be read), from its own address first,
+else from the address holding the most: slow or stalled clients are shed first. When
+no slot can be freed that way (every one has a request being worked on), the newcomer
+gets one of RESERVE slots kept aside, where only a privileged request is served (the
+handler's `privileged`: /healthz, or one carrying the admin token); anything else is
+refused with a 503 as soon as its head has arrived. Every local user shares
+127.0.0.1 (and can use all of 127/8), so the reserve, not the per-address share,
+is what keeps /healthz and the operator's POSTs answered. Pipelining is bounded too:
+one request in flight per connection, at most RECV_SIZE of the next ones read ahead,
+and a connection that has had PIPELINE_SHARE answers in a row yields to the others."""
 
 from __future__ import annotations
 
@@ -37,6 +49,10 @@ import h11
 log = logging.getLogger("fastproxy")
 
 MAX_CONNECTIONS = 64
+MAX_PER_SOURCE = 16  # slots one client address (all unix-socket clients: one) may hold
+RESERVE = 16  # slots beyond those for privileged requests (see the module's docstring)
+RESERVE_DEADLINE = 2.0  # seconds a connection in the reserve has to send its request head
+PIPELINE_SHARE = 2  # answers in a row for one connection before it yields to the others
 REQUEST_DEADLINE = 5.0  # seconds for a whole request, and for an idle keep-alive wait
 RESPONSE_DEADLINE = 10.0  # seconds for a client to read a response
 LINGER = 1.0  # seconds to drain a client's unread bytes before closing (see _linger)
@@ -56,7 +72,8 @@ class Request:
     method: str
     target: str  # path and query, as sent
     headers: list[tuple[bytes, bytes]]  # names lower-cased by h11
-    local: tuple[str, int]  # the address the client connected to
+    local: tuple[str, int] | None  # the address the client connected to; None: unix socket
+    http_version: bytes = b"1.1"
 
     @property
     def path(self) -> str:
@@ -87,6 +104,7 @@ class Deferred(NamedTuple):
 
 
 Handler = Callable[[Request], Response | Deferred]
+Privileged = Callable[[Request], bool]
 
 # Connection states: reading a request, its handler at work, writing the response,
 # draining the client before closing, closed.
@@ -106,9 +124,12 @@ class _Conn:
         "out",
         "served",
         "dropped",
+        "source",
+        "reserve",
+        "queued",
     )
 
-    def __init__(self, sock: socket.socket, now: float) -> None:
+    def __init__(self, sock: socket.socket, now: float, source: str, reserve: bool) -> None:
         self.sock = sock
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.state = _READ
@@ -120,38 +141,71 @@ class _Conn:
         self.out = bytearray()
         self.served = 0
         self.dropped = 0  # bytes read and dropped while lingering
+        self.source = source  # the client's address ("unix" for the unix socket)
+        self.reserve = reserve  # in a reserved slot: one privileged request, then closed
+        self.queued = False  # had its share of answers: waits in _ready for its next turn
+        if reserve:
+            self.deadline = now + RESERVE_DEADLINE
 
 
-_Jobs = queue.SimpleQueue[tuple[_Conn, Callable[[], Response]] | None]  # None: stop
+_Job = tuple[_Conn, Callable[[], Response]]
+
+
+class _Lane:
+    """A worker thread and the jobs waiting for it, per client address."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None: stop
+        self.waiting: dict[str, collections.deque[_Job]] = {}  # in the order served next
+        self.busy = False  # a job is with the worker
+
+    def next_job(self) -> _Job | None:
+        """The oldest job of the address whose turn it is (then at the back)."""
+        while self.waiting:
+            source, jobs = next(iter(self.waiting.items()))
+            job = jobs.popleft()
+            del self.waiting[source]
+            if jobs:
+                self.waiting[source] = jobs
+            if job[0].state == _BUSY:  # else shed or closed meanwhile
+                return job
+        return None
 
 
 class BoundedHTTPServer:
     def __init__(
         self,
         handler: Handler,
-        sock: socket.socket,
+        sockets: Sequence[socket.socket],
         lanes: Sequence[str],
         name: str,
+        privileged: Privileged = lambda request: False,
     ) -> None:
-        """Serve `handler` on `sock`, a bound socket (listening or not)."""
+        """Serve `handler` on `sockets`, bound sockets (listening or not), TCP or unix.
+        `privileged` says which requests the reserve serves (see the docstring)."""
         self.handler = handler
-        self.socket = sock
-        sock.listen(BACKLOG)  # again on an inherited socket: raises its backlog
-        sock.setblocking(False)
+        self.privileged = privileged
+        self.sockets = list(sockets)
         self._selector = selectors.DefaultSelector()
+        for sock in self.sockets:
+            sock.listen(BACKLOG)  # again on an inherited socket: raises its backlog
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, "accept")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(sock, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._conns: dict[socket.socket, _Conn] = {}
-        self._done: collections.deque[tuple[_Conn, Response]] = collections.deque()
+        self._per_source: collections.Counter[str] = collections.Counter()  # not the reserve
+        self._reserved = 0
+        self._ready: collections.deque[_Conn] = collections.deque()  # yielded, to go on
+        self._done: collections.deque[tuple[_Conn, Response, _Lane]] = collections.deque()
         self._accept_paused_until = 0.0
         self._warned_at = -WARN_EVERY
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._jobs: dict[str, _Jobs] = {lane: queue.SimpleQueue() for lane in lanes}
+        self._lanes = {lane: _Lane() for lane in lanes}
         self._workers = [
-            threading.Thread(target=self._work, args=(jobs,), name=f"{name}-{lane}", daemon=True)
-            for lane, jobs in self._jobs.items()
+            threading.Thread(target=self._work, args=(it,), name=f"{name}-{lane}", daemon=True)
+            for lane, it in self._lanes.items()
         ]
 
     def start(self) -> None:
@@ -167,12 +221,13 @@ class BoundedHTTPServer:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(5)
-        for jobs in self._jobs.values():
-            jobs.put(None)
+        for lane in self._lanes.values():
+            lane.jobs.put(None)
         for conn in list(self._conns.values()):
             self._close(conn)
         self._selector.close()
-        self.socket.close()
+        for sock in self.sockets:
+            sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -189,19 +244,33 @@ class BoundedHTTPServer:
     def _turn(self) -> None:
         for key, mask in self._selector.select(self._timeout()):
             if key.data == "accept":
-                self._accept()
+                self._accept(key.fileobj)  # type: ignore[arg-type]
             elif key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
             else:
                 self._safely(key.data, mask)
         while self._done:
-            conn, response = self._done.popleft()
-            if conn.state == _BUSY:  # else it was closed by stop()
+            conn, response, lane = self._done.popleft()
+            lane.busy = False
+            if conn.state == _BUSY:  # else it was closed by stop() or shed
                 self._safely(conn, 0, response)
+        # Connections that yielded go on now, each for one more share (those yielding
+        # again wait for the next turn): everyone else's events came first.
+        for _ in range(len(self._ready)):
+            conn = self._ready.popleft()
+            conn.queued = False
+            if conn.state == _READ:
+                self._safely(conn, 0)
         self._expire()
+        for lane in self._lanes.values():
+            if not lane.busy and (job := lane.next_job()) is not None:
+                lane.busy = True
+                lane.jobs.put(job)
 
     def _timeout(self) -> float:
+        if self._ready:
+            return 0.0
         now = time.monotonic()
         wake_at = now + 1.0
         for conn in self._conns.values():
@@ -219,8 +288,11 @@ class BoundedHTTPServer:
             elif conn.state == _LINGER:
                 self._linger(conn)
                 return
-            elif conn.state == _READ and mask & selectors.EVENT_READ and not self._receive(conn):
-                return
+            elif conn.state == _READ and mask & selectors.EVENT_READ:
+                if conn.queued:  # goes on in its turn; reading more now would buffer more
+                    return
+                if not self._receive(conn):
+                    return
             self._advance(conn)
         except Exception as exc:
             log.error("admin: dropped a connection after an unexpected error: %r", exc)
@@ -232,12 +304,12 @@ class BoundedHTTPServer:
 
     # -- connections -------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         # A bounded batch: a connection accepted now is read (below, or on the next
         # wake-up) before MAX_CONNECTIONS newer ones can push it out.
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _ = self.socket.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -247,30 +319,56 @@ class BoundedHTTPServer:
                     if now - self._warned_at >= WARN_EVERY:
                         self._warned_at = now
                         log.warning("admin: cannot accept: %s; retrying shortly", exc.strerror)
-                    self._selector.unregister(self.socket)
+                    for sock in self.sockets:
+                        self._selector.unregister(sock)
                     self._accept_paused_until = now + ACCEPT_PAUSE
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)
-            if len(self._conns) >= MAX_CONNECTIONS and not self._shed():
+            source = peer[0] if sock.family != socket.AF_UNIX else "unix"
+            reserve = self._admit(source)
+            if reserve is None:
                 self._turn_away(sock)
                 continue
-            conn = _Conn(sock, time.monotonic())
+            conn = _Conn(sock, time.monotonic(), source, reserve)
             self._conns[sock] = conn
+            if reserve:
+                self._reserved += 1
+            else:
+                self._per_source[source] += 1
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self._safely(conn, selectors.EVENT_READ)  # the request is often there already
 
-    def _shed(self) -> bool:
-        """Close the connection that has waited longest without being served."""
-        waiting = [c for c in self._conns.values() if c.state != _BUSY]
+    def _admit(self, source: str) -> bool | None:
+        """Make room for a newcomer from `source`: False for an ordinary slot, True
+        for a reserved one, None when there is none (every slot is at work)."""
+        general = len(self._conns) - self._reserved
+        if self._per_source[source] >= MAX_PER_SOURCE:
+            if self._shed(lambda c: not c.reserve and c.source == source):
+                return False
+        elif general < MAX_CONNECTIONS or self._shed(lambda c: not c.reserve, crowded=True):
+            return False
+        if self._reserved < RESERVE or self._shed(lambda c: c.reserve):
+            return True
+        return None
+
+    def _shed(self, among: Callable[[_Conn], bool], crowded: bool = False) -> bool:
+        """Close the connection (of those `among`) that has waited longest without
+        being served; `crowded`: from the address holding the most slots first."""
+        waiting = [c for c in self._conns.values() if c.state != _BUSY and among(c)]
         if not waiting:
             return False
-        self._close(min(waiting, key=lambda c: c.since))
+        count = self._per_source
+        if crowded:
+            victim = min(waiting, key=lambda c: (-count[c.source], c.since))
+        else:
+            victim = min(waiting, key=lambda c: c.since)
+        self._close(victim)
         return True
 
     @staticmethod
     def _turn_away(sock: socket.socket) -> None:
-        body = b"too many admin connections\n"
+        body = _BUSY_503.body
         with contextlib.suppress(OSError):
             sock.send(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -282,7 +380,8 @@ class BoundedHTTPServer:
         now = time.monotonic()
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._selector.register(self.socket, selectors.EVENT_READ, "accept")
+            for sock in self.sockets:
+                self._selector.register(sock, selectors.EVENT_READ, "accept")
         for conn in list(self._conns.values()):
             if conn.state == _BUSY or now < conn.deadline:
                 continue
@@ -294,6 +393,12 @@ class BoundedHTTPServer:
     def _close(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock, None) is not None:
             self._watch(conn, 0)
+            if conn.reserve:
+                self._reserved -= 1
+            else:
+                self._per_source[conn.source] -= 1
+                if not self._per_source[conn.source]:
+                    del self._per_source[conn.source]
         conn.state = _CLOSED  # nothing more is done for it, even by a late worker
         conn.sock.close()
 
@@ -325,14 +430,21 @@ class BoundedHTTPServer:
 
     def _advance(self, conn: _Conn) -> None:
         """Parse what has arrived, answer each complete request, send the answers.
-        A loop, not recursion: one read may hold many pipelined requests (and the
-        keep-alive bound ends it)."""
+        A loop, not recursion: one read may hold many pipelined requests. After
+        PIPELINE_SHARE of them the connection yields: the rest wait for the next turn
+        of the loop, after every other connection's (and reads from it stop meanwhile:
+        what it has sent ahead stays bounded)."""
+        answered = conn.served
         while True:
             if conn.state == _WRITE:
                 if not self._flush(conn):
                     return
                 continue
             if conn.state != _READ:
+                return
+            if conn.served - answered >= PIPELINE_SHARE:
+                conn.queued = True
+                self._ready.append(conn)
                 return
             try:
                 event = conn.http.next_event()
@@ -350,12 +462,17 @@ class BoundedHTTPServer:
                 if head > MAX_HEADER_BYTES:
                     self._respond(conn, _HEAD_TOO_LARGE)
                     continue
+                local = conn.sock.getsockname()
                 conn.request = Request(
                     event.method.decode("ascii", "replace"),
                     event.target.decode("ascii", "replace"),
                     list(event.headers),
-                    conn.sock.getsockname()[:2],
+                    local[:2] if isinstance(local, tuple) else None,
+                    event.http_version,
                 )
+                if conn.reserve and not self.privileged(conn.request):
+                    self._respond(conn, _BUSY_503)
+                    continue
                 # h11 checked it is digits (at most 20); refuse before reading a byte
                 length = conn.request.header(b"content-length")
                 if length and int(length) > MAX_BODY_BYTES:
@@ -380,19 +497,21 @@ class BoundedHTTPServer:
         if isinstance(result, Deferred):
             conn.state = _BUSY
             self._watch(conn, 0)
-            self._jobs[result.lane].put((conn, result.work))
+            waiting = self._lanes[result.lane].waiting
+            waiting.setdefault(conn.source, collections.deque()).append((conn, result.work))
         else:
             self._respond(conn, result)
 
-    def _work(self, jobs: _Jobs) -> None:
-        while (job := jobs.get()) is not None:
+    def _work(self, lane: _Lane) -> None:
+        while (job := lane.jobs.get()) is not None:
             conn, work = job
             try:
-                response = work()
+                # shed or gone since it was handed over: nobody to answer
+                response = _GONE if conn.state == _CLOSED else work()
             except Exception as exc:  # the worker lives on; the client hears of it
                 log.error("admin: request failed: %r", exc)
                 response = _plain(500, "internal error")
-            self._done.append((conn, response))
+            self._done.append((conn, response, lane))  # always: the lane is free again
             self._wake()
 
     # -- writing responses -------------------------------------------------------
@@ -409,10 +528,11 @@ class BoundedHTTPServer:
             *response.headers,
         ]
         # Close after an error before the request was whole (its rest is unread), at
-        # the keep-alive bound, and when stopping.
+        # the keep-alive bound, in a reserved slot, and when stopping.
         if (
             (response.status >= 400 and http.their_state is not h11.DONE)
             or conn.served >= MAX_REQUESTS_PER_CONNECTION
+            or conn.reserve
             or self._stopping
         ):
             headers.append(("Connection", "close"))
@@ -486,5 +606,7 @@ def _plain(status: int, text: str) -> Response:
     return Response(status, text.encode("utf-8", "replace") + b"\n")
 
 
+_BUSY_503 = _plain(503, "too many admin connections")
+_GONE = _plain(500, "not sent: the client is gone")
 _TOO_LARGE = _plain(413, f"bodies are limited to {MAX_BODY_BYTES} bytes")
 _HEAD_TOO_LARGE = _plain(431, f"request line and headers are limited to {MAX_HEADER_BYTES} bytes")
