@@ -60,6 +60,7 @@ class Proxy:
         start_timeout: float = 15,
         python: str = sys.executable,
         cwd: Path = ROOT,
+        admin_socket: bool = True,
     ) -> None:
         # Unless a test says otherwise: one socket per port, loopback only, an admin
         # endpoint on a free port (read back from the log; `default_admin`: the real
@@ -73,6 +74,15 @@ class Proxy:
         if "--control-socket" not in args:
             args = (*args, "--control-socket", str(tmp_path / "control.sock"))
         self.control_socket = args[args.index("--control-socket") + 1]
+        # The admin API's unix socket next to the control socket (a successor given the
+        # same --control-socket takes it over); admin_socket=False: the default path.
+        if admin_socket and "--admin-socket" not in args:
+            args = (*args, "--admin-socket", str(Path(self.control_socket).parent / "admin.sock"))
+        self.admin_socket = (
+            args[args.index("--admin-socket") + 1]
+            if "--admin-socket" in args
+            else "/run/fastproxy/admin.sock"
+        )
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [

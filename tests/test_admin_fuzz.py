@@ -62,45 +62,45 @@ def vanish(proxy: Proxy, request: bytes, read: int) -> None:
     sock.close()
 
 
-GET = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
-HUGE_LINE = b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-MANY_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 10_000 + b"\r\n"
+GET = b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n"
+HUGE_LINE = b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+MANY_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + b"a: b\r\n" * 10_000 + b"\r\n"
 CHUNK = b"8000\r\n" + b"x" * 0x8000 + b"\r\n"
 CHUNKED_TOO_BIG = (
-    b"POST /reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"POST /reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
     + CHUNK * 2
     + b"1\r\nx\r\n0\r\n\r\n"
 )
 MALFORMED = [
     b"\x00\x01\x02garbage\r\n\r\n",
     b"GET\r\n\r\n",
-    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n",
     b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
-    b"GET  /healthz  HTTP/1.1\r\nHost: x\r\n\r\n",
-    b" /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET  /healthz  HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b" /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"\r\n\r\n\r\n\r\n",
     b"GET /healthz HTTP/1.1\r\nHost\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\n: x\r\nHost: localhost\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: y\r\n\r\n",
     HUGE_LINE,
     MANY_HEADERS,
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 20_000 + b"\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",  # then EOF
-    b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX: " + b"v" * 20_000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nab",  # then EOF
+    b"BREW /coffee HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
-    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET http://x/nope HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
-    b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI",
-    b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-    b"POST /reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET http://x/nope HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI",
+    b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"POST /reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     CHUNKED_TOO_BIG,
 ]
 # Content-Length that is not ASCII digits, negative, huge or contradictory
 MALFORMED += [
-    b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n{}" % value
+    b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %s\r\n\r\n{}" % value
     for value in ("١٢".encode(), "１０".encode(), b"\xff", b"-1", b"1e3", b"0x10", b"9" * 30)
     + (b"70000", b"2, 3", b"")
 ]
@@ -118,11 +118,13 @@ def test_hand_written_hostile_requests(tmp_path: Path) -> None:
     assert statuses(exchange(proxy, HUGE_LINE)) == [431]
     assert statuses(exchange(proxy, MANY_HEADERS)) == [431]
     assert statuses(exchange(proxy, CHUNKED_TOO_BIG)) == [413]
-    big_post = b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"
+    big_post = b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 70000\r\n\r\n"
     assert statuses(exchange(proxy, big_post + b"x" * 70_000)) == [413]
     # Pipelined: answered in order, the slow ones (on a worker) included, a HEAD's
     # answer without a body, then the junk refused.
-    pipelined = GET % b"/healthz" + GET % b"/status" + b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    pipelined = (
+        GET % b"/healthz" + GET % b"/status" + b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
     reply = exchange(proxy, pipelined * 3 + GET % b"/nope" + b"junk\r\n\r\n")
     assert statuses(reply) == [200, 200, 200] * 3 + [404, 400]
     # Keep-alive is bounded: 100 answers, the last saying it closes.
@@ -133,7 +135,7 @@ def test_hand_written_hostile_requests(tmp_path: Path) -> None:
     for read in (0, 1, 1000):
         vanish(proxy, GET % b"/status", read)
         vanish(proxy, (GET % b"/status") * 5 + GET % b"/metrics", read)
-    vanish(proxy, b"GET /status HTTP/1.1\r\nHost: x\r\n", 0)  # mid-request
+    vanish(proxy, b"GET /status HTTP/1.1\r\nHost: localhost\r\n", 0)  # mid-request
     assert_still_serving(proxy)
 
 

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,10 @@ def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
     assert status.returncode == 0 and "web" in status.stdout, status.stderr
     config["Apps"] = [app("web", [8080, 80, 81], [echo.address])]
     old.write_config(config)
-    reload = cli("reload", "--admin", old.admin, "--token-file", str(old.token_file))
+    # The admin unix socket is the user's and private; the CLI goes through it.
+    unix = Path(old.admin_socket).stat()
+    assert (unix.st_uid, stat.S_IMODE(unix.st_mode)) == (NOBODY.pw_uid, 0o600)
+    reload = cli("reload", "--admin-socket", old.admin_socket, "--token-file", str(old.token_file))
     assert reload.returncode == 0 and reload.stdout.strip() == "reloaded", reload.stderr
     assert_serves(81)
     assert old.status()["reloads"]["failure"] == 0
@@ -154,6 +158,8 @@ def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
     assert_dropped(new.pid, caps)
     for port in (8080, 80, 81):
         assert_serves(port)
+    status = cli("status", "--admin-socket", new.admin_socket)
+    assert status.returncode == 0 and f"pid {new.pid}" in status.stdout, status.stderr
     assert "Traceback" not in old.log() + new.log()
     assert new.stop() == 0
     echo.backend.close()

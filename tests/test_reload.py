@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from fastproxy.backends import NamedEchoServer
-from proxyproc import Proxy, app, free_ports
+from proxyproc import ROOT, Proxy, app, free_ports
 from servers import HashingEcho
 
 
@@ -224,6 +225,8 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
     time.sleep(0.3)
     admin_socket = listening_inode(admin_port)
     assert admin_socket in socket_inodes(old.pid)
+    unix_socket = os.stat(old.admin_socket).st_ino
+    assert admin_over_unix(old.admin_socket)["pid"] == old.pid
     new = Proxy(tmp_path / "new", config, "--takeover", "--control-socket", old.control_socket)
     time.sleep(0.5)
     assert old.proc.poll() is None, "the old process must wait for its stream"
@@ -234,8 +237,12 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
     assert admin_socket in socket_inodes(new.pid)
     assert admin_socket not in socket_inodes(old.pid)
     assert new.status()["pid"] == new.pid
+    # So did the admin unix socket: the same file, answered by the new process.
+    assert os.stat(new.admin_socket).st_ino == unix_socket
+    assert admin_over_unix(new.admin_socket)["pid"] == new.pid
     stream.check()  # opened before the upgrade, still in the old process: intact
     assert old.proc.wait(10) == 0  # its last connection closed: it exits
+    assert admin_over_unix(new.admin_socket)["pid"] == new.pid  # not removed by the old one
     time.sleep(0.3)
     rate = load.stop()
     print(f"upgrade ({steering['Steering']}): {load.ok} connections at {rate:.0f}/s, no failure")
@@ -251,6 +258,16 @@ def test_upgrade_under_load_refuses_nothing_and_keeps_streams(
     with socket.create_connection(("127.0.0.1", p1), timeout=5) as sock:
         assert sock.recv(100) in (b"u0\n", b"u1\n")
     assert newer.stop() == 0
+
+
+def admin_over_unix(path: str) -> dict[str, Any]:
+    """/status through the admin unix socket, as the CLI asks for it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "status", "--json", "--admin-socket", path],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
 
 
 def listening_inode(port: int) -> int:

@@ -1,8 +1,11 @@
-"""The admin endpoint (SPEC sections 4 and 7): health, status, metrics, reload and
-per-target control over plain HTTP, on loopback by default. Reads are open; every
-POST needs the admin token and must not come from a web page of another origin.
-Anything it does not know gets a 4xx; nothing a client sends can stop it serving
-(boundedhttp.py keeps the cost of any client bounded)."""
+"""The admin endpoint (SPEC sections 4, 7 and 12): health, status, metrics, reload
+and per-target control over plain HTTP, on loopback by default and on a unix socket
+(adminsocket.py) for the CLI. Reads are open; every POST needs the admin token and
+must not come from a web page of another origin. Over TCP, every request must name
+the endpoint in its Host header (an IP address, `localhost` or one of `AdminHosts`),
+so that a web page that rebinds its own name to 127.0.0.1 reads nothing. Anything it
+does not know gets a 4xx; nothing a client sends can stop it serving, nor keep
+/healthz and the operator's requests from being served (boundedhttp.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ import socket
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
+from . import adminsocket
 from .boundedhttp import BoundedHTTPServer, Deferred, Request, Response
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
+
+    from .config import Config
 
 log = logging.getLogger("fastproxy")
 
@@ -29,6 +35,9 @@ class Controlled(Protocol):
 
     @property
     def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def config(self) -> Config: ...
 
     def healthz(self) -> tuple[int, str]: ...
 
@@ -64,6 +73,36 @@ def _origin(host: str, port: int) -> bytes:
     return f"http://{host}:{port}".encode()
 
 
+def host_allowed(value: bytes | None, names: tuple[str, ...]) -> bool:
+    """Whether a Host header names this endpoint: an IP address, `localhost`, or one
+    of `names` (lower case), with or without a port. No Host at all (HTTP/1.0) is
+    fine: every browser sends one."""
+    if value is None:
+        return True
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):  # [v6] or [v6]:port
+        literal, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return False
+        try:
+            return ipaddress.ip_address(literal).version == 6
+        except ValueError:
+            return False
+    name, colon, port = text.partition(":")
+    if colon and not port.isdigit():
+        return False
+    name = name.removesuffix(".")
+    if name == "localhost" or name in names:
+        return True
+    try:
+        return ipaddress.ip_address(name).version == 4
+    except ValueError:
+        return False
+
+
 class AdminServer:
     def __init__(
         self,
@@ -73,9 +112,14 @@ class AdminServer:
         sock: socket.socket | None = None,
         *,
         token: str,
+        unix_path: str | None = None,
+        unix_sock: socket.socket | None = None,
+        owner: int | None = None,
     ) -> None:
         """Listen on host:port, or serve on `sock`, a listening socket handed over by
-        the process we took over from. `token` authorizes POSTs."""
+        the process we took over from; the same on the unix socket `unix_path` (none
+        when None), `unix_sock` if handed over, else bound for `owner` (a uid, the
+        user root is about to drop to). `token` authorizes POSTs."""
         self.control = control
         self._token = token.encode()
         if sock is None:
@@ -87,10 +131,28 @@ class AdminServer:
                 sock.close()
                 raise
         self.address: tuple[str, int] = (host, sock.getsockname()[1])
+        if unix_path is not None and unix_sock is None:
+            try:
+                unix_sock = adminsocket.bind(unix_path, owner)
+            except OSError as exc:  # served without it, as without the control socket
+                log.warning(
+                    "no admin socket at %s (the CLI then needs --admin HOST:PORT): %s",
+                    unix_path,
+                    exc.strerror or exc,
+                )
+                unix_path = None
+        self.unix_path = unix_path
+        self.unix_socket = unix_sock
+        self._started = False
         # Reads and operator actions each on a worker of their own: a slow reload
         # does not hold up scrapes, and neither holds up /healthz (on the loop).
+        sockets = [sock] if unix_sock is None else [sock, unix_sock]
         self.http = BoundedHTTPServer(
-            self._route, sock, lanes=("read", "write"), name="fastproxy-admin"
+            self._route,
+            sockets,
+            lanes=("read", "write"),
+            name="fastproxy-admin",
+            privileged=self._privileged,
         )
 
     def start(self) -> None:
@@ -101,20 +163,37 @@ class AdminServer:
                 " are open to the network (POSTs need the token)",
                 *self.address,
             )
+        self._started = True
         self.http.start()
+        if self.unix_path is not None:
+            log.info("admin endpoint also on unix socket %s", self.unix_path)
 
     @property
     def socket(self) -> socket.socket:
-        return self.http.socket
+        return self.http.sockets[0]
 
-    def stop(self) -> None:
+    def stop(self, handed_over: bool = False) -> None:
+        """Stop serving; `handed_over`: a successor serves our sockets now. The unix
+        socket's path goes only with a proxy that served it and hands it to no one."""
         self.http.stop()
+        if self.unix_path and self.unix_socket and self._started and not handed_over:
+            adminsocket.remove(self.unix_path, self.unix_socket)
 
     # -- requests ----------------------------------------------------------------
 
     def _route(self, request: Request) -> Response | Deferred:
         control = self.control
         path = request.path
+        # Over the unix socket no browser is involved: no Host to check.
+        if request.local is not None and not host_allowed(
+            request.header(b"host"), control.config.admin_hosts
+        ):
+            log.debug(
+                "admin: %s %s for host %r refused", request.method, path, request.header(b"host")
+            )
+            return _error(
+                403, "unknown Host: the endpoint is an IP address, localhost or AdminHosts"
+            )
         if request.method in ("GET", "HEAD"):
             if path == "/healthz":
                 status, text = control.healthz()
@@ -139,6 +218,20 @@ class AdminServer:
             return Deferred("write", lambda: self._set_target(app, target, action))
         return _error(404, f"no such endpoint: POST {path}")
 
+    def _privileged(self, request: Request) -> bool:
+        """What is served even when every ordinary slot is taken (boundedhttp.py):
+        /healthz, anything over the unix socket, and requests with the token."""
+        if request.local is None:
+            return True
+        if request.method in ("GET", "HEAD") and request.path == "/healthz":
+            return True
+        return self._authorized(request)
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, given = (request.header(b"authorization") or b"").partition(b" ")
+        # compare_digest: the time taken says nothing about how much of the token matched
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+
     def _refuse(self, request: Request) -> Response | None:
         """403 for a web page of another origin (a browser sends Origin with its
         cross-site POSTs), 401 without the right token; None to go ahead."""
@@ -146,9 +239,7 @@ class AdminServer:
         if origin is not None and origin not in self._own_origins(request):
             log.debug("admin: POST %s from origin %r refused", request.path, origin)
             return _error(403, "cross-origin requests are refused")
-        scheme, _, given = (request.header(b"authorization") or b"").partition(b" ")
-        # compare_digest: the time taken says nothing about how much of the token matched
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+        if not self._authorized(request):
             log.debug("admin: POST %s without a valid token refused", request.path)
             return _error(
                 401,
@@ -161,7 +252,8 @@ class AdminServer:
         """The endpoint's own origin, as configured and as the client reached it
         (the configured host may be a name or a wildcard)."""
         port = self.address[1]
-        own = (_origin(self.address[0], port), _origin(request.local[0], port))
+        local = request.local or self.address
+        own = (_origin(self.address[0], port), _origin(local[0], port))
         return own + tuple(o.removesuffix(b":80") for o in own if port == 80)
 
     def _reload(self) -> Response:

@@ -7,13 +7,33 @@ business (admin.py).
 The handler runs on the event loop and must be quick; work that may take long (a
 reload, a /status of thousands of ports) comes back as a Deferred and runs on a worker
 thread of its lane, so the loop keeps answering everything else (/healthz above all)
-meanwhile. Each connection has at most one request in flight, so a lane's queue never
-holds more than MAX_CONNECTIONS jobs.
+meanwhile. Each connection has at most one request in flight. The loop hands a lane's
+worker one job at a time: the handler's `privileged` ones first, the others client
+address by client address, each after the worker has rested LANE_REST_FACTOR times as
+long as its last ordinary job took. The worker needs the GIL as much as the loop
+does, and on a loaded machine a thread preempted while holding it stalls the other:
+a flood of deferred reads must not be able to take the loop's time.
 
-When every slot is taken, a new connection replaces the connection that has been
-waiting longest for its request (or for its response to be read): slow or stalled
-clients are shed first and a prompt client is always served. Only when every slot has
-a request being worked on is the newcomer turned away (503)."""
+The slots are shared out so that no client can take the endpoint from its operator
+(SPEC section 12). A newcomer's first bytes are read as it is accepted. A privileged
+request (/healthz, one carrying the admin token, anything over the unix socket) is
+always served: in an ordinary slot if there is one, else in one of RESERVE slots kept
+aside (one request, then the connection closes). Every local user shares 127.0.0.1
+(and can use all of 127/8), so it is the reserve, not the per-address share, that
+keeps /healthz and the operator's POSTs answered. Anyone else gets an ordinary slot:
+a client address holds at most MAX_PER_SOURCE of the MAX_CONNECTIONS; when none is
+free, the newcomer replaces the connection that has waited longest for its request
+(or for its response to be read), stalled half-way through a request before silent,
+from its own address first, else from the address holding the most. When nothing can
+be closed (every slot has a request being worked on), an ordinary request gets a
+503, and a newcomer that has not sent its request yet gets a reserved slot on
+probation (RESERVE_DEADLINE for its head, which must be privileged).
+
+Pipelining is bounded: one request in flight per connection, at most RECV_SIZE of
+the next ones read ahead, and a connection that has had PIPELINE_SHARE answers in a
+row yields to the others. Each turn of the loop accepts first and then gives at most
+TURN_ANSWERS answers (the other connections wait for the next turn, in order):
+however many clients pipeline, a newcomer waits about one such turn at most."""
 
 from __future__ import annotations
 
@@ -37,6 +57,12 @@ import h11
 log = logging.getLogger("fastproxy")
 
 MAX_CONNECTIONS = 64
+MAX_PER_SOURCE = 16  # slots one client address (all unix-socket clients: one) may hold
+RESERVE = 16  # slots beyond those for privileged requests (see the module's docstring)
+RESERVE_DEADLINE = 2.0  # seconds a connection in the reserve has to send its request head
+PIPELINE_SHARE = 2  # answers in a row for one connection before it yields to the others
+TURN_ANSWERS = 16  # answers per turn of the loop; the rest wait for the next (new ones first)
+LANE_REST, LANE_REST_FACTOR = 0.01, 4  # a worker's rest after an ordinary job (see _turn)
 REQUEST_DEADLINE = 5.0  # seconds for a whole request, and for an idle keep-alive wait
 RESPONSE_DEADLINE = 10.0  # seconds for a client to read a response
 LINGER = 1.0  # seconds to drain a client's unread bytes before closing (see _linger)
@@ -45,7 +71,8 @@ MAX_HEADER_BYTES = 16 * 1024  # request line and headers
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUESTS_PER_CONNECTION = 100  # keep-alive, bounded: then "Connection: close"
 BACKLOG = 4096  # a burst of connections waits in the kernel (up to net.core.somaxconn)
-ACCEPT_BATCH = 16  # accepts per wake-up: fewer than MAX_CONNECTIONS, see _accept
+EXPIRE_EVERY = 0.05  # seconds between two looks at the deadlines
+ACCEPT_BATCH = 16  # accepts per listening socket and turn (see _accept)
 RECV_SIZE = 16 * 1024  # with h11's own cap, at most ~32 KiB buffered per connection
 ACCEPT_PAUSE = 0.1  # seconds without accepting when out of descriptors
 WARN_EVERY = 10.0  # seconds between two warnings that we are out of descriptors
@@ -56,7 +83,8 @@ class Request:
     method: str
     target: str  # path and query, as sent
     headers: list[tuple[bytes, bytes]]  # names lower-cased by h11
-    local: tuple[str, int]  # the address the client connected to
+    local: tuple[str, int] | None  # the address the client connected to; None: unix socket
+    http_version: bytes = b"1.1"
 
     @property
     def path(self) -> str:
@@ -87,6 +115,7 @@ class Deferred(NamedTuple):
 
 
 Handler = Callable[[Request], Response | Deferred]
+Privileged = Callable[[Request], bool]
 
 # Connection states: reading a request, its handler at work, writing the response,
 # draining the client before closing, closed.
@@ -106,9 +135,14 @@ class _Conn:
         "out",
         "served",
         "dropped",
+        "source",
+        "reserve",
+        "queued",
+        "unread",
+        "first",
     )
 
-    def __init__(self, sock: socket.socket, now: float) -> None:
+    def __init__(self, sock: socket.socket, now: float, source: str) -> None:
         self.sock = sock
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.state = _READ
@@ -120,38 +154,81 @@ class _Conn:
         self.out = bytearray()
         self.served = 0
         self.dropped = 0  # bytes read and dropped while lingering
+        self.source = source  # the client's address ("unix" for the unix socket)
+        self.reserve = False  # in a reserved slot: one privileged request, then closed
+        self.queued = False  # waits in _ready for its next turn
+        self.unread = False  # ...and has bytes in its socket to read then
+        self.first: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None = None  # at accept
 
 
-_Jobs = queue.SimpleQueue[tuple[_Conn, Callable[[], Response]] | None]  # None: stop
+_Job = tuple[_Conn, Callable[[], Response]]
+
+
+class _Lane:
+    """A worker thread and the jobs waiting for it: privileged ones first, the others
+    per client address, and those only when the worker has rested (see _start_jobs)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None: stop
+        self.first: collections.deque[_Job] = collections.deque()  # privileged requests
+        self.waiting: dict[str, collections.deque[_Job]] = {}  # in the order served next
+        self.busy = False  # a job is with the worker
+        self.rests_until = 0.0  # no ordinary job before (monotonic time)
+
+    def next_job(self, now: float) -> _Job | None:
+        """A privileged job, else the oldest job of the address whose turn it is (then
+        at the back) once the worker has rested."""
+        while self.first:
+            job = self.first.popleft()
+            if job[0].state == _BUSY:  # else shed or closed meanwhile
+                return job
+        while self.waiting and now >= self.rests_until:
+            source, jobs = next(iter(self.waiting.items()))
+            job = jobs.popleft()
+            del self.waiting[source]
+            if jobs:
+                self.waiting[source] = jobs
+            if job[0].state == _BUSY:  # else shed or closed meanwhile
+                return job
+        return None
 
 
 class BoundedHTTPServer:
     def __init__(
         self,
         handler: Handler,
-        sock: socket.socket,
+        sockets: Sequence[socket.socket],
         lanes: Sequence[str],
         name: str,
+        privileged: Privileged = lambda request: False,
     ) -> None:
-        """Serve `handler` on `sock`, a bound socket (listening or not)."""
+        """Serve `handler` on `sockets`, bound sockets (listening or not), TCP or unix.
+        `privileged` says which requests the reserve serves (see the docstring)."""
         self.handler = handler
-        self.socket = sock
-        sock.listen(BACKLOG)  # again on an inherited socket: raises its backlog
-        sock.setblocking(False)
+        self.privileged = privileged
+        self.sockets = list(sockets)
         self._selector = selectors.DefaultSelector()
+        for sock in self.sockets:
+            sock.listen(BACKLOG)  # again on an inherited socket: raises its backlog
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, "accept")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(sock, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._conns: dict[socket.socket, _Conn] = {}
-        self._done: collections.deque[tuple[_Conn, Response]] = collections.deque()
+        self._per_source: collections.Counter[str] = collections.Counter()  # not the reserve
+        self._reserved = 0
+        self._ready: collections.deque[_Conn] = collections.deque()  # to go on, in order
+        self._answers = 0  # answers given in this turn
+        self._expire_at = 0.0  # when _expire next looks at the deadlines
+        self._done: collections.deque[tuple[_Conn, Response, _Lane, float]] = collections.deque()
         self._accept_paused_until = 0.0
         self._warned_at = -WARN_EVERY
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._jobs: dict[str, _Jobs] = {lane: queue.SimpleQueue() for lane in lanes}
+        self._lanes = {lane: _Lane() for lane in lanes}
         self._workers = [
-            threading.Thread(target=self._work, args=(jobs,), name=f"{name}-{lane}", daemon=True)
-            for lane, jobs in self._jobs.items()
+            threading.Thread(target=self._work, args=(it,), name=f"{name}-{lane}", daemon=True)
+            for lane, it in self._lanes.items()
         ]
 
     def start(self) -> None:
@@ -167,12 +244,13 @@ class BoundedHTTPServer:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(5)
-        for jobs in self._jobs.values():
-            jobs.put(None)
+        for lane in self._lanes.values():
+            lane.jobs.put(None)
         for conn in list(self._conns.values()):
             self._close(conn)
         self._selector.close()
-        self.socket.close()
+        for sock in self.sockets:
+            sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -187,21 +265,57 @@ class BoundedHTTPServer:
                 time.sleep(0.01)
 
     def _turn(self) -> None:
-        for key, mask in self._selector.select(self._timeout()):
+        self._answers = 0
+        events = self._selector.select(self._timeout())
+        # New connections first: a probe waits behind no one's pipelined requests.
+        for key, _ in events:
             if key.data == "accept":
-                self._accept()
-            elif key.data == "wake":
+                self._accept(key.fileobj)  # type: ignore[arg-type]
+        while self._done:
+            conn, response, lane, took = self._done.popleft()
+            lane.busy = False
+            # The worker needs the GIL as much as the loop does: after an ordinary
+            # job it rests LANE_REST_FACTOR times as long (at least LANE_REST), so
+            # that a flood of deferred reads cannot slow the loop by more than a
+            # little (privileged jobs do not wait).
+            lane.rests_until = time.monotonic() + max(LANE_REST, LANE_REST_FACTOR * took)
+            if conn.state == _BUSY:  # else it was closed by stop() or shed
+                self._safely(conn, 0, response)
+        # Then those that waited from an earlier turn, in order, then this turn's; past
+        # TURN_ANSWERS, whoever has a request to read waits for the next turn.
+        for _ in range(len(self._ready)):
+            if self._answers >= TURN_ANSWERS:
+                break
+            conn = self._ready.popleft()
+            conn.queued = False
+            if conn.state == _READ:
+                self._safely(conn, selectors.EVENT_READ if conn.unread else 0)
+        for key, mask in events:
+            if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-            else:
-                self._safely(key.data, mask)
-        while self._done:
-            conn, response = self._done.popleft()
-            if conn.state == _BUSY:  # else it was closed by stop()
-                self._safely(conn, 0, response)
+            elif key.data != "accept":
+                conn = key.data
+                if (
+                    self._answers >= TURN_ANSWERS
+                    and conn.state == _READ
+                    and mask & selectors.EVENT_READ
+                    and not conn.queued
+                ):
+                    conn.queued = conn.unread = True
+                    self._ready.append(conn)
+                else:
+                    self._safely(conn, mask)
         self._expire()
+        now = time.monotonic()
+        for lane in self._lanes.values():
+            if not lane.busy and (job := lane.next_job(now)) is not None:
+                lane.busy = True
+                lane.jobs.put(job)
 
     def _timeout(self) -> float:
+        if self._ready:
+            return 0.0
         now = time.monotonic()
         wake_at = now + 1.0
         for conn in self._conns.values():
@@ -209,6 +323,9 @@ class BoundedHTTPServer:
                 wake_at = min(wake_at, conn.deadline)
         if self._accept_paused_until:
             wake_at = min(wake_at, self._accept_paused_until)
+        for lane in self._lanes.values():
+            if lane.waiting and not lane.busy:
+                wake_at = min(wake_at, lane.rests_until)
         return max(0.0, wake_at - now)
 
     def _safely(self, conn: _Conn, mask: int, response: Response | None = None) -> None:
@@ -219,8 +336,12 @@ class BoundedHTTPServer:
             elif conn.state == _LINGER:
                 self._linger(conn)
                 return
-            elif conn.state == _READ and mask & selectors.EVENT_READ and not self._receive(conn):
-                return
+            elif conn.state == _READ and mask & selectors.EVENT_READ:
+                if conn.queued:  # goes on in its turn; reading more now would buffer more
+                    return
+                if not self._receive(conn) and not conn.unread:
+                    return
+                conn.unread = False
             self._advance(conn)
         except Exception as exc:
             log.error("admin: dropped a connection after an unexpected error: %r", exc)
@@ -232,12 +353,15 @@ class BoundedHTTPServer:
 
     # -- connections -------------------------------------------------------------
 
-    def _accept(self) -> None:
-        # A bounded batch: a connection accepted now is read (below, or on the next
-        # wake-up) before MAX_CONNECTIONS newer ones can push it out.
+    def _accept(self, listener: socket.socket) -> None:
+        # A bounded batch, read as it is accepted: a newcomer whose request came with
+        # it is placed by what it asks; one that is still silent is shed only after
+        # those stalled part-way through theirs (see _shed).
         for _ in range(ACCEPT_BATCH):
+            if self._accept_paused_until:  # out of descriptors (below), for every socket
+                return
             try:
-                sock, _ = self.socket.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -247,30 +371,101 @@ class BoundedHTTPServer:
                     if now - self._warned_at >= WARN_EVERY:
                         self._warned_at = now
                         log.warning("admin: cannot accept: %s; retrying shortly", exc.strerror)
-                    self._selector.unregister(self.socket)
+                    for listening in self.sockets:
+                        self._selector.unregister(listening)
                     self._accept_paused_until = now + ACCEPT_PAUSE
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)
-            if len(self._conns) >= MAX_CONNECTIONS and not self._shed():
+            source = peer[0] if sock.family != socket.AF_UNIX else "unix"
+            conn = _Conn(sock, time.monotonic(), source)
+            # The request is often there already: what it is decides where it goes.
+            try:
+                head = self._first_head(conn)
+            except Exception as exc:
+                log.error("admin: dropped a connection after an unexpected error: %r", exc)
+                head = None
+                conn.state = _CLOSED
+            if conn.state == _CLOSED:
+                sock.close()
+                continue
+            privileged = head is not None and self.privileged(head)
+            reserve = self._admit(source, privileged, head is not None)
+            if reserve is None:
                 self._turn_away(sock)
                 continue
-            conn = _Conn(sock, time.monotonic())
+            conn.reserve = reserve
+            if reserve:
+                self._reserved += 1
+                conn.deadline = conn.since + RESERVE_DEADLINE
+            else:
+                self._per_source[source] += 1
             self._conns[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
-            self._safely(conn, selectors.EVENT_READ)  # the request is often there already
+            self._safely(conn, 0)
 
-    def _shed(self) -> bool:
-        """Close the connection that has waited longest without being served."""
-        waiting = [c for c in self._conns.values() if c.state != _BUSY]
+    def _first_head(self, conn: _Conn) -> Request | None:
+        """Read what a newcomer sent; its request when the head is whole (the event is
+        kept for _advance)."""
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            conn.state = _CLOSED
+            return None
+        conn.got = bool(data)
+        conn.http.receive_data(data)
+        try:
+            event = conn.http.next_event()
+        except h11.RemoteProtocolError:
+            return None  # raised again, and answered, in _advance
+        if event is h11.NEED_DATA:
+            return None
+        conn.first = event
+        return self._request(conn, event) if isinstance(event, h11.Request) else None
+
+    def _admit(self, source: str, privileged: bool, known: bool) -> bool | None:
+        """Make room for a newcomer from `source` whose request is `privileged`, or
+        not, or not `known` yet (its head is still to come): False for an ordinary
+        slot, True for a reserved one, None when there is none for it."""
+        general = len(self._conns) - self._reserved
+        if self._per_source[source] < MAX_PER_SOURCE and general < MAX_CONNECTIONS:
+            return False
+        if privileged:  # served, whatever holds the other slots
+            if self._reserved >= RESERVE:
+                self._shed(lambda c: c.reserve)  # if all are at work: one more, briefly
+            return True
+        if self._per_source[source] >= MAX_PER_SOURCE:
+            if self._shed(lambda c: not c.reserve and c.source == source):
+                return False
+        elif self._shed(lambda c: not c.reserve, crowded=True):
+            return False
+        if known:  # an ordinary request: a reserved slot would not serve it
+            return None
+        if self._reserved < RESERVE or self._shed(lambda c: c.reserve):
+            return True
+        return None
+
+    def _shed(self, among: Callable[[_Conn], bool], crowded: bool = False) -> bool:
+        """Close the connection (of those `among`) that has waited longest without
+        being served; `crowded`: from the address holding the most slots first."""
+        waiting = [c for c in self._conns.values() if c.state != _BUSY and among(c)]
         if not waiting:
             return False
-        self._close(min(waiting, key=lambda c: c.since))
+        # Stalled part-way through a request before silent (a newcomer that has not
+        # spoken yet may be the operator, held up), the longest waiting first.
+        count = self._per_source
+        if crowded:
+            victim = min(waiting, key=lambda c: (-count[c.source], not c.got, c.since))
+        else:
+            victim = min(waiting, key=lambda c: (not c.got, c.since))
+        self._close(victim)
         return True
 
     @staticmethod
     def _turn_away(sock: socket.socket) -> None:
-        body = b"too many admin connections\n"
+        body = _BUSY_503.body
         with contextlib.suppress(OSError):
             sock.send(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -282,7 +477,13 @@ class BoundedHTTPServer:
         now = time.monotonic()
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._selector.register(self.socket, selectors.EVENT_READ, "accept")
+            for sock in self.sockets:
+                self._selector.register(sock, selectors.EVENT_READ, "accept")
+        # Deadlines are seconds long: a look every EXPIRE_EVERY is enough, and turns
+        # that follow each other closely (a busy endpoint) skip the walk over all.
+        if now < self._expire_at:
+            return
+        self._expire_at = now + EXPIRE_EVERY
         for conn in list(self._conns.values()):
             if conn.state == _BUSY or now < conn.deadline:
                 continue
@@ -294,6 +495,12 @@ class BoundedHTTPServer:
     def _close(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock, None) is not None:
             self._watch(conn, 0)
+            if conn.reserve:
+                self._reserved -= 1
+            else:
+                self._per_source[conn.source] -= 1
+                if not self._per_source[conn.source]:
+                    del self._per_source[conn.source]
         conn.state = _CLOSED  # nothing more is done for it, even by a late worker
         conn.sock.close()
 
@@ -325,8 +532,11 @@ class BoundedHTTPServer:
 
     def _advance(self, conn: _Conn) -> None:
         """Parse what has arrived, answer each complete request, send the answers.
-        A loop, not recursion: one read may hold many pipelined requests (and the
-        keep-alive bound ends it)."""
+        A loop, not recursion: one read may hold many pipelined requests. After
+        PIPELINE_SHARE of them the connection yields: the rest wait for the next turn
+        of the loop, after every other connection's (and reads from it stop meanwhile:
+        what it has sent ahead stays bounded)."""
+        answered = conn.served
         while True:
             if conn.state == _WRITE:
                 if not self._flush(conn):
@@ -334,8 +544,14 @@ class BoundedHTTPServer:
                 continue
             if conn.state != _READ:
                 return
+            if conn.served - answered >= PIPELINE_SHARE or (
+                self._answers >= TURN_ANSWERS and conn.served > answered
+            ):
+                conn.queued = True
+                self._ready.append(conn)
+                return
             try:
-                event = conn.http.next_event()
+                event, conn.first = conn.first or conn.http.next_event(), None
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
                 self._respond(conn, _plain(status, str(exc) or HTTPStatus(status).phrase))
@@ -350,12 +566,10 @@ class BoundedHTTPServer:
                 if head > MAX_HEADER_BYTES:
                     self._respond(conn, _HEAD_TOO_LARGE)
                     continue
-                conn.request = Request(
-                    event.method.decode("ascii", "replace"),
-                    event.target.decode("ascii", "replace"),
-                    list(event.headers),
-                    conn.sock.getsockname()[:2],
-                )
+                conn.request = self._request(conn, event)
+                if conn.reserve and not self.privileged(conn.request):
+                    self._respond(conn, _BUSY_503)
+                    continue
                 # h11 checked it is digits (at most 20); refuse before reading a byte
                 length = conn.request.header(b"content-length")
                 if length and int(length) > MAX_BODY_BYTES:
@@ -370,6 +584,17 @@ class BoundedHTTPServer:
                 self._close(conn)
                 return
 
+    @staticmethod
+    def _request(conn: _Conn, event: h11.Request) -> Request:
+        local = conn.sock.getsockname()
+        return Request(
+            event.method.decode("ascii", "replace"),
+            event.target.decode("ascii", "replace"),
+            list(event.headers),
+            local[:2] if isinstance(local, tuple) else None,
+            event.http_version,
+        )
+
     def _dispatch(self, conn: _Conn) -> None:
         assert conn.request is not None
         try:
@@ -380,19 +605,27 @@ class BoundedHTTPServer:
         if isinstance(result, Deferred):
             conn.state = _BUSY
             self._watch(conn, 0)
-            self._jobs[result.lane].put((conn, result.work))
+            lane = self._lanes[result.lane]
+            if self.privileged(conn.request):
+                lane.first.append((conn, result.work))
+            else:
+                waiting = lane.waiting
+                waiting.setdefault(conn.source, collections.deque()).append((conn, result.work))
         else:
             self._respond(conn, result)
 
-    def _work(self, jobs: _Jobs) -> None:
-        while (job := jobs.get()) is not None:
+    def _work(self, lane: _Lane) -> None:
+        while (job := lane.jobs.get()) is not None:
             conn, work = job
+            started = time.monotonic()
             try:
-                response = work()
+                # shed or gone since it was handed over: nobody to answer
+                response = _GONE if conn.state == _CLOSED else work()
             except Exception as exc:  # the worker lives on; the client hears of it
                 log.error("admin: request failed: %r", exc)
                 response = _plain(500, "internal error")
-            self._done.append((conn, response))
+            took = time.monotonic() - started
+            self._done.append((conn, response, lane, took))  # always: the lane is free again
             self._wake()
 
     # -- writing responses -------------------------------------------------------
@@ -403,16 +636,18 @@ class BoundedHTTPServer:
             self._close(conn)
             return
         conn.served += 1
+        self._answers += 1
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
         ]
         # Close after an error before the request was whole (its rest is unread), at
-        # the keep-alive bound, and when stopping.
+        # the keep-alive bound, in a reserved slot, and when stopping.
         if (
             (response.status >= 400 and http.their_state is not h11.DONE)
             or conn.served >= MAX_REQUESTS_PER_CONNECTION
+            or conn.reserve
             or self._stopping
         ):
             headers.append(("Connection", "close"))
@@ -486,5 +721,7 @@ def _plain(status: int, text: str) -> Response:
     return Response(status, text.encode("utf-8", "replace") + b"\n")
 
 
+_BUSY_503 = _plain(503, "too many admin connections")
+_GONE = _plain(500, "not sent: the client is gone")
 _TOO_LARGE = _plain(413, f"bodies are limited to {MAX_BODY_BYTES} bytes")
 _HEAD_TOO_LARGE = _plain(431, f"request line and headers are limited to {MAX_HEADER_BYTES} bytes")

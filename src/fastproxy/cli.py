@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, adminsocket
 from .admin import TARGET_ACTIONS
+from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
 from .admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
 from .admintoken import TokenError, read_token
 from .cluster_cli import cluster_group, config_group, etcd_options
@@ -63,6 +64,12 @@ def main() -> None:
 )
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
 @click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")
+@click.option(
+    "--admin-socket",
+    default=DEFAULT_ADMIN_SOCKET,
+    show_default=True,
+    help="Unix socket serving the admin API too (0600, the proxy's user): the CLI's way in.",
+)
 @click.option(
     "--takeover",
     is_flag=True,
@@ -175,14 +182,22 @@ def _admin_address(text: str) -> tuple[str, int]:
 admin_option = click.option(
     "--admin",
     metavar="HOST:PORT",
-    help="Admin endpoint of the running proxy (default: Admin of --config, else 127.0.0.1:9901).",
+    help="Talk to the admin endpoint over TCP instead (POSTs then send the token to"
+    " whoever holds that port).",
+)
+admin_socket_option = click.option(
+    "--admin-socket",
+    metavar="PATH",
+    default=DEFAULT_ADMIN_SOCKET,
+    show_default=True,
+    help="The running proxy's admin unix socket (used unless --admin is given).",
 )
 config_option = click.option(
     "--config",
     "config_path",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="The running proxy's config file: its Admin and AdminTokenFile are used.",
+    help="The running proxy's config file: its AdminTokenFile is used.",
 )
 token_option = click.option(
     "--token-file",
@@ -191,32 +206,37 @@ token_option = click.option(
     help=f"Admin token (default: AdminTokenFile of --config, else {DEFAULT_TOKEN_FILE}).",
 )
 
-# A proxy serving on every address is reached on loopback.
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+def _unix_connection(path: str, timeout: float) -> Any:
+    """An http.client connection over the admin unix socket, to a peer checked by
+    adminsocket.connect (http.client is imported only when needed)."""
+    import http.client
+
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = adminsocket.connect(path, timeout)
+
+    return UnixHTTPConnection("localhost", timeout=timeout)
 
 
 class _Endpoint:
-    """Where the running proxy's admin endpoint is, and its token when needed."""
+    """Where the running proxy's admin endpoint is (its unix socket unless a TCP
+    address is given), and its token when needed."""
 
-    def __init__(self, admin: str | None, config_path: str | None) -> None:
+    def __init__(self, admin: str | None, admin_socket: str, config_path: str | None) -> None:
         self.config: Config | None = None
         if config_path is not None:
             try:
                 self.config = load_config(config_path)
             except ConfigError as exc:
                 _fail(exc, 2)
+        self.address: tuple[str, int] | None = None
+        self.path = admin_socket
         if admin is not None:
             try:
                 self.address = _admin_address(admin)
             except ConfigError as exc:
                 _fail(exc, 2)
-        elif self.config is not None:
-            host, port = self.config.admin
-            if port == 0:
-                _fail(f"{config_path}: Admin has port 0 (any free port): give --admin", 2)
-            self.address = (_WILDCARDS.get(host, host), port)
-        else:
-            self.address = ("127.0.0.1", 9901)
 
     def token(self, token_file: str | None) -> str:
         path = token_file or (self.config.admin_token_file if self.config else DEFAULT_TOKEN_FILE)
@@ -229,16 +249,25 @@ class _Endpoint:
     def request(self, method: str, path: str, token: str | None = None) -> tuple[int, bytes]:
         import http.client
 
-        host, port = self.address
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn: http.client.HTTPConnection
+        if self.address is None:
+            where = self.path
+            conn = _unix_connection(self.path, timeout=30)
+        else:
+            host, port = self.address
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            conn = http.client.HTTPConnection(host, port, timeout=30)
         try:
             conn.request(method, path, headers=headers)
             response = conn.getresponse()
             return response.status, response.read()
+        except adminsocket.AdminSocketError as exc:
+            _fail(exc)
         except (OSError, http.client.HTTPException) as exc:
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            _fail(f"cannot reach the admin endpoint at {where}: {exc}")
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            hint = " (is fastproxy running? see --admin-socket)" if self.address is None else ""
+            _fail(f"cannot reach the admin endpoint at {where}: {reason}{hint}")
         finally:
             conn.close()
         raise AssertionError("unreachable")
@@ -264,14 +293,15 @@ class _Endpoint:
 
 @main.command()
 @admin_option
+@admin_socket_option
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON.")
-def status(admin: str | None, config_path: str | None, as_json: bool) -> None:
+def status(admin: str | None, admin_socket: str, config_path: str | None, as_json: bool) -> None:
     """Apps, ports and targets of a running proxy, with health and connections.
     A read: no token needed."""
     import json
 
-    code, body = _Endpoint(admin, config_path).request("GET", "/status")
+    code, body = _Endpoint(admin, admin_socket, config_path).request("GET", "/status")
     if code != 200:
         _fail(f"admin endpoint answered {code}: {body.decode(errors='replace').strip()}")
     if as_json:
@@ -320,12 +350,15 @@ def _target_notes(target: dict[str, Any]) -> str:
 
 @main.command()
 @admin_option
+@admin_socket_option
 @config_option
 @token_option
-def reload(admin: str | None, config_path: str | None, token_file: str | None) -> None:
+def reload(
+    admin: str | None, admin_socket: str, config_path: str | None, token_file: str | None
+) -> None:
     """Ask the running proxy to reload its config file. Exit 0 when all of it is in
     force; 3 when some changed settings need a restart (named); 1 when rejected."""
-    answer = _Endpoint(admin, config_path).post("/reload", token_file, "reload")
+    answer = _Endpoint(admin, admin_socket, config_path).post("/reload", token_file, "reload")
     pending = answer.get("restart_required") or []
     if pending:
         click.echo(
@@ -352,19 +385,21 @@ def _target_command(action: str) -> click.Command:
     @click.argument("app")
     @click.argument("target_address", metavar="TARGET")
     @admin_option
+    @admin_socket_option
     @config_option
     @token_option
     def command(
         app: str,
         target_address: str,
         admin: str | None,
+        admin_socket: str,
         config_path: str | None,
         token_file: str | None,
     ) -> None:
         from urllib.parse import quote
 
         path = f"/targets/{quote(app, safe='')}/{quote(target_address, safe='')}/{action}"
-        answer = _Endpoint(admin, config_path).post(path, token_file, action)
+        answer = _Endpoint(admin, admin_socket, config_path).post(path, token_file, action)
         click.echo(f"app {answer.get('app')}: target {answer.get('target')}: {answer.get('state')}")
 
     command.__doc__ = TARGET_HELP[action] + " TARGET is host:port, as in the config."

@@ -68,6 +68,7 @@ TOP_KEYS = (
     "Listen",
     "Admin",
     "AdminTokenFile",
+    "AdminHosts",
     "Workers",
     "Steering",
     "DrainTimeout",
@@ -184,6 +185,7 @@ class Config:
     listen: tuple[str, ...] = ("::",)  # addresses only; "::" = all IPv4 and IPv6
     admin: tuple[str, int] = ("127.0.0.1", 9901)
     admin_token_file: str = DEFAULT_ADMIN_TOKEN_FILE
+    admin_hosts: tuple[str, ...] = ()  # names the admin endpoint answers to (lower case)
     workers: int = 0  # 0 = one per CPU, resolved by the server
     steering: str = "auto"
     drain_timeout: float = 30.0
@@ -529,6 +531,7 @@ def _parse_local_settings(data: dict[str, Any]) -> dict[str, Any]:
         "listen": _parse_listen(data.get("Listen", ["::"])),
         "admin": _parse_admin(data.get("Admin", "127.0.0.1:9901")),
         "admin_token_file": _parse_token_file(data.get("AdminTokenFile", DEFAULT_ADMIN_TOKEN_FILE)),
+        "admin_hosts": _parse_admin_hosts(data.get("AdminHosts", [])),
         "workers": _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS),
         "steering": _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES),
         "relay": _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES),
@@ -1147,6 +1150,21 @@ def _parse_token_file(value: object) -> str:
     return value
 
 
+def _parse_admin_hosts(value: object) -> tuple[str, ...]:
+    """Names besides IP addresses and localhost a request's Host may give the admin
+    endpoint (a DNS-rebinding page's requests name the attacker's host)."""
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid("AdminHosts", f"expected a list of host names, {_got(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _Invalid("AdminHosts", f"expected host names (strings), {_got(item)}")
+        if len(item) > 253 or not _HOSTNAME.fullmatch(item) or _DOTTED_NUMBERS.fullmatch(item):
+            raise _Invalid("AdminHosts", f"{_q(item)} is not a host name")
+        names.append(item.lower().removesuffix("."))
+    return tuple(names)
+
+
 def _check_admin_port(admin: tuple[str, int], apps: Sequence[App], explicit: bool) -> None:
     # An app listening on all addresses (or steering by port) would take the admin port.
     for app in apps:
@@ -1255,6 +1273,7 @@ def summary(config: Config) -> str:
         _wrap("listen:      ", ", ".join(_listen_summary(a) for a in config.listen)),
         f"  admin:       {admin}",
         f"  admin token: {config.admin_token_file}",
+        *([f"  admin hosts: {', '.join(config.admin_hosts)}"] if config.admin_hosts else []),
         f"  workers:     {config.workers or 'one per CPU'}",
         f"  steering:    {config.steering}",
         f"  relay:       {config.relay}, pipe size {pipe}",

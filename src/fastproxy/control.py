@@ -53,25 +53,26 @@ class UnsafeDirectory(OSError):
     """The control socket's directory cannot be trusted; str() is one line."""
 
 
-def private_directory(path: str, owner: int | None = None) -> None:
+def private_directory(path: str, owner: int | None = None, what: str = "control socket") -> None:
     """Make the directory of the socket at `path` safe to hand out listening sockets
     from: created 0700 if missing; else it must be owned by `owner` (default: us)
     and not writable by group or others. Root may hand a root-owned one (systemd's
-    RuntimeDirectory) to `owner`, the user it is about to become."""
+    RuntimeDirectory) to `owner`, the user it is about to become. `what`: the socket,
+    for messages."""
     directory = os.path.dirname(path) or "."
     uid = os.geteuid() if owner is None else owner
     with contextlib.suppress(FileExistsError):
         os.mkdir(directory, 0o700)  # the umask can only take bits away
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeDirectory(f"control socket directory {directory} is not a directory")
+        raise UnsafeDirectory(f"{what} directory {directory} is not a directory")
     if st.st_uid != uid and not (st.st_uid == 0 and os.geteuid() == 0):
         raise UnsafeDirectory(
-            f"control socket directory {directory} is owned by uid {st.st_uid}, not {uid}"
+            f"{what} directory {directory} is owned by uid {st.st_uid}, not {uid}"
         )
     if st.st_mode & 0o022:
         raise UnsafeDirectory(
-            f"control socket directory {directory} is writable by group or others "
+            f"{what} directory {directory} is writable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o})"
         )
     if st.st_uid != uid:

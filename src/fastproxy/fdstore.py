@@ -100,6 +100,8 @@ class FdStore:
             return
         current: dict[str, socket.socket] = {}
         for desc, sock in described:
+            if desc["role"] not in ("port", "steered", "admin"):
+                continue  # the admin's unix socket is made anew at each start
             try:
                 current[name_of(desc, sock)] = sock
             except OSError:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, _relay, plausibility, sockmap_relay
 from .accesslog import AccessLog
 from .admin import AdminServer
+from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
 from .admintoken import ensure_token
 from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
@@ -99,8 +100,10 @@ class Server:
         options: Options | None = None,
         inherited: Handover | None = None,
         fd_store: FdStore | None = None,
+        admin_socket: str | None = None,
     ) -> None:
         self.config = config
+        self.admin_socket = admin_socket  # the admin API's unix socket; None: none
         self.inherited = inherited  # sockets handed over by the process we replace
         self.source = source  # where reloads read the config from
         self.options = options or Options()
@@ -213,8 +216,18 @@ class Server:
 
     def _admin_server(self, token: str) -> AdminServer:
         host, port = self.config.admin
+        account = target(self.config.user, self.config.group)  # the socket is the user's
         try:
-            return AdminServer(self, host, port, self._inherited_admin(), token=token)
+            return AdminServer(
+                self,
+                host,
+                port,
+                self._inherited_admin(),
+                token=token,
+                unix_path=self.admin_socket,
+                unix_sock=self._inherited_admin_unix(),
+                owner=account.uid if account else None,
+            )
         except OSError as exc:
             raise ListenError(
                 f"cannot serve the admin endpoint on {host}:{port}: {exc.strerror}"
@@ -227,6 +240,15 @@ class Server:
             if [desc["host"], desc["port"]] == list(self.config.admin):
                 return sock
             sock.close()  # the admin address changed: bind the new one
+        return None
+
+    def _inherited_admin_unix(self) -> socket.socket | None:
+        if self.inherited is None:
+            return None
+        for desc, sock in self.inherited.take("admin-unix"):
+            if desc["path"] == self.admin_socket:
+                return sock
+            sock.close()  # another path: bind ours
         return None
 
     def _listen(self) -> ListenerSet:
@@ -288,6 +310,9 @@ class Server:
         if self.admin is not None:
             host, port = self.admin.address
             socks.append(({"role": "admin", "host": host, "port": port}, self.admin.socket))
+            if self.admin.unix_socket is not None:
+                desc = {"role": "admin-unix", "path": self.admin.unix_path}
+                socks.append((desc, self.admin.unix_socket))
         return Handover(self.steering_mode, socks)
 
     def yield_to_successor(self) -> None:
@@ -521,7 +546,7 @@ class Server:
             # as for a successor: the next start takes them back; clients wait meanwhile.
             self._release_listeners(successor or self.fd_store.enabled)
             if successor and self.admin is not None:
-                self.admin.stop()  # the successor serves the endpoint on the same socket
+                self.admin.stop(handed_over=True)  # the successor serves on the same sockets
                 self.admin = None
 
     def drain(self, timeout: float, pause: Callable[[float], bool] | None = None) -> bool:
@@ -608,6 +633,7 @@ def run(
     admin: tuple[str, int] | None = None,
     takeover: bool = False,
     control_socket: str = DEFAULT_CONTROL_SOCKET,
+    admin_socket: str | None = DEFAULT_ADMIN_SOCKET,
     cluster: ClusterOptions | None = None,
     watch: bool = True,
 ) -> int:
@@ -650,6 +676,7 @@ def run(
             options=options,
             inherited=handover,
             fd_store=FdStore(stored),
+            admin_socket=admin_socket,
         )
         try:
             server.start()
