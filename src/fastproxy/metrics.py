@@ -21,6 +21,18 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__, _relay
 from .routing import Routes, TargetRuntime
 
+# fastproxy_rejected_total{reason} of admission control (relay/admission.pxi), and
+# the relay counter behind each. A PROXY header from a sender not in
+# AcceptProxyProtocol is "untrusted-proxy" here, not a proxy protocol error: the
+# sender never got to say anything.
+REJECT_REASONS = (
+    ("deny", "rejected_deny"),
+    ("untrusted-proxy", "rejected_untrusted"),
+    ("rate", "rejected_rate"),
+    ("per-source-rate", "rejected_source_rate"),
+    ("preface", "rejected_preface"),
+)
+
 
 class ProxyCollector(Collector):
     def __init__(
@@ -71,7 +83,9 @@ class ProxyCollector(Collector):
             ),
             "rejected": CounterMetricFamily(
                 "fastproxy_rejected",
-                "Clients closed at once: over MaxConnections or MaxConnectionsPerSource",
+                "Clients closed at once, by reason: max-connections, per-source, deny"
+                " (Allow / Deny), untrusted-proxy (a PROXY header from a sender not"
+                " trusted), rate, per-source-rate, preface (MaxConnectionsInPreface)",
                 labels=["app", "reason"],
             ),
             "proxy_errors": CounterMetricFamily(
@@ -120,6 +134,8 @@ class ProxyCollector(Collector):
             m["panic"].add_metric([name], stats["panic"])
             m["rejected"].add_metric([name, "max-connections"], stats["rejected"])
             m["rejected"].add_metric([name, "per-source"], stats["rejected_per_source"])
+            for reason, key in REJECT_REASONS:
+                m["rejected"].add_metric([name, reason], stats[key])
             m["proxy_errors"].add_metric([name], stats["proxy_errors"])
             sni_unmatched += stats["sni_unmatched"]
             sni_errors += stats["sni_errors"]

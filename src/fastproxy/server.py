@@ -64,6 +64,18 @@ RESTART_ONLY = {
 }
 
 
+def warn_any_proxy_sender(config: Config) -> None:
+    """`AcceptProxyProtocol: true` lets anyone who reaches the port name any client
+    address (SPEC §12): said once per start or reload, naming the apps."""
+    apps = [a.name for a in config.apps if a.accept_proxy_protocol and not a.proxy_senders]
+    if apps:
+        log.warning(
+            "AcceptProxyProtocol is true for %s: any sender may claim any client address"
+            ' (list the trusted senders instead, e.g. ["10.0.0.0/8"])',
+            ", ".join(f'app "{name}"' for name in apps),
+        )
+
+
 @dataclass(frozen=True)
 class Options:
     """Command-line overrides of the config's settings; None keeps the config's."""
@@ -165,6 +177,7 @@ class Server:
         raise_fd_limit()
         token = ensure_token(self.config.admin_token_file)  # TokenError before any change
         addresses = self._resolve(self.config)
+        warn_any_proxy_sender(self.config)
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()
@@ -371,6 +384,7 @@ class Server:
         if self.listeners is None:
             raise ReloadError("not listening")
         addresses = self._resolve(new)
+        warn_any_proxy_sender(new)
         change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
         log.debug(
             "reload: prepared: %s to add, %s to remove",
