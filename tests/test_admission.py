@@ -1,0 +1,101 @@
+"""Admission control (SPEC §12, issue 19): Allow / Deny CIDR lists, refused in the
+sk_lookup program with bpf steering (the proxy never accepts the client) and at
+accept otherwise; MaxConnectionRate and MaxConnectionRatePerSource as token
+buckets whose burst is the rate. Every refusal is counted per reason."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from fastproxy.backends import NamedEchoServer
+from metricsutil import metric
+from proxyproc import Proxy, app, free_ports
+
+
+def through(port: int, source: str) -> bool:
+    """Whether a client from `source` reaches the backend (which names itself)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                      source_address=(source, 0)) as sock:  # fmt: skip
+            sock.settimeout(2.5)
+            return sock.recv(100) == b"b\n"
+    except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
+        return False
+
+
+@pytest.mark.parametrize("steering", ["ports", "bpf"], indirect=True)
+def test_allow_and_deny(tmp_path: Path, steering: dict[str, str]) -> None:
+    backend = NamedEchoServer("b")
+    denying, allowing = (18001, 18002) if steering["Steering"] == "bpf" else free_ports(2)
+    quiet = {"HealthCheck": {"Interval": 3600}}  # no probe lands among the clients counted
+    apps = [
+        app("denying", [denying], [backend.address], Deny=["127.0.0.2/32", "192.0.2.0/24"],
+            **quiet),
+        app("allowing", [allowing], [backend.address], Allow=["127.0.0.3/32", "::1/128"],
+            **quiet),
+    ]  # fmt: skip
+    proxy = Proxy(tmp_path, {"Apps": apps, **steering})
+    assert proxy.steering == steering["Steering"]
+    assert through(denying, "127.0.0.1")
+    assert through(allowing, "127.0.0.3")
+    accepted = backend.accepted
+    for _ in range(3):
+        assert not through(denying, "127.0.0.2")
+        assert not through(allowing, "127.0.0.1")
+    time.sleep(0.2)
+    assert backend.accepted == accepted  # no target heard of a refused client
+    assert metric(proxy, "fastproxy_rejected_total", app="denying", reason="deny") == 3
+    assert metric(proxy, "fastproxy_rejected_total", app="allowing", reason="deny") == 3
+    if steering["Steering"] == "bpf":
+        # Dropped in the kernel: the proxy accepted only the two clients let in.
+        assert metric(proxy, "fastproxy_clients_total", app="denying") == 1
+        assert metric(proxy, "fastproxy_clients_total", app="allowing") == 1
+    proxy.stop()
+    backend.close()
+
+
+def burst(port: int, count: int, source: str = "127.0.0.1") -> tuple[int, float]:
+    """Open `count` clients as fast as possible: (how many got through, seconds)."""
+    start = time.monotonic()
+    socks = []
+    for _ in range(count):
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                              source_address=(source, 0)))  # fmt: skip
+    elapsed = time.monotonic() - start
+    passed = 0
+    for sock in socks:
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            passed += sock.recv(100) == b"b\n"
+        sock.close()
+    return passed, elapsed
+
+
+def test_connection_rates(tmp_path: Path) -> None:
+    backend = NamedEchoServer("b")
+    rated, per_source = free_ports(2)
+    apps = [
+        app("rated", [rated], [backend.address], MaxConnectionRate=10),
+        app("per-source", [per_source], [backend.address], MaxConnectionRatePerSource=5),
+    ]
+    proxy = Proxy(tmp_path, {"Apps": apps})
+    passed, elapsed = burst(rated, 30)
+    # A full bucket of 10, plus what refilled while the burst lasted.
+    assert 10 <= passed <= 10 + int(elapsed * 10)
+    assert metric(proxy, "fastproxy_rejected_total", app="rated", reason="rate") == 30 - passed
+    passed, elapsed = burst(per_source, 15, "127.0.0.2")
+    assert 5 <= passed <= 5 + int(elapsed * 5)
+    other, _ = burst(per_source, 3, "127.0.0.3")  # another source has its own bucket
+    assert other == 3
+    assert (
+        metric(proxy, "fastproxy_rejected_total", app="per-source", reason="per-source-rate")
+        == 15 - passed
+    )
+    assert metric(proxy, "fastproxy_rejected_total", app="per-source", reason="rate") == 0
+    proxy.stop()
+    backend.close()
