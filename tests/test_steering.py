@@ -292,7 +292,7 @@ def test_ipv6_only_socket_leaves_ipv4_alone(ns: Netns, sockets, attach) -> None:
     st = attach([srv], [20000])
     assert_steered(srv, "::1", 20000)
     assert refused("127.0.0.1", 20000)  # no IPv4 socket: counted as an error, then passed
-    assert st.counters() == {"lookups": 2, "steered": 1, "misses": 0, "errors": 1}
+    assert st.counters() == {"lookups": 2, "steered": 1, "misses": 0, "errors": 1, "denied": 0}
 
 
 def test_socket_bound_to_an_address_is_steered_only_that_address(
@@ -307,7 +307,7 @@ def test_socket_bound_to_an_address_is_steered_only_that_address(
     with client, accepted:
         assert accepted.getsockname() == ("127.0.0.2", 20000)
     assert refused("127.0.0.3", 20000)
-    assert st.counters() == {"lookups": 3, "steered": 1, "misses": 2, "errors": 0}
+    assert st.counters() == {"lookups": 3, "steered": 1, "misses": 2, "errors": 0, "denied": 0}
 
 
 def test_reuseport_group_shares_steered_connections(ns: Netns) -> None:
@@ -351,7 +351,7 @@ def test_counters_count_each_lookup_once(ns: Netns, sockets, attach) -> None:
         assert_steered(srv, "::1" if i % 2 else "127.0.0.1", port)
     for port in range(21000, 21007):
         assert refused("127.0.0.1", port)
-    assert st.counters() == {"lookups": 47, "steered": 40, "misses": 7, "errors": 0}
+    assert st.counters() == {"lookups": 47, "steered": 40, "misses": 7, "errors": 0, "denied": 0}
 
 
 def test_set_ports_adds_and_removes_in_place(ns: Netns, sockets, attach) -> None:
@@ -388,9 +388,13 @@ def test_close_leaves_no_pinned_object_and_no_link(ns: Netns, sockets, attach) -
     st = attach([srv], [20000])
     prog_id = st.prog_id
     assert sorted(os.listdir(ns.pin_dir)) == [
+        "allow_nets",
         "counters",
+        "denied",
+        "deny_nets",
         "link",
         "owner",
+        "policies",
         "ports",
         "prog",
         "sockets",

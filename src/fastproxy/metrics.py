@@ -45,9 +45,11 @@ class ProxyCollector(Collector):
         access_log_dropped: Callable[[], int] = lambda: 0,
         health_report: Callable[[TargetRuntime], dict[str, Any]] | None = None,
         build: dict[str, str] | None = None,
+        steering_denied: Callable[[], dict[int, int]] = dict,
     ) -> None:
         self.health_report = health_report
         self.build = build or {}
+        self.steering_denied = steering_denied
         self.access_log_dropped = access_log_dropped
         self.routes = routes
         self.reloads = reloads
@@ -125,6 +127,7 @@ class ProxyCollector(Collector):
         with self.routes.lock:
             apps = list(self.routes.apps.values())
         sni_unmatched = sni_errors = 0
+        denied = self.steering_denied()  # by the sk_lookup program, per app id
         for app in apps:
             name = app.app.name
             stats = self.routes.stats(app.slot)
@@ -134,6 +137,7 @@ class ProxyCollector(Collector):
             m["panic"].add_metric([name], stats["panic"])
             m["rejected"].add_metric([name, "max-connections"], stats["rejected"])
             m["rejected"].add_metric([name, "per-source"], stats["rejected_per_source"])
+            stats["rejected_deny"] += denied.get(app.app_id, 0)
             for reason, key in REJECT_REASONS:
                 m["rejected"].add_metric([name, reason], stats[key])
             m["proxy_errors"].add_metric([name], stats["proxy_errors"])
@@ -201,6 +205,7 @@ class ProxyCollector(Collector):
                 ("steered", "Connections steered to the proxy's socket"),
                 ("misses", "Lookups for ports not configured (passed on)"),
                 ("errors", "Lookups that could not be steered"),
+                ("denied", "Connections refused by Allow / Deny (dropped)"),
             ):
                 yield CounterMetricFamily(
                     f"fastproxy_steering_{key}", text, value=steering.get(key, 0)

@@ -165,6 +165,7 @@ class Server:
                 self.access_log.dropped,
                 self.health.report,
                 {"steering": self.steering_mode, "relay": self.relay_mode},
+                self._steering_denied,
             )
         )
 
@@ -181,6 +182,7 @@ class Server:
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()
+            self._admission(self.config)
             self.steering_mode = self.listeners.mode
             self.admin = self._admin_server(token)
         except BaseException:
@@ -293,6 +295,19 @@ class Server:
     def _steering_counters(self) -> dict[str, int] | None:
         return self.listeners.counters() if self.listeners is not None else None
 
+    def _admission(self, config: Config) -> None:
+        """With bpf steering, Allow / Deny go into the sk_lookup program too, so a
+        refused client is dropped before it costs a descriptor (bpf_admission.py)."""
+        steering = getattr(self.listeners, "steering", None)
+        if steering is not None:
+            from .bpf_admission import policies
+
+            steering.set_admission(*policies(config, self.routes))
+
+    def _steering_denied(self) -> dict[int, int]:
+        steering = getattr(self.listeners, "steering", None)
+        return steering.denied() if steering is not None else {}
+
     # -- upgrade: the running process's side -----------------------------------
 
     def handover(self) -> Handover:
@@ -401,6 +416,7 @@ class Server:
             failpoint("reload.routed")
             self.listeners.open(change)
             log.debug("reload: added ports accept")
+            self._admission(new)
             failpoint("reload.opened")
         except BaseException:
             self._roll_back(change)
