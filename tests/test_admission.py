@@ -100,3 +100,38 @@ def test_connection_rates(tmp_path: Path) -> None:
     assert metric(proxy, "fastproxy_rejected_total", app="per-source", reason="rate") == 0
     proxy.stop()
     backend.close()
+
+
+def test_rates_behind_trusted_senders(tmp_path: Path) -> None:
+    """Behind a trusted balancer the app's bucket is charged once per client (at
+    accept) and the per-source bucket by the client its header names."""
+    backend = NamedEchoServer("b")
+    (port,) = free_ports(1)
+    settings = {"AcceptProxyProtocol": ["127.0.0.1/32"], "MaxConnectionRate": 6,
+                "MaxConnectionRatePerSource": 2}  # fmt: skip
+    proxy = Proxy(tmp_path, {"Apps": [app("behind-lb", [port], [backend.address], **settings)]})
+    start = time.monotonic()
+    socks = []
+    for i in range(12):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client = "198.51.100.1" if i < 6 else f"198.51.100.{i}"
+        sock.sendall(f"PROXY TCP4 {client} 10.0.0.1 5000 443\r\n".encode())
+        socks.append(sock)
+    elapsed = time.monotonic() - start
+    passed = 0
+    for sock in socks:
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            passed += sock.recv(100) == b"b\n"
+        sock.close()
+    assert elapsed < 1.0, "too slow a machine for this test's counts"
+    # The first six pass the app's bucket (burst 6) at accept; their one client's own
+    # bucket (burst 2) lets two of them through; the last six find the app's empty.
+    # (Charging the app's bucket again for the header left none through.)
+    rate = metric(proxy, "fastproxy_rejected_total", app="behind-lb", reason="rate")
+    per_source = metric(proxy, "fastproxy_rejected_total", app="behind-lb",
+                        reason="per-source-rate")  # fmt: skip
+    assert rate + per_source + passed == 12
+    assert passed >= 2 and per_source >= 2
+    proxy.stop()
+    backend.close()

@@ -127,11 +127,12 @@ cdef inline bint bucket_take(fp_bucket* b, double rate, int64_t now_ms) noexcept
     cdef double burst = rate if rate > 1.0 else 1.0
     if b.last_ms == 0:
         b.tokens = burst
-    else:
+        b.last_ms = now_ms
+    elif now_ms > b.last_ms:    # workers' clocks are read per event batch: never go back
         b.tokens += (now_ms - b.last_ms) * rate / 1000.0
         if b.tokens > burst:
             b.tokens = burst
-    b.last_ms = now_ms
+        b.last_ms = now_ms
     if b.tokens < 1.0:
         return False
     b.tokens -= 1.0
@@ -139,9 +140,11 @@ cdef inline bint bucket_take(fp_bucket* b, double rate, int64_t now_ms) noexcept
 
 
 cdef bint rate_admits(fp_worker* w, fp_persource* ps, fp_stats* app_st,
-                      sockaddr_storage* peer) noexcept nogil:
-    """MaxConnectionRate, then MaxConnectionRatePerSource; counts the refusal."""
-    cdef double rate = ps.rate, source_rate = ps.source_rate
+                      sockaddr_storage* peer, bint app_rate=True) noexcept nogil:
+    """MaxConnectionRate (unless app_rate is False: already taken), then
+    MaxConnectionRatePerSource; counts the refusal."""
+    cdef double rate = ps.rate if app_rate else 0.0
+    cdef double source_rate = ps.source_rate
     cdef fp_bucket* buckets = <fp_bucket*>fp_load_ptr(<void**>&ps.buckets)
     cdef bint ok = True
     cdef int b
@@ -226,7 +229,7 @@ cdef bint admit_claimed_source(fp_worker* w, fp_conn* c) noexcept nogil:
     if acl_refuses(rt.acl, &c.peer):
         fp_add_u64(&c.app_st.rejected_deny, 1)
     elif rt.persource.source_rate > 0 and rt.acl != NULL and rt.acl.senders.n \
-            and not rate_admits(w, rt.persource, c.app_st, &c.peer):
+            and not rate_admits(w, rt.persource, c.app_st, &c.peer, False):
         pass
     else:
         return admit_source(w, c)
