@@ -1,8 +1,12 @@
-"""What Allow / Deny cost in the sk_lookup program (bpf/steer.c), per lookup: the program
-run by the kernel's BPF_PROG_TEST_RUN on a made-up TCP SYN lookup, many times, with the
-maps filled as fastproxy fills them. This is the cost every new connection to a steered
-port pays in the kernel (in the connecting side's softirq, where no process's CPU time
-shows it); the proxy's own cost is in feature_cost.py.
+"""What admission control costs per connection, measured where it runs rather than
+through a loaded wrk run (feature_cost.py has those):
+
+- in the sk_lookup program (bpf/steer.c), per lookup: the program run by the kernel's
+  BPF_PROG_TEST_RUN on a made-up TCP SYN lookup, many times, with the maps filled as
+  fastproxy fills them. Every new connection to a steered port pays this in the kernel
+  (in the connecting side's softirq, where no process's CPU time shows it).
+- in the relay, per accepted client: admit_at_accept() (relay/admission.pxi) in a
+  loop, thread CPU time (Allow / Deny at accept, the token buckets, the keyed hash).
 
     python benchmarks/sk_lookup_cost.py [REPEAT] [ROUNDS]      (defaults 200000, 5; root)
 
@@ -17,7 +21,7 @@ import statistics
 import struct
 import sys
 
-from fastproxy import netns
+from fastproxy import _relay, netns
 from fastproxy.steering import POLICY_HAS_ALLOW, Steering, acl_key
 from fastproxy.steering.bpfsys import _bpf_attr
 from feature_cost import deny_list
@@ -86,10 +90,31 @@ def run(prog_fd: int, client: str, repeat: int) -> tuple[float, int]:
     return float(duration), retval
 
 
+def relay_costs(big: list[str], rounds: int) -> None:
+    cases = {
+        "nothing": {},
+        "Allow 1 + Deny 1, allowed": {"allow": ["127.0.0.0/8"], "deny": ["192.0.2.0/24"]},
+        "Deny 10,000, not matched": {"deny": big},
+        "Deny 10,000, matched": {"deny": [*big, "127.0.0.2/32"], "ip": "127.0.0.2"},
+        "MaxConnectionRate": {"rate": 1e6},
+        "MaxConnectionRatePerSource": {"source_rate": 1e6},
+    }
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            case = dict(case)
+            ip = case.pop("ip", "127.0.0.1")
+            results[name].append(_relay.admission_cost_for_tests(ip, 1_000_000, **case))
+    for name, values in results.items():
+        shown = ", ".join(f"{v:.1f}" for v in values)
+        print(f"relay: {name:27s} {statistics.median(values):6.1f} ns/client ({shown})")
+
+
 def main() -> None:
     repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     big = deny_list(10_000)
+    relay_costs(big, rounds)
     with netns.temporary("fp-sklookup-cost"):
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -118,7 +143,7 @@ def main() -> None:
                     verdicts[name] = "SK_PASS" if verdict == 1 else "SK_DROP"
             for name, values in results.items():
                 shown = ", ".join(f"{v:.0f}" for v in values)
-                print(f"{name:34s} {statistics.median(values):5.0f} ns/lookup ({shown})"
+                print(f"sk_lookup: {name:31s} {statistics.median(values):5.0f} ns/lookup ({shown})"
                       f" {verdicts[name]}")  # fmt: skip
         finally:
             steering.release()

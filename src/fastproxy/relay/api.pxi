@@ -3,6 +3,7 @@
 
 import ipaddress
 import os
+import time
 
 TARGET_UP = T_UP
 TARGET_DOWN = T_DOWN
@@ -843,3 +844,42 @@ def source_bucket_for_tests(str ip, int mask4=32, int mask6=64):
     ps.mask4 = mask4
     ps.mask6 = mask6
     return source_bucket(&ps, &ss)
+
+
+def admission_cost_for_tests(str ip, int repeat, allow=(), deny=(), double rate=0.0,
+                             double source_rate=0.0):
+    """Thread CPU ns per admit_at_accept() (admission.pxi) for a client from ip,
+    repeated: what admission control costs the relay per accepted client."""
+    cdef fp_worker* w = <fp_worker*>calloc(1, sizeof(fp_worker))
+    cdef fp_route rt
+    cdef fp_persource* ps = <fp_persource*>calloc(1, sizeof(fp_persource))
+    cdef fp_stats st
+    cdef sockaddr_storage ss
+    cdef socklen_t length
+    cdef int i
+    if w == NULL or ps == NULL:
+        free(w)
+        free(ps)
+        raise MemoryError()
+    memset(&rt, 0, sizeof(rt))
+    memset(&st, 0, sizeof(st))
+    ps.refcnt = 1
+    pthread_mutex_init(&ps.lock, NULL)
+    ps.mask4, ps.mask6 = 32, 64
+    ps.rate, ps.source_rate = rate, source_rate
+    if source_rate > 0:
+        ps.buckets = <fp_bucket*>calloc(PERSOURCE_BUCKETS, sizeof(fp_bucket))
+    rt.persource = ps
+    fill_sockaddr(&ss, &length, AF_INET6 if ":" in ip else AF_INET, ip.encode(), 0)
+    try:
+        rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), [])
+        start = time.thread_time_ns()
+        with nogil:
+            for i in range(repeat):
+                w.now_ms = i            # a fresh millisecond each time: buckets refill
+                admit_at_accept(w, &rt, &st, &ss, True)
+        return (time.thread_time_ns() - start) / repeat
+    finally:
+        acl_free(rt.acl)
+        persource_decref(ps)
+        free(w)
