@@ -1336,8 +1336,8 @@ def _admission_summary(app: App) -> str:
     def rate(value: float) -> str:
         return f"{value:g}/s" if value else "unlimited"
 
-    allow = f"allow {_plural(len(app.allow), 'network')}" if app.allow else "allow all"
-    deny = f"deny {_plural(len(app.deny), 'network')}" if app.deny else "deny none"
+    allow = f"allow {plural(len(app.allow), 'network')}" if app.allow else "allow all"
+    deny = f"deny {plural(len(app.deny), 'network')}" if app.deny else "deny none"
     return (
         f"{allow}, {deny}, new connections {rate(app.max_connection_rate)},"
         f" per source {rate(app.max_connection_rate_per_source)}"
