@@ -1,15 +1,22 @@
-"""What AcceptProxyProtocol, ServerNames, MaxConnectionsPerSource and AccessLog cost
-in new connections per second: wrk (one request per connection) through fastproxy to
-nginx, each feature against the same proxy without it, interleaved in rounds.
+"""What AcceptProxyProtocol, ServerNames, MaxConnectionsPerSource, AccessLog and
+admission control (Allow / Deny, MaxConnectionRate, MaxConnectionRatePerSource; Deny
+with 10,000 entries, at accept and in the sk_lookup program) cost in new connections
+per second: wrk (one request per connection) through fastproxy to nginx, each feature
+against the same proxy without it, interleaved in rounds.
 
     python benchmarks/feature_cost.py [SECONDS] [ROUNDS]      (defaults 5, 3)
+
+The bpf variants need root and a network namespace of their own (one fastproxy owns
+steering per namespace): run it as `unshare --net sh -c 'ip link set lo up; python ...'`.
 
 Bounded (variants x rounds x SECONDS of load) and stand-alone: it starts and stops its
 own nginx and proxies, and prints one line per variant with the median rate."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -59,6 +66,64 @@ listen front
 """
 
 
+def deny_list(count: int) -> list[str]:
+    """`count` networks none of which holds the client (127.0.0.1): /32s, /24s and
+    IPv6 /64s, in the proportions of a blocklist, drawn with a fixed seed."""
+    rng = random.Random(19)
+    nets: set[str] = set()
+    while len(nets) < count:
+        kind = rng.random()
+        if kind < 0.6:
+            nets.add(f"{ipaddress.IPv4Address(rng.randrange(0x0B000000, 0x7E000000))}/32")
+        elif kind < 0.9:
+            nets.add(str(ipaddress.ip_network(f"{rng.randrange(128, 223)}.{rng.randrange(256)}."
+                                              f"{rng.randrange(256)}.0/24")))  # fmt: skip
+        else:
+            nets.add(f"2001:db8:{rng.randrange(65536):x}:{rng.randrange(65536):x}::/64")
+    return sorted(nets)
+
+
+def admission_variants(plain: dict) -> dict[str, tuple[dict, str, bool | None]]:
+    unlimited = 1_000_000  # the bucket never runs dry: the cost of keeping it
+    return {
+        "http + Allow + Deny (1 entry each)": (
+            {**plain, "Allow": ["127.0.0.0/8"], "Deny": ["192.0.2.0/24"]}, "http", None),
+        "http + Deny 10,000 (at accept)": ({**plain, "Deny": deny_list(10_000)}, "http", None),
+        "http + MaxConnectionRate": ({**plain, "MaxConnectionRate": unlimited}, "http", None),
+        "http + MaxConnectionRatePerSource": (
+            {**plain, "MaxConnectionRatePerSource": unlimited}, "http", None),
+    }  # fmt: skip
+
+
+BPF_VARIANTS = ("bpf: http", "bpf: http + Deny 10,000 (sk_lookup + accept)")
+
+
+def start_bpf_proxy(d: Path, http: int) -> tuple[subprocess.Popen, list[int]]:
+    """One proxy with bpf steering and two apps, with and without the deny list."""
+    ports = free_ports(2)
+    plain = {"Targets": [f"{HOST}:{http}"]}
+    apps = [
+        {"Name": "bpf", "Ports": [ports[0]], **plain},
+        {"Name": "bpf-deny", "Ports": [ports[1]], **plain, "Deny": deny_list(10_000)},
+    ]
+    config = {"Apps": apps, "Workers": 1, "Steering": "bpf", "Listen": HOST,
+              "Admin": f"{HOST}:0"}  # fmt: skip
+    path = d / "bpf.json"
+    path.write_text(json.dumps(config))
+    log = open(d / "bpf.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "serve", str(path),
+                             "--control-socket", str(d / "bpf.sock")],
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120  # the first start compiles the program
+    while b"serving" not in (d / "bpf.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((d / "bpf.log").read_text())
+        time.sleep(0.05)
+    if b"steering=bpf" not in (d / "bpf.log").read_bytes():
+        raise RuntimeError("no bpf steering: " + (d / "bpf.log").read_text())
+    return proc, ports
+
+
 def variants(http: int, https: int, d: Path) -> dict[str, tuple[dict, str, bool | None]]:
     """name -> (app settings, scheme, behind HAProxy: None no, else with send-proxy?)"""
     plain = {"Targets": [f"{HOST}:{http}"]}
@@ -73,6 +138,7 @@ def variants(http: int, https: int, d: Path) -> dict[str, tuple[dict, str, bool 
             {**plain, "AcceptProxyProtocol": True}, "http", True),
         "https": (tls, "https", None),
         "https + ServerNames": ({**tls, "ServerNames": [HOST]}, "https", None),  # wrk's SNI
+        **admission_variants(plain),
     }  # fmt: skip
 
 
@@ -125,8 +191,9 @@ def run(port: int, scheme: str, seconds: float, pid: int) -> tuple[float, float]
 
 
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    seconds = float(args[0]) if args else 5.0
+    rounds = int(args[1]) if len(args) > 1 else 3
     with tempfile.TemporaryDirectory(prefix="fp-feature-cost-") as tmp:
         d = Path(tmp)
         (d / "tmp").mkdir()
@@ -150,6 +217,11 @@ def main() -> None:
                     proc, port = start_haproxy(d, port, haproxy)
                     procs.append(proc)
                 entry[name] = (port, scheme, pid)
+            if "--no-bpf" not in sys.argv:
+                proc, ports = start_bpf_proxy(d, http)
+                procs.append(proc)
+                for name, port in zip(BPF_VARIANTS, ports):
+                    entry[name] = (port, "http", proc.pid)
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name in entry}
             for _ in range(rounds):
                 for name, (port, scheme, pid) in entry.items():
@@ -158,7 +230,7 @@ def main() -> None:
                 rates = [rate for rate, _ in values]
                 cpu = statistics.median(us for _, us in values)
                 shown = ", ".join(f"{v:.0f}" for v in rates)
-                print(f"{name:37s} {statistics.median(rates):6.0f} conn/s ({shown}),"
+                print(f"{name:45s} {statistics.median(rates):6.0f} conn/s ({shown}),"
                       f" fastproxy {cpu:5.1f} µs CPU/conn")  # fmt: skip
         finally:
             for proc in procs:

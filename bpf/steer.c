@@ -16,16 +16,19 @@
 //
 // Verdicts. Several sk_lookup programs may be attached to one netns; the kernel runs them
 // all, and a socket selected by any of them (with SK_PASS) wins. SK_PASS without a selection
-// means "not mine": the kernel carries on with its ordinary lookup. SK_DROP would refuse the
-// connection even if another socket is bound to the port. This program never returns SK_DROP:
-// when it cannot steer, the kernel's own lookup decides, which refuses the connection when
+// means "not mine": the kernel carries on with its ordinary lookup. SK_DROP refuses the
+// connection even if another socket is bound to the port. This program returns SK_DROP for one
+// reason only: a client that an app's Allow / Deny lists refuse (admission control), on a port
+// that is ours, so that such a client never costs the proxy a descriptor. Otherwise, when it
+// cannot steer, the kernel's own lookup decides, which refuses the connection when
 // nothing is bound to the port, exactly like a drop, but lets an operator's listener on that
 // port keep working (for instance fastproxy restarted in `ports` mode after a crash left this
 // program attached). Failing open costs nothing and keeps our failures ours.
 //
 // Counters (per CPU, summed by user space): every TCP lookup is counted in `lookups` and in
-// exactly one of `steered`, `misses` (not our port or address) and `errors` (our port, but we
-// could not steer it), so lookups == steered + misses + errors.
+// exactly one of `steered`, `misses` (not our port or address), `errors` (our port, but we
+// could not steer it) and `denied` (refused by Allow / Deny), so
+// lookups == steered + misses + errors + denied.
 
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
@@ -42,7 +45,8 @@ enum counter {
     COUNTER_STEERED = 1,
     COUNTER_MISSES = 2,
     COUNTER_ERRORS = 3,
-    COUNTER_MAX = 4,
+    COUNTER_DENIED = 4,
+    COUNTER_MAX = 5,
 };
 
 // Configured destination ports (host byte order) -> 1. Sized for every port there is, so a
@@ -54,6 +58,27 @@ BPF_F_TABLE("hash", u16, u8, ports, 65536, BPF_F_NO_PREALLOC);
 BPF_TABLE("sockmap", u32, u64, sockets, 2);
 
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+
+// Admission control. `policies`: port -> the id of the app whose Allow / Deny lists apply
+// there (the relay's app id), with POLICY_HAS_ALLOW set when the app has an Allow list. Ports
+// of apps without lists are not in it. `allow_nets` / `deny_nets`: longest-prefix-match tries
+// keyed by (policy, client address), IPv4 as ::ffff:a.b.c.d, so one lookup answers for a list
+// of any length (a 10,000-entry deny list costs the same trie walk as a short one).
+// `denied`: refused clients per policy, per CPU, for fastproxy_rejected_total{reason="deny"}.
+#define POLICY_HAS_ALLOW 0x80000000u
+#define POLICY_ID_MASK 0xffffu
+#define ACL_ENTRIES (1 << 20)
+
+struct acl_key {
+    u32 prefixlen;  // 32 (the policy) + the network's length as IPv6 (IPv4: 96 + length)
+    u32 policy;     // exact: always inside the prefix
+    u8 addr[16];
+};
+
+BPF_F_TABLE("hash", u16, u32, policies, 65536, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct acl_key, u8, allow_nets, ACL_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct acl_key, u8, deny_nets, ACL_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_PERCPU_HASH(denied, u32, u64, 65536);
 
 static __always_inline void count(u32 which)
 {
@@ -86,6 +111,41 @@ static __always_inline int serves_address(struct bpf_sk_lookup *ctx, struct bpf_
            b2 == ctx->local_ip6[2] && b3 == ctx->local_ip6[3];
 }
 
+// Whether the app's Allow / Deny lists refuse this client: not in Allow (when there is one),
+// or in Deny. Counted per policy when refused.
+static __always_inline int refused(struct bpf_sk_lookup *ctx, u16 port)
+{
+    u32 *policy = policies.lookup(&port);
+    if (!policy)
+        return 0;
+
+    struct acl_key key = {};
+    key.prefixlen = 32 + 128;
+    key.policy = *policy & POLICY_ID_MASK;
+    if (ctx->family == AF_INET) {
+        u32 ip4 = ctx->remote_ip4;  // network order, as the bytes of the address
+
+        key.addr[10] = 0xff;
+        key.addr[11] = 0xff;
+        __builtin_memcpy(&key.addr[12], &ip4, 4);
+    } else {
+        u32 ip6[4] = {ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2],
+                      ctx->remote_ip6[3]};
+
+        __builtin_memcpy(key.addr, ip6, 16);
+    }
+    if (!((*policy & POLICY_HAS_ALLOW) && !allow_nets.lookup(&key)) && !deny_nets.lookup(&key))
+        return 0;
+
+    u32 id = key.policy;
+    u64 one = 1, *value = denied.lookup(&id);
+    if (value)
+        *value += 1;  // per CPU, preemption disabled: exact
+    else
+        denied.update(&id, &one);
+    return 1;
+}
+
 // The kernel names the program after this function (15 characters at most): steering.py
 // recognises fastproxy's links by it.
 int fastproxy_steer(struct bpf_sk_lookup *ctx)
@@ -103,6 +163,15 @@ int fastproxy_steer(struct bpf_sk_lookup *ctx)
     if (!ports.lookup(&port)) {
         count(COUNTER_MISSES);
         return SK_PASS;
+    }
+
+    // Admission control: a client the app refuses is dropped here, before any socket takes it,
+    // so it never costs the proxy a descriptor, an accept or a wake-up. SK_DROP (rather than
+    // SK_PASS without a socket) because the port is ours: passing would let the kernel's own
+    // lookup find some other listener on the port and hand it the very client refused here.
+    if (refused(ctx, port)) {
+        count(COUNTER_DENIED);
+        return SK_DROP;
     }
 
     // An sk_lookup program attached before us already chose a socket. We do not use

@@ -941,8 +941,16 @@ def test_new_keys_parse_and_show_in_the_summary() -> None:
     assert config.apps[0].max_connections_per_source == 3
     assert config.access_log == "/var/log/fastproxy/access.log"
     text = summary(config)
-    assert "max 3 per source address, PROXY header required" in text
+    assert "max 3 per source (IPv4 /32, IPv6 /64), max 1024 in preface" in text
+    assert "PROXY in:    required, from any sender" in text
+    behind = with_app(0, AcceptProxyProtocol=["10.0.0.0/8"], Deny=["192.0.2.0/24"],
+                    MaxConnectionRate=50)  # fmt: skip
     assert "access log:  /var/log/fastproxy/access.log" in text
+    text = summary(parse_config(behind, SRC))
+    assert "PROXY in:    required, from 10.0.0.0/8" in text
+    assert (
+        "admission:   allow all, deny 1 network, new connections 50/s, per source unlimited" in text
+    )
     assert "access log:  stderr" in summary(parse_config(two_apps(AccessLog="-"), SRC))
 
 
@@ -951,7 +959,46 @@ def test_new_keys_parse_and_show_in_the_summary() -> None:
     [
         (
             with_app(1, AcceptProxyProtocol="yes"),
-            APP_B + 'AcceptProxyProtocol: expected true or false, got string "yes"',
+            APP_B + "AcceptProxyProtocol: expected true, false or a list of trusted sender"
+            ' CIDRs ("10.0.0.0/8"), got string "yes"',
+        ),
+        (
+            with_app(1, AcceptProxyProtocol=[]),
+            APP_B + "AcceptProxyProtocol: empty list, write false to accept no PROXY header",
+        ),
+        (
+            with_app(1, AcceptProxyProtocol=["10.0.0.1/8"]),
+            APP_B + 'AcceptProxyProtocol[0]: "10.0.0.1/8" has bits set past its prefix,'
+            " did you mean 10.0.0.0/8?",
+        ),
+        (
+            with_app(1, Deny=["10.0.0.0/33"]),
+            APP_B + 'Deny[0]: "10.0.0.0/33" is not a CIDR ("10.0.0.0/8", "2001:db8::/32")',
+        ),
+        (
+            with_app(1, Allow="10.0.0.0/8"),
+            APP_B + 'Allow: expected a list of CIDRs ("10.0.0.0/8"), got string "10.0.0.0/8"',
+        ),
+        (
+            with_app(1, SourceMask={"IPv6": 129}),
+            APP_B + "SourceMask.IPv6: must be between 1 and 128, got 129",
+        ),
+        (
+            with_app(1, SourceMask={"Ipv4": 24}),
+            APP_B + 'SourceMask.Ipv4: unknown key (did you mean "IPv4"?)',
+        ),
+        (
+            with_app(1, MaxConnectionRate=-1),
+            APP_B + "MaxConnectionRate: must be between 0 and 1000000 per second, got -1",
+        ),
+        (
+            with_app(1, MaxConnectionRatePerSouce=5),
+            APP_B
+            + 'MaxConnectionRatePerSouce: unknown key (did you mean "MaxConnectionRatePerSource"?)',
+        ),
+        (
+            with_app(1, MaxConnectionsInPreface=0),
+            APP_B + "MaxConnectionsInPreface: must be between 1 and 2147483647, got 0",
         ),
         (
             with_app(1, MaxConnectionsPerSource=-1),

@@ -181,3 +181,63 @@ def test_silent_and_truncated_clients_are_closed_and_counted(tmp_path: Path) -> 
     assert 4.5 <= time.monotonic() - begun <= 8  # 5 s, checked every second
     assert metric(proxy, "fastproxy_proxy_protocol_errors_total", app="behind-lb") == 2
     assert backend.seen == []
+
+
+class CountingBackend:
+    """Records the first line (the PROXY line the proxy sends on) of every
+    connection it gets, then echoes."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.backend = Backend(self.handle)
+        self.address = self.backend.address
+
+    def handle(self, conn: socket.socket) -> None:
+        self.lines.append(b"")
+        data = b""
+        while not data.endswith(b"\r\n") and (byte := conn.recv(1)):
+            data += byte
+        self.lines[-1] = data
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
+
+
+def test_only_trusted_senders_may_send_a_header(tmp_path: Path) -> None:
+    """Issue 19, finding 2: a PROXY header from a sender outside AcceptProxyProtocol's
+    CIDRs is closed before any target hears of it, and counted."""
+    backend = CountingBackend()
+    (port,) = free_ports(1)
+    trusted = {"AcceptProxyProtocol": ["127.0.0.1/32", "::1/128"], "ProxyProtocol": "v1"}
+    proxy = Proxy(tmp_path, {"Apps": [app("behind-lb", [port], [backend.address], **trusted)]})
+    header = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 443\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=("127.0.0.1", 0)) as sock:  # fmt: skip
+        sock.sendall(header + b"hello")
+        assert sock.recv(100) == b"hello"
+    assert backend.lines[0].startswith(b"PROXY TCP4 198.51.100.7 ")  # the claimed client
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                      source_address=("127.0.0.2", 0)) as sock:  # fmt: skip
+            sock.sendall(header + b"forged")
+            assert closed_without_reply(sock)
+    time.sleep(0.2)
+    assert len(backend.lines) == 1  # the target never saw an untrusted sender
+    assert metric(proxy, "fastproxy_rejected_total", app="behind-lb", reason="untrusted-proxy") == 3
+    assert metric(proxy, "fastproxy_clients_total", app="behind-lb") == 1
+    proxy.stop()
+    assert "any sender may claim" not in proxy.log()
+    backend.backend.close()
+
+
+def test_true_still_means_any_sender_and_says_so(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    proxy, port = start(tmp_path, backend.address, ProxyProtocol="v1")
+    header = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 443\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as sock:  # fmt: skip
+        sock.sendall(header + b"hello")
+        assert sock.recv(100) == b"hello"
+    assert backend.lines[0].startswith(b"PROXY TCP4 198.51.100.7 ")
+    proxy.stop()
+    assert 'AcceptProxyProtocol is true for app "behind-lb": any sender may claim' in proxy.log()
+    backend.backend.close()

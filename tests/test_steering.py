@@ -7,6 +7,7 @@ headers must be there (scripts/install-build-deps.sh): these tests fail rather t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import select
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 
 from fastproxy import netns, steering
-from fastproxy.steering import Steering, SteeringUnavailable, bpfsys, loader, pins
+from fastproxy.steering import (
+    POLICY_HAS_ALLOW,
+    Steering,
+    SteeringUnavailable,
+    acl_key,
+    bpfsys,
+    loader,
+    pins,
+)
 
 pytestmark = [
     pytest.mark.skipif(
@@ -292,7 +301,7 @@ def test_ipv6_only_socket_leaves_ipv4_alone(ns: Netns, sockets, attach) -> None:
     st = attach([srv], [20000])
     assert_steered(srv, "::1", 20000)
     assert refused("127.0.0.1", 20000)  # no IPv4 socket: counted as an error, then passed
-    assert st.counters() == {"lookups": 2, "steered": 1, "misses": 0, "errors": 1}
+    assert st.counters() == {"lookups": 2, "steered": 1, "misses": 0, "errors": 1, "denied": 0}
 
 
 def test_socket_bound_to_an_address_is_steered_only_that_address(
@@ -307,7 +316,7 @@ def test_socket_bound_to_an_address_is_steered_only_that_address(
     with client, accepted:
         assert accepted.getsockname() == ("127.0.0.2", 20000)
     assert refused("127.0.0.3", 20000)
-    assert st.counters() == {"lookups": 3, "steered": 1, "misses": 2, "errors": 0}
+    assert st.counters() == {"lookups": 3, "steered": 1, "misses": 2, "errors": 0, "denied": 0}
 
 
 def test_reuseport_group_shares_steered_connections(ns: Netns) -> None:
@@ -351,7 +360,7 @@ def test_counters_count_each_lookup_once(ns: Netns, sockets, attach) -> None:
         assert_steered(srv, "::1" if i % 2 else "127.0.0.1", port)
     for port in range(21000, 21007):
         assert refused("127.0.0.1", port)
-    assert st.counters() == {"lookups": 47, "steered": 40, "misses": 7, "errors": 0}
+    assert st.counters() == {"lookups": 47, "steered": 40, "misses": 7, "errors": 0, "denied": 0}
 
 
 def test_set_ports_adds_and_removes_in_place(ns: Netns, sockets, attach) -> None:
@@ -388,9 +397,13 @@ def test_close_leaves_no_pinned_object_and_no_link(ns: Netns, sockets, attach) -
     st = attach([srv], [20000])
     prog_id = st.prog_id
     assert sorted(os.listdir(ns.pin_dir)) == [
+        "allow_nets",
         "counters",
+        "denied",
+        "deny_nets",
         "link",
         "owner",
+        "policies",
         "ports",
         "prog",
         "sockets",
@@ -645,3 +658,40 @@ def test_a_lock_held_by_another_process_fails_attach_and_close_in_seconds(
         assert time.monotonic() - started < 5
     with pytest.raises(SteeringUnavailable, match="closed"):
         st.read_ports()  # our descriptors are released all the same
+
+
+def test_allow_and_deny_are_refused_in_the_program(ns: Netns, sockets, attach) -> None:
+    """Admission control: a 10,000-entry Deny list and an Allow list, as LPM tries; a
+    refused client gets a reset (SK_DROP) and never reaches the listening socket."""
+    srv = sockets()
+    st = attach([srv], [20000, 20001])
+
+    def key(policy: int, cidr: str) -> bytes:
+        net = ipaddress.ip_network(cidr)
+        if net.version == 4:
+            return acl_key(policy, net.prefixlen + 96, (0xFFFF << 32) | int(net.network_address))
+        return acl_key(policy, net.prefixlen, int(net.network_address))
+
+    deny = {key(7, f"10.{i >> 8}.{i & 255}.0/24") for i in range(9_999)} | {key(7, "127.0.0.2/32")}
+    st.set_admission({20000: 7, 20001: 8 | POLICY_HAS_ALLOW}, [key(8, "::1/128")], deny)
+
+    def refused_from(source: str, port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT,
+                                     source_address=(source, 0)).close()  # fmt: skip
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    assert refused_from("127.0.0.2", 20000)
+    assert nothing_pending(srv)
+    assert_steered(srv, "127.0.0.1", 20000)
+    assert refused_from("127.0.0.1", 20001)  # not in Allow
+    assert_steered(srv, "::1", 20001)
+    assert st.counters()["denied"] == 2
+    assert st.denied() == {7: 1, 8: 1}
+    st.set_admission({}, [], [])  # lists gone: everyone steered again
+    client, accepted = accept_on(srv, "127.0.0.1", 20001)
+    client.close()
+    accepted.close()
+    assert st.denied() == {}

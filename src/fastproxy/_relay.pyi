@@ -1,5 +1,6 @@
 # Type stub of the Cython relay (src/fastproxy/_relay.pyx).
 
+from collections.abc import Sequence
 from typing import Any
 
 TARGET_UP: int
@@ -62,6 +63,13 @@ class Relay:
         accept_proxy_protocol: bool = False,
         max_connections_per_source: int = 0,
         panic: bool = True,
+        source_mask: tuple[int, int] = (32, 64),
+        max_in_preface: int = 1024,
+        rate: float = 0.0,
+        source_rate: float = 0.0,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        proxy_senders: Sequence[str] = (),
     ) -> None: ...
     def set_port_sni(
         self,
@@ -72,6 +80,7 @@ class Relay:
         accept_proxy: bool = False,
         need_local: bool = False,
         count_slot: int,
+        count_app: int = -1,
     ) -> None: ...
     def set_access_log(self, on: bool) -> None: ...
     def drain_access_log(

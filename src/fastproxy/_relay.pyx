@@ -9,7 +9,8 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/routes.pxi      counter slots, per-app routes, PROXY protocol header
   relay/proxyproto.pxi  PROXY protocol in: the header parser
   relay/sni.pxi         ClientHello parser, server name tables
-  relay/persource.pxi   MaxConnectionsPerSource counters
+  relay/persource.pxi   per-source counters (SourceMask, keyed hash)
+  relay/admission.pxi   Allow / Deny, trusted PROXY senders, rates, preface bound
   relay/accesslog.pxi   access log rings
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
@@ -35,6 +36,7 @@ include "relay/routes.pxi"
 include "relay/proxyproto.pxi"
 include "relay/sni.pxi"
 include "relay/persource.pxi"
+include "relay/admission.pxi"
 include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"

@@ -62,6 +62,11 @@ MAX_WORKERS = 1024
 MAX_DURATION = 365 * 86400.0
 # Counters (Rise, Fall, MaxConnections) must fit a C int in the relay.
 MAX_COUNT = 2**31 - 1
+# Clients an app may hold still sending their PROXY header or ClientHello (SPEC §12):
+# silent connections are cheap to open and each holds a descriptor.
+DEFAULT_MAX_IN_PREFACE = 1024
+# New connections per second a token bucket may allow (and its burst).
+MAX_RATE = 1e6
 
 TOP_KEYS = (
     "Apps",
@@ -102,6 +107,12 @@ APP_KEYS = (
     "ServerNames",
     "MaxConnectionsPerSource",
     "Panic",
+    "SourceMask",
+    "MaxConnectionsInPreface",
+    "Allow",
+    "Deny",
+    "MaxConnectionRate",
+    "MaxConnectionRatePerSource",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -177,6 +188,14 @@ class App:
     server_names: tuple[str, ...] = ()  # TLS server names (lower case), exact or "*.suffix"
     max_connections_per_source: int = 0  # 0 = unlimited
     panic: bool = True  # no target up: try them all anyway (False: close the client)
+    # Who may send a PROXY header: CIDRs; () with accept_proxy_protocol = any sender.
+    proxy_senders: tuple[str, ...] = ()
+    source_mask: tuple[int, int] = (32, 64)  # per-source key: IPv4, IPv6 prefix lengths
+    max_connections_in_preface: int = DEFAULT_MAX_IN_PREFACE
+    allow: tuple[str, ...] = ()  # CIDRs; () = every client not denied
+    deny: tuple[str, ...] = ()  # CIDRs
+    max_connection_rate: float = 0.0  # new connections per second; 0 = unlimited
+    max_connection_rate_per_source: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -582,8 +601,11 @@ def _check_port_sharing(app: App, owners: dict[int, list[App]]) -> None:
                     "ServerNames",
                     f"{_q(both[0])} is also a server name of app {_q(other.name)} on port {port}",
                 )
-        if app.accept_proxy_protocol != first.accept_proxy_protocol:
-            theirs = "true" if first.accept_proxy_protocol else "false"
+        if (app.accept_proxy_protocol, app.proxy_senders) != (
+            first.accept_proxy_protocol,
+            first.proxy_senders,
+        ):
+            theirs = json.dumps(list(first.proxy_senders) or first.accept_proxy_protocol)
             raise _Invalid(
                 "AcceptProxyProtocol",
                 f"apps sharing port {port} must agree, app {_q(first.name)} has {theirs}",
@@ -603,6 +625,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         raise _Invalid("", f"expected an app object, {_got(raw)}")
     _check_keys(raw, APP_KEYS)
     proxy_protocol = raw.get("ProxyProtocol")
+    accept_proxy, proxy_senders = _parse_accept_proxy(raw.get("AcceptProxyProtocol", False))
     return App(
         name=_parse_name(_required(raw, "Name"), names),
         ports=_parse_ports(_required(raw, "Ports")),
@@ -617,14 +640,26 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
             if proxy_protocol is None
             else _choice(proxy_protocol, "ProxyProtocol", PROXY_PROTOCOLS)
         ),
-        accept_proxy_protocol=_boolean(
-            raw.get("AcceptProxyProtocol", False), "AcceptProxyProtocol"
-        ),
+        accept_proxy_protocol=accept_proxy,
         server_names=_parse_server_names(raw.get("ServerNames")),
         max_connections_per_source=_integer(
             raw.get("MaxConnectionsPerSource", 0), "MaxConnectionsPerSource", 0, MAX_COUNT
         ),
         panic=_boolean(raw.get("Panic", True), "Panic"),
+        proxy_senders=proxy_senders,
+        source_mask=_parse_source_mask(raw.get("SourceMask", {})),
+        max_connections_in_preface=_integer(
+            raw.get("MaxConnectionsInPreface", DEFAULT_MAX_IN_PREFACE),
+            "MaxConnectionsInPreface",
+            1,
+            MAX_COUNT,
+        ),
+        allow=_parse_cidrs(raw.get("Allow", []), "Allow"),
+        deny=_parse_cidrs(raw.get("Deny", []), "Deny"),
+        max_connection_rate=_rate(raw.get("MaxConnectionRate", 0), "MaxConnectionRate"),
+        max_connection_rate_per_source=_rate(
+            raw.get("MaxConnectionRatePerSource", 0), "MaxConnectionRatePerSource"
+        ),
     )
 
 
@@ -787,6 +822,71 @@ def _status_range(value: object) -> tuple[int, int]:
     if first > last:
         raise _Invalid(field, f'range "{first}-{last}" is reversed, write "{last}-{first}"')
     return first, last
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def _parse_accept_proxy(value: object) -> tuple[bool, tuple[str, ...]]:
+    """AcceptProxyProtocol: false, true (any sender: see server.py's warning), or
+    the CIDRs of the balancers trusted to name the client."""
+    field = "AcceptProxyProtocol"
+    if isinstance(value, bool):
+        return value, ()
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(
+            field,
+            f'expected true, false or a list of trusted sender CIDRs ("10.0.0.0/8"), {_got(value)}',
+        )
+    if not value:
+        raise _Invalid(field, "empty list, write false to accept no PROXY header")
+    return True, _parse_cidrs(value, field)
+
+
+def _parse_cidrs(value: object, field: str) -> tuple[str, ...]:
+    """A list of networks ("10.0.0.0/8", "2001:db8::/32"; a bare address is one
+    host), canonical and without repeats."""
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(field, f'expected a list of CIDRs ("10.0.0.0/8"), {_got(value)}')
+    nets: dict[str, None] = {}
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise _Invalid(where, f'expected a CIDR string ("10.0.0.0/8"), {_got(item)}')
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _Invalid(
+                where, f'{_q(item)} is not a CIDR ("10.0.0.0/8", "2001:db8::/32")'
+            ) from None
+        try:
+            ipaddress.ip_network(item)
+        except ValueError:
+            raise _Invalid(
+                where, f"{_q(item)} has bits set past its prefix, did you mean {net}?"
+            ) from None
+        nets[str(net)] = None
+    return tuple(nets)
+
+
+def _parse_source_mask(value: object) -> tuple[int, int]:
+    if not isinstance(value, dict):
+        example = '{"IPv4": 32, "IPv6": 64}'
+        raise _Invalid("SourceMask", f"expected an object like {example}, {_got(value)}")
+    _check_keys(value, ("IPv4", "IPv6"), prefix="SourceMask.")
+    v4 = _integer(value.get("IPv4", 32), "SourceMask.IPv4", 1, 32)
+    v6 = _integer(value.get("IPv6", 64), "SourceMask.IPv6", 1, 128)
+    return v4, v6
+
+
+def _rate(value: object, field: str) -> float:
+    """New connections per second, 0 = unlimited."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(field, f"expected a number of connections per second, {_got(value)}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_RATE:
+        limit = f"{MAX_RATE:.0f}"
+        raise _Invalid(field, f"must be between 0 and {limit} per second, got {_num(value)}")
+    return float(value)
 
 
 # --------------------------------------------------------------------------- scalars
@@ -1234,10 +1334,32 @@ def _app_summary(app: App) -> list[str]:
         _wrap("health:      ", _health_summary(app.health_check)),
         f"  connections: connect timeout {_seconds(app.connect_timeout)}, idle timeout {idle},"
         f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
-        f"  clients:     max {per_source} per source address, PROXY header"
-        f" {'required' if app.accept_proxy_protocol else 'not accepted'}",
+        f"  clients:     max {per_source} per source (IPv4 /{app.source_mask[0]},"
+        f" IPv6 /{app.source_mask[1]}), max {app.max_connections_in_preface} in preface",
+        _wrap("PROXY in:    ", _proxy_in_summary(app)),
+        _wrap("admission:   ", _admission_summary(app)),
         _wrap("server names:", " " + names),
     ]
+
+
+def _proxy_in_summary(app: App) -> str:
+    if not app.accept_proxy_protocol:
+        return "not accepted"
+    if not app.proxy_senders:
+        return "required, from any sender"
+    return "required, from " + ", ".join(app.proxy_senders)
+
+
+def _admission_summary(app: App) -> str:
+    def rate(value: float) -> str:
+        return f"{value:g}/s" if value else "unlimited"
+
+    allow = f"allow {plural(len(app.allow), 'network')}" if app.allow else "allow all"
+    deny = f"deny {plural(len(app.deny), 'network')}" if app.deny else "deny none"
+    return (
+        f"{allow}, {deny}, new connections {rate(app.max_connection_rate)},"
+        f" per source {rate(app.max_connection_rate_per_source)}"
+    )
 
 
 def _access_log_summary(path: str | None) -> str:

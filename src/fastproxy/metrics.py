@@ -21,6 +21,18 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__, _relay
 from .routing import Routes, TargetRuntime
 
+# fastproxy_rejected_total{reason} of admission control (relay/admission.pxi), and
+# the relay counter behind each. A PROXY header from a sender not in
+# AcceptProxyProtocol is "untrusted-proxy" here, not a proxy protocol error: the
+# sender never got to say anything.
+REJECT_REASONS = (
+    ("deny", "rejected_deny"),
+    ("untrusted-proxy", "rejected_untrusted"),
+    ("rate", "rejected_rate"),
+    ("per-source-rate", "rejected_source_rate"),
+    ("preface", "rejected_preface"),
+)
+
 
 class ProxyCollector(Collector):
     def __init__(
@@ -33,9 +45,11 @@ class ProxyCollector(Collector):
         access_log_dropped: Callable[[], int] = lambda: 0,
         health_report: Callable[[TargetRuntime], dict[str, Any]] | None = None,
         build: dict[str, str] | None = None,
+        steering_denied: Callable[[], dict[int, int]] = dict,
     ) -> None:
         self.health_report = health_report
         self.build = build or {}
+        self.steering_denied = steering_denied
         self.access_log_dropped = access_log_dropped
         self.routes = routes
         self.reloads = reloads
@@ -71,7 +85,9 @@ class ProxyCollector(Collector):
             ),
             "rejected": CounterMetricFamily(
                 "fastproxy_rejected",
-                "Clients closed at once: over MaxConnections or MaxConnectionsPerSource",
+                "Clients closed at once, by reason: max-connections, per-source, deny"
+                " (Allow / Deny), untrusted-proxy (a PROXY header from a sender not"
+                " trusted), rate, per-source-rate, preface (MaxConnectionsInPreface)",
                 labels=["app", "reason"],
             ),
             "proxy_errors": CounterMetricFamily(
@@ -111,6 +127,7 @@ class ProxyCollector(Collector):
         with self.routes.lock:
             apps = list(self.routes.apps.values())
         sni_unmatched = sni_errors = 0
+        denied = self.steering_denied()  # by the sk_lookup program, per app id
         for app in apps:
             name = app.app.name
             stats = self.routes.stats(app.slot)
@@ -120,6 +137,9 @@ class ProxyCollector(Collector):
             m["panic"].add_metric([name], stats["panic"])
             m["rejected"].add_metric([name, "max-connections"], stats["rejected"])
             m["rejected"].add_metric([name, "per-source"], stats["rejected_per_source"])
+            stats["rejected_deny"] += denied.get(app.app_id, 0)
+            for reason, key in REJECT_REASONS:
+                m["rejected"].add_metric([name, reason], stats[key])
             m["proxy_errors"].add_metric([name], stats["proxy_errors"])
             sni_unmatched += stats["sni_unmatched"]
             sni_errors += stats["sni_errors"]
@@ -185,6 +205,7 @@ class ProxyCollector(Collector):
                 ("steered", "Connections steered to the proxy's socket"),
                 ("misses", "Lookups for ports not configured (passed on)"),
                 ("errors", "Lookups that could not be steered"),
+                ("denied", "Connections refused by Allow / Deny (dropped)"),
             ):
                 yield CounterMetricFamily(
                     f"fastproxy_steering_{key}", text, value=steering.get(key, 0)

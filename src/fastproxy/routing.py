@@ -187,6 +187,7 @@ class Routes:
         """A port whose clients go to an app by TLS server name (config.py made sure
         the apps on it may share it)."""
         default = [app for app in on_port if not app.server_names]
+        counted = apps[(default or on_port)[0].name]
         names = [(name, apps[app.name].app_id) for app in on_port for name in app.server_names]
         self.relay.set_port_sni(
             port,
@@ -194,7 +195,8 @@ class Routes:
             default_app=apps[default[0].name].app_id if default else -1,
             accept_proxy=on_port[0].accept_proxy_protocol,
             need_local=any(app.proxy_protocol for app in on_port),
-            count_slot=apps[(default or on_port)[0].name].slot,
+            count_slot=counted.slot,
+            count_app=counted.app_id,
         )
 
     def _remember(self, addresses: Mapping[str, Address | None], hosts: set[str]) -> None:
@@ -231,6 +233,13 @@ class Routes:
             accept_proxy_protocol=app.accept_proxy_protocol,
             max_connections_per_source=app.max_connections_per_source,
             panic=app.panic,
+            source_mask=app.source_mask,
+            max_in_preface=app.max_connections_in_preface,
+            rate=app.max_connection_rate,
+            source_rate=app.max_connection_rate_per_source,
+            allow=app.allow,
+            deny=app.deny,
+            proxy_senders=app.proxy_senders,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -65,6 +65,18 @@ RESTART_ONLY = {
 }
 
 
+def warn_any_proxy_sender(config: Config) -> None:
+    """`AcceptProxyProtocol: true` lets anyone who reaches the port name any client
+    address (SPEC §12): said once per start or reload, naming the apps."""
+    apps = [a.name for a in config.apps if a.accept_proxy_protocol and not a.proxy_senders]
+    if apps:
+        log.warning(
+            "AcceptProxyProtocol is true for %s: any sender may claim any client address"
+            ' (list the trusted senders instead, e.g. ["10.0.0.0/8"])',
+            ", ".join(f'app "{name}"' for name in apps),
+        )
+
+
 @dataclass(frozen=True)
 class Options:
     """Command-line overrides of the config's settings; None keeps the config's."""
@@ -156,6 +168,7 @@ class Server:
                 self.access_log.dropped,
                 self.health.report,
                 {"steering": self.steering_mode, "relay": self.relay_mode},
+                self._steering_denied,
             )
         )
 
@@ -168,9 +181,11 @@ class Server:
         raise_fd_limit()
         token = ensure_token(self.config.admin_token_file)  # TokenError before any change
         addresses = self._resolve(self.config)
+        warn_any_proxy_sender(self.config)
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()
+            self._admission(self.config)
             self.steering_mode = self.listeners.mode
             self.admin = self._admin_server(token)
         except BaseException:
@@ -302,6 +317,19 @@ class Server:
     def _steering_counters(self) -> dict[str, int] | None:
         return self.listeners.counters() if self.listeners is not None else None
 
+    def _admission(self, config: Config) -> None:
+        """With bpf steering, Allow / Deny go into the sk_lookup program too, so a
+        refused client is dropped before it costs a descriptor (bpf_admission.py)."""
+        steering = getattr(self.listeners, "steering", None)
+        if steering is not None:
+            from .bpf_admission import policies
+
+            steering.set_admission(*policies(config, self.routes))
+
+    def _steering_denied(self) -> dict[int, int]:
+        steering = getattr(self.listeners, "steering", None)
+        return steering.denied() if steering is not None else {}
+
     # -- upgrade: the running process's side -----------------------------------
 
     def handover(self) -> Handover:
@@ -396,6 +424,7 @@ class Server:
         if self.listeners is None:
             raise ReloadError("not listening")
         addresses = self._resolve(new)
+        warn_any_proxy_sender(new)
         change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
         log.debug(
             "reload: prepared: %s to add, %s to remove",
@@ -412,6 +441,7 @@ class Server:
             failpoint("reload.routed")
             self.listeners.open(change)
             log.debug("reload: added ports accept")
+            self._admission(new)
             failpoint("reload.opened")
         except BaseException:
             self._roll_back(change)

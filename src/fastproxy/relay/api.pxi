@@ -1,6 +1,10 @@
 # The Python face of the relay. Everything here runs with the GIL, in the
 # orchestrator's thread; the workers never call back into Python.
 
+import ipaddress
+import os
+import time
+
 TARGET_UP = T_UP
 TARGET_DOWN = T_DOWN
 TARGET_DRAINING = T_DRAINING
@@ -18,6 +22,8 @@ STATS_FIELDS = (
     "connections", "active", "bytes_in", "bytes_out", "connect_failures",
     "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
     "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
+    "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
+    "rejected_preface",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
@@ -25,6 +31,33 @@ ACCESS_RESULTS = (
     "proxy-protocol-error", "sni-unmatched", "sni-error", "local-error", "shutdown",
 )
 NO_SLOT_ID = NO_SLOT
+
+
+def _seed_source_key():
+    """The per-source hash key (persource.pxi): random per process."""
+    global SOURCE_KEY0, SOURCE_KEY1
+    key = os.urandom(16)
+    SOURCE_KEY0 = int.from_bytes(key[:8], "little")
+    SOURCE_KEY1 = int.from_bytes(key[8:], "little")
+
+
+_seed_source_key()
+
+
+def cidr_keys(cidrs):
+    """CIDR strings as the relay's lists hold them: (prefix length, hi, lo) of the
+    128-bit form, IPv4 as ::ffff:a.b.c.d/96+len."""
+    keys = []
+    for text in cidrs:
+        net = ipaddress.ip_network(text, strict=False)
+        plen = net.prefixlen
+        if net.version == 4:
+            value = (0xFFFF << 32) | int(net.network_address)
+            plen += 96
+        else:
+            value = int(net.network_address)
+        keys.append((plen, value >> 64, value & 0xFFFFFFFFFFFFFFFF))
+    return keys
 
 
 cdef int fill_sockaddr(sockaddr_storage* ss, socklen_t* length, int family,
@@ -432,11 +465,13 @@ cdef class Relay:
         self._retire(<size_t>sni_publish(self.r, port, NULL), True)
 
     def set_port_sni(self, int port, list names, *, int default_app=-1,
-                     bint accept_proxy=False, bint need_local=False, int count_slot):
+                     bint accept_proxy=False, bint need_local=False, int count_slot,
+                     int count_app=-1):
         """Route the port by TLS server name. names: [(name, app_id)], exact
         names or "*.suffix" wildcards (matching one label or more before .suffix);
         default_app takes other names and hellos without one (-1: closed).
-        count_slot: the app slot counting clients before their app is known."""
+        count_slot: the app slot counting clients before their app is known, and
+        count_app its app, whose trusted PROXY senders are checked at accept."""
         cdef fp_sni* t
         cdef fp_sni_name* e
         cdef size_t size = 0, off = 0
@@ -472,6 +507,7 @@ cdef class Relay:
         t.accept_proxy = accept_proxy
         t.need_local = need_local
         t.count_slot = count_slot
+        t.count_app = count_app
         self._retire(<size_t>sni_publish(self.r, port, t), True)
         fp_store_int(&self.r.port_app[port], PORT_SNI)
 
@@ -511,10 +547,13 @@ cdef class Relay:
     def set_app(self, int app_id, *, list targets, int app_slot, balance="round-robin",
                 double connect_timeout=5.0, double idle_timeout=0.0, long max_connections=0,
                 int proxy_protocol=0, bint accept_proxy_protocol=False,
-                long max_connections_per_source=0, bint panic=True):
+                long max_connections_per_source=0, bint panic=True, source_mask=(32, 64),
+                long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
+                allow=(), deny=(), proxy_senders=()):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
-        new route applies to new connections; established ones are not touched."""
+        new route applies to new connections; established ones are not touched.
+        allow, deny, proxy_senders: CIDR strings (admission.pxi)."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -561,18 +600,28 @@ cdef class Relay:
         rt.max_conns = max_connections
         rt.accept_proxy = accept_proxy_protocol
         rt.panic = panic
-        if max_connections_per_source > 0:
-            rt.persource = self._persource(app_id, max_connections_per_source)
-            if rt.persource == NULL:
-                route_free(rt)
-                raise MemoryError()
+        try:
+            rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
+        except BaseException:
+            route_free(rt)
+            raise
+        rt.persource = self._persource(app_id, max_connections_per_source, source_rate)
+        if rt.persource == NULL:
+            route_free(rt)
+            raise MemoryError()
+        rt.persource.mask4, rt.persource.mask6 = source_mask
+        rt.persource.max_preface = max_in_preface
+        rt.persource.rate = rate
+        rt.persource.source_rate = source_rate
         route_claim_slots(rt, 1)
         self._retire(<size_t>route_publish(self.r, app_id, rt), False)
 
-    cdef fp_persource* _persource(self, int app_id, long limit):
+    cdef fp_persource* _persource(self, int app_id, long limit, double source_rate):
         """The app's per-source table, kept from its current route so a reload
-        does not forget who is connected; a new one if it had none."""
+        does not forget who is connected; a new one if it had none. Its counters
+        and buckets are allocated once needed, and kept."""
         cdef fp_persource* ps = NULL
+        cdef void* table
         pthread_mutex_lock(&self.r.lock)
         if self.r.apps[app_id] != NULL and self.r.apps[app_id].persource != NULL:
             ps = self.r.apps[app_id].persource
@@ -583,6 +632,19 @@ cdef class Relay:
             if ps == NULL:
                 return NULL
             ps.refcnt = 1
+            pthread_mutex_init(&ps.lock, NULL)
+        if limit > 0 and ps.counts == NULL:
+            table = calloc(PERSOURCE_BUCKETS, sizeof(int))
+            if table == NULL:
+                persource_decref(ps)
+                return NULL
+            fp_store_ptr(<void**>&ps.counts, table)
+        if source_rate > 0 and ps.buckets == NULL:
+            table = calloc(PERSOURCE_BUCKETS, sizeof(fp_bucket))
+            if table == NULL:
+                persource_decref(ps)
+                return NULL
+            fp_store_ptr(<void**>&ps.buckets, table)
         ps.limit = limit
         return ps
 
@@ -616,7 +678,10 @@ cdef class Relay:
                 fp_load_u64(&s.rejected), fp_load_u64(&s.panic),
                 fp_load_u64(&s.idle_timeouts), fp_load_u64(&s.local_errors),
                 fp_load_u64(&s.proxy_errors), fp_load_u64(&s.rejected_per_source),
-                fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors))
+                fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors),
+                fp_load_u64(&s.rejected_deny), fp_load_u64(&s.rejected_untrusted),
+                fp_load_u64(&s.rejected_rate), fp_load_u64(&s.rejected_source_rate),
+                fp_load_u64(&s.rejected_preface))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above
@@ -767,3 +832,54 @@ def parse_client_hello_for_tests(bytes data):
     if rc == SNI_ABSENT:
         return None
     return rc
+
+
+def source_bucket_for_tests(str ip, int mask4=32, int mask6=64):
+    """The per-source bucket the relay counts a client from ip in (persource.pxi)."""
+    cdef fp_persource ps
+    cdef sockaddr_storage ss
+    cdef socklen_t length
+    family = AF_INET6 if ":" in ip else AF_INET
+    fill_sockaddr(&ss, &length, family, ip.encode(), 0)
+    ps.mask4 = mask4
+    ps.mask6 = mask6
+    return source_bucket(&ps, &ss)
+
+
+def admission_cost_for_tests(str ip, int repeat, allow=(), deny=(), double rate=0.0,
+                             double source_rate=0.0):
+    """Thread CPU ns per admit_at_accept() (admission.pxi) for a client from ip,
+    repeated: what admission control costs the relay per accepted client."""
+    cdef fp_worker* w = <fp_worker*>calloc(1, sizeof(fp_worker))
+    cdef fp_route rt
+    cdef fp_persource* ps = <fp_persource*>calloc(1, sizeof(fp_persource))
+    cdef fp_stats st
+    cdef sockaddr_storage ss
+    cdef socklen_t length
+    cdef int i
+    if w == NULL or ps == NULL:
+        free(w)
+        free(ps)
+        raise MemoryError()
+    memset(&rt, 0, sizeof(rt))
+    memset(&st, 0, sizeof(st))
+    ps.refcnt = 1
+    pthread_mutex_init(&ps.lock, NULL)
+    ps.mask4, ps.mask6 = 32, 64
+    ps.rate, ps.source_rate = rate, source_rate
+    if source_rate > 0:
+        ps.buckets = <fp_bucket*>calloc(PERSOURCE_BUCKETS, sizeof(fp_bucket))
+    rt.persource = ps
+    fill_sockaddr(&ss, &length, AF_INET6 if ":" in ip else AF_INET, ip.encode(), 0)
+    try:
+        rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), [])
+        start = time.thread_time_ns()
+        with nogil:
+            for i in range(repeat):
+                w.now_ms = i            # a fresh millisecond each time: buckets refill
+                admit_at_accept(w, &rt, &st, &ss, True)
+        return (time.thread_time_ns() - start) / repeat
+    finally:
+        acl_free(rt.acl)
+        persource_decref(ps)
+        free(w)

@@ -741,6 +741,11 @@ cdef void take_client(fp_worker* w, int fd, int port, sockaddr_storage* peer) no
     if rt.proxy_protocol and local.ss_family == 0:
         getsockname(fd, <sockaddr*>&local, &llen)
     app_st = stats_slot(r, rt.app_slot)
+    if not admit_at_accept(w, rt, app_st, peer, True):
+        alog_rejected(w, peer, port, rt.app_slot)
+        route_decref(rt)
+        close_socket(w, fd)
+        return
     if rt.max_conns > 0 and fp_load_i64(&app_st.active) >= rt.max_conns:
         fp_add_u64(&app_st.rejected, 1)
         alog_rejected(w, peer, port, rt.app_slot)
@@ -765,6 +770,7 @@ cdef void take_client(fp_worker* w, int fd, int port, sockaddr_storage* peer) no
         conn_close(w, c)
         return
     if rt.accept_proxy:
-        preface_begin(w, c, True)
+        if admit_into_preface(w, c):
+            preface_begin(w, c, True)
     else:
         conn_start(w, c)

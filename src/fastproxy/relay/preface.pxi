@@ -110,6 +110,10 @@ cdef bint preface_route(fp_worker* w, fp_conn* c, int app) noexcept nogil:
         c.result = R_REJECTED
         conn_close(w, c)
         return False
+    if not admit_at_accept(w, rt, app_st, &c.peer, False):
+        c.result = R_REJECTED
+        conn_close(w, c)
+        return False
     fp_add_u64(&app_st.connections, 1)
     return True
 
@@ -143,8 +147,9 @@ cdef void preface_step(fp_worker* w, fp_conn* c) noexcept nogil:
         app = preface_read_hello(w, c)
         if app < 0 or not preface_route(w, c, app):
             return
-    elif not preface_reroute(w, c):
+    elif not preface_reroute(w, c) or not admit_claimed_source(w, c):
         return
+    preface_release(c)
     # The bytes after the preface wait in the socket; no new edge will say so.
     c.cli.readable = True
     conn_start(w, c)
@@ -155,10 +160,7 @@ cdef void conn_start(fp_worker* w, fp_conn* c) noexcept nogil:
     a target and connect."""
     cdef fp_route* rt = c.route
     c.state = ST_NEW
-    if rt.persource != NULL and not persource_admit(c, rt.persource):
-        fp_add_u64(&c.app_st.rejected_per_source, 1)
-        c.result = R_REJECTED
-        conn_close(w, c)
+    if not admit_source(w, c):
         return
     c.start_idx = pick_first(w, rt, c)
     if c.start_idx < 0:
@@ -181,6 +183,10 @@ cdef void accept_by_name(fp_worker* w, int fd, sockaddr_storage* peer,
         return
     if t.need_local and local.ss_family == 0:
         getsockname(fd, <sockaddr*>local, &llen)
+    if t.accept_proxy and not sni_trusts_sender(w, t, peer):
+        sni_decref(t)
+        close_socket(w, fd)
+        return
     c = conn_new(w, fd)
     if c == NULL:
         sni_decref(t)
@@ -202,6 +208,7 @@ cdef void conn_finish(fp_worker* w, fp_conn* c) noexcept nogil:
     """What conn_close owes the features of this file and its neighbours."""
     alog_conn(w, c)
     persource_release(c)
+    preface_release(c)
     if c.sni != NULL:
         sni_decref(c.sni)
         c.sni = NULL

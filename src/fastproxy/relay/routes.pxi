@@ -6,8 +6,9 @@ cdef inline fp_stats* stats_slot(fp_relay* r, uint32_t slot) noexcept nogil:
 
 
 cdef void route_free(fp_route* rt) noexcept nogil:
-    if rt.persource != NULL and fp_decref(&rt.persource.refcnt) == 0:
-        free(rt.persource)
+    if rt.persource != NULL:
+        persource_decref(rt.persource)
+    acl_free(rt.acl)
     free(rt.targets)
     free(rt.wrr)
     free(rt)

@@ -88,12 +88,18 @@ ctypedef struct fp_stats:
     uint64_t rejected_per_source    # over MaxConnectionsPerSource
     uint64_t sni_unmatched      # server name of no app, and no default app
     uint64_t sni_errors         # malformed, truncated or late ClientHello
+    # Admission control (admission.pxi): clients closed at accept, by reason
+    uint64_t rejected_deny          # not in Allow, or in Deny
+    uint64_t rejected_untrusted     # a PROXY header expected from a sender not trusted
+    uint64_t rejected_rate          # over MaxConnectionRate
+    uint64_t rejected_source_rate   # over MaxConnectionRatePerSource
+    uint64_t rejected_preface       # over MaxConnectionsInPreface
     int routes                  # live routes naming this slot
     int _pad_int
     # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
     uint64_t connect_buckets[16]
     uint64_t connect_us         # their sum, microseconds
-    uint64_t _pad[8]            # 320 bytes, 64-aligned: no false sharing between slots
+    uint64_t _pad[3]            # 384 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -105,15 +111,33 @@ ctypedef struct fp_target:
     int state                   # TargetState, written by Python at any time
 
 
-# Concurrent connections per client address, for MaxConnectionsPerSource: a
-# fixed-size table of atomic counters indexed by a hash of the address. Shared by
-# every route of the app across reloads (refcounted), so a reload does not forget
-# who is connected. Two addresses in one bucket share its count: collisions may
-# over-count (turn a client away early), never under-count.
+# What an app remembers of its clients across reloads (persource.pxi, admission.pxi):
+# concurrent connections per source (the address masked by SourceMask) in a
+# fixed-size table of atomic counters indexed by a keyed hash (SipHash, a random
+# key per process, so no one can pick addresses that share a victim's bucket),
+# token buckets for the connection rates, and clients still in their preface.
+# Shared by every route of the app across reloads (refcounted). Two sources in one
+# bucket share it: collisions may over-count (turn a client away early), never
+# under-count.
+ctypedef struct fp_bucket:
+    double tokens
+    int64_t last_ms
+
 ctypedef struct fp_persource:
     int refcnt
-    int64_t limit
-    int counts[PERSOURCE_BUCKETS]
+    int64_t limit               # MaxConnectionsPerSource, 0: unlimited
+    int mask4                   # SourceMask: prefix lengths of the key
+    int mask6
+    int in_preface              # clients of the app still sending their preface
+    int max_preface             # MaxConnectionsInPreface
+    double rate                 # MaxConnectionRate, 0: unlimited
+    double source_rate          # MaxConnectionRatePerSource, 0: unlimited
+    pthread_mutex_t lock        # guards the token buckets
+    fp_bucket app_bucket
+    fp_bucket* buckets          # PERSOURCE_BUCKETS, once a source rate is set
+    int* counts                 # PERSOURCE_BUCKETS, once a limit is set
+
+cdef struct fp_acl
 
 cdef struct fp_relay
 
@@ -139,7 +163,8 @@ ctypedef struct fp_route:
     int64_t max_conns           # 0: unlimited
     bint accept_proxy           # clients start with a PROXY header
     bint panic                  # no target up: try the ones not taken out by an operator
-    fp_persource* persource     # MaxConnectionsPerSource counters, or NULL
+    fp_persource* persource     # per-source counters, rates, preface count (never NULL)
+    fp_acl* acl                 # Allow, Deny, trusted PROXY senders, or NULL (admission.pxi)
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin
     uint32_t nwrr
@@ -188,6 +213,7 @@ ctypedef struct fp_sni:
     bint accept_proxy
     bint need_local             # some app sends a PROXY header: keep the local address
     uint32_t count_slot         # the app slot counting errors before an app is known
+    int count_app               # its app: whose trusted PROXY senders apply at accept
 
 ctypedef struct fp_side:
     int kind                    # KIND_SIDE
@@ -239,7 +265,8 @@ cdef struct fp_conn:
     # PROXY in, SNI, per-source limits and the access log (preface.pxi, accesslog.pxi)
     fp_sni* sni                 # held while reading the ClientHello
     fp_persource* persource     # held while counted against a client address
-    int src_bucket
+    int src_bucket              # -1: counted nowhere (no limit)
+    fp_persource* prefacing     # held while counted in the app's clients in preface
     int port                    # the port the client dialled
     uint32_t app_slot
     uint32_t tgt_slot

@@ -19,7 +19,14 @@ bpf(2) wrappers below, like everything after loading (maps, pins, links), so pin
 from another process are handled the same way as our own.
 """
 
-from .core import COUNTER_NAMES, SLOT_IPV4, SLOT_IPV6, Steering
+from .core import (
+    COUNTER_NAMES,
+    POLICY_HAS_ALLOW,
+    SLOT_IPV4,
+    SLOT_IPV6,
+    Steering,
+    acl_key,
+)
 from .errors import SteeringUnavailable
 from .loader import probe
 from .pins import DEFAULT_PIN_ROOT, netns_inode
@@ -27,10 +34,12 @@ from .pins import DEFAULT_PIN_ROOT, netns_inode
 __all__ = [
     "COUNTER_NAMES",
     "DEFAULT_PIN_ROOT",
+    "POLICY_HAS_ALLOW",
     "SLOT_IPV4",
     "SLOT_IPV6",
     "Steering",
     "SteeringUnavailable",
+    "acl_key",
     "netns_inode",
     "probe",
 ]

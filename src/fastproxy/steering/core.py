@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .bpfsys import (
     BPF_SK_LOOKUP,
@@ -42,8 +42,15 @@ from .pins import (
     unlink,
 )
 
-COUNTER_NAMES = ("lookups", "steered", "misses", "errors")  # enum counter in steer.c
+COUNTER_NAMES = ("lookups", "steered", "misses", "errors", "denied")  # enum counter in steer.c
 SLOT_IPV4, SLOT_IPV6 = 0, 1  # keys of the sockets map (SOCKET_IPV4/6 in steer.c)
+POLICY_HAS_ALLOW, POLICY_ID_MASK = 0x80000000, 0xFFFF  # steer.c
+
+
+def acl_key(policy: int, prefixlen: int, address: int) -> bytes:
+    """A key of steer.c's allow_nets / deny_nets: (32 + prefix length, policy, address),
+    the address 128 bits (IPv4 as ::ffff:a.b.c.d, prefix length + 96)."""
+    return struct.pack("=II", 32 + prefixlen, policy) + address.to_bytes(16, "big")
 
 
 def _socket_slots(sockets: list[socket.socket]) -> dict[int, socket.socket]:
@@ -96,6 +103,13 @@ class Steering:
         self._pid = os.getpid()
         self._owner = owner_record(self._pid)
         self._closed = False
+        # Admission control as last written (set_admission): port -> policy word, and the
+        # keys of both tries.
+        self._policies: dict[int, int] = {}
+        self._nets: dict[str, frozenset[bytes]] = {
+            "allow_nets": frozenset(),
+            "deny_nets": frozenset(),
+        }
 
     # -- attach ---------------------------------------------------------------------------
 
@@ -306,10 +320,54 @@ class Steering:
         keys = map_keys(self._fd("ports"), 2)
         return frozenset(struct.unpack("=H", key)[0] for key in keys)
 
+    # -- admission control ----------------------------------------------------------------
+
+    def set_admission(
+        self, policies: Mapping[int, int], allow: Iterable[bytes], deny: Iterable[bytes]
+    ) -> None:
+        """Allow / Deny in the program (steer.c's `refused`): `policies` maps a port to its
+        policy word (app id, POLICY_HAS_ALLOW), `allow` and `deny` are acl_key()s. Entries
+        are added before the ports point at them and removed after, so a reload never
+        lets a refused client through a half-written list, nor refuses on one."""
+        wanted = {"allow_nets": frozenset(allow), "deny_nets": frozenset(deny)}
+        try:
+            for name, keys in wanted.items():
+                fd = self._fd(name)
+                for key in keys - self._nets[name]:
+                    map_update(fd, key, b"\x01")
+            fd = self._fd("policies")
+            for port, word in policies.items():
+                if self._policies.get(port) != word:
+                    map_update(fd, port_key(port), struct.pack("=I", word))
+            for port in self._policies.keys() - policies.keys():
+                map_delete(fd, port_key(port))
+            self._policies = dict(policies)
+            for name, keys in wanted.items():
+                fd = self._fd(name)
+                for key in self._nets[name] - keys:
+                    map_delete(fd, key)
+                self._nets[name] = keys
+            live = {word & POLICY_ID_MASK for word in policies.values()}
+            for policy in self.denied().keys() - live:  # a later app may get the id
+                map_delete(self._fd("denied"), struct.pack("=I", policy))
+        except OSError as exc:
+            raise SteeringUnavailable(f"cannot update Allow / Deny: {describe(exc)}") from None
+
+    def denied(self) -> dict[int, int]:
+        """Clients refused by Allow / Deny, per policy (app id), summed over CPUs."""
+        fd = self._fd("denied")
+        size = 8 * possible_cpus()
+        result = {}
+        for key in list(map_keys(fd, 4)):
+            raw = map_lookup(fd, key, size)
+            if raw:
+                result[struct.unpack("=I", key)[0]] = sum(struct.unpack(f"={len(raw) // 8}Q", raw))
+        return result
+
     # -- observation ----------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """{"lookups", "steered", "misses", "errors"}, summed over CPUs."""
+        """{"lookups", "steered", "misses", "errors", "denied"}, summed over CPUs."""
         fd = self._fd("counters")
         size = 8 * possible_cpus()
         result = {}

@@ -33,7 +33,7 @@ from .errors import SteeringUnavailable, describe
 from .image import ProgramImage, capture
 
 PROGRAM_NAME = "fastproxy_steer"  # the C function; also the kernel's name for the program
-MAP_NAMES = ("ports", "sockets", "counters")
+MAP_NAMES = ("ports", "sockets", "counters", "policies", "allow_nets", "deny_nets", "denied")
 COMPILED = "%s: BPF program compiled by bcc in %.0f ms (%s)"
 
 log = logging.getLogger("fastproxy")
