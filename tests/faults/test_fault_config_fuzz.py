@@ -105,7 +105,18 @@ def _port(value: Any) -> int:
     return value
 
 
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
 def _seconds(value: Any) -> None:
+    """A number of seconds, or a string with a unit ("250ms", "2s", "5m", "1h"; none:
+    seconds), as the README's Configuration section says."""
+    if isinstance(value, str):
+        text = value.strip()
+        unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
+        number = text[: len(text) - len(unit)].strip()
+        assert number and all(c.isdigit() or c == "." for c in number), value
+        value = float(number) * UNITS.get(unit, 1)
     assert isinstance(value, int | float) and not isinstance(value, bool), value
     assert math.isfinite(value) and 0 <= value <= 366 * 86400, value
 
