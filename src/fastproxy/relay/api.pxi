@@ -758,12 +758,30 @@ def parse_client_hello_for_tests(bytes data):
     cdef GuardedBytes g = GuardedBytes(data)
     cdef GuardedBytes hello = GuardedBytes(bytes(SNI_MAX))
     cdef uint8_t* name = NULL
-    cdef size_t name_len = 0
+    cdef size_t name_len = 0, want = 0
     cdef int rc
     with nogil:
-        rc = sni_parse(g.data, g.n, hello.data, &name, &name_len)
+        rc = sni_parse(g.data, g.n, hello.data, &name, &name_len, &want)
     if rc == SNI_FOUND:
         return (<char*>name)[:name_len].decode("latin-1")
     if rc == SNI_ABSENT:
         return None
     return rc
+
+
+def preface_need_for_tests(bytes data, bint proxy):
+    """For a PROXY header (proxy) or TLS records the relay finds incomplete in data:
+    how many bytes it waits for before parsing again; 0 when data is complete or bad."""
+    cdef GuardedBytes g = GuardedBytes(data)
+    cdef GuardedBytes hello = GuardedBytes(bytes(SNI_MAX))
+    cdef sockaddr_storage src, dst
+    cdef bint carried = False
+    cdef uint8_t* name = NULL
+    cdef size_t name_len = 0, want = 0
+    with nogil:
+        if proxy:
+            if proxy_parse(g.data, g.n, &src, &dst, &carried) == PP_NEED_MORE:
+                want = proxy_need(g.data, g.n)
+        elif sni_parse(g.data, g.n, hello.data, &name, &name_len, &want) != SNI_NEED_MORE:
+            want = 0
+    return want

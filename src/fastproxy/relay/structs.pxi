@@ -247,6 +247,8 @@ cdef struct fp_conn:
     int result                  # AccessResult, set where the connection is given up
     bint timed_out              # a connect attempt timed out
     bint preface_proxy          # still expecting the PROXY header
+    uint32_t preface_need       # bytes the client must have sent before its preface
+                                # is worth peeking and parsing again (preface.pxi)
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
