@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test faults fuzz-relay sockmap-duplicates lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test faults fuzz-relay fuzz-parsers sockmap-duplicates lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
 # apt packages (bcc, kernel headers and their /lib/modules links, bpffs): idempotent
 system:
 	bash scripts/install-system-deps.sh
+	bash scripts/install-fuzz-deps.sh
 
 # Our own interpreter in a venv; bcc is Debian's, so link just that one package in.
 venv:
@@ -64,6 +65,14 @@ export FUZZ_SEED
 fuzz-relay: setup
 	cd tests && ../$(PY) -m transparency.fuzz --scenarios $(FUZZ_SCENARIOS) \
 		$(if $(FUZZ_SEED),,--write-report)
+
+# The PROXY header and ClientHello parsers under libFuzzer and AddressSanitizer
+# (fuzz/README.md): FUZZ_PARSER_RUNS inputs each from the seeds in fuzz/corpus; prints
+# the counts, coverage and any crash with its reproducer.
+FUZZ_PARSER_RUNS ?= 10000000
+fuzz-parsers: venv
+	bash scripts/install-fuzz-deps.sh
+	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 # Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with
