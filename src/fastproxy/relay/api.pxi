@@ -147,7 +147,6 @@ cdef class Relay:
             w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
             w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
             w.bounce = <char*>malloc(BOUNCE_SIZE)
-            w.peek = <uint8_t*>malloc(SNI_MAX)
             w.hello = <uint8_t*>malloc(SNI_MAX)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -155,7 +154,7 @@ cdef class Relay:
             w.inbox = <fp_handoff*>malloc(HANDOFF_SLOTS * sizeof(fp_handoff))
             pthread_mutex_init(&w.inbox_lock, NULL)
             self.r.nworkers += 1
-            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.peek == NULL \
+            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL \
                     or w.hello == NULL or w.inbox == NULL or w.epfd < 0 \
                     or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
@@ -180,7 +179,6 @@ cdef class Relay:
             free(self.r.workers[i].pipes)
             free(self.r.workers[i].bufs)
             free(self.r.workers[i].bounce)
-            free(self.r.workers[i].peek)
             free(self.r.workers[i].hello)
             free(self.r.workers[i].alog)
             if self.r.workers[i].inbox != NULL:
