@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test test-deps faults fuzz-relay sockmap-duplicates lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test test-deps faults fuzz-relay fuzz-parsers sockmap-duplicates lint bench bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -15,6 +15,7 @@ setup: system venv build
 system:
 	bash scripts/install-system-deps.sh
 	bash scripts/install-build-deps.sh
+	bash scripts/install-fuzz-deps.sh
 
 # Our own interpreter in a venv, the project in it editable (with the etcd extra and the
 # relay's test harness); bcc is Debian's, so link just that one package in.
@@ -74,6 +75,14 @@ export FUZZ_SEED
 fuzz-relay: setup
 	cd tests && ../$(PY) -m transparency.fuzz --scenarios $(FUZZ_SCENARIOS) \
 		$(if $(FUZZ_SEED),,--write-report)
+
+# The PROXY header and ClientHello parsers under libFuzzer and AddressSanitizer
+# (fuzz/README.md): FUZZ_PARSER_RUNS inputs each from the seeds in fuzz/corpus; prints
+# the counts, coverage and any crash with its reproducer.
+FUZZ_PARSER_RUNS ?= 10000000
+fuzz-parsers: venv
+	bash scripts/install-fuzz-deps.sh
+	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 # Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with

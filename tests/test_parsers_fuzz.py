@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from fastproxy._relay import parse_client_hello_for_tests as parse_hello
 from fastproxy._relay import parse_proxy_header_for_tests as parse_proxy
+from fastproxy._relay import preface_need_for_tests as preface_need
 
+SNI_MAX = 16384
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -199,3 +201,73 @@ def test_client_hello_takes_any_bytes(data: bytes) -> None:
     for blob in (data, b"\x16\x03\x01" + data, b"\x16\x03\x01\x00\x80\x01\x00\x00\x7c" + data):
         result = parse_hello(blob)
         assert result is None or result in (0, -1) or isinstance(result, str)
+
+
+# -- How long the relay waits before parsing again (issue 19) ------------------------
+
+
+def parses_byte_by_byte(data: bytes, proxy: bool) -> int:
+    """How often the relay parses a preface sent one byte per segment: only once as
+    many bytes are there as the last parse said it lacks. Each wait it is told must
+    be for bytes not yet there, and never for more than the preface holds (else a
+    client that sent all of it would wait for the timeout)."""
+    parses, need = 0, 0
+    for cut in range(1, len(data) + 1):
+        if cut < need:
+            continue
+        parses += 1
+        need = preface_need(data[:cut], proxy)
+        if need == 0:
+            return parses
+        assert cut < need <= len(data), (cut, need, len(data))
+    raise AssertionError("never complete")
+
+
+@FUZZ
+@given(hellos)
+def test_waits_are_for_bytes_the_hello_still_owes(hello: tuple) -> None:
+    _, data = hello
+    assert parses_byte_by_byte(data, proxy=False) <= 64
+
+
+@FUZZ
+@given(
+    st.one_of(st.tuples(ipv4, ipv4), st.tuples(ipv6, ipv6)),
+    ports,
+    ports,
+    st.lists(tlv, max_size=5).map(b"".join),
+)
+def test_waits_are_for_bytes_the_proxy_header_still_owes(
+    addrs: tuple, sport: int, dport: int, tlvs: bytes
+) -> None:
+    header = v2(*addrs, sport, dport, tlvs)
+    if len(header) <= 536:
+        assert parses_byte_by_byte(header, proxy=True) == 3  # signature, length, all
+    v1_header = v1("TCP4" if ":" not in addrs[0] else "TCP6", *addrs, sport, dport)
+    parses_byte_by_byte(v1_header, proxy=True)  # a newline may be next: every byte
+
+
+def largest_hello(record: int) -> bytes:
+    """A ClientHello of (nearly) SNI_MAX bytes on the wire, in records of `record` bytes."""
+    size = SNI_MAX
+    while size + 5 * -(-size // record) > SNI_MAX:
+        size -= 1
+    body = b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+    exts = extension(21, bytes(size - 4 - len(body) - 2 - 4))
+    message = b"\x01" + (len(body) + 2 + len(exts)).to_bytes(3, "big") + body
+    message += struct.pack("!H", len(exts)) + exts
+    assert len(message) == size
+    return b"".join(
+        b"\x16\x03\x01" + struct.pack("!H", len(message[i : i + record])) + message[i : i + record]
+        for i in range(0, size, record)
+    )
+
+
+def test_a_trickled_hello_is_parsed_a_bounded_number_of_times() -> None:
+    """One byte per segment used to cost a parse (and a peek) of everything so far
+    per byte: quadratic. The number of parses is now bounded whatever the records."""
+    for record in (1, 2, 7, 100, 16384):
+        data = largest_hello(record)
+        assert SNI_MAX - 6 <= len(data) <= SNI_MAX
+        assert parse_hello(data) is None
+        assert parses_byte_by_byte(data, proxy=False) <= 64, record

@@ -18,7 +18,7 @@ import pytest
 from fastproxy import netns
 from metricsutil import metric
 from proxyproc import Proxy, app, free_ports
-from servers import Backend
+from servers import Backend, RecordingEcho
 
 NAMES = ["a.example.com", "*.example.com", "*.b.example.com", "other.test", "c.example.org"]
 
@@ -279,3 +279,36 @@ def test_reload_moves_a_name_to_another_app(tmp_path: Path, backends, cert) -> N
     assert ask(port, cert, "other.test") == "fallback"
     turned_away(port, cert, "nobody.test")
     assert metric(proxy, "fastproxy_sni_unmatched_total") == 1
+
+
+def test_failover_resends_the_client_hello_and_counts_it(tmp_path: Path, cert) -> None:
+    """The ClientHello is read off the socket to route by name, and held until a
+    target is connected: a client whose first target refuses still reaches the next
+    one with its hello first, whole, and its bytes are counted once."""
+    live = RecordingEcho()
+    dead = free_ports(1)[0]  # nothing listens: the connect is refused
+    port = free_ports(1)[0]
+    named = app("named", [port], [f"127.0.0.1:{dead}", live.address],
+                ServerNames=["a.example.com"], HealthCheck={"Interval": 3600})  # fmt: skip
+    proxy = Proxy(tmp_path, {"Apps": [named]})
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(cert).wrap_bio(incoming, outgoing, server_hostname="a.example.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    sent = 0
+    for i in range(4):
+        payload = hello + b"after the hello %d" % i
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            echo = b""
+            while chunk := sock.recv(65536):
+                echo += chunk
+        assert echo == payload
+        sent += len(payload)
+    assert live.streams == [hello + b"after the hello %d" % i for i in range(4)]
+    status = proxy.status()["apps"][0]
+    assert status["targets"][0]["connect_failures"] >= 1  # round robin tried it first
+    assert status["bytes_in"] == sent
+    live.backend.close()

@@ -162,6 +162,7 @@ cdef extern from "<linux/sockios.h>" nogil:
     enum:
         SIOCOUTQ
         SIOCATMARK
+        SIOCINQ
 
 
 cdef extern from "<netinet/tcp.h>" nogil:

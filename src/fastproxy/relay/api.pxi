@@ -180,7 +180,6 @@ cdef class Relay:
             w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
             w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
             w.bounce = <char*>malloc(BOUNCE_SIZE)
-            w.peek = <uint8_t*>malloc(SNI_MAX)
             w.hello = <uint8_t*>malloc(SNI_MAX)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -188,7 +187,7 @@ cdef class Relay:
             w.inbox = <fp_handoff*>malloc(HANDOFF_SLOTS * sizeof(fp_handoff))
             pthread_mutex_init(&w.inbox_lock, NULL)
             self.r.nworkers += 1
-            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL or w.peek == NULL \
+            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL \
                     or w.hello == NULL or w.inbox == NULL or w.epfd < 0 \
                     or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
@@ -213,7 +212,6 @@ cdef class Relay:
             free(self.r.workers[i].pipes)
             free(self.r.workers[i].bufs)
             free(self.r.workers[i].bounce)
-            free(self.r.workers[i].peek)
             free(self.r.workers[i].hello)
             free(self.r.workers[i].alog)
             if self.r.workers[i].inbox != NULL:
@@ -823,10 +821,10 @@ def parse_client_hello_for_tests(bytes data):
     cdef GuardedBytes g = GuardedBytes(data)
     cdef GuardedBytes hello = GuardedBytes(bytes(SNI_MAX))
     cdef uint8_t* name = NULL
-    cdef size_t name_len = 0
+    cdef size_t name_len = 0, want = 0
     cdef int rc
     with nogil:
-        rc = sni_parse(g.data, g.n, hello.data, &name, &name_len)
+        rc = sni_parse(g.data, g.n, hello.data, &name, &name_len, &want)
     if rc == SNI_FOUND:
         return (<char*>name)[:name_len].decode("latin-1")
     if rc == SNI_ABSENT:
@@ -883,3 +881,21 @@ def admission_cost_for_tests(str ip, int repeat, allow=(), deny=(), double rate=
         acl_free(rt.acl)
         persource_decref(ps)
         free(w)
+
+
+def preface_need_for_tests(bytes data, bint proxy):
+    """For a PROXY header (proxy) or TLS records the relay finds incomplete in data:
+    how many bytes it waits for before parsing again; 0 when data is complete or bad."""
+    cdef GuardedBytes g = GuardedBytes(data)
+    cdef GuardedBytes hello = GuardedBytes(bytes(SNI_MAX))
+    cdef sockaddr_storage src, dst
+    cdef bint carried = False
+    cdef uint8_t* name = NULL
+    cdef size_t name_len = 0, want = 0
+    with nogil:
+        if proxy:
+            if proxy_parse(g.data, g.n, &src, &dst, &carried) == PP_NEED_MORE:
+                want = proxy_need(g.data, g.n)
+        elif sni_parse(g.data, g.n, hello.data, &name, &name_len, &want) != SNI_NEED_MORE:
+            want = 0
+    return want

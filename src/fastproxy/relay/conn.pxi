@@ -533,6 +533,15 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)
         return
+    if c.up.len > 0:
+        # The ClientHello read to route by name (preface.pxi) goes first. It counts
+        # as moved, as it did when it was peeked and then pumped from the socket:
+        # from here on no other target is tried, and sockmap takes no connection
+        # with bytes held.
+        conn_release_route(c)
+        c.bytes_in += c.up.len
+        fp_add_u64(&c.app_st.bytes_in, c.up.len)
+        fp_add_u64(&c.tgt_st.bytes_in, c.up.len)
     if not sockmap_enter(w, c):
         conn_pump(w, c)
 

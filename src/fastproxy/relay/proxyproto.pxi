@@ -145,6 +145,20 @@ cdef int proxy_parse_v2(const uint8_t* b, size_t n, sockaddr_storage* src,
     return <int>total
 
 
+cdef size_t proxy_need(const uint8_t* b, size_t n) noexcept nogil:
+    """For a header proxy_parse found incomplete in b[0:n]: the bytes there must be
+    before parsing again can tell more. A v2 header says its length after 16
+    bytes; a v1 line ends at a newline that may be the next byte (it is at most
+    PP_V1_MAX long: a constant cost)."""
+    cdef size_t total
+    if n == 0 or b[0] != 0x0D:
+        return n + 1
+    if n < 16:
+        return 16                   # the fixed part says how long the rest is
+    total = 16 + ((<size_t>b[14] << 8) | b[15])
+    return total if total <= PP_MAX else PP_MAX
+
+
 cdef int proxy_parse(const uint8_t* b, size_t n, sockaddr_storage* src,
                      sockaddr_storage* dst, bint* carried) noexcept nogil:
     """The length of the complete PROXY header at b[0:n], PP_NEED_MORE, or

@@ -71,15 +71,24 @@ cdef int hello_server_name(uint8_t* p, size_t n, uint8_t** name,
 
 
 cdef int sni_parse(const uint8_t* b, size_t n, uint8_t* hello, uint8_t** name,
-                   size_t* name_len) noexcept nogil:
+                   size_t* name_len, size_t* want) noexcept nogil:
     """The server name in the TLS records at b[0:n]: SNI_FOUND (name points into
     hello), SNI_ABSENT, SNI_NEED_MORE or SNI_MALFORMED. The ClientHello may span
-    several records: their payloads are gathered in hello (SNI_MAX bytes)."""
-    cdef size_t off = 0, have = 0, need = 0, rlen
+    several records: their payloads are gathered in hello (SNI_MAX bytes).
+    SNI_NEED_MORE sets want: how long the stream must at least be (at most SNI_MAX)
+    before parsing it again can tell more, so that a hello trickled in byte by byte
+    is parsed a bounded number of times (the payload still missing, and a header
+    for every record it may come in, shrinks geometrically), not once per byte."""
+    cdef size_t off = 0, have = 0, need = 0, rlen, rest, stream
     while need == 0 or have < need:
+        # handshake payload still to come: the message, or at least its header
+        rest = (need if need else 4) - have
         if n - off < 5:
             if n > off and b[off] != 22:
                 return SNI_MALFORMED
+            # the first bytes of all are checked as they come: not TLS is told early
+            stream = n + 1 if n < 2 else off + 5 + rest
+            want[0] = stream if stream < SNI_MAX else SNI_MAX
             return SNI_NEED_MORE
         if b[off] != 22 or b[off + 1] != 3:     # a handshake record, TLS 1.x
             return SNI_MALFORMED
@@ -87,6 +96,8 @@ cdef int sni_parse(const uint8_t* b, size_t n, uint8_t* hello, uint8_t** name,
         if rlen == 0 or rlen > TLS_RECORD_MAX:
             return SNI_MALFORMED
         if n - off - 5 < rlen:
+            stream = off + 5 + rlen + (5 + rest - rlen if rest > rlen else 0)
+            want[0] = stream if stream < SNI_MAX else SNI_MAX
             return SNI_NEED_MORE
         if have + rlen > SNI_MAX:
             return SNI_MALFORMED

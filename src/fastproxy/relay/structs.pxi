@@ -274,6 +274,8 @@ cdef struct fp_conn:
     int result                  # AccessResult, set where the connection is given up
     bint timed_out              # a connect attempt timed out
     bint preface_proxy          # still expecting the PROXY header
+    uint32_t preface_need       # bytes the client must have sent before its preface
+                                # is worth parsing again (preface.pxi)
     int64_t start_ms
     fp_conn* prev
     fp_conn* next
@@ -333,7 +335,6 @@ ctypedef struct fp_worker:
     int nfailing
     int reserve_fd              # spare descriptor, given up to shed a client on EMFILE
     char* bounce                # small buffer to step past TCP urgent marks
-    uint8_t* peek               # SNI_MAX bytes: the ClientHello as peeked
     uint8_t* hello              # SNI_MAX bytes: the handshake message reassembled
     fp_alog* alog               # access log ring, NULL while the log is off
     int64_t now_ms
