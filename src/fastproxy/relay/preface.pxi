@@ -26,6 +26,9 @@ cdef void preface_fail(fp_worker* w, fp_conn* c, int result) noexcept nogil:
     else:
         fp_add_u64(&c.app_st.sni_errors, 1)
     c.result = result
+    # A reset, not a FIN: the client is refused, not answered (and when its preface
+    # was peeked, its unread bytes made the close a reset anyway).
+    set_reset_on_close(c.cli.fd)
     conn_close(w, c)
 
 
