@@ -135,6 +135,12 @@ def test_junk_gets_4xx_and_the_endpoint_keeps_serving(tmp_path: Path) -> None:
         assert reply == b"" or reply.split(b" ")[1].startswith(b"4"), reply[:80]
     assert proxy.http("GET", "/healthz") == (200, b"ok\n")
     assert exchange(port, b"hi") == b"a\nhi"
+    # The index: every endpoint, so that whoever finds the port knows what it is.
+    code, index = proxy.http("GET", "/")
+    assert code == 200 and index.startswith(b"fastproxy admin endpoint\n"), index
+    for endpoint in (b"/healthz", b"/status", b"/metrics", b"/reload", b"/targets/"):
+        assert endpoint in index
+    assert b"(GET / lists them)" in proxy.http("GET", "/nope")[1]
     assert proxy.stop() == 0
     a.close()
 

@@ -48,6 +48,17 @@ class Controlled(Protocol):
     def set_target(self, app: str, target: str, action: str) -> dict[str, Any]: ...
 
 
+# GET /: what the endpoint serves, for whoever finds the port.
+INDEX = b"""fastproxy admin endpoint
+GET  /healthz                               200 ok while serving; 503 and why otherwise
+GET  /status                                apps, ports, targets, counters (JSON)
+GET  /metrics                               Prometheus
+POST /reload                                reload the config (token)
+POST /targets/APP/HOST:PORT/drain|disable|enable   one target at run time (token)
+POSTs need "Authorization: Bearer TOKEN" (AdminTokenFile); the CLI: fastproxy --help
+"""
+
+
 def _json(status: int, value: Any) -> Response:
     return Response(status, json.dumps(value, indent=1).encode() + b"\n", "application/json")
 
@@ -202,7 +213,9 @@ class AdminServer:
                 return Deferred("read", lambda: _json(200, control.status()))
             if path == "/metrics":
                 return Deferred("read", lambda: _metrics(control.registry))
-            return _error(404, f"no such endpoint: {request.method} {path}")
+            if path == "/":
+                return Response(200, INDEX)
+            return _error(404, f"no such endpoint: {request.method} {path} (GET / lists them)")
         if request.method != "POST":
             return _error(405, f"method {request.method} not allowed")
         refused = self._refuse(request)
