@@ -598,7 +598,7 @@ class BoundedHTTPServer:
     def _dispatch(self, conn: _Conn) -> None:
         assert conn.request is not None
         if conn.request.http_version not in (b"1.0", b"1.1"):
-            self._respond(conn, _plain(400, "HTTP/1.0 or 1.1 only"))  # SPEC: junk gets a 4xx
+            self._respond(conn, _plain(400, "HTTP/1.0 or 1.1 only"))  # junk gets a 4xx
             return
         try:
             result = self.handler(conn.request)
