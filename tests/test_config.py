@@ -621,8 +621,11 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
     ),
     (
         "healthcheck interval string",
-        with_app(1, HealthCheck={"Interval": "2s"}),
-        [APP_B + 'HealthCheck.Interval: expected a number of seconds, got string "2s"'],
+        with_app(1, HealthCheck={"Interval": "2 weeks"}),
+        [
+            APP_B + 'HealthCheck.Interval: expected a duration such as "250ms", "2s", "5m"'
+            ' or a number of seconds, got "2 weeks"'
+        ],
     ),
     (
         "healthcheck rise zero",

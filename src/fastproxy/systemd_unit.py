@@ -48,7 +48,8 @@ FileDescriptorStoreMax={fd_store_max}
 # directory to "User" before it drops root).
 RuntimeDirectory=fastproxy
 RuntimeDirectoryMode=0700
-# /var/lib/fastproxy: an etcd fleet's last applied config, for starts without etcd.
+# /var/lib/fastproxy: with an etcds:// CONFIG, the last applied fleet config (handed to
+# "User" before the drop; believed only if root's or User's and 0700/0600).
 StateDirectory=fastproxy
 StateDirectoryMode=0700
 # /var/cache/fastproxy/bpf: the compiled steering program, so that only the first start
@@ -56,8 +57,8 @@ StateDirectoryMode=0700
 CacheDirectory=fastproxy
 CacheDirectoryMode=0700
 
-# Start-up as root needs: SETUID/SETGID/SETPCAP to drop, CHOWN for /run/fastproxy,
-# NET_BIND_SERVICE for low ports; in bpf mode NET_ADMIN and BPF (sk_lookup), PERFMON
+# Start-up as root needs: SETUID/SETGID/SETPCAP to drop, CHOWN for /run/fastproxy
+# and /var/lib/fastproxy, NET_BIND_SERVICE for low ports; in bpf mode NET_ADMIN and BPF (sk_lookup), PERFMON
 # (bcc's loader) and SYS_ADMIN (enumerating BPF links, mounting bpffs if missing).
 CapabilityBoundingSet={capabilities}
 # Started as root, it has these already; no capability is passed on to anything else.
