@@ -67,7 +67,10 @@ class Proxy:
         # default) and its token in tmp_path.
         self.token_file = Path(config.get("AdminTokenFile", tmp_path / "admin-token"))
         admin = {} if default_admin else {"Admin": "127.0.0.1:0"}
-        config = {"Steering": "ports", "Listen": "127.0.0.1", **admin, **config}
+        # Kept for every rewrite too (write_config): a rewrite that dropped them would
+        # change restart-only settings, and `fastproxy reload` would rightly exit 3.
+        self.defaults = {"Steering": "ports", "Listen": "127.0.0.1", **admin}
+        config = {**self.defaults, **config}
         self.config_path = tmp_path / "fastproxy.json"
         self.write_config(config)
         self.log_path = tmp_path / "fastproxy.log"
@@ -111,7 +114,7 @@ class Proxy:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Replace the config file the way editors do: write aside, rename over."""
-        config = {"AdminTokenFile": str(self.token_file), **config}
+        config = {"AdminTokenFile": str(self.token_file), **self.defaults, **config}
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_bytes(padded(config))
         tmp.rename(self.config_path)
@@ -122,7 +125,7 @@ class Proxy:
         before = os.stat(self.config_path)
         fd = os.open(self.config_path, os.O_WRONLY)
         try:
-            data = padded({"AdminTokenFile": str(self.token_file), **config})
+            data = padded({"AdminTokenFile": str(self.token_file), **self.defaults, **config})
             assert len(data) == before.st_size, "configs are padded to one size"
             assert os.pwrite(fd, data, 0) == len(data)
         finally:

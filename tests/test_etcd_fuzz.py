@@ -103,7 +103,7 @@ def test_hostile_documents_are_refused_in_one_line_and_the_instance_keeps_servin
         log = proxy.log()
         assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
         for line in log.splitlines():  # every line is a log record of its own
-            assert re.match(r"\d{4}-\d\d-\d\d ", line), line[:300]
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line), line[:300]
         rejected = re.findall(r"reload \(etcd revision (\d+)\) rejected", log)
         assert len(rejected) == len(documents), rejected
         assert proxy.metric("fastproxy_config_revision") == good

@@ -172,28 +172,27 @@ def test_clean_shutdown_leaves_nothing_behind(tmp_path: Path, ns: int) -> None:
     backend.close()
 
 
-def test_bpf_mode_that_cannot_load_is_a_one_line_error(tmp_path: Path, ns: int) -> None:
-    """Another live fastproxy owns steering here: `--steering bpf` must say so in
-    one line and exit non-zero; `auto` falls back to ports with the reason."""
+def test_a_second_instance_where_another_steers_is_a_one_line_error(
+    tmp_path: Path, ns: int
+) -> None:
+    """Another live fastproxy owns steering here: a second `serve` must say so in one
+    line naming it and exit non-zero, in every steering mode. (It used to fall back to
+    ports mode with `auto` and run on: the first one's program takes the ports it
+    steers, and nobody notices a second instance that serves nothing.)"""
     backend = NamedEchoServer("x")
     (tmp_path / "owner").mkdir()
     owner = bpf_proxy(tmp_path / "owner", [app("a", [7100], [backend.address])])
-    (tmp_path / "second").mkdir()
-    with pytest.raises(RuntimeError) as failed:
-        Proxy(
-            tmp_path / "second", {"Apps": [app("b", [7200], [backend.address])], "Steering": "bpf"}
-        )
-    lines = [ln for ln in str(failed.value).splitlines() if "error: " in ln]
-    assert len(lines) == 1 and "bpf steering unavailable" in lines[0]
-    assert "owns steering" in lines[0] and "Traceback" not in str(failed.value)
-    (tmp_path / "third").mkdir()
-    fallback = Proxy(
-        tmp_path / "third", {"Apps": [app("c", [7300], [backend.address])], "Steering": "auto"}
-    )
-    assert fallback.steering == "ports"
-    assert "using ports mode (bpf unavailable: another fastproxy" in fallback.log()
-    assert ask(7300) == "x" and ask(7100) == "x"
-    assert fallback.stop() == 0 and owner.stop() == 0
+    for mode in ("bpf", "auto", "ports"):
+        (tmp_path / mode).mkdir()
+        with pytest.raises(RuntimeError) as failed:
+            Proxy(
+                tmp_path / mode, {"Apps": [app("b", [7200], [backend.address])], "Steering": mode}
+            )
+        lines = [ln for ln in str(failed.value).splitlines() if "error: " in ln]
+        assert len(lines) == 1 and "Traceback" not in str(failed.value), failed.value
+        assert f"another fastproxy (pid {owner.pid}) steers" in lines[0], lines[0]
+    assert ask(7100) == "x"  # the first one serves on, untouched
+    assert owner.stop() == 0
     backend.close()
 
 
