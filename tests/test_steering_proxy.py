@@ -182,15 +182,22 @@ def test_a_second_instance_where_another_steers_is_a_one_line_error(
     backend = NamedEchoServer("x")
     (tmp_path / "owner").mkdir()
     owner = bpf_proxy(tmp_path / "owner", [app("a", [7100], [backend.address])])
-    for mode in ("bpf", "auto", "ports"):
+    # Its steering (bpf, auto), or a port it steers (in any mode): one line, exit 1.
+    for mode, port in (("bpf", 7200), ("auto", 7200), ("ports", 7100)):
         (tmp_path / mode).mkdir()
         with pytest.raises(RuntimeError) as failed:
             Proxy(
-                tmp_path / mode, {"Apps": [app("b", [7200], [backend.address])], "Steering": mode}
+                tmp_path / mode, {"Apps": [app("b", [port], [backend.address])], "Steering": mode}
             )
         lines = [ln for ln in str(failed.value).splitlines() if "error: " in ln]
         assert len(lines) == 1 and "Traceback" not in str(failed.value), failed.value
         assert f"another fastproxy (pid {owner.pid}) steers" in lines[0], lines[0]
+        if mode == "ports":
+            assert "steers port 7100" in lines[0], lines[0]
+    # A ports-mode instance on other ports may run beside it.
+    (tmp_path / "beside").mkdir()
+    beside = Proxy(tmp_path / "beside", {"Apps": [app("c", [7300], [backend.address])]})
+    assert ask(7300) == "x" and beside.stop() == 0
     assert ask(7100) == "x"  # the first one serves on, untouched
     assert owner.stop() == 0
     backend.close()

@@ -276,17 +276,23 @@ class Server:
 
                 return SteeredListeners.adopt(self.relay, hosts, self.inherited, ports)
             return PortListeners.adopt(self.relay, hosts, self.inherited, ports)
-        # A second instance must not run on unserved: another one's program would steer
-        # our ports away from us whatever mode we chose (HAProxy would get EADDRINUSE).
-        from .steering.pins import DEFAULT_PIN_ROOT, live_owner
+        # A second instance must not run on unserved: another one's program would take
+        # the ports it steers whatever mode we chose (HAProxy would get EADDRINUSE). Its
+        # steering is not ours to share either; only a ports-mode instance on other
+        # ports may run beside it.
+        from .steering.pins import DEFAULT_PIN_ROOT, live_owner, steered_ports
 
+        mode = self.config.steering
         owner = live_owner(DEFAULT_PIN_ROOT)
         if owner is not None:
-            raise ListenError(
-                f"another fastproxy (pid {owner[0]}) steers this network namespace's ports"
-                f" ({owner[1]}): stop it, or upgrade it with --takeover"
-            )
-        mode = self.config.steering
+            theirs = steered_ports(owner[1])
+            taken = sorted(set(ports) & theirs) if theirs is not None else []
+            if mode in ("auto", "bpf") or taken or theirs is None:
+                what = f"port {taken[0]}" if taken else "this network namespace's ports"
+                raise ListenError(
+                    f"another fastproxy (pid {owner[0]}) steers {what} ({owner[1]}):"
+                    " stop it, or upgrade it with --takeover"
+                )
         if mode in ("auto", "bpf"):
             from . import steering
 

@@ -58,8 +58,9 @@ CacheDirectory=fastproxy
 CacheDirectoryMode=0700
 
 # Start-up as root needs: SETUID/SETGID/SETPCAP to drop, CHOWN for /run/fastproxy
-# and /var/lib/fastproxy, NET_BIND_SERVICE for low ports; in bpf mode NET_ADMIN and BPF (sk_lookup), PERFMON
-# (bcc's loader) and SYS_ADMIN (enumerating BPF links, mounting bpffs if missing).
+# and /var/lib/fastproxy, NET_BIND_SERVICE for low ports; in bpf mode NET_ADMIN and
+# BPF (sk_lookup), PERFMON (bcc's loader) and SYS_ADMIN (enumerating BPF links,
+# mounting bpffs if missing).
 CapabilityBoundingSet={capabilities}
 # Started as root, it has these already; no capability is passed on to anything else.
 AmbientCapabilities=

@@ -8,6 +8,7 @@ import ctypes
 import fcntl
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 
@@ -165,6 +166,22 @@ def live_owner(pin_root: str) -> tuple[int, str] | None:
     if owner is None or not owner[1] or owner[0] == os.getpid():
         return None
     return owner[0], directory
+
+
+def steered_ports(directory: str) -> set[int] | None:
+    """The ports the program pinned in `directory` steers, None if they cannot be read."""
+    from .bpfsys import map_keys, obj_get
+
+    try:
+        fd = obj_get(os.path.join(directory, "ports"))
+    except OSError:
+        return None
+    try:
+        return {int.from_bytes(key, sys.byteorder) for key in map_keys(fd, 2)}
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def unlink(path: str) -> None:
