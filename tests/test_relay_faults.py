@@ -244,7 +244,18 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
     """splice-auto: small messages have the direction on its buffer, and the target has
     stopped taking bytes, so some are held. A burst then fills the buffer (bulk): the
     direction may move to a pipe only once the held bytes are out, or the pipe's bytes
-    would overtake them."""
+    would overtake them. Whether the relay reads the burst before the target takes the
+    held bytes depends on whether the client's side was muted by then (it is, when the
+    held bytes met a full target first): a run that never reaches the state proves
+    nothing, so it is run again, up to five times; every run must keep the order."""
+    reached = [held_then_bulk_stays_in_order() for _ in range(1)]
+    while not any(reached) and len(reached) < 5:
+        reached.append(held_then_bulk_stays_in_order())
+    assert any(reached), f"never saw bulk detected while bytes were held ({len(reached)} runs)"
+
+
+def held_then_bulk_stays_in_order() -> int:
+    """One run; how many steps found bulk read while bytes were held."""
     target_listener = small_window_listener()
     relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
     try:
@@ -286,10 +297,10 @@ def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
                 break
             received.update(chunk)
         assert received.hexdigest() == sent.hexdigest(), "bytes out of order or lost"
-        assert bulk_while_held, "never saw bulk detected while bytes were held"
         client.close()
         target.close()
         relay.assert_nothing_held()
+        return bulk_while_held
     finally:
         relay.close()
         target_listener.close()
