@@ -92,9 +92,10 @@ def write_report(tallies: list[Tally], command: str) -> None:
     for t in ran:
         for note in t.notes:
             lines.append(f"- {t.scenario} ({t.variant}): {note}")
-    # The transparency fuzzer's section (`make fuzz-relay`) is its own: kept as it is.
+    # The fuzzers' sections (`make fuzz-relay`, `make fuzz-parsers`) are theirs: kept.
     old = REPORT.read_text() if REPORT.exists() else ""
-    begin, end = old.find("<!-- fuzz-relay:begin -->"), old.find("<!-- fuzz-relay:end -->")
-    if 0 <= begin < end:
-        lines += ["", old[begin : end + len("<!-- fuzz-relay:end -->")]]
+    for name in ("fuzz-relay", "fuzz-parsers"):
+        begin, end = old.find(f"<!-- {name}:begin -->"), old.find(f"<!-- {name}:end -->")
+        if 0 <= begin < end:
+            lines += ["", old[begin : end + len(f"<!-- {name}:end -->")]]
     REPORT.write_text("\n".join(lines) + "\n")
