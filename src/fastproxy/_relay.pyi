@@ -71,6 +71,8 @@ class Relay:
         allow: Sequence[str] = (),
         deny: Sequence[str] = (),
         proxy_senders: Sequence[str] = (),
+        keepalive: tuple[int, int, int] | None = None,
+        user_timeout: float = 0.0,
     ) -> None: ...
     def set_port_sni(
         self,

@@ -113,6 +113,8 @@ APP_KEYS = (
     "Deny",
     "MaxConnectionRate",
     "MaxConnectionRatePerSource",
+    "TcpKeepalive",
+    "TcpUserTimeout",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -128,6 +130,7 @@ HEALTH_KEYS = (
 )
 HEALTH_TYPES = ("tcp", "send-expect", "http")
 TARGET_KEYS = ("Address", "Weight", "Backup")
+KEEPALIVE_KEYS = ("Idle", "Interval", "Count")
 MAX_WEIGHT = 1000
 # A probe sends its bytes with one send() on a fresh socket, whose buffer always has
 # room for this much, and keeps at most this much of the reply.
@@ -174,6 +177,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Keepalive:
+    """TCP keepalive probes: the first after `idle` seconds of silence, then every
+    `interval`; `count` unanswered ones and the connection is dead."""
+
+    idle: int = 60
+    interval: int = 10
+    count: int = 6
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     ports: tuple[int, ...]
@@ -196,6 +209,8 @@ class App:
     deny: tuple[str, ...] = ()  # CIDRs
     max_connection_rate: float = 0.0  # new connections per second; 0 = unlimited
     max_connection_rate_per_source: float = 0.0
+    keepalive: Keepalive | None = None  # TcpKeepalive on both sockets; None: off
+    user_timeout: float = 0.0  # TcpUserTimeout, seconds; 0 = the kernel's default
 
 
 @dataclass(frozen=True)
@@ -660,6 +675,8 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         max_connection_rate_per_source=_rate(
             raw.get("MaxConnectionRatePerSource", 0), "MaxConnectionRatePerSource"
         ),
+        keepalive=_parse_keepalive(raw.get("TcpKeepalive")),
+        user_timeout=_duration(raw.get("TcpUserTimeout", 0), "TcpUserTimeout", allow_zero=True),
     )
 
 
@@ -877,6 +894,31 @@ def _parse_source_mask(value: object) -> tuple[int, int]:
     v4 = _integer(value.get("IPv4", 32), "SourceMask.IPv4", 1, 32)
     v6 = _integer(value.get("IPv6", 64), "SourceMask.IPv6", 1, 128)
     return v4, v6
+
+
+def _parse_keepalive(value: object) -> Keepalive | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Keepalive()
+    if not isinstance(value, dict):
+        example = '{"Idle": 60, "Interval": 10, "Count": 6}'
+        raise _Invalid(
+            "TcpKeepalive", f"expected true, false or an object like {example}, {_got(value)}"
+        )
+    _check_keys(value, KEEPALIVE_KEYS, prefix="TcpKeepalive.")
+    idle = _whole_seconds(value.get("Idle", 60), "TcpKeepalive.Idle")
+    interval = _whole_seconds(value.get("Interval", 10), "TcpKeepalive.Interval")
+    count = _integer(value.get("Count", 6), "TcpKeepalive.Count", 1, 127)
+    return Keepalive(idle, interval, count)
+
+
+def _whole_seconds(value: object, field: str) -> int:
+    """A duration the kernel keeps in whole seconds (keepalive: 1..32767)."""
+    seconds = _duration(value, field)
+    if seconds != int(seconds) or not 1 <= seconds <= 32767:
+        raise _Invalid(field, f"must be whole seconds between 1 and 32767, got {_num(seconds)}")
+    return int(seconds)
 
 
 def _rate(value: object, field: str) -> float:
@@ -1336,10 +1378,22 @@ def _app_summary(app: App) -> list[str]:
         f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
         f"  clients:     max {per_source} per source (IPv4 /{app.source_mask[0]},"
         f" IPv6 /{app.source_mask[1]}), max {app.max_connections_in_preface} in preface",
+        f"  tcp:         {_tcp_summary(app)}",
         _wrap("PROXY in:    ", _proxy_in_summary(app)),
         _wrap("admission:   ", _admission_summary(app)),
         _wrap("server names:", " " + names),
     ]
+
+
+def _tcp_summary(app: App) -> str:
+    ka = app.keepalive
+    keepalive = (
+        f"keepalive after {ka.idle} s, every {ka.interval} s, {ka.count} probes"
+        if ka
+        else "keepalive off"
+    )
+    user = _seconds(app.user_timeout) if app.user_timeout else "kernel default"
+    return f"{keepalive}, user timeout {user}"
 
 
 def _proxy_in_summary(app: App) -> str:

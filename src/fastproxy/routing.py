@@ -240,6 +240,12 @@ class Routes:
             allow=app.allow,
             deny=app.deny,
             proxy_senders=app.proxy_senders,
+            keepalive=(
+                None
+                if app.keepalive is None
+                else (app.keepalive.idle, app.keepalive.interval, app.keepalive.count)
+            ),
+            user_timeout=app.user_timeout,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

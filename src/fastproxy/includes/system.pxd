@@ -120,6 +120,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
         SO_LINGER
+        SO_KEEPALIVE
         SO_RCVLOWAT
         SO_COOKIE
         SHUT_WR
@@ -169,6 +170,10 @@ cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
         TCP_INFO
+        TCP_KEEPIDLE
+        TCP_KEEPINTVL
+        TCP_KEEPCNT
+        TCP_USER_TIMEOUT
 
 
 cdef extern from "<sys/syscall.h>" nogil:

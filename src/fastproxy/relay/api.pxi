@@ -547,11 +547,13 @@ cdef class Relay:
                 int proxy_protocol=0, bint accept_proxy_protocol=False,
                 long max_connections_per_source=0, bint panic=True, source_mask=(32, 64),
                 long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
-                allow=(), deny=(), proxy_senders=()):
+                allow=(), deny=(), proxy_senders=(), keepalive=None,
+                double user_timeout=0.0):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
-        allow, deny, proxy_senders: CIDR strings (admission.pxi)."""
+        allow, deny, proxy_senders: CIDR strings (admission.pxi). keepalive: (idle
+        s, interval s, probes) or None; user_timeout: seconds, 0 = kernel default."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -598,6 +600,9 @@ cdef class Relay:
         rt.max_conns = max_connections
         rt.accept_proxy = accept_proxy_protocol
         rt.panic = panic
+        if keepalive:
+            rt.ka_idle, rt.ka_interval, rt.ka_count = keepalive
+        rt.user_timeout_ms = <unsigned int>(user_timeout * 1000)
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
         except BaseException:

@@ -568,6 +568,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
             conn_local_error(w, c)  # our shortage, not the target's fault
             return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        tune_socket(rt, fd)
         c.connect_start_us = monotonic_us()
         rc = connect(fd, <sockaddr*>&t.addr, t.addrlen)
         if rc < 0 and errno != EINPROGRESS:

@@ -202,6 +202,7 @@ cdef void conn_start(fp_worker* w, fp_conn* c) noexcept nogil:
     c.state = ST_NEW
     if not admit_source(w, c):
         return
+    tune_socket(rt, c.cli.fd)
     c.start_idx = pick_first(w, rt, c)
     if c.start_idx < 0:
         fp_add_u64(&c.app_st.no_target, 1)

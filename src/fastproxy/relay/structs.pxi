@@ -165,6 +165,10 @@ ctypedef struct fp_route:
     bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # per-source counters, rates, preface count (never NULL)
     fp_acl* acl                 # Allow, Deny, trusted PROXY senders, or NULL (admission.pxi)
+    int ka_idle                 # TcpKeepalive (sockopts.pxi): seconds, 0: off
+    int ka_interval
+    int ka_count
+    unsigned int user_timeout_ms    # TcpUserTimeout, 0: the kernel's default
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin
     uint32_t nwrr
