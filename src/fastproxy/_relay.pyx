@@ -15,6 +15,8 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
   relay/sockopts.pxi    per-app TCP options: keepalive, user timeout
+  relay/lifetime.pxi    closes on the proxy's initiative: MaxConnectionDuration,
+                        OnTargetDown close
   relay/conn.pxi        the connection state machine
   relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
@@ -46,6 +48,7 @@ include "relay/conn.pxi"
 include "relay/handoff.pxi"
 include "relay/sockmap.pxi"
 include "relay/preface.pxi"
+include "relay/lifetime.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"
 include "relay/api.pxi"

@@ -115,6 +115,7 @@ APP_KEYS = (
     "MaxConnectionRatePerSource",
     "TcpKeepalive",
     "TcpUserTimeout",
+    "MaxConnectionDuration",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -211,6 +212,7 @@ class App:
     max_connection_rate_per_source: float = 0.0
     keepalive: Keepalive | None = None  # TcpKeepalive on both sockets; None: off
     user_timeout: float = 0.0  # TcpUserTimeout, seconds; 0 = the kernel's default
+    max_duration: float = 0.0  # MaxConnectionDuration, seconds (+ up to 10 %); 0 = none
 
 
 @dataclass(frozen=True)
@@ -677,6 +679,9 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         ),
         keepalive=_parse_keepalive(raw.get("TcpKeepalive")),
         user_timeout=_duration(raw.get("TcpUserTimeout", 0), "TcpUserTimeout", allow_zero=True),
+        max_duration=_duration(
+            raw.get("MaxConnectionDuration", 0), "MaxConnectionDuration", allow_zero=True
+        ),
     )
 
 
@@ -1393,7 +1398,8 @@ def _tcp_summary(app: App) -> str:
         else "keepalive off"
     )
     user = _seconds(app.user_timeout) if app.user_timeout else "kernel default"
-    return f"{keepalive}, user timeout {user}"
+    longest = _seconds(app.max_duration) if app.max_duration else "unlimited"
+    return f"{keepalive}, user timeout {user}, max duration {longest}"
 
 
 def _proxy_in_summary(app: App) -> str:

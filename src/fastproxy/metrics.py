@@ -98,6 +98,12 @@ class ProxyCollector(Collector):
             "idle": CounterMetricFamily(
                 "fastproxy_idle_timeouts", "Connections closed for idleness", labels=["app"]
             ),
+            "closed": CounterMetricFamily(
+                "fastproxy_closed",
+                "Connections the proxy closed on its own initiative, by reason:"
+                " max-duration (MaxConnectionDuration), target-down (OnTargetDown close)",
+                labels=["app", "reason"],
+            ),
             "accepted": CounterMetricFamily(
                 "fastproxy_clients", "Client connections accepted", labels=["app"]
             ),
@@ -144,6 +150,8 @@ class ProxyCollector(Collector):
             sni_unmatched += stats["sni_unmatched"]
             sni_errors += stats["sni_errors"]
             m["idle"].add_metric([name], stats["idle_timeouts"])
+            m["closed"].add_metric([name, "max-duration"], stats["closed_max_duration"])
+            m["closed"].add_metric([name, "target-down"], stats["closed_target_down"])
             m["accepted"].add_metric([name], stats["connections"])
             m["local"].add_metric([name], stats["local_errors"])
             for target in app.targets:

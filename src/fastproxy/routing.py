@@ -246,6 +246,7 @@ class Routes:
                 else (app.keepalive.idle, app.keepalive.interval, app.keepalive.count)
             ),
             user_timeout=app.user_timeout,
+            max_duration=app.max_duration,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

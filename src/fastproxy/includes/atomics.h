@@ -10,6 +10,7 @@ static inline uint64_t fp_load_u64(const uint64_t *p) { return __atomic_load_n(p
 static inline int64_t fp_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline int fp_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void fp_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fp_store_i64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint32_t fp_next_u32(uint32_t *p) { return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
 static inline uint32_t fp_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 /* On failure *expected gets the current value, ready for the next attempt. */

@@ -15,6 +15,8 @@ cdef enum AccessResult:
     R_SNI_ERROR = 8
     R_LOCAL_ERROR = 9
     R_SHUTDOWN = 10
+    R_MAX_DURATION = 11
+    R_TARGET_DOWN = 12
 
 cdef enum:
     NO_SLOT = 0xffffffff

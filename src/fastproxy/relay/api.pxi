@@ -23,14 +23,17 @@ STATS_FIELDS = (
     "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
     "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
     "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
-    "rejected_preface",
+    "rejected_preface", "closed_max_duration", "closed_target_down",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
     "ok", "reset", "no-target", "connect-timeout", "rejected", "idle-timeout",
     "proxy-protocol-error", "sni-unmatched", "sni-error", "local-error", "shutdown",
+    "max-duration", "target-down",
 )
 NO_SLOT_ID = NO_SLOT
+# Counter slots sit side by side, each on its own cache lines (structs.pxi).
+assert sizeof(fp_stats) % 64 == 0, sizeof(fp_stats)
 
 
 def _seed_source_key():
@@ -548,12 +551,16 @@ cdef class Relay:
                 long max_connections_per_source=0, bint panic=True, source_mask=(32, 64),
                 long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
                 allow=(), deny=(), proxy_senders=(), keepalive=None,
-                double user_timeout=0.0):
+                double user_timeout=0.0, double max_duration=0.0,
+                double down_check=0.0):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
         allow, deny, proxy_senders: CIDR strings (admission.pxi). keepalive: (idle
-        s, interval s, probes) or None; user_timeout: seconds, 0 = kernel default."""
+        s, interval s, probes) or None; user_timeout: seconds, 0 = kernel default.
+        max_duration: MaxConnectionDuration, seconds, 0 = none; down_check: with
+        OnTargetDown close, how often each connection looks at its target (seconds;
+        0 = keep connections to a target that went down) (lifetime.pxi)."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -603,6 +610,8 @@ cdef class Relay:
         if keepalive:
             rt.ka_idle, rt.ka_interval, rt.ka_count = keepalive
         rt.user_timeout_ms = <unsigned int>(user_timeout * 1000)
+        rt.max_duration_ms = <int64_t>(max_duration * 1000)
+        rt.down_check_ms = max(<int64_t>TICK_MS, <int64_t>(down_check * 1000)) if down_check > 0 else 0
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
         except BaseException:
@@ -655,6 +664,14 @@ cdef class Relay:
         if 0 <= app_id < MAX_APPS:
             self._retire(<size_t>route_publish(self.r, app_id, NULL), False)
 
+    def close_target(self, unsigned int slot):
+        """OnTargetDown close: the connections to the target counting in slot that
+        were accepted until now are closed, each by its own worker within its app's
+        down_check (lifetime.pxi)."""
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            raise IndexError(slot)
+        fp_store_i64(&stats_slot(self.r, slot).closed_since_ms, monotonic_ms())
+
     def set_target_state(self, int app_id, int index, int state):
         """Change one target's state in the app's current route, in place."""
         cdef fp_route* rt = route_get(self.r, app_id)
@@ -684,7 +701,8 @@ cdef class Relay:
                 fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors),
                 fp_load_u64(&s.rejected_deny), fp_load_u64(&s.rejected_untrusted),
                 fp_load_u64(&s.rejected_rate), fp_load_u64(&s.rejected_source_rate),
-                fp_load_u64(&s.rejected_preface))
+                fp_load_u64(&s.rejected_preface), fp_load_u64(&s.closed_max_duration),
+                fp_load_u64(&s.closed_target_down))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above

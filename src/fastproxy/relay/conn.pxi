@@ -529,6 +529,7 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     c.state = ST_RELAYING
     c.last_active_ms = w.now_ms
     c.srv.writable = True
+    lifetime_begin(w, c, c.route)
     conn_rearm(w, c)
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)

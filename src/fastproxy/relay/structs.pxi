@@ -99,7 +99,14 @@ ctypedef struct fp_stats:
     # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
     uint64_t connect_buckets[16]
     uint64_t connect_us         # their sum, microseconds
-    uint64_t _pad[3]            # 384 bytes, 64-aligned: no false sharing between slots
+    # Target-aware balancing (lifetime.pxi): closes by reason, counted in the app's
+    # slot; a target's slot holds when it was last taken down with OnTargetDown
+    # close (CLOCK_MONOTONIC ms): its connections accepted before then are closed.
+    uint64_t closed_max_duration
+    uint64_t closed_target_down
+    int64_t closed_since_ms
+    uint64_t _spare[5]
+    uint64_t _pad[3]            # a multiple of 64 bytes: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -161,6 +168,8 @@ ctypedef struct fp_route:
     int64_t connect_timeout_ms
     int64_t idle_timeout_ms
     int64_t max_conns           # 0: unlimited
+    int64_t max_duration_ms     # MaxConnectionDuration, 0: unlimited (lifetime.pxi)
+    int64_t down_check_ms       # OnTargetDown close: how often a connection looks, 0: keep
     bint accept_proxy           # clients start with a PROXY header
     bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # per-source counters, rates, preface count (never NULL)
@@ -289,6 +298,10 @@ cdef struct fp_conn:
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
     fp_mapped* mapped           # in the kernel's sockmap relay (sockmap.pxi), or NULL
+    # Closing on the proxy's initiative (lifetime.pxi)
+    int64_t end_ms              # MaxConnectionDuration (with its jitter) ends it, 0: never
+    int64_t check_every_ms      # OnTargetDown close: look at the target this often, 0: never
+    int64_t next_check_ms
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:

@@ -1,5 +1,5 @@
 # Connection timers on a hashed wheel of TICK_MS slots: connect and preface
-# deadlines, idle timeouts, and failing connections flushing a dead side's last
+# deadlines, idle timeouts, lifetimes (lifetime.pxi), and failing connections flushing a dead side's last
 # bytes (conn_fail_flush, every tick).
 # Each connection sits in at most one slot, for the earliest moment it needs a
 # look. Activity costs no timer operation: it only stores last_active_ms, and the
@@ -38,12 +38,17 @@ cdef void timer_set(fp_worker* w, fp_conn* c, int64_t due_ms) noexcept nogil:
 
 cdef void conn_rearm(fp_worker* w, fp_conn* c) noexcept nogil:
     """Arm the timer the connection's state needs, or none."""
+    cdef int64_t due
     if c.state == ST_CONNECTING or c.state == ST_PREFACE:
         timer_set(w, c, c.deadline_ms)
     elif c.state == ST_FAILING:
         timer_set(w, c, w.now_ms + TICK_MS)
-    elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
-        timer_set(w, c, c.last_active_ms + c.idle_timeout_ms)
+    elif c.state == ST_RELAYING:
+        due = lifetime_due(c, c.last_active_ms + c.idle_timeout_ms if c.idle_timeout_ms > 0 else -1)
+        if due >= 0:
+            timer_set(w, c, due)
+        else:
+            timer_del(w, c)
     else:
         timer_del(w, c)
 
@@ -56,6 +61,8 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
         preface_timeout(w, c)
     elif c.state == ST_FAILING:
         conn_fail_flush(w, c)
+    elif c.state == ST_RELAYING and lifetime_over(w, c):
+        pass
     elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
         if c.mapped != NULL:
             sockmap_count(w, c)     # the kernel relays it: its counters tell its activity
