@@ -45,7 +45,9 @@ class Controlled(Protocol):
 
     def reload(self, reason: str) -> list[str]: ...
 
-    def set_target(self, app: str, target: str, action: str) -> dict[str, Any]: ...
+    def set_target(
+        self, app: str, target: str, action: str, close: bool = False
+    ) -> dict[str, Any]: ...
 
 
 # GET /: what the endpoint serves, for whoever finds the port.
@@ -54,7 +56,8 @@ GET  /healthz                               200 ok while serving; 503 and why ot
 GET  /status                                apps, ports, targets, counters (JSON)
 GET  /metrics                               Prometheus
 POST /reload                                reload the config (token)
-POST /targets/APP/HOST:PORT/drain|disable|enable   one target at run time (token)
+POST /targets/APP/HOST:PORT/drain|disable|enable   one target at run time (token);
+     disable?close=1 also closes its open connections
 POSTs need "Authorization: Bearer TOKEN" (AdminTokenFile); the CLI: fastproxy --help
 """
 
@@ -228,7 +231,11 @@ class AdminServer:
             app, target, action = (unquote(p) for p in parts[1:])
             if action not in TARGET_ACTIONS:
                 return _error(404, f"unknown action {action!r}: use drain, disable or enable")
-            return Deferred("write", lambda: self._set_target(app, target, action))
+            query = request.target.partition("?")[2]
+            if query not in ("", "close=1") or (query and action != "disable"):
+                return _error(400, f"unknown query {query!r}: only disable takes ?close=1")
+            close = query == "close=1"
+            return Deferred("write", lambda: self._set_target(app, target, action, close))
         return _error(404, f"no such endpoint: POST {path}")
 
     def _privileged(self, request: Request) -> bool:
@@ -277,8 +284,8 @@ class AdminServer:
         # Applied, except settings only a restart can change: the CLI exits 3 naming them.
         return _json(200, {"result": "success", "restart_required": pending})
 
-    def _set_target(self, app: str, target: str, action: str) -> Response:
+    def _set_target(self, app: str, target: str, action: str, close: bool) -> Response:
         try:
-            return _json(200, self.control.set_target(app, target, action))
+            return _json(200, self.control.set_target(app, target, action, close))
         except KeyError as exc:
             return _error(404, str(exc.args[0]))

@@ -395,14 +395,24 @@ def _target_command(action: str) -> click.Command:
         admin_socket: str,
         config_path: str | None,
         token_file: str | None,
+        close: bool = False,
     ) -> None:
         from urllib.parse import quote
 
         path = f"/targets/{quote(app, safe='')}/{quote(target_address, safe='')}/{action}"
+        if close:
+            path += "?close=1"
         answer = _Endpoint(admin, admin_socket, config_path).post(path, token_file, action)
         click.echo(f"app {answer.get('app')}: target {answer.get('target')}: {answer.get('state')}")
 
     command.__doc__ = TARGET_HELP[action] + " TARGET is host:port, as in the config."
+    if action == "disable":
+        command = click.option(
+            "--close",
+            is_flag=True,
+            help="Also close its open connections (each worker closes its own within"
+            " the app's health-check interval).",
+        )(command)
     return click.command(action)(command)
 
 

@@ -116,6 +116,7 @@ APP_KEYS = (
     "TcpKeepalive",
     "TcpUserTimeout",
     "MaxConnectionDuration",
+    "OnTargetDown",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -132,6 +133,7 @@ HEALTH_KEYS = (
 HEALTH_TYPES = ("tcp", "send-expect", "http")
 TARGET_KEYS = ("Address", "Weight", "Backup")
 KEEPALIVE_KEYS = ("Idle", "Interval", "Count")
+ON_TARGET_DOWN = ("keep", "close")
 MAX_WEIGHT = 1000
 # A probe sends its bytes with one send() on a fresh socket, whose buffer always has
 # room for this much, and keeps at most this much of the reply.
@@ -213,6 +215,7 @@ class App:
     keepalive: Keepalive | None = None  # TcpKeepalive on both sockets; None: off
     user_timeout: float = 0.0  # TcpUserTimeout, seconds; 0 = the kernel's default
     max_duration: float = 0.0  # MaxConnectionDuration, seconds (+ up to 10 %); 0 = none
+    on_target_down: str = "keep"  # "close": a target's connections go when it goes down
 
 
 @dataclass(frozen=True)
@@ -682,6 +685,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         max_duration=_duration(
             raw.get("MaxConnectionDuration", 0), "MaxConnectionDuration", allow_zero=True
         ),
+        on_target_down=_choice(raw.get("OnTargetDown", "keep"), "OnTargetDown", ON_TARGET_DOWN),
     )
 
 
@@ -1399,7 +1403,10 @@ def _tcp_summary(app: App) -> str:
     )
     user = _seconds(app.user_timeout) if app.user_timeout else "kernel default"
     longest = _seconds(app.max_duration) if app.max_duration else "unlimited"
-    return f"{keepalive}, user timeout {user}, max duration {longest}"
+    return (
+        f"{keepalive}, user timeout {user}, max duration {longest},"
+        f" on target down {app.on_target_down}"
+    )
 
 
 def _proxy_in_summary(app: App) -> str:

@@ -247,6 +247,9 @@ class Routes:
             ),
             user_timeout=app.user_timeout,
             max_duration=app.max_duration,
+            # Every connection looks at its target once per check interval, so that
+            # OnTargetDown close and `target disable --close` take effect within one.
+            down_check=app.health_check.interval,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
@@ -271,12 +274,24 @@ class Routes:
 
     def set_healthy(self, app_name: str, target: TargetRuntime, healthy: bool) -> None:
         with self.lock:
+            went_down = target.healthy and not healthy
             target.healthy = healthy
             self._push_state(app_name, target)
+            runtime = self.apps.get(app_name)
+            if went_down and runtime is not None and runtime.app.on_target_down == "close":
+                self.close_connections(target)
 
-    def set_admin(self, app_name: str, address: str, action: str) -> TargetRuntime:
+    def close_connections(self, target: TargetRuntime) -> None:
+        """Close the target's open connections (OnTargetDown close, `target disable
+        --close`): each worker closes its own within the app's check interval."""
+        self.relay.close_target(target.slot)
+
+    def set_admin(
+        self, app_name: str, address: str, action: str, close: bool = False
+    ) -> TargetRuntime:
         """Operator control of one target: drain (no new connections, existing ones
-        finish, checks go on), disable (the same, and no checks), enable."""
+        finish, checks go on), disable (the same, and no checks; with close, its open
+        connections are closed too), enable."""
         with self.lock:
             runtime = self.apps.get(app_name)
             if runtime is None:
@@ -288,6 +303,8 @@ class Routes:
                 raise KeyError(f'app "{app_name}" has no target {address}')
             target.admin = {"drain": "draining", "disable": "disabled", "enable": None}[action]
             self._push_state(app_name, target)
+            if close:
+                self.close_connections(target)
             return target
 
     def _push_state(self, app_name: str, target: TargetRuntime) -> None:

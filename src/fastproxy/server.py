@@ -467,9 +467,15 @@ class Server:
 
     # -- operator actions and status -----------------------------------------
 
-    def set_target(self, app: str, target: str, action: str) -> dict[str, Any]:
-        runtime = self.routes.set_admin(app, target, action)
-        log.info("app %s: target %s: %s (operator)", app, target, action)
+    def set_target(self, app: str, target: str, action: str, close: bool = False) -> dict[str, Any]:
+        runtime = self.routes.set_admin(app, target, action, close)
+        log.info(
+            "app %s: target %s: %s%s (operator)",
+            app,
+            target,
+            action,
+            ", closing its connections" if close else "",
+        )
         return {"app": app, "target": target, "state": runtime.state}
 
     def status(self) -> dict[str, Any]:
