@@ -411,7 +411,10 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
     (
         "target object with an unknown key",
         with_app(1, Targets=["x:1", {"Host": "x"}]),
-        [APP_B + "Targets[1].Host: unknown key (known keys: Address, Weight, Backup)"],
+        [
+            APP_B
+            + "Targets[1].Host: unknown key (known keys: Address, Weight, Backup, MaxConnections, SoftLimit)"
+        ],
     ),
     (
         "target weight misspelt",

@@ -54,7 +54,8 @@ class Relay:
         self,
         app_id: int,
         *,
-        targets: list[tuple[int, str, int, int, int, int, bool]],
+        targets: list[tuple[int, str, int, int, int, int, bool]]
+        | list[tuple[int, str, int, int, int, int, bool, int, int]],
         app_slot: int,
         balance: str = "round-robin",
         connect_timeout: float = 5.0,
@@ -75,6 +76,7 @@ class Relay:
         user_timeout: float = 0.0,
         max_duration: float = 0.0,
         down_check: float = 0.0,
+        queue_timeout: float = 0.0,
     ) -> None: ...
     def set_port_sni(
         self,

@@ -14,6 +14,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/accesslog.pxi   access log rings
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
+  relay/limits.pxi      per-target MaxConnections / SoftLimit, QueueTimeout
   relay/sockopts.pxi    per-app TCP options: keepalive, user timeout
   relay/lifetime.pxi    closes on the proxy's initiative: MaxConnectionDuration,
                         OnTargetDown close
@@ -43,6 +44,7 @@ include "relay/admission.pxi"
 include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"
+include "relay/limits.pxi"
 include "relay/sockopts.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"

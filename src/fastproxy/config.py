@@ -117,6 +117,7 @@ APP_KEYS = (
     "TcpUserTimeout",
     "MaxConnectionDuration",
     "OnTargetDown",
+    "QueueTimeout",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -131,7 +132,7 @@ HEALTH_KEYS = (
     "ExpectStatus",
 )
 HEALTH_TYPES = ("tcp", "send-expect", "http")
-TARGET_KEYS = ("Address", "Weight", "Backup")
+TARGET_KEYS = ("Address", "Weight", "Backup", "MaxConnections", "SoftLimit")
 KEEPALIVE_KEYS = ("Idle", "Interval", "Count")
 ON_TARGET_DOWN = ("keep", "close")
 MAX_WEIGHT = 1000
@@ -169,6 +170,8 @@ class Target:
     port: int
     weight: int = 1  # 1..MAX_WEIGHT, share of new connections
     backup: bool = False  # used only while no other target of the app is up
+    max_connections: int = 0  # hard: never a connection above it; 0 = unlimited
+    soft_limit: int = 0  # above it, new connections only while every target is; 0 = none
 
     @property
     def address(self) -> str:
@@ -216,6 +219,7 @@ class App:
     user_timeout: float = 0.0  # TcpUserTimeout, seconds; 0 = the kernel's default
     max_duration: float = 0.0  # MaxConnectionDuration, seconds (+ up to 10 %); 0 = none
     on_target_down: str = "keep"  # "close": a target's connections go when it goes down
+    queue_timeout: float = 0.0  # every target at MaxConnections: a client waits this long
 
 
 @dataclass(frozen=True)
@@ -686,6 +690,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
             raw.get("MaxConnectionDuration", 0), "MaxConnectionDuration", allow_zero=True
         ),
         on_target_down=_choice(raw.get("OnTargetDown", "keep"), "OnTargetDown", ON_TARGET_DOWN),
+        queue_timeout=_duration(raw.get("QueueTimeout", 0), "QueueTimeout", allow_zero=True),
     )
 
 
@@ -1222,19 +1227,26 @@ def _parse_target(item: object, field: str) -> Target:
         backup = item.get("Backup", False)
         if not isinstance(backup, bool):
             raise _Invalid(field + ".Backup", f"expected true or false, {_got(backup)}")
+        hard = _integer(item.get("MaxConnections", 0), field + ".MaxConnections", 0, MAX_COUNT)
+        soft = _integer(item.get("SoftLimit", 0), field + ".SoftLimit", 0, MAX_COUNT)
+        if hard and soft > hard:
+            raise _Invalid(
+                field + ".SoftLimit",
+                f"{soft} is above MaxConnections ({hard}): it would never apply",
+            )
     else:
-        address, address_field, weight, backup = item, field, 1, False
+        address, address_field, weight, backup, hard, soft = item, field, 1, False, 0, 0
     if not isinstance(address, str):
         raise _Invalid(
             address_field,
-            f'expected a "host:port" string or an object with {", ".join(TARGET_KEYS)},'
+            f'expected a "host:port" string or an object with {", ".join(TARGET_KEYS[:3])},'
             f" {_got(address)}",
         )
     try:
         host, port = _host_port(address)
     except ValueError as exc:
         raise _Invalid(address_field, str(exc)) from None
-    return Target(host, port, weight, backup)
+    return Target(host, port, weight, backup, hard, soft)
 
 
 def _listen_address(text: str) -> str:
@@ -1348,6 +1360,10 @@ def _target_summary(target: Target) -> str:
     notes = [f"weight {target.weight}"] if target.weight != 1 else []
     if target.backup:
         notes.append("backup")
+    if target.max_connections:
+        notes.append(f"max {target.max_connections}")
+    if target.soft_limit:
+        notes.append(f"soft limit {target.soft_limit}")
     return f"{target.address} ({', '.join(notes)})" if notes else target.address
 
 
@@ -1387,7 +1403,7 @@ def _app_summary(app: App) -> list[str]:
         f" max {limit}, proxy protocol {app.proxy_protocol or 'off'}",
         f"  clients:     max {per_source} per source (IPv4 /{app.source_mask[0]},"
         f" IPv6 /{app.source_mask[1]}), max {app.max_connections_in_preface} in preface",
-        f"  tcp:         {_tcp_summary(app)}",
+        _wrap("tcp:         ", _tcp_summary(app)),
         _wrap("PROXY in:    ", _proxy_in_summary(app)),
         _wrap("admission:   ", _admission_summary(app)),
         _wrap("server names:", " " + names),
@@ -1405,7 +1421,7 @@ def _tcp_summary(app: App) -> str:
     longest = _seconds(app.max_duration) if app.max_duration else "unlimited"
     return (
         f"{keepalive}, user timeout {user}, max duration {longest},"
-        f" on target down {app.on_target_down}"
+        f" on target down {app.on_target_down}, queue timeout {_seconds(app.queue_timeout)}"
     )
 
 

@@ -85,7 +85,8 @@ class ProxyCollector(Collector):
             ),
             "rejected": CounterMetricFamily(
                 "fastproxy_rejected",
-                "Clients closed at once, by reason: max-connections, per-source, deny"
+                "Clients closed at once, by reason: max-connections, saturated (every"
+                " target at its MaxConnections, after QueueTimeout), per-source, deny"
                 " (Allow / Deny), untrusted-proxy (a PROXY header from a sender not"
                 " trusted), rate, per-source-rate, preface (MaxConnectionsInPreface)",
                 labels=["app", "reason"],
@@ -103,6 +104,22 @@ class ProxyCollector(Collector):
                 "Connections the proxy closed on its own initiative, by reason:"
                 " max-duration (MaxConnectionDuration), target-down (OnTargetDown close)",
                 labels=["app", "reason"],
+            ),
+            "saturated": CounterMetricFamily(
+                "fastproxy_target_saturated",
+                "New clients that passed a target over because it was at its MaxConnections"
+                " (limit=hard) or SoftLimit (limit=soft)",
+                labels=["app", "target", "limit"],
+            ),
+            "limit": GaugeMetricFamily(
+                "fastproxy_target_limit",
+                "A target's configured MaxConnections (limit=hard) and SoftLimit (limit=soft)",
+                labels=["app", "target", "limit"],
+            ),
+            "queued": CounterMetricFamily(
+                "fastproxy_queued",
+                "Clients that waited (QueueTimeout) because every target was at its MaxConnections",
+                labels=["app"],
             ),
             "accepted": CounterMetricFamily(
                 "fastproxy_clients", "Client connections accepted", labels=["app"]
@@ -152,6 +169,8 @@ class ProxyCollector(Collector):
             m["idle"].add_metric([name], stats["idle_timeouts"])
             m["closed"].add_metric([name, "max-duration"], stats["closed_max_duration"])
             m["closed"].add_metric([name, "target-down"], stats["closed_target_down"])
+            m["queued"].add_metric([name], stats["queued"])
+            m["rejected"].add_metric([name, "saturated"], stats["rejected_saturated"])
             m["accepted"].add_metric([name], stats["connections"])
             m["local"].add_metric([name], stats["local_errors"])
             for target in app.targets:
@@ -160,6 +179,13 @@ class ProxyCollector(Collector):
                 m["connections"].add_metric(labels, tstats["connections"])
                 m["active"].add_metric(labels, tstats["active"])
                 m["failures"].add_metric(labels, tstats["connect_failures"])
+                for limit, configured in (
+                    ("hard", target.target.max_connections),
+                    ("soft", target.target.soft_limit),
+                ):
+                    if configured:
+                        m["saturated"].add_metric([*labels, limit], tstats[f"saturated_{limit}"])
+                        m["limit"].add_metric([*labels, limit], configured)
                 m["up"].add_metric(labels, 1 if target.state == "up" else 0)
                 counts, total = self.routes.relay.connect_times(target.slot)
                 m["connect"].add_metric(labels, list(zip(bounds, accumulate(counts))), total)

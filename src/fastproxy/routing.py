@@ -219,6 +219,8 @@ class Routes:
                     STATE_CODES[t.state],
                     t.target.weight,
                     t.target.backup,
+                    t.target.max_connections,
+                    t.target.soft_limit,
                 )
             )
         self.relay.set_app(
@@ -250,6 +252,7 @@ class Routes:
             # Every connection looks at its target once per check interval, so that
             # OnTargetDown close and `target disable --close` take effect within one.
             down_check=app.health_check.interval,
+            queue_timeout=app.queue_timeout,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -493,6 +493,8 @@ class Server:
                         "state": t.state,
                         "weight": t.target.weight,
                         "backup": t.target.backup,
+                        "max_connections": t.target.max_connections,
+                        "soft_limit": t.target.soft_limit,
                         **self.health.report(t),
                         "resolved": t.address[1] if t.address else None,
                         "active": tstats["active"],

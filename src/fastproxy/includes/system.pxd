@@ -248,6 +248,7 @@ cdef extern from "<stdio.h>" nogil:
 cdef extern from "includes/atomics.h" nogil:
     void fp_add_u64(uint64_t* p, uint64_t v)
     void fp_add_i64(int64_t* p, int64_t v)
+    int64_t fp_fetch_add_i64(int64_t* p, int64_t v)
     uint64_t fp_load_u64(const uint64_t* p)
     int64_t fp_load_i64(const int64_t* p)
     int fp_load_int(const int* p)

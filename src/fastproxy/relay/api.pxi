@@ -24,6 +24,7 @@ STATS_FIELDS = (
     "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
     "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
     "rejected_preface", "closed_max_duration", "closed_target_down",
+    "saturated_hard", "saturated_soft", "queued", "rejected_saturated",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
@@ -552,15 +553,17 @@ cdef class Relay:
                 long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
                 allow=(), deny=(), proxy_senders=(), keepalive=None,
                 double user_timeout=0.0, double max_duration=0.0,
-                double down_check=0.0):
+                double down_check=0.0, double queue_timeout=0.0):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
-        backup)], with family 0 for a target not resolved (kept, never picked). The
+        backup[, max_connections, soft_limit])], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
         allow, deny, proxy_senders: CIDR strings (admission.pxi). keepalive: (idle
         s, interval s, probes) or None; user_timeout: seconds, 0 = kernel default.
         max_duration: MaxConnectionDuration, seconds, 0 = none; down_check: with
         OnTargetDown close, how often each connection looks at its target (seconds;
-        0 = keep connections to a target that went down) (lifetime.pxi)."""
+        0 = keep connections to a target that went down) (lifetime.pxi).
+        queue_timeout: how long a client waits while every target is at its
+        max_connections (limits.pxi)."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -578,7 +581,8 @@ cdef class Relay:
             free(rt)
             raise MemoryError()
         try:
-            for i, (family, host, port, slot, state, weight, backup) in enumerate(targets):
+            for i, entry in enumerate(targets):
+                family, host, port, slot, state, weight, backup = entry[:7]
                 if not 1 <= weight <= 1000:
                     raise ValueError(f"weight out of range: {weight}")
                 t = &rt.targets[i]
@@ -586,6 +590,9 @@ cdef class Relay:
                 t.state = state
                 t.weight = weight
                 t.backup = backup
+                if len(entry) > 7:
+                    t.max_conns, t.soft_limit = entry[7], entry[8]
+                    rt.limits = rt.limits or t.max_conns > 0 or t.soft_limit > 0
                 if family:
                     fill_sockaddr(&t.addr, &t.addrlen, family, host.encode(), port)
             rt.ntargets = len(targets)
@@ -611,6 +618,7 @@ cdef class Relay:
             rt.ka_idle, rt.ka_interval, rt.ka_count = keepalive
         rt.user_timeout_ms = <unsigned int>(user_timeout * 1000)
         rt.max_duration_ms = <int64_t>(max_duration * 1000)
+        rt.queue_timeout_ms = <int64_t>(queue_timeout * 1000)
         rt.down_check_ms = max(<int64_t>TICK_MS, <int64_t>(down_check * 1000)) if down_check > 0 else 0
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
@@ -702,7 +710,9 @@ cdef class Relay:
                 fp_load_u64(&s.rejected_deny), fp_load_u64(&s.rejected_untrusted),
                 fp_load_u64(&s.rejected_rate), fp_load_u64(&s.rejected_source_rate),
                 fp_load_u64(&s.rejected_preface), fp_load_u64(&s.closed_max_duration),
-                fp_load_u64(&s.closed_target_down))
+                fp_load_u64(&s.closed_target_down), fp_load_u64(&s.saturated_hard),
+                fp_load_u64(&s.saturated_soft), fp_load_u64(&s.queued),
+                fp_load_u64(&s.rejected_saturated))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above

@@ -49,7 +49,8 @@ cdef enum:
 
 
 cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
-    """The policy's choice for a new client, or -1 when no target can be tried.
+    """The policy's choice for a new client, or -1 when no target can be tried,
+    PICK_SATURATED when every one that could is at its hard limit (limits.pxi).
 
     Target states change under our feet (health checks, operators): they are read
     once into a snapshot, so counting and choosing agree."""
@@ -73,6 +74,10 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
         if up > 0:
             break
     c.tier = tier
+    if up > 0 and rt.limits:
+        up = limits_filter(w.relay, rt, marks)
+        if up == 0:
+            best = PICK_SATURATED
     if up > 0:
         if tier == TIER_PANIC:
             fp_add_u64(&c.app_st.panic, 1)
@@ -170,7 +175,7 @@ cdef int pick_next(fp_route* rt, fp_conn* c) noexcept nogil:
         while c.tries < rt.ntargets:
             j = (c.start_idx + c.tries) % rt.ntargets
             c.tries += 1
-            if target_eligible(&rt.targets[j], c.tier):
+            if target_eligible(&rt.targets[j], c.tier) and not at_hard_limit(rt.relay, &rt.targets[j]):
                 return j
         if c.tier != TIER_PRIMARY:
             return -1

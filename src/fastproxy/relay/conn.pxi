@@ -561,11 +561,14 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
             conn_close(w, c)
             return
         t = &rt.targets[idx]
+        if not target_claim(w.relay, t):
+            continue                # filled up meanwhile (limits.pxi)
         c.target_idx = idx
         c.tgt_slot = t.slot
         c.attempts += 1
         fd = open_socket(w, t.addr.ss_family)
         if fd < 0:
+            target_unclaim(w.relay, t)
             conn_local_error(w, c)  # our shortage, not the target's fault
             return
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
@@ -575,6 +578,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         if rc < 0 and errno != EINPROGRESS:
             err = errno
             close_socket(w, fd)
+            target_unclaim(w.relay, t)
             if err == ENOBUFS or err == ENOMEM or err == EAGAIN:
                 conn_local_error(w, c)  # out of memory: another target won't help
                 return
@@ -588,14 +592,15 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
         if register_side(w, &c.srv) < 0:
             close_socket(w, fd)
             c.srv.fd = -1
+            target_unclaim(w.relay, t)
             continue
         c.deadline_ms = w.now_ms + rt.connect_timeout_ms
         c.state = ST_CONNECTING
         w.nconnecting += 1
         timer_set(w, c, c.deadline_ms)
-        # Busy from the first SYN on, so least-conn and random see a burst coming.
+        # Busy from the first SYN on (target_claim counted it), so least-conn and
+        # random see a burst coming.
         c.tgt_st = stats_slot(w.relay, t.slot)
-        fp_add_i64(&c.tgt_st.active, 1)
         if rc == 0:
             conn_established(w, c)
         return

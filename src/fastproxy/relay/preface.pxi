@@ -204,6 +204,9 @@ cdef void conn_start(fp_worker* w, fp_conn* c) noexcept nogil:
         return
     tune_socket(rt, c.cli.fd)
     c.start_idx = pick_first(w, rt, c)
+    if c.start_idx == PICK_SATURATED:
+        limits_saturated(w, c)
+        return
     if c.start_idx < 0:
         fp_add_u64(&c.app_st.no_target, 1)
         c.result = R_NO_TARGET

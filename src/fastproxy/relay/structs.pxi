@@ -25,6 +25,7 @@ cdef enum ConnState:
     ST_FAILING = 6      # one side failed: what it sent still goes to the other side,
                         # for up to RESET_GRACE_MS (with no deadline but the idle
                         # timeout when its FIN came first), then that side is reset
+    ST_QUEUED = 7       # every target at its MaxConnections: waiting (limits.pxi)
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -105,7 +106,14 @@ ctypedef struct fp_stats:
     uint64_t closed_max_duration
     uint64_t closed_target_down
     int64_t closed_since_ms
-    uint64_t _spare[5]
+    # Per-target limits (limits.pxi): picks that passed a target over at its hard or
+    # soft limit (target slots); clients that waited, and clients closed because
+    # every target stayed at its hard limit (app slots).
+    uint64_t saturated_hard
+    uint64_t saturated_soft
+    uint64_t queued
+    uint64_t rejected_saturated
+    uint64_t _spare[1]
     uint64_t _pad[3]            # a multiple of 64 bytes: no false sharing between slots
 
 
@@ -116,6 +124,8 @@ ctypedef struct fp_target:
     uint32_t weight             # 1..1000
     bint backup
     int state                   # TargetState, written by Python at any time
+    int64_t max_conns           # MaxConnections of the target (hard), 0: none (limits.pxi)
+    int64_t soft_limit          # SoftLimit, 0: none
 
 
 # What an app remembers of its clients across reloads (persource.pxi, admission.pxi):
@@ -170,6 +180,8 @@ ctypedef struct fp_route:
     int64_t max_conns           # 0: unlimited
     int64_t max_duration_ms     # MaxConnectionDuration, 0: unlimited (lifetime.pxi)
     int64_t down_check_ms       # OnTargetDown close: how often a connection looks, 0: keep
+    bint limits                 # some target has MaxConnections or SoftLimit (limits.pxi)
+    int64_t queue_timeout_ms    # QueueTimeout: how long a client waits for a target under its hard limit
     bint accept_proxy           # clients start with a PROXY header
     bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # per-source counters, rates, preface count (never NULL)

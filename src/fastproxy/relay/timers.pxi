@@ -41,7 +41,7 @@ cdef void conn_rearm(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef int64_t due
     if c.state == ST_CONNECTING or c.state == ST_PREFACE:
         timer_set(w, c, c.deadline_ms)
-    elif c.state == ST_FAILING:
+    elif c.state == ST_FAILING or c.state == ST_QUEUED:
         timer_set(w, c, w.now_ms + TICK_MS)
     elif c.state == ST_RELAYING:
         due = lifetime_due(c, c.last_active_ms + c.idle_timeout_ms if c.idle_timeout_ms > 0 else -1)
@@ -61,6 +61,8 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
         preface_timeout(w, c)
     elif c.state == ST_FAILING:
         conn_fail_flush(w, c)
+    elif c.state == ST_QUEUED:
+        queue_retry(w, c)
     elif c.state == ST_RELAYING and lifetime_over(w, c):
         pass
     elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
