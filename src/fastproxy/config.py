@@ -118,6 +118,7 @@ APP_KEYS = (
     "MaxConnectionDuration",
     "OnTargetDown",
     "QueueTimeout",
+    "SlowStart",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -220,6 +221,7 @@ class App:
     max_duration: float = 0.0  # MaxConnectionDuration, seconds (+ up to 10 %); 0 = none
     on_target_down: str = "keep"  # "close": a target's connections go when it goes down
     queue_timeout: float = 0.0  # every target at MaxConnections: a client waits this long
+    slow_start: float = 0.0  # seconds a target that comes up takes to reach its full share
 
 
 @dataclass(frozen=True)
@@ -691,6 +693,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         ),
         on_target_down=_choice(raw.get("OnTargetDown", "keep"), "OnTargetDown", ON_TARGET_DOWN),
         queue_timeout=_duration(raw.get("QueueTimeout", 0), "QueueTimeout", allow_zero=True),
+        slow_start=_duration(raw.get("SlowStart", 0), "SlowStart", allow_zero=True),
     )
 
 
@@ -1421,7 +1424,8 @@ def _tcp_summary(app: App) -> str:
     longest = _seconds(app.max_duration) if app.max_duration else "unlimited"
     return (
         f"{keepalive}, user timeout {user}, max duration {longest},"
-        f" on target down {app.on_target_down}, queue timeout {_seconds(app.queue_timeout)}"
+        f" on target down {app.on_target_down}, queue timeout {_seconds(app.queue_timeout)},"
+        f" slow start {_seconds(app.slow_start) if app.slow_start else 'off'}"
     )
 
 

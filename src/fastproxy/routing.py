@@ -37,6 +37,7 @@ class TargetRuntime:
     address: Address | None = None
     healthy: bool = True  # set by health checks
     admin: str | None = None  # "draining" or "disabled", set by an operator
+    pushed: str = "up"  # the state last given to the relay (SlowStart starts at each "up")
 
     @property
     def state(self) -> str:
@@ -253,6 +254,7 @@ class Routes:
             # OnTargetDown close and `target disable --close` take effect within one.
             down_check=app.health_check.interval,
             queue_timeout=app.queue_timeout,
+            slow_start=app.slow_start,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:
@@ -314,6 +316,9 @@ class Routes:
         runtime = self.apps.get(app_name)
         if runtime is not None and target in runtime.targets:
             index = runtime.targets.index(target)
+            if target.state == "up" and target.pushed != "up" and runtime.app.slow_start:
+                self.relay.target_came_up(target.slot)  # SlowStart ramps from now
+            target.pushed = target.state
             self.relay.set_target_state(runtime.app_id, index, STATE_CODES[target.state])
 
     def stats(self, slot: int) -> dict[str, int]:

@@ -553,7 +553,8 @@ cdef class Relay:
                 long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
                 allow=(), deny=(), proxy_senders=(), keepalive=None,
                 double user_timeout=0.0, double max_duration=0.0,
-                double down_check=0.0, double queue_timeout=0.0):
+                double down_check=0.0, double queue_timeout=0.0,
+                double slow_start=0.0):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup[, max_connections, soft_limit])], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
@@ -563,7 +564,8 @@ cdef class Relay:
         OnTargetDown close, how often each connection looks at its target (seconds;
         0 = keep connections to a target that went down) (lifetime.pxi).
         queue_timeout: how long a client waits while every target is at its
-        max_connections (limits.pxi)."""
+        max_connections (limits.pxi). slow_start: seconds a target that came up
+        (target_came_up) takes to reach its full share (slowstart.pxi)."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -619,6 +621,7 @@ cdef class Relay:
         rt.user_timeout_ms = <unsigned int>(user_timeout * 1000)
         rt.max_duration_ms = <int64_t>(max_duration * 1000)
         rt.queue_timeout_ms = <int64_t>(queue_timeout * 1000)
+        rt.slow_start_ms = <int64_t>(slow_start * 1000)
         rt.down_check_ms = max(<int64_t>TICK_MS, <int64_t>(down_check * 1000)) if down_check > 0 else 0
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
@@ -679,6 +682,13 @@ cdef class Relay:
         if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
             raise IndexError(slot)
         fp_store_i64(&stats_slot(self.r, slot).closed_since_ms, monotonic_ms())
+
+    def target_came_up(self, unsigned int slot):
+        """SlowStart: the target counting in slot came up now; its share ramps from
+        here over its app's slow_start (slowstart.pxi)."""
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            raise IndexError(slot)
+        fp_store_i64(&stats_slot(self.r, slot).up_since_ms, monotonic_ms())
 
     def set_target_state(self, int app_id, int index, int state):
         """Change one target's state in the app's current route, in place."""

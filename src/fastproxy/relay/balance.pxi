@@ -57,6 +57,7 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
     cdef uint8_t local[SNAPSHOT_MAX]
     cdef uint8_t* marks = local
     cdef int n = rt.ntargets, i, up = 0, best = -1, tier
+    cdef uint64_t h
     if n == 0:
         return -1
     if n > SNAPSHOT_MAX:
@@ -81,7 +82,10 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
     if up > 0:
         if tier == TIER_PANIC:
             fp_add_u64(&c.app_st.panic, 1)
-        best = pick_among(w, rt, marks, addr_hash(&c.peer) if rt.balance == BAL_SOURCE_HASH else 0)
+        h = addr_hash(&c.peer) if rt.balance == BAL_SOURCE_HASH else 0
+        if rt.slow_start_ms > 0 and up > 1:
+            slow_start_thin(w, rt, marks, up, h)
+        best = pick_among(w, rt, marks, h)
     if marks != local:
         free(marks)
     return best

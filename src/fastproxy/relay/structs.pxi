@@ -113,7 +113,7 @@ ctypedef struct fp_stats:
     uint64_t saturated_soft
     uint64_t queued
     uint64_t rejected_saturated
-    uint64_t _spare[1]
+    int64_t up_since_ms         # SlowStart (slowstart.pxi): when the target last came up
     uint64_t _pad[3]            # a multiple of 64 bytes: no false sharing between slots
 
 
@@ -182,6 +182,7 @@ ctypedef struct fp_route:
     int64_t down_check_ms       # OnTargetDown close: how often a connection looks, 0: keep
     bint limits                 # some target has MaxConnections or SoftLimit (limits.pxi)
     int64_t queue_timeout_ms    # QueueTimeout: how long a client waits for a target under its hard limit
+    int64_t slow_start_ms       # SlowStart, 0: off (slowstart.pxi)
     bint accept_proxy           # clients start with a PROXY header
     bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # per-source counters, rates, preface count (never NULL)
