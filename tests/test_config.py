@@ -412,8 +412,8 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
         "target object with an unknown key",
         with_app(1, Targets=["x:1", {"Host": "x"}]),
         [
-            APP_B
-            + "Targets[1].Host: unknown key (known keys: Address, Weight, Backup, MaxConnections, SoftLimit)"
+            APP_B + "Targets[1].Host: unknown key (known keys: Address, Weight, Backup,"
+            " MaxConnections, SoftLimit)"
         ],
     ),
     (

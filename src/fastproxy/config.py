@@ -119,6 +119,7 @@ APP_KEYS = (
     "OnTargetDown",
     "QueueTimeout",
     "SlowStart",
+    "Outlier",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -136,6 +137,7 @@ HEALTH_TYPES = ("tcp", "send-expect", "http")
 TARGET_KEYS = ("Address", "Weight", "Backup", "MaxConnections", "SoftLimit")
 KEEPALIVE_KEYS = ("Idle", "Interval", "Count")
 ON_TARGET_DOWN = ("keep", "close")
+OUTLIER_KEYS = ("ConsecutiveFailures", "BaseEjection", "MaxEjectedPercent")
 MAX_WEIGHT = 1000
 # A probe sends its bytes with one send() on a fresh socket, whose buffer always has
 # room for this much, and keeps at most this much of the reply.
@@ -194,6 +196,17 @@ class Keepalive:
 
 
 @dataclass(frozen=True)
+class Outlier:
+    """Outlier ejection: `consecutive_failures` connect failures or resets before the
+    target's first byte in a row eject a target for `base_ejection` seconds times its
+    recent ejections; at most `max_ejected_percent` of an app's targets at once."""
+
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejected_percent: int = 50
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     ports: tuple[int, ...]
@@ -222,6 +235,7 @@ class App:
     on_target_down: str = "keep"  # "close": a target's connections go when it goes down
     queue_timeout: float = 0.0  # every target at MaxConnections: a client waits this long
     slow_start: float = 0.0  # seconds a target that comes up takes to reach its full share
+    outlier: Outlier | None = None  # outlier ejection; None: off
 
 
 @dataclass(frozen=True)
@@ -694,6 +708,7 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         on_target_down=_choice(raw.get("OnTargetDown", "keep"), "OnTargetDown", ON_TARGET_DOWN),
         queue_timeout=_duration(raw.get("QueueTimeout", 0), "QueueTimeout", allow_zero=True),
         slow_start=_duration(raw.get("SlowStart", 0), "SlowStart", allow_zero=True),
+        outlier=_parse_outlier(raw.get("Outlier")),
     )
 
 
@@ -928,6 +943,24 @@ def _parse_keepalive(value: object) -> Keepalive | None:
     interval = _whole_seconds(value.get("Interval", 10), "TcpKeepalive.Interval")
     count = _integer(value.get("Count", 6), "TcpKeepalive.Count", 1, 127)
     return Keepalive(idle, interval, count)
+
+
+def _parse_outlier(value: object) -> Outlier | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Outlier()
+    if not isinstance(value, dict):
+        example = '{"ConsecutiveFailures": 5, "BaseEjection": 30, "MaxEjectedPercent": 50}'
+        raise _Invalid(
+            "Outlier", f"expected true, false or an object like {example}, {_got(value)}"
+        )
+    _check_keys(value, OUTLIER_KEYS, prefix="Outlier.")
+    return Outlier(
+        _integer(value.get("ConsecutiveFailures", 5), "Outlier.ConsecutiveFailures", 1, 1000),
+        _duration(value.get("BaseEjection", 30), "Outlier.BaseEjection"),
+        _integer(value.get("MaxEjectedPercent", 50), "Outlier.MaxEjectedPercent", 0, 100),
+    )
 
 
 def _whole_seconds(value: object, field: str) -> int:
@@ -1425,7 +1458,13 @@ def _tcp_summary(app: App) -> str:
     return (
         f"{keepalive}, user timeout {user}, max duration {longest},"
         f" on target down {app.on_target_down}, queue timeout {_seconds(app.queue_timeout)},"
-        f" slow start {_seconds(app.slow_start) if app.slow_start else 'off'}"
+        f" slow start {_seconds(app.slow_start) if app.slow_start else 'off'}, outliers"
+        + (
+            f" ejected after {o.consecutive_failures} failures for {_seconds(o.base_ejection)}"
+            f" x ejections, at most {o.max_ejected_percent}%"
+            if (o := app.outlier)
+            else " kept"
+        )
     )
 
 

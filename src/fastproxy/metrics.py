@@ -116,6 +116,18 @@ class ProxyCollector(Collector):
                 "A target's configured MaxConnections (limit=hard) and SoftLimit (limit=soft)",
                 labels=["app", "target", "limit"],
             ),
+            "outlier_failures": CounterMetricFamily(
+                "fastproxy_outlier_failures",
+                "Failures outlier detection counts: failed connects and resets before the"
+                " target's first byte",
+                labels=at,
+            ),
+            "ejections": CounterMetricFamily(
+                "fastproxy_outlier_ejections", "Times a target was ejected", labels=at
+            ),
+            "ejected": GaugeMetricFamily(
+                "fastproxy_target_ejected", "1 while the target is ejected", labels=at
+            ),
             "queued": CounterMetricFamily(
                 "fastproxy_queued",
                 "Clients that waited (QueueTimeout) because every target was at its MaxConnections",
@@ -179,6 +191,10 @@ class ProxyCollector(Collector):
                 m["connections"].add_metric(labels, tstats["connections"])
                 m["active"].add_metric(labels, tstats["active"])
                 m["failures"].add_metric(labels, tstats["connect_failures"])
+                if app.app.outlier is not None:
+                    m["outlier_failures"].add_metric(labels, tstats["outlier_failures"])
+                    m["ejections"].add_metric(labels, target.ejections)
+                    m["ejected"].add_metric(labels, 1 if target.ejected_until else 0)
                 for limit, configured in (
                     ("hard", target.target.max_connections),
                     ("soft", target.target.soft_limit),

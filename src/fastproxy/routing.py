@@ -38,11 +38,15 @@ class TargetRuntime:
     healthy: bool = True  # set by health checks
     admin: str | None = None  # "draining" or "disabled", set by an operator
     pushed: str = "up"  # the state last given to the relay (SlowStart starts at each "up")
+    ejected_until: float = 0.0  # outlier ejection (outlier.py): monotonic end, 0 = not ejected
+    ejections: int = 0
 
     @property
     def state(self) -> str:
         if self.admin is not None:
             return self.admin
+        if self.ejected_until:
+            return "down"
         return "up" if self.healthy and self.address is not None else "down"
 
 
@@ -210,6 +214,9 @@ class Routes:
         app = runtime.app
         targets = []
         for t in runtime.targets:
+            self.relay.set_outlier_threshold(
+                t.slot, app.outlier.consecutive_failures if app.outlier else 0
+            )
             family, ip = t.address if t.address is not None else (0, "")
             targets.append(
                 (
@@ -281,6 +288,17 @@ class Routes:
         with self.lock:
             went_down = target.healthy and not healthy
             target.healthy = healthy
+            self._push_state(app_name, target)
+            runtime = self.apps.get(app_name)
+            if went_down and runtime is not None and runtime.app.on_target_down == "close":
+                self.close_connections(target)
+
+    def set_ejected(self, app_name: str, target: TargetRuntime, until: float) -> None:
+        """Eject the target until the monotonic time `until` (outlier.py), or take
+        it back (0)."""
+        with self.lock:
+            went_down = target.state == "up" and until > 0
+            target.ejected_until = until
             self._push_state(app_name, target)
             runtime = self.apps.get(app_name)
             if went_down and runtime is not None and runtime.app.on_target_down == "close":

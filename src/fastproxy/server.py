@@ -32,6 +32,7 @@ from .fdstore import inherited as systemd_sockets
 from .health import HealthChecker
 from .listener_set import Change, ListenerSet
 from .listeners import ListenError
+from .outlier import OutlierDetector
 from .port_listeners import PortListeners
 from .privileges import drop_to, forbid_new_privileges, target
 from .resolver import resolve_all
@@ -137,6 +138,7 @@ class Server:
         self.helper_errors = {"dns": 0}  # unexpected errors a helper thread survived
         self.started_at = time.monotonic()
         self.health = HealthChecker(self.routes, on_down=self._target_down)
+        self.outliers = OutlierDetector(self.routes)
         self.access_log = AccessLog(self.relay, self.routes)
         self.admin: AdminServer | None = None
         # One change of listeners at a time: reloads, a takeover, stopping.
@@ -193,6 +195,7 @@ class Server:
             raise
         self.relay.start()
         self.health.start()
+        self.outliers.start()
         self._maintenance.start()
         if self.inherited is None:
             self.go_live()
@@ -495,6 +498,8 @@ class Server:
                         "backup": t.target.backup,
                         "max_connections": t.target.max_connections,
                         "soft_limit": t.target.soft_limit,
+                        "ejected": bool(t.ejected_until),
+                        "ejections": t.ejections,
                         **self.health.report(t),
                         "resolved": t.address[1] if t.address else None,
                         "active": tstats["active"],
@@ -610,6 +615,7 @@ class Server:
         self.stop_accepting()
         self.main_loop.stop()
         self.health.stop()
+        self.outliers.stop()
         if self.admin is not None:
             self.admin.stop()
         self.relay.stop()
@@ -623,6 +629,7 @@ class Server:
             self._dns_now.set()
             self._release_listeners()
         self.health.stop()
+        self.outliers.stop()
         if self.admin is not None:
             self.admin.stop()
         self.relay.stop()

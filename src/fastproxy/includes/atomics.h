@@ -18,6 +18,7 @@ static inline uint32_t fp_load_u32(const uint32_t *p) { return __atomic_load_n(p
 static inline int fp_cas_u32(uint32_t *p, uint32_t *expected, uint32_t v) {
     return __atomic_compare_exchange_n(p, expected, v, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
+static inline int fp_xchg_int(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 static inline void fp_add_int(int *p, int v) { __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 static inline int fp_incref(int *p) { return __atomic_add_fetch(p, 1, __ATOMIC_ACQ_REL); }
 static inline int fp_decref(int *p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }

@@ -253,6 +253,7 @@ cdef extern from "includes/atomics.h" nogil:
     int64_t fp_load_i64(const int64_t* p)
     int fp_load_int(const int* p)
     void fp_store_int(int* p, int v)
+    int fp_xchg_int(int* p, int v)
     void fp_store_i64(int64_t* p, int64_t v)
     uint32_t fp_next_u32(uint32_t* p)
     uint32_t fp_load_u32(const uint32_t* p)

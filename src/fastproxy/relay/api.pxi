@@ -25,6 +25,7 @@ STATS_FIELDS = (
     "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
     "rejected_preface", "closed_max_duration", "closed_target_down",
     "saturated_hard", "saturated_soft", "queued", "rejected_saturated",
+    "consecutive_failures", "outlier_failures",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
@@ -161,6 +162,9 @@ cdef class Relay:
             raise MemoryError()
         for i in range(65536):
             self.r.port_app[i] = -1
+        self.r.outlier_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.r.outlier_fd < 0:
+            raise OSError(errno, "cannot make the outlier eventfd")
         if splice:
             # A channel may hold what one pipe holds; measure it rather than trust
             # the request (the kernel rounds, and caps unprivileged users).
@@ -237,6 +241,8 @@ cdef class Relay:
             for i in range(65536):
                 if self.r.port_sni[i] != NULL:
                     sni_decref(self.r.port_sni[i])
+        if self.r.outlier_fd >= 0:
+            close(self.r.outlier_fd)
         free(self.r.apps)
         free(self.r.port_app)
         free(self.r.port_sni)
@@ -683,6 +689,28 @@ cdef class Relay:
             raise IndexError(slot)
         fp_store_i64(&stats_slot(self.r, slot).closed_since_ms, monotonic_ms())
 
+    @property
+    def outlier_fd(self):
+        """Readable (an eventfd) when a target crossed its app's ConsecutiveFailures:
+        read it, then call outlier_take for each target (outlier.pxi)."""
+        return self.r.outlier_fd
+
+    def set_outlier_threshold(self, unsigned int slot, int threshold):
+        """ConsecutiveFailures of the target counting in slot, 0: not watched."""
+        self.ensure_slot(slot)
+        fp_store_int(&stats_slot(self.r, slot).outlier_threshold, threshold)
+
+    def outlier_take(self, unsigned int slot, bint reset):
+        """Whether the target crossed its threshold since the last call (and clear
+        that); reset: start its consecutive count again (it is being ejected)."""
+        cdef fp_stats* st
+        if slot >= MAX_SLOTS or self.r.chunks[slot // STATS_CHUNK] == NULL:
+            return False
+        st = stats_slot(self.r, slot)
+        if reset:
+            fp_store_i64(&st.consecutive, 0)
+        return fp_xchg_int(&st.eject_pending, 0) != 0
+
     def target_came_up(self, unsigned int slot):
         """SlowStart: the target counting in slot came up now; its share ramps from
         here over its app's slow_start (slowstart.pxi)."""
@@ -722,7 +750,8 @@ cdef class Relay:
                 fp_load_u64(&s.rejected_preface), fp_load_u64(&s.closed_max_duration),
                 fp_load_u64(&s.closed_target_down), fp_load_u64(&s.saturated_hard),
                 fp_load_u64(&s.saturated_soft), fp_load_u64(&s.queued),
-                fp_load_u64(&s.rejected_saturated))
+                fp_load_u64(&s.rejected_saturated), fp_load_i64(&s.consecutive),
+                fp_load_u64(&s.outlier_failures))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above

@@ -584,7 +584,7 @@ cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
                 return
             # Refused, unreachable, or EADDRNOTAVAIL: no local port or source address
             # left toward this destination, which says nothing about the next one.
-            fp_add_u64(&stats_slot(w.relay, t.slot).connect_failures, 1)
+            count_connect_failure(w, stats_slot(w.relay, t.slot))
             continue
         c.srv.fd = fd
         c.srv.readable = False
@@ -610,7 +610,7 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     """The attempt under way failed (refused, unreachable, timed out, or reset
     before a byte went either way). The retry waits until the event batch is done:
     events for the old socket may follow."""
-    fp_add_u64(&c.tgt_st.connect_failures, 1)
+    count_connect_failure(w, c.tgt_st)
     fp_add_i64(&c.tgt_st.active, -1)
     c.tgt_st = NULL
     close_socket(w, c.srv.fd)

@@ -35,6 +35,7 @@ cdef bint lifetime_over(fp_worker* w, fp_conn* c) noexcept nogil:
     its time is up. True when it was closed."""
     if c.check_every_ms > 0 and w.now_ms >= c.next_check_ms:
         c.next_check_ms = w.now_ms + c.check_every_ms
+        outlier_look(w, c, False)
         if c.tgt_st != NULL and c.start_ms <= fp_load_i64(&c.tgt_st.closed_since_ms):
             fp_add_u64(&c.app_st.closed_target_down, 1)
             c.result = R_TARGET_DOWN

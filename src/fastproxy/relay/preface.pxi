@@ -251,6 +251,7 @@ cdef void accept_by_name(fp_worker* w, int fd, sockaddr_storage* peer,
 cdef void conn_finish(fp_worker* w, fp_conn* c) noexcept nogil:
     """What conn_close owes the features of this file and its neighbours."""
     alog_conn(w, c)
+    outlier_look(w, c, True)
     persource_release(c)
     preface_release(c)
     if c.sni != NULL:

@@ -114,7 +114,13 @@ ctypedef struct fp_stats:
     uint64_t queued
     uint64_t rejected_saturated
     int64_t up_since_ms         # SlowStart (slowstart.pxi): when the target last came up
-    uint64_t _pad[3]            # a multiple of 64 bytes: no false sharing between slots
+    # Outlier detection (outlier.pxi), target slots: failures since the last success,
+    # all of them, the app's ConsecutiveFailures (0: off), and "over it, not yet seen
+    # by the orchestrator". The struct stays a multiple of 64 bytes (asserted).
+    int64_t consecutive
+    uint64_t outlier_failures
+    int outlier_threshold
+    int eject_pending
 
 
 ctypedef struct fp_target:
@@ -311,6 +317,7 @@ cdef struct fp_conn:
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
     fp_mapped* mapped           # in the kernel's sockmap relay (sockmap.pxi), or NULL
+    bint outlier_seen           # its target's success or failure is counted (outlier.pxi)
     # Closing on the proxy's initiative (lifetime.pxi)
     int64_t end_ms              # MaxConnectionDuration (with its jitter) ends it, 0: never
     int64_t check_every_ms      # OnTargetDown close: look at the target this often, 0: never
@@ -404,6 +411,7 @@ cdef struct fp_relay:
     int alog_on                 # access log wanted (rings exist once it was)
     fp_stats** chunks
     fp_listener* listeners
+    int outlier_fd              # eventfd: a target crossed its ConsecutiveFailures (outlier.pxi)
     bint use_sockmap            # Relay: sockmap, with bpf/relay.c's maps:
     int sm_socks                #   redirect targets
     int sm_sources              #   sockets the verdict program runs for
