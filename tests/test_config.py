@@ -589,7 +589,7 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
         with_app(1, Balance="roundrobin"),
         [
             APP_B + 'Balance: "roundrobin" is not one of "round-robin", "least-conn", "random",'
-            ' "source-hash" (did you mean "round-robin"?)'
+            ' "source-hash", "maglev" (did you mean "round-robin"?)'
         ],
     ),
     (

@@ -78,6 +78,7 @@ class Relay:
         down_check: float = 0.0,
         queue_timeout: float = 0.0,
         slow_start: float = 0.0,
+        maglev_keys: Sequence[int] = (),
     ) -> None: ...
     def set_port_sni(
         self,

@@ -17,6 +17,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/limits.pxi      per-target MaxConnections / SoftLimit, QueueTimeout
   relay/slowstart.pxi   SlowStart: a target that came up ramps its share
   relay/outlier.pxi     outlier detection: failures counted as they happen
+  relay/maglev.pxi      Balance: maglev, the consistent hash table
   relay/sockopts.pxi    per-app TCP options: keepalive, user timeout
   relay/lifetime.pxi    closes on the proxy's initiative: MaxConnectionDuration,
                         OnTargetDown close
@@ -49,6 +50,7 @@ include "relay/balance.pxi"
 include "relay/limits.pxi"
 include "relay/slowstart.pxi"
 include "relay/outlier.pxi"
+include "relay/maglev.pxi"
 include "relay/sockopts.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"

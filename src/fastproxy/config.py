@@ -50,7 +50,7 @@ __all__ = [
     "summary",
 ]
 
-BALANCE_MODES = ("round-robin", "least-conn", "random", "source-hash")
+BALANCE_MODES = ("round-robin", "least-conn", "random", "source-hash", "maglev")
 STEERING_MODES = ("auto", "bpf", "ports")
 RELAY_MODES = ("splice", "copy", "sockmap")
 PROXY_PROTOCOLS = ("v1", "v2")

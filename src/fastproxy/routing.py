@@ -13,6 +13,7 @@ could have read the old port map or server-name table.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ STATE_CODES = {
     "draining": _relay.TARGET_DRAINING,
     "disabled": _relay.TARGET_DISABLED,
 }
+
+
+def maglev_key(address: str) -> int:
+    """A target's place in Balance: maglev's permutations: from its address alone, so
+    that every instance with the same targets builds the same table."""
+    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "little")
 
 
 @dataclass
@@ -262,6 +269,9 @@ class Routes:
             down_check=app.health_check.interval,
             queue_timeout=app.queue_timeout,
             slow_start=app.slow_start,
+            maglev_keys=[maglev_key(t.target.address) for t in runtime.targets]
+            if app.balance == "maglev"
+            else (),
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -14,6 +14,7 @@ BALANCE = {
     "least-conn": BAL_LEAST_CONN,
     "random": BAL_RANDOM,
     "source-hash": BAL_SOURCE_HASH,
+    "maglev": BAL_MAGLEV,
 }
 MAX_SLOTS = STATS_CHUNK * STATS_CHUNKS
 # Bounds of the connect-time buckets in seconds (the 16th bucket is above them all).
@@ -560,7 +561,7 @@ cdef class Relay:
                 allow=(), deny=(), proxy_senders=(), keepalive=None,
                 double user_timeout=0.0, double max_duration=0.0,
                 double down_check=0.0, double queue_timeout=0.0,
-                double slow_start=0.0):
+                double slow_start=0.0, maglev_keys=()):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup[, max_connections, soft_limit])], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
@@ -571,9 +572,12 @@ cdef class Relay:
         0 = keep connections to a target that went down) (lifetime.pxi).
         queue_timeout: how long a client waits while every target is at its
         max_connections (limits.pxi). slow_start: seconds a target that came up
-        (target_came_up) takes to reach its full share (slowstart.pxi)."""
+        (target_came_up) takes to reach its full share (slowstart.pxi).
+        maglev_keys: with balance "maglev", a stable 64-bit key per target (from its
+        address: the same on every instance) (maglev.pxi)."""
         cdef fp_route* rt
         cdef fp_target* t
+        cdef uint64_t* keys
         cdef int i, rc = 0
         if not 0 <= app_id < MAX_APPS:
             raise ValueError(f"app id out of range: {app_id}")
@@ -607,6 +611,19 @@ cdef class Relay:
             if policy == BAL_ROUND_ROBIN and rt.ntargets:
                 with nogil:  # n x (sum of weights) steps: let the other threads run
                     rc = build_wrr(rt)
+                if rc < 0:
+                    raise MemoryError()
+            if policy == BAL_MAGLEV and rt.ntargets:
+                if len(maglev_keys) != rt.ntargets:
+                    raise ValueError("maglev needs one key per target")
+                keys = <uint64_t*>malloc(rt.ntargets * sizeof(uint64_t))
+                if keys == NULL:
+                    raise MemoryError()
+                for i in range(rt.ntargets):
+                    keys[i] = maglev_keys[i]
+                with nogil:
+                    rc = build_maglev(rt, keys)
+                free(keys)
                 if rc < 0:
                     raise MemoryError()
         except BaseException:

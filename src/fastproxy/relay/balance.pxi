@@ -82,7 +82,7 @@ cdef int pick_first(fp_worker* w, fp_route* rt, fp_conn* c) noexcept nogil:
     if up > 0:
         if tier == TIER_PANIC:
             fp_add_u64(&c.app_st.panic, 1)
-        h = addr_hash(&c.peer) if rt.balance == BAL_SOURCE_HASH else 0
+        h = addr_hash(&c.peer) if rt.balance == BAL_SOURCE_HASH or rt.balance == BAL_MAGLEV else 0
         if rt.slow_start_ms > 0 and up > 1:
             slow_start_thin(w, rt, marks, up, h)
         best = pick_among(w, rt, marks, h)
@@ -168,6 +168,8 @@ cdef int pick_among(fp_worker* w, fp_route* rt, const uint8_t* marks,
                     best = i
                     best_score = score
         return best
+    if rt.balance == BAL_MAGLEV:
+        return maglev_pick(rt, marks, client_hash)
     return pick_round_robin(rt, marks)
 
 

@@ -33,7 +33,7 @@ cdef int slow_start_thin(fp_worker* w, fp_route* rt, uint8_t* marks, int up,
         share = slow_start_share(w.relay, rt, &rt.targets[i], w.now_ms)
         if share >= 1.0:
             continue
-        if rt.balance == BAL_SOURCE_HASH:
+        if rt.balance == BAL_SOURCE_HASH or rt.balance == BAL_MAGLEV:
             x = mix64(client_hash ^ (<uint64_t>rt.targets[i].slot * 0xd6e8feb86659fd93ULL))
         else:
             x = next_random(w)

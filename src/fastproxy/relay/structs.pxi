@@ -47,6 +47,7 @@ cdef enum Balance:
     BAL_LEAST_CONN = 1
     BAL_RANDOM = 2
     BAL_SOURCE_HASH = 3
+    BAL_MAGLEV = 4              # maglev.pxi
 
 cdef enum:
     STATS_CHUNK = 256          # slots per chunk
@@ -198,7 +199,8 @@ ctypedef struct fp_route:
     int ka_count
     unsigned int user_timeout_ms    # TcpUserTimeout, 0: the kernel's default
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
-    uint32_t* wrr               # target indexes; NULL unless round robin
+    uint32_t* wrr               # target indexes; NULL unless round robin, or maglev's
+                                # lookup table (maglev.pxi)
     uint32_t nwrr
 
 
