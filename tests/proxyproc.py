@@ -74,6 +74,8 @@ class Proxy:
         self.config_path = tmp_path / "fastproxy.json"
         self.write_config(config)
         self.log_path = tmp_path / "fastproxy.log"
+        if "--state-dir" not in args:  # never the host's /var/lib/fastproxy
+            args = (*args, "--state-dir", str(tmp_path / "state"))
         if "--control-socket" not in args:
             args = (*args, "--control-socket", str(tmp_path / "control.sock"))
         self.control_socket = args[args.index("--control-socket") + 1]

@@ -49,6 +49,8 @@ class Controlled(Protocol):
         self, app: str, target: str, action: str, close: bool = False
     ) -> dict[str, Any]: ...
 
+    def set_weight(self, app: str, target: str, weight: int) -> dict[str, Any]: ...
+
 
 # GET /: what the endpoint serves, for whoever finds the port.
 INDEX = b"""fastproxy admin endpoint
@@ -58,6 +60,7 @@ GET  /metrics                               Prometheus
 POST /reload                                reload the config (token)
 POST /targets/APP/HOST:PORT/drain|disable|enable   one target at run time (token);
      disable?close=1 also closes its open connections
+POST /targets/APP/HOST:PORT/weight/N          its weight (1..1000) at run time (token)
 POSTs need "Authorization: Bearer TOKEN" (AdminTokenFile); the CLI: fastproxy --help
 """
 
@@ -227,6 +230,12 @@ class AdminServer:
         parts = path.strip("/").split("/")
         if parts == ["reload"]:
             return Deferred("write", self._reload)
+        if len(parts) == 5 and parts[0] == "targets" and parts[3] == "weight":
+            app, target = unquote(parts[1]), unquote(parts[2])
+            if not parts[4].isdigit() or not 1 <= int(parts[4]) <= 1000:
+                return _error(400, f"weight must be an integer 1..1000, got {parts[4][:20]!r}")
+            weight = int(parts[4])
+            return Deferred("write", lambda: self._set_weight(app, target, weight))
         if len(parts) == 4 and parts[0] == "targets":
             app, target, action = (unquote(p) for p in parts[1:])
             if action not in TARGET_ACTIONS:
@@ -283,6 +292,12 @@ class AdminServer:
             return _json(400, {"result": "failure", "error": str(exc)})
         # Applied, except settings only a restart can change: the CLI exits 3 naming them.
         return _json(200, {"result": "success", "restart_required": pending})
+
+    def _set_weight(self, app: str, target: str, weight: int) -> Response:
+        try:
+            return _json(200, self.control.set_weight(app, target, weight))
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]))
 
     def _set_target(self, app: str, target: str, action: str, close: bool) -> Response:
         try:

@@ -93,6 +93,12 @@ def main() -> None:
 )
 @click.option("--lease-ttl", type=click.IntRange(2, 3600), default=LEASE_TTL, hidden=True)
 @click.option(
+    "--state-dir",
+    default=DEFAULT_CACHE_DIR,
+    show_default=True,
+    help="Where runtime target state (drain, disable, weight) is kept across restarts.",
+)
+@click.option(
     "--local-config",
     metavar="FILE",
     type=click.Path(dir_okay=False),
@@ -131,6 +137,7 @@ def serve(
     lease_ttl: int,
     local_config: str | None,
     security: Security,
+    state_dir: str,
     **overrides: Any,
 ) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT. CONFIG is a file, or
@@ -147,7 +154,7 @@ def serve(
         cluster = ClusterOptions(instance_id, cache_dir, lease_ttl, security, local)
         if overrides.get("admin") is not None:
             overrides["admin"] = _admin_address(overrides["admin"])
-        code = run(config, cluster=cluster, watch=watch, **overrides)
+        code = run(config, cluster=cluster, watch=watch, state_dir=state_dir, **overrides)
     except (ConfigError, ListenError, TakeoverError, PrivilegeError, TokenError) as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     except KeyboardInterrupt:  # Ctrl-C while waiting for etcd, before serving
@@ -418,6 +425,34 @@ def _target_command(action: str) -> click.Command:
 
 for _action in TARGET_ACTIONS:
     target.add_command(_target_command(_action))
+
+
+@target.command("weight")
+@click.argument("app")
+@click.argument("target_address", metavar="TARGET")
+@click.argument("weight", type=click.IntRange(1, 1000))
+@admin_option
+@admin_socket_option
+@config_option
+@token_option
+def target_weight(
+    app: str,
+    target_address: str,
+    weight: int,
+    admin: str | None,
+    admin_socket: str,
+    config_path: str | None,
+    token_file: str | None,
+) -> None:
+    """Set the weight of TARGET of APP at run time (1..1000); kept across restarts
+    (in --state-dir) until the config changes that target."""
+    from urllib.parse import quote
+
+    path = f"/targets/{quote(app, safe='')}/{quote(target_address, safe='')}/weight/{weight}"
+    answer = _Endpoint(admin, admin_socket, config_path).post(path, token_file, "weight")
+    click.echo(
+        f"app {answer.get('app')}: target {answer.get('target')}: weight {answer.get('weight')}"
+    )
 
 
 @main.command()

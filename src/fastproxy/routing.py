@@ -47,6 +47,7 @@ class TargetRuntime:
     pushed: str = "up"  # the state last given to the relay (SlowStart starts at each "up")
     ejected_until: float = 0.0  # outlier ejection (outlier.py): monotonic end, 0 = not ejected
     ejections: int = 0
+    weight: int | None = None  # set at run time (`fastproxy target weight`); None: the config's
 
     @property
     def state(self) -> str:
@@ -173,6 +174,8 @@ class Routes:
                 if known is None:
                     known = TargetRuntime(target, slot)
                     self._known[(app.name, target.address)] = known
+                if known.target != target:
+                    known.weight = None  # the config changed the target: its weight wins
                 known.target = target
                 known.address = self.resolved.get(target.host)
                 runtime.targets.append(known)
@@ -232,7 +235,7 @@ class Routes:
                     t.target.port,
                     t.slot,
                     STATE_CODES[t.state],
-                    t.target.weight,
+                    t.weight or t.target.weight,
                     t.target.backup,
                     t.target.max_connections,
                     t.target.soft_limit,
@@ -338,6 +341,23 @@ class Routes:
             self._push_state(app_name, target)
             if close:
                 self.close_connections(target)
+            return target
+
+    def set_weight(self, app_name: str, address: str, weight: int) -> TargetRuntime:
+        """Change one target's weight at run time (until the config changes it)."""
+        if not 1 <= weight <= 1000:
+            raise ValueError(f"weight must be between 1 and 1000, got {weight}")
+        with self.lock:
+            runtime = self.apps.get(app_name)
+            if runtime is None:
+                raise KeyError(f'no app "{app_name}"')
+            for target in runtime.targets:
+                if target.target.address == address:
+                    break
+            else:
+                raise KeyError(f'app "{app_name}" has no target {address}')
+            target.weight = weight
+            self.publish(runtime)  # the round robin cycle and maglev table are rebuilt
             return target
 
     def _push_state(self, app_name: str, target: TargetRuntime) -> None:

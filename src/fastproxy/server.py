@@ -39,7 +39,9 @@ from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .signals import SignalInbox
+from .sources import DEFAULT_CACHE_DIR as DEFAULT_STATE_DIR
 from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
+from .targetstate import TargetStateStore
 from .watchdog import MainLoopWatchdog
 from .wording import plural
 
@@ -114,8 +116,10 @@ class Server:
         inherited: Handover | None = None,
         fd_store: FdStore | None = None,
         admin_socket: str | None = None,
+        state_dir: str | None = None,
     ) -> None:
         self.config = config
+        self.target_state = TargetStateStore(state_dir)
         self.admin_socket = admin_socket  # the admin API's unix socket; None: none
         self.inherited = inherited  # sockets handed over by the process we replace
         self.source = source  # where reloads read the config from
@@ -185,6 +189,7 @@ class Server:
         addresses = self._resolve(self.config)
         warn_any_proxy_sender(self.config)
         self.routes.apply(self.config, addresses)
+        self.target_state.restore(self.routes)
         try:
             self.listeners = self._listen()
             self._admission(self.config)
@@ -452,6 +457,7 @@ class Server:
             log.debug("reload: added ports accept")
             self._admission(new)
             failpoint("reload.opened")
+            self.target_state.save(self.routes)
         except BaseException:
             self._roll_back(change)
             raise
@@ -479,7 +485,14 @@ class Server:
             action,
             ", closing its connections" if close else "",
         )
+        self.target_state.save(self.routes)
         return {"app": app, "target": target, "state": runtime.state}
+
+    def set_weight(self, app: str, target: str, weight: int) -> dict[str, Any]:
+        runtime = self.routes.set_weight(app, target, weight)
+        log.info("app %s: target %s: weight %d (operator)", app, target, weight)
+        self.target_state.save(self.routes)
+        return {"app": app, "target": target, "state": runtime.state, "weight": weight}
 
     def status(self) -> dict[str, Any]:
         apps = []
@@ -494,7 +507,8 @@ class Server:
                     {
                         "address": t.target.address,
                         "state": t.state,
-                        "weight": t.target.weight,
+                        "weight": t.weight or t.target.weight,
+                        "config_weight": t.target.weight,
                         "backup": t.target.backup,
                         "max_connections": t.target.max_connections,
                         "soft_limit": t.target.soft_limit,
@@ -687,6 +701,7 @@ def run(
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET,
     cluster: ClusterOptions | None = None,
     watch: bool = True,
+    state_dir: str | None = DEFAULT_STATE_DIR,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
     SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
@@ -728,6 +743,7 @@ def run(
             inherited=handover,
             fd_store=FdStore(stored),
             admin_socket=admin_socket,
+            state_dir=state_dir,
         )
         try:
             server.start()
