@@ -462,6 +462,7 @@ class Server:
         try:
             self.routes.apply(self.config, {})  # keeps every address it had
             self.listeners.rollback(change)
+            self._admission(self.config)  # the sk_lookup program may hold the new lists
         except Exception as exc:  # nothing left to undo with: say so loudly
             log.critical("reload: rolling back failed, serving may be incomplete: %s", exc)
 
