@@ -59,8 +59,7 @@ def main() -> None:
 @click.option(
     "--relay",
     type=click.Choice(RELAY_MODES),
-    help="splice (zero copy), copy, or sockmap (in-kernel, BPF; refused unless"
-    " FASTPROXY_UNSAFE_SOCKMAP=1).",
+    help="splice (zero copy) or copy (recv/send).",
 )
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
 @click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")

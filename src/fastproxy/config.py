@@ -52,7 +52,12 @@ __all__ = [
 
 BALANCE_MODES = ("round-robin", "least-conn", "random", "source-hash")
 STEERING_MODES = ("auto", "bpf", "ports")
-RELAY_MODES = ("splice", "copy", "sockmap")
+RELAY_MODES = ("splice", "copy")
+# The in-kernel relay was taken out: its kernel may send a segment twice.
+SOCKMAP_REMOVED = (
+    '"sockmap" is no longer offered (the kernel\'s sk_skb redirect may send a segment'
+    ' twice: benchmarks/sockmap/README.md); use "splice" or "copy"'
+)
 PROXY_PROTOCOLS = ("v1", "v2")
 
 PIPE_SIZE_MIN, PIPE_SIZE_MAX = 4096, 1 << 20
@@ -553,7 +558,7 @@ def _parse_local_settings(data: dict[str, Any]) -> dict[str, Any]:
         "admin_hosts": _parse_admin_hosts(data.get("AdminHosts", [])),
         "workers": _integer(data.get("Workers", 0), "Workers", 0, MAX_WORKERS),
         "steering": _choice(data.get("Steering", "auto"), "Steering", STEERING_MODES),
-        "relay": _choice(data.get("Relay", "splice"), "Relay", RELAY_MODES),
+        "relay": _parse_relay(data.get("Relay", "splice")),
         "pipe_size": _parse_pipe_size(data.get("PipeSize", 0)),
     }
     local["user"], local["group"] = _parse_account(data.get("User"), data.get("Group"))
@@ -944,6 +949,12 @@ def _choice(value: object, field: str, choices: Sequence[str]) -> str:
         hint = _did_you_mean(value, choices)
         raise _Invalid(field, f"{_q(value)} is not one of {allowed}{hint}")
     return value
+
+
+def _parse_relay(value: object) -> str:
+    if value == "sockmap":
+        raise _Invalid("Relay", SOCKMAP_REMOVED)
+    return _choice(value, "Relay", RELAY_MODES)
 
 
 def _parse_pipe_size(value: object) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, _relay, plausibility, sockmap_relay
+from . import __version__, _relay, plausibility
 from .accesslog import AccessLog
 from .admin import AdminServer
 from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
@@ -123,11 +123,7 @@ class Server:
         self.relay = _relay.Relay(
             workers=self.workers, splice=config.relay != "copy", pipe_size=config.pipe_size
         )
-        # Relay: sockmap keeps splice for what the kernel does not take (and as fallback).
-        self.sockmap = sockmap_relay.attach(self.relay) if config.relay == "sockmap" else None
-        self.relay_mode = (
-            "splice" if config.relay == "sockmap" and not self.sockmap else config.relay
-        )
+        self.relay_mode = config.relay
         self.routes = Routes(self.relay)
         self.steering_mode = "ports"
         self.listeners: ListenerSet | None = None
