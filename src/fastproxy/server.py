@@ -26,6 +26,7 @@ from .admintoken import ensure_token
 from .config import Config, ConfigError
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
+from .etcd import EtcdURL, is_etcd_url
 from .failpoints import failpoint
 from .fdstore import FdStore
 from .fdstore import inherited as systemd_sockets
@@ -38,7 +39,7 @@ from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .signals import SignalInbox
-from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
+from .sources import ClusterOptions, ConfigSource, FileSource, ReloadError
 from .watchdog import MainLoopWatchdog
 from .wording import plural
 
@@ -655,6 +656,19 @@ class Requests:
                 self.reopen_log = True
 
 
+def open_source(
+    spec: str, cluster: ClusterOptions | None = None, *, watch: bool = True
+) -> ConfigSource:
+    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed).
+    `watch`: reload a file when it changes (an etcd key is always watched)."""
+    if is_etcd_url(spec):
+        # Imported here: the etcd source (and its client library) only when one is named.
+        from .etcdsource import EtcdSource
+
+        return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
+    return FileSource(spec, watch=watch)
+
+
 def run(
     config_path: str,
     *,
@@ -672,7 +686,7 @@ def run(
     """Serve until SIGTERM or SIGINT, then drain and return the exit status.
     SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
     the fastproxy running behind `control_socket` first. `config_path` may be an
-    etcd URL (sources.py; `cluster` holds its settings). Raises ConfigError,
+    etcd URL (open_source; `cluster` holds its settings). Raises ConfigError,
     ListenError or TakeoverError (one-line) before serving."""
     options = Options(
         steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin

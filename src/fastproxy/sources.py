@@ -1,6 +1,8 @@
 """Where the config comes from. The server asks its source for the config to serve
 (at start and at every reload) and lets it call for reloads when the config changes:
-a file watched with stat(), or a key in etcd shared by a fleet (etcdsource.py)."""
+a file watched with stat(), or a key in etcd shared by a fleet (etcdsource.py). Which
+one serves is the orchestrator's choice (server.open_source): this module knows the
+contract and the file, not etcd."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config, load_config
-from .etcd import EtcdURL, Security, is_etcd_url
+from .etcd import Security
 from .watch import FileWatcher
 
 DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
@@ -90,15 +92,3 @@ class FileSource:
 
     def gauges(self) -> dict[str, float]:
         return {}
-
-
-def open_source(
-    spec: str, cluster: ClusterOptions | None = None, *, watch: bool = True
-) -> ConfigSource:
-    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed).
-    `watch`: reload a file when it changes (an etcd key is always watched)."""
-    if is_etcd_url(spec):
-        from .etcdsource import EtcdSource
-
-        return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
-    return FileSource(spec, watch=watch)
