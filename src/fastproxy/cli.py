@@ -9,12 +9,10 @@ from typing import Any
 
 import click
 
-from . import __version__, adminsocket
-from .admin import TARGET_ACTIONS
-from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
-from .admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
-from .admintoken import TokenError, read_token
-from .cluster_cli import cluster_group, config_group, etcd_options
+from . import __version__
+from .cluster.cli import cluster_group, config_group, etcd_options
+from .cluster.etcd import Security, is_etcd_url
+from .cluster.options import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
@@ -26,12 +24,15 @@ from .config import (
     parse_host_port,
     summary,
 )
-from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import TakeoverError
-from .etcd import Security, is_etcd_url
-from .listeners import ListenError
-from .privileges import PrivilegeError
-from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
+from .control import adminsocket
+from .control.admin import TARGET_ACTIONS
+from .control.adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
+from .control.admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
+from .control.admintoken import TokenError, read_token
+from .control.handover import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
+from .control.handover import TakeoverError
+from .control.privileges import PrivilegeError
+from .listeners.sockets import ListenError
 from .wording import plural
 
 

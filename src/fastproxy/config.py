@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
-from .privileges import account
+from .control.admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
+from .control.privileges import account
 from .wording import plural
 
 __all__ = [

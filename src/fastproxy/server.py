@@ -20,27 +20,28 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, _relay, plausibility
 from .accesslog import AccessLog
-from .admin import AdminServer
-from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
-from .admintoken import ensure_token
+from .cluster.etcd import EtcdURL, is_etcd_url
+from .cluster.options import ClusterOptions
 from .config import Config, ConfigError
-from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
-from .etcd import EtcdURL, is_etcd_url
+from .control.admin import AdminServer
+from .control.adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
+from .control.admintoken import ensure_token
+from .control.handover import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
+from .control.handover import ControlServer, Handover, Successor, TakeoverError, private_directory
+from .control.privileges import drop_to, forbid_new_privileges, target
+from .control.sdnotify import notify, reloading
+from .control.watchdog import MainLoopWatchdog
 from .failpoints import failpoint
-from .fdstore import FdStore
-from .fdstore import inherited as systemd_sockets
 from .health import HealthChecker
-from .listener_set import Change, ListenerSet
-from .listeners import ListenError
-from .port_listeners import PortListeners
-from .privileges import drop_to, forbid_new_privileges, target
+from .listeners.contract import Change, ListenerSet
+from .listeners.fdstore import FdStore
+from .listeners.fdstore import inherited as systemd_sockets
+from .listeners.ports import PortListeners
+from .listeners.sockets import ListenError
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
-from .sdnotify import notify, reloading
 from .signals import SignalInbox
-from .sources import ClusterOptions, ConfigSource, FileSource, ReloadError
-from .watchdog import MainLoopWatchdog
+from .sources import ConfigSource, FileSource, ReloadError
 from .wording import plural
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ class Server:
         if self.inherited is not None:
             # An upgrade keeps its predecessor's steering mode: bpf state and sockets go together.
             if self.inherited.steering == "bpf" and self.inherited.take("steered"):
-                from .steered_listeners import SteeredListeners
+                from .listeners.steered import SteeredListeners
 
                 return SteeredListeners.adopt(self.relay, hosts, self.inherited, ports)
             return PortListeners.adopt(self.relay, hosts, self.inherited, ports)
@@ -295,7 +296,7 @@ class Server:
 
             reason = steering.probe() or self._bpf_listen_problem()
             if reason is None:
-                from .steered_listeners import SteeredListeners
+                from .listeners.steered import SteeredListeners
 
                 try:
                     return SteeredListeners.attach(self.relay, hosts, ports)
@@ -336,7 +337,7 @@ class Server:
     # -- upgrade: the running process's side -----------------------------------
 
     def handover(self) -> Handover:
-        """Our listening sockets, for a successor (see control.py)."""
+        """Our listening sockets, for a successor (see control/handover.py)."""
         socks = self.listeners.handover() if self.listeners is not None else []
         if self.admin is not None:
             host, port = self.admin.address
@@ -663,7 +664,7 @@ def open_source(
     `watch`: reload a file when it changes (an etcd key is always watched)."""
     if is_etcd_url(spec):
         # Imported here: the etcd source (and its client library) only when one is named.
-        from .etcdsource import EtcdSource
+        from .cluster.source import EtcdSource
 
         return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
     return FileSource(spec, watch=watch)
