@@ -1,4 +1,4 @@
-"""`fastproxy` command line: a thin click layer over server.run() and friends.
+"""`fastproxy` command line: a thin click layer over process.run() and friends.
 Expected failures print one line, `error: ...`, and exit non-zero; never a traceback."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def serve(
 ) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT. CONFIG is a file, or
     etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
-    from .server import run  # the relay extension loads only when serving
+    from .process import run  # the relay extension loads only when serving
 
     _setup_logging(log_level, log_format)
     try:

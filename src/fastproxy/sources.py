@@ -1,7 +1,7 @@
 """Where the config comes from. The server asks its source for the config to serve
 (at start and at every reload) and lets it call for reloads when the config changes:
 a file watched with stat(), or a key in etcd shared by a fleet (cluster/source.py). Which
-one serves is the orchestrator's choice (server.open_source): this module knows the
+one serves is the orchestrator's choice (process.open_source): this module knows the
 contract and the file, not etcd."""
 
 from __future__ import annotations
