@@ -2,7 +2,8 @@
 
     admin.py        the admin HTTP API (/status, /metrics, /healthz, reload, targets),
                     served by boundedhttp.py, a small HTTP/1.1 server with hard bounds
-                    on what one client may cost
+                    on what one client may cost (httpconn.py: one connection and the
+                    worker lanes; httpmessages.py: what its handler sees and returns)
     admintoken.py   the bearer token the admin API asks for
     adminsocket.py  the admin API on a unix socket (what the CLI uses)
     handover.py     the control socket: a new process takes the listening sockets and
