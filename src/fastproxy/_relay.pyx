@@ -15,7 +15,6 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
   relay/conn.pxi        the connection state machine
-  relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
@@ -42,7 +41,6 @@ include "relay/pool.pxi"
 include "relay/balance.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"
-include "relay/sockmap.pxi"
 include "relay/preface.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"

@@ -184,7 +184,7 @@ class Routes:
         self._retire(apps)
 
     def _route_by_name(self, port: int, on_port: list[App], apps: dict[str, AppRuntime]) -> None:
-        """A port whose clients go to an app by TLS server name (config.py made sure
+        """A port whose clients go to an app by TLS server name (config/app.py made sure
         the apps on it may share it)."""
         default = [app for app in on_port if not app.server_names]
         counted = apps[(default or on_port)[0].name]
