@@ -59,7 +59,7 @@ class Routes:
     def __init__(self, relay: _relay.Relay) -> None:
         self.relay = relay
         self.apps: dict[str, AppRuntime] = {}
-        self.port_owner: dict[int, str] = {}
+        self.port_owner: Mapping[int, str] = {}
         self.sni_ports: set[int] = set()  # ports routed by TLS server name
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}

@@ -3,7 +3,9 @@ frozen dataclasses a parsed config is made of (Config > App > Target, HealthChec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..control.admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
 
@@ -170,17 +172,27 @@ class Config:
     access_log: str | None = None  # a path, "-" for stderr, None: off
     source: str = "<config>"  # the file it came from, for messages
 
-    def port_owner(self) -> dict[int, str]:
+    def port_owner(self) -> Mapping[int, str]:
         """Map every configured port to the name of the app that owns it; on a port
         shared by name, the default app (the one without ServerNames), else the first."""
+        return self._port_owner
+
+    def port_apps(self) -> Mapping[int, list[App]]:
+        """Map every configured port to the apps on it (several when shared by name)."""
+        return self._port_apps
+
+    # Worked out once per Config (it is frozen): a start with 10,000 ports asks for them
+    # from routing, listeners and admission, and each pass is milliseconds. Read-only.
+    @cached_property
+    def _port_owner(self) -> dict[int, str]:
         owner: dict[int, str] = {}
-        for port, apps in self.port_apps().items():
+        for port, apps in self._port_apps.items():
             default = [app for app in apps if not app.server_names]
             owner[port] = (default or apps)[0].name
         return owner
 
-    def port_apps(self) -> dict[int, list[App]]:
-        """Map every configured port to the apps on it (several when shared by name)."""
+    @cached_property
+    def _port_apps(self) -> dict[int, list[App]]:
         apps: dict[int, list[App]] = {}
         for app in self.apps:
             for port in app.ports:

@@ -49,8 +49,6 @@ import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
-import h11
-
 from .httpconn import (
     _BUSY,
     _CLOSED,
@@ -61,6 +59,7 @@ from .httpconn import (
     REQUEST_DEADLINE,
     _Conn,
     _Lane,
+    h11,
     request_of,
     turn_away,
 )
@@ -252,6 +251,7 @@ class BoundedHTTPServer:
         # A bounded batch, read as it is accepted: a newcomer whose request came with
         # it is placed by what it asks; one that is still silent is shed only after
         # those stalled part-way through theirs (see _shed).
+        h11.Connection  # noqa: B018  loads h11 in this thread (LazyLoader: not thread-safe in 3.11)
         for _ in range(ACCEPT_BATCH):
             if self._accept_paused_until:  # out of descriptors (below), for every socket
                 return
