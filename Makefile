@@ -85,11 +85,11 @@ fuzz-parsers: venv
 	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
-# Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with
-# none of the relay's code running (scripts/sockmap_duplicates.py; root, about 4 minutes).
+# Why Relay: sockmap was taken out: the kernel sending a segment twice, shown with none of
+# the relay's code running (benchmarks/sockmap/duplicates.py; root, about 4 minutes).
 sockmap-duplicates: setup
 	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' \
-		$(VENV)/bin/python scripts/sockmap_duplicates.py --rounds 40
+		$(VENV)/bin/python benchmarks/sockmap/duplicates.py --rounds 40
 
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)

@@ -19,8 +19,7 @@ from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
 DIRECT = "direct"
 BPF = "fastproxy-splice-bpf"
 PEERS = (*HAPROXY_MODES, "nginx-stream", "asyncio", "uvloop")
-SOCKMAP = "fastproxy-sockmap"  # Relay: sockmap, the kernel relaying (refused unless unsafe)
-OURS = ("fastproxy-copy", "fastproxy-splice", BPF, SOCKMAP)
+OURS = ("fastproxy-copy", "fastproxy-splice", BPF)
 # Table order: the limit, the peers, then ours.
 CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
@@ -134,17 +133,11 @@ def start_proxy(
     elif name in ("asyncio", "uvloop"):
         proxy = _start_pyproxy(routes, workdir, uvloop=name == "uvloop")
     else:
-        relay = {"fastproxy-copy": "copy", SOCKMAP: "sockmap"}.get(name, "splice")
+        relay = "copy" if name == "fastproxy-copy" else "splice"
         steering = "bpf" if name == BPF else "ports"
         apps = {f"app{i}": ([front], backends) for i, (front, backends) in enumerate(routes)}
         config = fastproxy_config(apps, steering, workers=workers)
-        # Refused by default (the kernel may send a segment twice): measured all the same,
-        # as a figure of what the kernel path costs, never as a mode to run.
-        unsafe = {"FASTPROXY_UNSAFE_SOCKMAP": "1"} if name == SOCKMAP else None
-        proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus, env=unsafe)
-        if name == SOCKMAP and "relay=sockmap" not in proxy.log():
-            proxy.stop()  # it fell back to splice: not the contender it claims to be
-            raise Unavailable("sockmap relay not loadable here (see its log line)")
+        proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus)
     try:
         for front, _ in routes:
             if name == BPF:  # no socket listens by that port number: probe it

@@ -43,10 +43,11 @@ METHOD = """\
   buffers then is not counted (up to tens of MB per stream: a few % of 2 GB, most of a
   smoke run's 20 MB). A round in which the server counted no byte is an error, not a
   figure.
-- `fastproxy-sockmap` (`Relay: sockmap`): the kernel relaying. Since 941ce88 the mode
-  is refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks set it), because this
-  kernel's sk_skb redirect sometimes sends a segment twice (`make sockmap-duplicates`).
-  Its figures show what the kernel path costs, not a mode to run.
+- `fastproxy-sockmap` (`Relay: sockmap`, in runs up to e885a6a): the kernel relaying.
+  From 941ce88 the mode was refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks
+  set it), because this kernel's sk_skb redirect sometimes sends a segment twice (`make
+  sockmap-duplicates`); then it was taken out (benchmarks/sockmap/README.md). Its
+  figures show what the kernel path costs, not a mode to run.
 - Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
   (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
   except in the workers case. All in a network namespace of its own (`make bench`).

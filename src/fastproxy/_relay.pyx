@@ -22,7 +22,6 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/lifetime.pxi    closes on the proxy's initiative: MaxConnectionDuration,
                         OnTargetDown close
   relay/conn.pxi        the connection state machine
-  relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
@@ -54,7 +53,6 @@ include "relay/maglev.pxi"
 include "relay/sockopts.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"
-include "relay/sockmap.pxi"
 include "relay/preface.pxi"
 include "relay/lifetime.pxi"
 include "relay/timers.pxi"

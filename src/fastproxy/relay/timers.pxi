@@ -1,6 +1,7 @@
 # Connection timers on a hashed wheel of TICK_MS slots: connect and preface
-# deadlines, idle timeouts, lifetimes (lifetime.pxi), and failing connections flushing a dead side's last
-# bytes (conn_fail_flush, every tick).
+# deadlines, idle timeouts, lifetimes (lifetime.pxi), queued clients (limits.pxi),
+# and failing connections flushing a dead side's last bytes (conn_fail_flush,
+# every tick).
 # Each connection sits in at most one slot, for the earliest moment it needs a
 # look. Activity costs no timer operation: it only stores last_active_ms, and the
 # idle timer, when its slot comes round, either fires or moves the connection to
@@ -66,8 +67,6 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
     elif c.state == ST_RELAYING and lifetime_over(w, c):
         pass
     elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
-        if c.mapped != NULL:
-            sockmap_count(w, c)     # the kernel relays it: its counters tell its activity
         if w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
             fp_add_u64(&c.app_st.idle_timeouts, 1)
             c.result = R_IDLE_TIMEOUT
