@@ -3,9 +3,10 @@ where they happen (connects that fail, resets before the target's first byte;
 relay/outlier.pxi) and wakes this thread through an eventfd when one crosses its
 app's ConsecutiveFailures. What needs the whole app is decided here: at most
 MaxEjectedPercent of an app's targets out at once, and an ejection time of
-BaseEjection times the number of recent ejections (one forgiven per BaseEjection
-spent back in). An ejected target is down: OnTargetDown close applies, SlowStart
-ramps it back, and when every target is down the app's panic mode still tries them."""
+BaseEjection times the number of recent ejections (one forgiven per 10 s, or
+BaseEjection if longer, spent back in; Envoy forgives one per interval). An ejected
+target is down: OnTargetDown close applies, SlowStart ramps it back, and when every
+target is down the app's panic mode still tries them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .routing import Routes, TargetRuntime
 
 log = logging.getLogger("fastproxy.outlier")
 LONGEST_EJECTION = 300.0  # seconds, however many ejections (unless BaseEjection is longer)
+FORGIVE_AFTER = 10.0  # seconds back in (or BaseEjection, if longer) that forgive one ejection
 
 
 class OutlierDetector:
@@ -90,8 +92,8 @@ class OutlierDetector:
     def _eject(self, app_name: str, target: TargetRuntime, base: float, now: float) -> None:
         level = self._level.get(target.slot, 0)
         back = self._back.get(target.slot)
-        if back is not None and base > 0:
-            level = max(0, level - int((now - back) // base))
+        if back is not None:
+            level = max(0, level - int((now - back) // max(FORGIVE_AFTER, base)))
         level += 1
         self._level[target.slot] = level
         seconds = min(base * level, max(LONGEST_EJECTION, base))
