@@ -5,6 +5,8 @@ per second: wrk (one request per connection) through fastproxy to nginx, each fe
 against the same proxy without it, interleaved in rounds.
 
     python benchmarks/feature_cost.py [SECONDS] [ROUNDS]      (defaults 5, 3)
+    python benchmarks/feature_cost.py [SECONDS] [ROUNDS] --target-aware
+        issue 23's features instead (TcpKeepalive ... Balance maglev), no bpf
 
 The bpf variants need root and a network namespace of their own (one fastproxy owns
 steering per namespace): run it as `unshare --net sh -c 'ip link set lo up; python ...'`.
@@ -124,6 +126,32 @@ def start_bpf_proxy(d: Path, http: int) -> tuple[subprocess.Popen, list[int]]:
     return proc, ports
 
 
+def target_aware_variants(http: int) -> dict[str, tuple[dict, str, bool | None]]:
+    """Issue 23's features, each on the plain relay (--target-aware). Limits far above
+    the load: what keeping them costs, not what refusing costs."""
+    plain = {"Targets": [f"{HOST}:{http}"]}
+    limited = {"Targets": [{"Address": f"{HOST}:{http}", "MaxConnections": 100000,
+                            "SoftLimit": 50000}], "QueueTimeout": 1}  # fmt: skip
+    each = {
+        "http + TcpKeepalive": {"TcpKeepalive": True},
+        "http + TcpUserTimeout": {"TcpUserTimeout": 30},
+        "http + MaxConnectionDuration": {"MaxConnectionDuration": 3600},
+        "http + OnTargetDown close": {"OnTargetDown": "close"},
+        "http + MaxConnections + SoftLimit": limited,
+        "http + SlowStart (not ramping)": {"SlowStart": 60},
+        "http + Outlier": {"Outlier": True},
+        "http + Balance maglev": {"Balance": "maglev"},
+    }
+    everything: dict = dict(plain)
+    for settings in each.values():
+        everything.update(settings)
+    return {
+        "http": (plain, "http", None),
+        **{name: ({**plain, **settings}, "http", None) for name, settings in each.items()},
+        "http + all of the above": (everything, "http", None),
+    }
+
+
 def variants(http: int, https: int, d: Path) -> dict[str, tuple[dict, str, bool | None]]:
     """name -> (app settings, scheme, behind HAProxy: None no, else with send-proxy?)"""
     plain = {"Targets": [f"{HOST}:{http}"]}
@@ -209,7 +237,12 @@ def main() -> None:
         entry: dict[str, tuple[int, str, int]] = {}  # variant -> (port wrk loads, scheme, pid)
         try:
             time.sleep(0.5)
-            for name, (settings, scheme, haproxy) in variants(http, https, d).items():
+            chosen = (
+                target_aware_variants(http)
+                if "--target-aware" in sys.argv
+                else variants(http, https, d)
+            )
+            for name, (settings, scheme, haproxy) in chosen.items():
                 proc, port = start_proxy(d, name, settings)
                 procs.append(proc)
                 pid = proc.pid
@@ -217,7 +250,7 @@ def main() -> None:
                     proc, port = start_haproxy(d, port, haproxy)
                     procs.append(proc)
                 entry[name] = (port, scheme, pid)
-            if "--no-bpf" not in sys.argv:
+            if "--no-bpf" not in sys.argv and "--target-aware" not in sys.argv:
                 proc, ports = start_bpf_proxy(d, http)
                 procs.append(proc)
                 for name, port in zip(BPF_VARIANTS, ports):
