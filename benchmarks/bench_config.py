@@ -24,3 +24,6 @@ HERE = Path(__file__).resolve().parent
 ONLY = tuple(n for n in os.environ.get("BENCH_ONLY", "").split(",") if n)
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", HERE / "results"))
 RAW_DIR = RESULTS_DIR / "raw"
+# Issue 12's scaling figure: 8,000 active connections (test_http's concurrent case); the
+# shared contenders' connection limits are derived from it (bench_contenders).
+CONCURRENT = 200 if SMOKE else 8000

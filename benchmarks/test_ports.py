@@ -68,9 +68,10 @@ def test_startup_many_ports(
         workdir = tmp_path / f"{variant}-{next(starts)}"
         workdir.mkdir()
         if variant == "haproxy":
-            # maxconn leaves room for the listening sockets within the open-file limit
+            # The case's connections are its probes, one at a time (SAMPLE ports): a
+            # small maxconn leaves room for the listening sockets within the fd limit.
             routes = [(ports, [backend_ports[0]])]
-            return start_haproxy("haproxy-nosplice", routes, workdir, maxconn=1000)
+            return start_haproxy("haproxy-nosplice", routes, workdir, connections=SAMPLE)
         steering = "ports" if variant == "fastproxy-ports" else "bpf"
         config = fastproxy_config({"many": ([ports], [backend_ports[0]])}, steering)
         return start_fastproxy(config, workdir, env=CACHE_OFF if "cold" in variant else None)

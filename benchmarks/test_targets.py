@@ -55,7 +55,12 @@ def balanced(
                 (dead_front, [dead_port, backend_ports[0]]),
             ]
             try:
-                proxy = start_proxy(name, routes, tmp_path_factory.mktemp(name))
+                proxy = start_proxy(
+                    name,
+                    routes,
+                    tmp_path_factory.mktemp(name),
+                    connections=max(c for c, _ in CASES.values()),
+                )
             except (Unavailable, FileNotFoundError):
                 continue
             procs.append(proxy)

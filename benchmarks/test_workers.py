@@ -46,6 +46,7 @@ def scaled(
                     name,
                     [(front, [backend_ports[0]])],
                     workdir,
+                    connections=max(c for c, _ in LOADS.values()),
                     workers=threads,
                     cpus=f"{CLIENT_CPU},{SERVER_CPU}",
                 )
