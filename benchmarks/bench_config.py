@@ -24,6 +24,9 @@ HERE = Path(__file__).resolve().parent
 ONLY = tuple(n for n in os.environ.get("BENCH_ONLY", "").split(",") if n)
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", HERE / "results"))
 RAW_DIR = RESULTS_DIR / "raw"
+# Seconds of load before the counted window where the generator allows it (openloop's
+# closed loop: the many-connection cases), so that it excludes the connect storm.
+WARMUP = 0.2 if SMOKE else 1.0
 # Issue 12's scaling figure: 8,000 active connections (test_http's concurrent case); the
 # shared contenders' connection limits are derived from it (bench_contenders).
 CONCURRENT = 200 if SMOKE else 8000

@@ -42,6 +42,7 @@ METRICS = {
     "push_p50_ms": ("push to all p50 ms", False, 0),
     "push_max_ms": ("push to all max ms", False, 0),
     "busiest_thread_share": ("busiest thread's CPU share", False, 2),
+    "client_cpu_share": ("load generator's CPU share", False, 2),
 }
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {

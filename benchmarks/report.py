@@ -50,6 +50,14 @@ METHOD = """\
 - Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
   (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
   except in the workers case. All in a network namespace of its own (`make bench`).
+- Load generators: wrk (`-t1`: the client has one CPU in this layout) for churn,
+  keep-alive and the one-connection latency; `benchmarks/openloop.c` for the fixed
+  offered rates and, as a closed loop (one request in flight per connection), for the
+  100- and 8,000-connection cases: every connection is open before its clock starts and
+  a warm-up is left out of the counted window (wrk counts from its first connect, so the
+  connect storm of 8,000 fell in its window). Each round records its load generator's
+  CPU share (its own CPU time over the run's length); where it nears 1 the client, not
+  the contender, may set the figure, and the list above says so.
 - Raw outputs (iperf3 summaries, wrk and openloop outputs) of the run:
   `results/raw/<case>.jsonl.gz`."""
 
@@ -103,6 +111,27 @@ def losses(cases: list[Case]) -> list[str]:
                             f"- {case.name}, {METRICS[metric][0]}: {name} {judged} than {best}"
                         )
     return found or ["- nowhere outside the spreads"]
+
+
+# A load generator busy this share of its CPU (or more) may be what sets the figure.
+CLIENT_BOUND = 0.9
+
+
+def client_bound(cases: list[Case]) -> list[str]:
+    """The contenders whose load generator was busy at least CLIENT_BOUND of its CPU in
+    some round: there the client may be the bottleneck, not the contender."""
+    found = []
+    for case in cases:
+        for name, values in case.figures.items():
+            share = values.get("client_cpu_share")
+            if share is not None and share.high >= CLIENT_BOUND:
+                found.append(
+                    f"- {case.name}, {name}: the load generator used {share.show(2)} of its"
+                    " CPU: the figure may be the client's limit, not the contender's"
+                )
+    return found or [
+        f"- nowhere: every load generator stayed below {CLIENT_BOUND:.0%} of its CPU in every round"
+    ]
 
 
 def chart(cases: list[Case], subtitle: str) -> bool:
@@ -183,6 +212,11 @@ def main(argv: list[str]) -> None:
         "Where fastproxy loses (outside the spreads):",
         "",
         *losses(cases),
+        "",
+        "Where the load generator may be the bottleneck (its CPU share, wrk's and"
+        " openloop's own rusage over the run):",
+        "",
+        *client_bound(cases),
         "",
         "## Issue 12's targets",
         "",
