@@ -81,13 +81,17 @@ def client_share(cpu: float, wall: float, threads: int) -> dict[str, float]:
     return {"client_cpu_share": cpu / (wall * threads)}
 
 
+def wrk_seconds(seconds: float) -> int:
+    """What wrk really runs for `seconds`: whole seconds only, at least 1."""
+    return max(round(seconds), 1)
+
+
 def wrk_argv(
     port: int, *, connections: int, seconds: float, close: bool = False, path: str = "/"
 ) -> list[str]:
     threads = min(THREADS, connections)
     argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", f"-t{threads}", f"-c{connections}"]
-    # wrk takes whole seconds only
-    argv += [f"-d{max(round(seconds), 1)}s", "--latency", "--timeout", "5s"]
+    argv += [f"-d{wrk_seconds(seconds)}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     return [*argv, f"http://{HOST}:{port}{path}"]

@@ -113,6 +113,29 @@ def losses(cases: list[Case]) -> list[str]:
     return found or ["- nowhere outside the spreads"]
 
 
+UNTIMED = ("idle-memory", "ports-startup", "cluster-push")  # no load run for a time
+
+
+def durations(cases: list[Case]) -> list[str]:
+    """How long each case's load really ran per round: from what the run recorded in its
+    JSON (never written by hand), cases with the same run grouped."""
+    groups: dict[str, list[str]] = {}
+    for case in cases:
+        info = case.info
+        if "seconds" in info:
+            text = f"{info.get('load', 'load')}, {info['seconds']:g} s per round"
+            if info.get("warmup_seconds"):
+                text += f", counted after a {info['warmup_seconds']:g} s warm-up"
+        elif info.get("load") == "iperf3" or case.name.startswith("bulk-"):
+            text = f"iperf3, a fixed {info.get('bytes', '?')} per round (timed by the transfer)"
+        elif case.name in UNTIMED:
+            text = "no timed load (start-ups, config pushes, connections held)"
+        else:
+            text = "not recorded in this run's JSON (a run from before it recorded them)"
+        groups.setdefault(text, []).append(case.name)
+    return [f"- {', '.join(names)}: {text}" for text, names in groups.items()]
+
+
 # A load generator busy this share of its CPU (or more) may be what sets the figure.
 CLIENT_BOUND = 0.9
 
@@ -221,6 +244,12 @@ def main(argv: list[str]) -> None:
         "## Issue 12's targets",
         "",
         *target_rows(cases),
+        "",
+        "## Durations",
+        "",
+        "What each case's load ran per round, as the run recorded it:",
+        "",
+        *durations(cases),
         "",
         METHOD,
         "",

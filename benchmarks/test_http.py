@@ -16,7 +16,7 @@ from bench_config import CONCURRENT, SECONDS, SMOKE, WARMUP
 from bench_contenders import CONTENDERS, Contenders
 from bench_openloop import run_closed
 from bench_series import run_series
-from bench_wrk import run_wrk
+from bench_wrk import run_wrk, wrk_seconds
 
 # Issue 12's scaling figure: CONCURRENT (8,000) active connections against 100
 # (bench_procs raises the open-file limit; the proxy holds two descriptors per connection).
@@ -66,8 +66,9 @@ def test_http(request, contenders: Contenders, nginx: None, case: str) -> None:
             figures["time_wait"] = time_wait(c.http_port)
         return figures, out
 
-    info = {
-        "connections": connections,
-        "load": "openloop closed loop" if case.startswith("concurrent") else "wrk",
-    }
+    if case.startswith("concurrent"):
+        info = {"connections": connections, "load": "openloop closed loop"}
+        info |= {"seconds": SECONDS, "warmup_seconds": WARMUP}
+    else:
+        info = {"connections": connections, "load": "wrk", "seconds": wrk_seconds(SECONDS)}
     run_series(request, f"http-{case}", names, measure, info=info)

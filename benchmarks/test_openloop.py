@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench_config import SHORT_SECONDS
+from bench_config import SECONDS
 from bench_contenders import DIRECT, Contenders
 from bench_openloop import run_openloop
 from bench_series import run_series
@@ -32,9 +32,7 @@ def direct_rate(contenders: Contenders) -> float:
     """The direct connection's closed-loop keep-alive rate, measured once."""
     if not _direct_rate:
         c = contenders.get(DIRECT)
-        figures, _ = run_wrk(
-            c.http_port, connections=CONNECTIONS, seconds=2 * SHORT_SECONDS, proxy_pid=None
-        )
+        figures, _ = run_wrk(c.http_port, connections=CONNECTIONS, seconds=SECONDS, proxy_pid=None)
         _direct_rate.append(figures["rate"])
     return _direct_rate[0]
 
@@ -46,7 +44,8 @@ def test_open_loop(request, contenders: Contenders, nginx: None, share: float) -
 
     def measure(name: str) -> tuple[dict[str, float], str]:
         c = contenders.get(name)
-        return run_openloop(c.http_port, rate=rate, seconds=SHORT_SECONDS, connections=CONNECTIONS)
+        return run_openloop(c.http_port, rate=rate, seconds=SECONDS, connections=CONNECTIONS)
 
     info = {"offered_rate": round(rate), "share_of_direct": share, "connections": CONNECTIONS}
+    info |= {"load": "openloop", "seconds": SECONDS}
     run_series(request, f"openloop-{share:.0%}", names, measure, info=info)

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_iperf import bulk_figures  # noqa: E402
 from bench_summary import Case, Spread  # noqa: E402
+from report import durations  # noqa: E402
 from targets import rows  # noqa: E402
 
 SENT = 20 * 2**20  # a smoke run's -n 20M
@@ -82,3 +83,30 @@ def test_targets_with_medians_of_0_neither_crash_nor_invent_a_ratio() -> None:
     assert "| keep-alive req/s | ≥ 1.2× best peer |" in table
     assert "haproxy-splice-auto 0: no ratio (both 0) (spreads overlap: tie) | no |" in table
     assert "0 with 20: inf× | yes |" in table  # not lower than with 20
+
+
+def test_the_durations_are_what_each_case_recorded() -> None:
+    """RESULTS.md's durations come from the run's JSON, grouped, never from the config's
+    defaults (RESULTS.md once said 2 s where the sweeps ran 1 s)."""
+    cases = [
+        Case("http-keepalive", {"load": "wrk", "seconds": 5}, {}),
+        Case("size-64", {"bytes": 64, "load": "wrk", "seconds": 5}, {}),
+        Case(
+            "http-concurrent",
+            {"load": "openloop closed loop", "seconds": 5.0, "warmup_seconds": 1.0},
+            {},
+        ),
+        Case("openloop-25%", {"load": "openloop", "seconds": 0.3}, {}),
+        Case("bulk-1stream", {"bytes": "2G"}, {}),
+        Case("health-check-cost", {"load": "iperf3", "bytes": "2G"}, {}),
+        Case("ports-startup", {"ports": 10_000}, {}),
+        Case("target-slow", {"connections": 32}, {}),  # a run that recorded no length
+    ]
+    assert durations(cases) == [
+        "- http-keepalive, size-64: wrk, 5 s per round",
+        "- http-concurrent: openloop closed loop, 5 s per round, counted after a 1 s warm-up",
+        "- openloop-25%: openloop, 0.3 s per round",
+        "- bulk-1stream, health-check-cost: iperf3, a fixed 2G per round (timed by the transfer)",
+        "- ports-startup: no timed load (start-ups, config pushes, connections held)",
+        "- target-slow: not recorded in this run's JSON (a run from before it recorded them)",
+    ]
