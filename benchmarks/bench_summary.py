@@ -16,6 +16,8 @@ from pathlib import Path
 METRICS = {
     "gbit_per_s": ("Gbit/s", True, 2),
     "rate": ("req/s", True, 0),
+    "offered_rate": ("offered req/s", True, 0),
+    "closed_loop_rate": ("own closed-loop max req/s", True, 0),
     "p50_us": ("p50 µs", False, 0),
     "p99_us": ("p99 µs", False, 0),
     "p999_us": ("p99.9 µs", False, 0),
