@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench_summary import METRICS, latest, load, ratio, refuse_dirty, stamp, verdict
+from bench_summary import METRICS, latest, load, paired, ratio, refuse_dirty, stamp, verdict
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -26,7 +26,9 @@ def table(path: Path) -> list[str]:
     lines = [
         f"Generated from `benchmarks/results/{path.name}` ({stamp(data)}) by "
         "`benchmarks/readme_table.py`; medians of the rounds with their [min-max] "
-        "spread; *tie*: the spreads overlap. Every case and method: "
+        "spread; *tie*: the spreads overlap; then how many of the paired rounds (each "
+        "round of fastproxy against the same round of the best peer) it won, with the "
+        "range of their ratios. Every case and method: "
         "`benchmarks/RESULTS.md`.",
         "",
         "| case | metric | direct | best peer | " + " | ".join(OURS) + " |",
@@ -49,7 +51,8 @@ def table(path: Path) -> list[str]:
                     cells.append("-")
                     continue
                 versus = f", {ratio(case, name, metric, 'direct')} direct" if direct else ""
-                cells.append(f"{mine.show(digits)} ({judged}{versus})")
+                rounds = paired(case, name, metric, best)
+                cells.append(f"{mine.show(digits)} ({judged}; {rounds}{versus})")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 

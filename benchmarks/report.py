@@ -11,7 +11,18 @@ import sys
 from pathlib import Path
 
 from bench_config import RESULTS_DIR
-from bench_summary import METRICS, OURS, Case, latest, load, ratio, refuse_dirty, stamp, verdict
+from bench_summary import (
+    METRICS,
+    OURS,
+    Case,
+    latest,
+    load,
+    paired,
+    ratio,
+    refuse_dirty,
+    stamp,
+    verdict,
+)
 from targets import rows as target_rows
 
 REPORT = RESULTS_DIR.parent / "RESULTS.md"
@@ -28,7 +39,11 @@ METHOD = """\
   otherwise); the figures below are from its `extra_info`.
 - Peers: HAProxy 2.6 (splice forced, `splice-auto`, no splice), nginx `stream`, asyncio
   and uvloop proxies. **Best peer**: on each metric, the peer with the best median
-  (never a chosen one). A difference whose spreads overlap is written **tie**.
+  (never a chosen one). A difference whose spreads overlap is written **tie**; next to
+  it, **paired rounds**: each round of fastproxy against the same round of that peer
+  (they ran in the same turn), how many it won and the range of the per-round ratios,
+  which shows a consistent difference ("better in 5 of 5 rounds, 1.04-1.09×") that the
+  min-max test calls a tie.
 - CPU per GB or per request, two ways: *proxy*: utime+stime of the proxy process
   (/proc/PID/stat); *shared*: all busy time of the CPU the proxy shares with the server
   (/proc/stat), which also counts the kernel work the proxy causes there (the robust one
@@ -80,6 +95,7 @@ def case_table(case: Case) -> list[str]:
 def headline(cases: list[Case]) -> list[str]:
     """Each fastproxy contender against the best peer on each key metric, and direct."""
     head = ["case", "metric", "fastproxy", "median [min-max]", "× direct", "best peer", "verdict"]
+    head.append("paired rounds")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for case in cases:
         for metric in case.key_metrics():
@@ -94,6 +110,7 @@ def headline(cases: list[Case]) -> list[str]:
                 cells = [case.name, METRICS[metric][0], name, values[metric].show(digits)]
                 cells += [ratio(case, name, metric, "direct"), theirs]
                 cells.append(verdict(case, name, metric, best))
+                cells.append(paired(case, name, metric, best))
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -109,6 +126,7 @@ def losses(cases: list[Case]) -> list[str]:
                     if judged.endswith("worse"):
                         found.append(
                             f"- {case.name}, {METRICS[metric][0]}: {name} {judged} than {best}"
+                            f" ({paired(case, name, metric, best)})"
                         )
     return found or ["- nowhere outside the spreads"]
 

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_iperf import bulk_figures  # noqa: E402
-from bench_summary import Case, Spread  # noqa: E402
+from bench_summary import Case, Spread, paired, verdict  # noqa: E402
 from report import durations  # noqa: E402
 from targets import rows  # noqa: E402
 
@@ -110,3 +110,35 @@ def test_the_durations_are_what_each_case_recorded() -> None:
         "- ports-startup: no timed load (start-ups, config pushes, connections held)",
         "- target-slow: not recorded in this run's JSON (a run from before it recorded them)",
     ]
+
+
+def with_rounds(values: dict[str, dict[str, list[float]]]) -> Case:
+    figures = {n: {m: Spread.of(v) for m, v in ms.items()} for n, ms in values.items()}
+    return Case("http-keepalive", {}, figures, values)
+
+
+def test_paired_rounds_show_a_consistent_difference_the_spreads_call_a_tie() -> None:
+    """Issue 25 finding 5: keep-alive copy vs nginx was a tie by min-max, yet better in
+    5 of 5 paired rounds."""
+    case = with_rounds(
+        {
+            "fastproxy-copy": {"rate": [104, 106, 109, 108, 105]},
+            "nginx-stream": {"rate": [100, 101, 106, 100, 98]},
+        }
+    )
+    assert verdict(case, "fastproxy-copy", "rate", "nginx-stream") == "tie"
+    assert paired(case, "fastproxy-copy", "rate", "nginx-stream") == (
+        "better in 5 of 5 rounds, 1.03-1.08×"
+    )
+    # Lower is better for a latency: turned so that above 1 is still better.
+    case = with_rounds({"a": {"p99_us": [90, 120]}, "b": {"p99_us": [100, 100]}})
+    assert paired(case, "a", "p99_us", "b") == "better in 1 of 2 rounds, 0.83-1.11×"
+
+
+def test_paired_rounds_with_zeros_or_missing_rounds_never_divide_by_zero() -> None:
+    case = with_rounds({"a": {"p99_us": [10, 0]}, "b": {"p99_us": [0, 5]}})
+    # Round 2 is won (0 < 5) but has no ratio; round 1's is 0/10.
+    assert paired(case, "a", "p99_us", "b") == "better in 1 of 2 rounds, 0.00×"
+    case = with_rounds({"a": {"rate": [0.0, 0.0]}, "b": {"rate": [0.0]}})
+    assert paired(case, "a", "rate", "b") == "better in 0 of 1 rounds"
+    assert paired(case, "a", "rate", "missing") == "-"
