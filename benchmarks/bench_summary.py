@@ -58,7 +58,7 @@ KEY = {
     "size-": ("gbit_per_s",),
     "workers-": ("rate", "busiest_thread_share"),
     "target-": ("rate", "p99_us"),
-    "reload-under-load": ("errors", "max_us"),
+    "reload-under-load": ("change_ms", "errors", "max_us"),
     "idle-memory": ("total_b_per_conn",),
     "ports-startup": ("startup_ms",),
 }
@@ -158,6 +158,48 @@ def paired(case: Case, contender: str, metric: str, against: str) -> str:
         low, high = min(advantages), max(advantages)
         text += f", {low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f", {low:.2f}-{high:.2f}×"
     return text
+
+
+def haproxy_splice_note(cases: list[Case]) -> list[str]:
+    """What HAProxy's splice modes did in the 1-stream bulk case, from its figures:
+    whether `splice-auto` spliced at all (its proxy CPU per GB against no-splice's and
+    forced splice's), and so what kind of HAProxy the best peer on Gb/s is."""
+    bulk = next((c for c in cases if c.name == "bulk-1stream"), None)
+    if bulk is None:
+        return []
+    cpu = {n: bulk.figures.get(n, {}).get("proxy_cpu_ms_per_gb") for n in HAPROXY}
+    auto, copying, forced = (cpu[n] for n in HAPROXY)
+    if auto is None or copying is None:
+        return []
+    digits = METRICS["proxy_cpu_ms_per_gb"][2]
+    seen = (
+        f"HAProxy's proxy CPU per GB, 1 stream (iperf3): `splice-auto` {auto.show(digits)},"
+        f" no splice {copying.show(digits)}"
+        + (
+            f", forced splice (`option splice-request/splice-response`) {forced.show(digits)}"
+            if forced
+            else ""
+        )
+    )
+    like_copying = auto.overlaps(copying)
+    like_splicing = forced is not None and auto.overlaps(forced)
+    copiers = {"haproxy-nosplice"}
+    if like_copying and not like_splicing:
+        said = (
+            ": `splice-auto` costs what copying does (the spreads overlap) and not what"
+            " forced splice does, so under iperf3 it does not splice: it is a copying HAProxy."
+        )
+        copiers.add("haproxy-splice-auto")
+    elif like_splicing and not like_copying:
+        said = ": `splice-auto` costs what forced splice does: it splices here."
+    else:
+        said = ": the proxy CPU does not tell whether `splice-auto` spliced here."
+    best = bulk.best_peer("gbit_per_s")
+    kind = "a copying HAProxy" if best in copiers else "not a copying HAProxy"
+    return [f"{seen}{said} The best peer on 1-stream Gbit/s is {best}: {kind}."]
+
+
+HAPROXY = ("haproxy-splice-auto", "haproxy-nosplice", "haproxy-splice")
 
 
 def ratio(case: Case, contender: str, metric: str, to: str) -> str:

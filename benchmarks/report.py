@@ -15,6 +15,7 @@ from bench_summary import (
     METRICS,
     OURS,
     Case,
+    haproxy_splice_note,
     latest,
     load,
     paired,
@@ -253,6 +254,10 @@ def main(argv: list[str]) -> None:
         "Where fastproxy loses (outside the spreads):",
         "",
         *losses(cases),
+        "",
+        "HAProxy's splice modes:",
+        "",
+        *(haproxy_splice_note(cases) or ["(no 1-stream bulk figures of HAProxy in this run)"]),
         "",
         "Where the load generator may be the bottleneck (its CPU share, wrk's and"
         " openloop's own rusage over the run):",

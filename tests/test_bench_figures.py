@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_iperf import bulk_figures  # noqa: E402
-from bench_summary import Case, Spread, paired, verdict  # noqa: E402
+from bench_summary import Case, Spread, haproxy_splice_note, paired, verdict  # noqa: E402
+from readme_table import table  # noqa: E402
 from report import durations  # noqa: E402
 from targets import rows  # noqa: E402
 
@@ -142,3 +143,49 @@ def test_paired_rounds_with_zeros_or_missing_rounds_never_divide_by_zero() -> No
     case = with_rounds({"a": {"rate": [0.0, 0.0]}, "b": {"rate": [0.0]}})
     assert paired(case, "a", "rate", "b") == "better in 0 of 1 rounds"
     assert paired(case, "a", "rate", "missing") == "-"
+
+
+def bulk(auto: list[float], copying: list[float], forced: list[float], best: str) -> Case:
+    gbit = {n: 10.0 for n in ("haproxy-splice-auto", "haproxy-nosplice", "haproxy-splice")}
+    gbit[best] = 12.0
+    values = {
+        "haproxy-splice-auto": {"proxy_cpu_ms_per_gb": auto},
+        "haproxy-nosplice": {"proxy_cpu_ms_per_gb": copying},
+        "haproxy-splice": {"proxy_cpu_ms_per_gb": forced},
+    }
+    for name, rate in gbit.items():
+        values[name]["gbit_per_s"] = [rate]
+    figures = {n: {m: Spread.of(v) for m, v in ms.items()} for n, ms in values.items()}
+    return Case("bulk-1stream", {}, figures, values)
+
+
+def test_the_report_says_whether_haproxy_splice_auto_spliced() -> None:
+    """Issue 25 finding 6: under iperf3 splice-auto's proxy CPU equals no-splice's, so
+    the best peer on 1-stream Gb/s is a copying HAProxy; said from the figures."""
+    (note,) = haproxy_splice_note(
+        [bulk([261, 298, 350], [266, 308, 334], [131, 146, 155], "haproxy-splice-auto")]
+    )
+    assert "so under iperf3 it does not splice: it is a copying HAProxy." in note
+    assert note.endswith(
+        "The best peer on 1-stream Gbit/s is haproxy-splice-auto: a copying HAProxy."
+    )
+    (note,) = haproxy_splice_note([bulk([140, 150], [266, 308], [131, 155], "haproxy-splice")])
+    assert "costs what forced splice does: it splices here" in note
+    assert note.endswith("is haproxy-splice: not a copying HAProxy.")
+    (note,) = haproxy_splice_note([bulk([100, 300], [266, 308], [131, 155], "haproxy-splice")])
+    assert "does not tell" in note
+    assert haproxy_splice_note([]) == []
+
+
+def test_the_readme_shows_the_variants_of_cases_without_copy_and_splice() -> None:
+    """Issue 25 finding 7: start-up, reload and workers showed "-" for fastproxy, hiding
+    a loss (ports-mode start-up 197 vs 121 ms) and a win (reload 15 vs 106 ms)."""
+    lines = table(
+        Path(__file__).resolve().parent.parent / "benchmarks/results/bench-5685c7d81be1.json"
+    )
+    startup = next(line for line in lines if line.startswith("| ports-startup | start-up ms |"))
+    assert "fastproxy-ports 197 [186-208] (0.61× worse; better in 0 of 5 rounds" in startup
+    reload = next(line for line in lines if line.startswith("| reload-under-load | reload/"))
+    assert "fastproxy-reload 15 [9-16] (7.01× better; better in 5 of 5 rounds" in reload
+    workers = next(line for line in lines if line.startswith("| workers-churn | req/s |"))
+    assert "fastproxy-splice-2w 21,824" in workers
