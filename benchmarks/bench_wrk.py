@@ -106,11 +106,14 @@ def parse(text: str) -> dict[str, float]:
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     requests = int(done.group(1))
+    seconds = float(done.group(2)) * _UNITS[done.group(3)]
+    if seconds <= 0:  # never a division by zero: an error that says what wrk reported
+        raise RuntimeError(f"wrk: {requests} requests in {done.group(2)}{done.group(3)}: no rate")
     # "Latency   avg   stdev   max   +/- stdev"
     latency = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\s", text)
     return {
         "requests": requests,
-        "rate": requests / (float(done.group(2)) * _UNITS[done.group(3)]),
+        "rate": requests / seconds,
         "p50_us": _percentile(text, "50%") * 1e6,
         "p90_us": _percentile(text, "90%") * 1e6,
         "p99_us": _percentile(text, "99%") * 1e6,

@@ -74,6 +74,12 @@ METHOD = """\
   connect storm of 8,000 fell in its window). Each round records its load generator's
   CPU share (its own CPU time over the run's length); where it nears 1 the client, not
   the contender, may set the figure, and the list above says so.
+- The HTTP server behind every contender is nginx; it serves the size sweep's files
+  with sendfile and without `tcp_nopush`: with it, nginx on Linux turns Nagle on and a
+  64 KiB answer now and then stalled 40 ms on the reader's delayed ACK, direct as well
+  (`results/profiles/response_64k_stall.md`).
+- Peers' limits follow the case: HAProxy's `maxconn` (global and per frontend) and
+  nginx's `worker_connections` are set above the most connections the case holds.
 - Raw outputs (iperf3 summaries, wrk and openloop outputs) of the run:
   `results/raw/<case>.jsonl.gz`."""
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_openloop import OPENLOOP, run_closed, run_openloop  # noqa: E402
 from bench_summary import Case, Spread  # noqa: E402
-from bench_wrk import client_share  # noqa: E402
+from bench_wrk import client_share, parse  # noqa: E402
 from report import CLIENT_BOUND, client_bound  # noqa: E402
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
@@ -120,3 +120,10 @@ def test_the_report_names_where_the_load_generator_is_the_bottleneck() -> None:
     (line,) = client_bound(cases)
     assert line.startswith("- http-concurrent, direct: the load generator used 0.73 [0.50-0.95]")
     assert client_bound(cases[1:])[0].startswith("- nowhere")
+
+
+def test_a_wrk_run_of_no_time_is_an_error_not_a_division_by_zero() -> None:
+    text = "  0 requests in 0.00us, 0.00B read\nRequests/sec:      0.00\n"
+    with pytest.raises(RuntimeError, match="wrk: 0 requests in 0.00us: no rate"):
+        parse(text)
+    assert parse("  10 requests in 2.00s, 1.00KB read\n")["rate"] == 5.0
