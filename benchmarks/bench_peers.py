@@ -60,6 +60,10 @@ defaults
 HAPROXY_LISTEN = "\nlisten route{i}\n    bind {host}:{front}{bind}\n{servers}"
 
 
+MIN_PIPES = 16
+FD_SPARE = 200  # HAProxy's own descriptors (stats socket, logs, pollers) and slack
+
+
 def connection_limit(connections: int) -> int:
     """A peer's connection limit for a case that holds `connections` at once through it:
     above that, with room for connections still closing (churn) and the harness's probes."""
@@ -75,12 +79,21 @@ def haproxy_config(
     stats: str = "",
 ) -> str:
     """`connections`: the most the case holds at once (global and frontend maxconn are
-    set above it). `stats`: a stats socket path exposing the listeners, for a seamless
-    reload."""
-    maxconn = connection_limit(connections)
-    extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    set above it, as far as the open-file limit allows). `stats`: a stats socket path
+    exposing the listeners, for a seamless reload."""
     listeners = sum(_port_count(front) for front, _ in routes)
-    maxpipes = min(4096, max(16, (FD_LIMIT - 2 * maxconn - listeners - 200) // 2))
+    # HAProxy refuses to start when it cannot raise its own fd limit to 2 per connection,
+    # 2 per pipe, its listeners and a few more: the headroom stops at what the limit
+    # holds (here 20,000 fds: 9,882 connections), never below the case's connections.
+    room = (FD_LIMIT - listeners - 2 * MIN_PIPES - FD_SPARE) // 2
+    if room < connections:
+        raise RuntimeError(
+            f"an open-file limit of {FD_LIMIT} holds {room} HAProxy connections, not the"
+            f" case's {connections}: raise it (ulimit -Hn)"
+        )
+    maxconn = min(connection_limit(connections), room)
+    extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    maxpipes = min(4096, max(MIN_PIPES, (FD_LIMIT - 2 * maxconn - listeners - FD_SPARE) // 2))
     text = HAPROXY_GLOBAL.format(
         threads=threads,
         maxconn=maxconn,
@@ -120,11 +133,12 @@ daemon off;
 # One process doing the work, as the other proxies.
 master_process off;
 worker_processes {workers};
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {fd_limit};
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{
-    # Two per proxied connection, above the most the case holds (connection_limit).
+    # Two per proxied connection, above the most the case holds (connection_limit), as
+    # far as the open-file limit allows.
     worker_connections {worker_connections};
     # Take every pending connection per wake-up; with one worker there is nothing to
     # serialise accepts with.
@@ -159,10 +173,17 @@ def nginx_stream_config(
     for i, (front, backends) in enumerate(routes):
         upstreams = "".join(f"        server {HOST}:{port};\n" for port in backends)
         servers += NGINX_SERVER.format(i=i, host=HOST, front=front, upstreams=upstreams)
+    room = FD_LIMIT - len(routes) - FD_SPARE
+    if room < 2 * connections:
+        raise RuntimeError(
+            f"an open-file limit of {FD_LIMIT} holds {room // 2} nginx stream connections,"
+            f" not the case's {connections}: raise it (ulimit -Hn)"
+        )
     return NGINX_STREAM.format(
         module=NGINX_STREAM_MODULE,
         workers=workers,
-        worker_connections=2 * connection_limit(connections),
+        fd_limit=FD_LIMIT,
+        worker_connections=min(2 * connection_limit(connections), room),
         workdir=workdir,
         servers=servers,
     )
