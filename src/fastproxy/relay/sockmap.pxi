@@ -246,12 +246,6 @@ cdef bint sockmap_delivered(fp_worker* w, fp_conn* c, fp_side* src) noexcept nog
     return bytes_given(dst.fd, &given) and given - k_dst.given_base == k_src.relayed
 
 
-cdef void pass_fin(fp_worker* w, fp_conn* c, fp_chan* ch, fp_chan* other, fp_side* dst) noexcept nogil:
-    if not other.shut:
-        shutdown(dst.fd, SHUT_WR)
-    ch.shut = True
-
-
 cdef void sockmap_step(fp_worker* w, fp_conn* c) noexcept nogil:
     """Pass on the FINs and resets whose bytes have all gone through; poll again
     soon for those still waiting."""
@@ -263,7 +257,7 @@ cdef void sockmap_step(fp_worker* w, fp_conn* c) noexcept nogil:
         live = &c.cli if c.failed == &c.srv else &c.srv
         # A direction already shut had all its bytes delivered (and a FIN counts in the
         # peer's acknowledged bytes, so the comparison would no longer hold).
-        delivered = (c.down.shut if c.failed == &c.srv else c.up.shut) \
+        delivered = chan_finished(&c.down if c.failed == &c.srv else &c.up) \
             or sockmap_delivered(w, c, c.failed)
         if w.now_ms >= c.deadline_ms or (delivered
                 and (ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0)):
@@ -271,14 +265,14 @@ cdef void sockmap_step(fp_worker* w, fp_conn* c) noexcept nogil:
             return
         sockmap_pending(w, m, True)
         return
-    if c.up.eof and not c.up.shut and sockmap_delivered(w, c, &c.cli):
-        pass_fin(w, c, &c.up, &c.down, &c.srv)
-    if c.down.eof and not c.down.shut and sockmap_delivered(w, c, &c.srv):
-        pass_fin(w, c, &c.down, &c.up, &c.cli)
-    if c.up.shut and c.down.shut:
+    if c.up.state == CH_DRAINING and sockmap_delivered(w, c, &c.cli):
+        chan_on(&c.up, &c.down, c.srv.fd, CE_ALL_SENT)
+    if c.down.state == CH_DRAINING and sockmap_delivered(w, c, &c.srv):
+        chan_on(&c.down, &c.up, c.cli.fd, CE_ALL_SENT)
+    if chan_finished(&c.up) and chan_finished(&c.down):
         conn_close(w, c)
         return
-    sockmap_pending(w, m, (c.up.eof and not c.up.shut) or (c.down.eof and not c.down.shut))
+    sockmap_pending(w, m, c.up.state == CH_DRAINING or c.down.state == CH_DRAINING)
 
 
 cdef inline void sockmap_pending(fp_worker* w, fp_mapped* m, bint pending) noexcept nogil:
@@ -312,9 +306,9 @@ cdef void sockmap_event(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events) n
         return
     if events & (EPOLLRDHUP | EPOLLHUP):
         if s == &c.cli:
-            c.up.eof = True
+            chan_on(&c.up, &c.down, c.srv.fd, CE_SOURCE_END)
         else:
-            c.down.eof = True
+            chan_on(&c.down, &c.up, c.cli.fd, CE_SOURCE_END)
         sockmap_step(w, c)
 
 
