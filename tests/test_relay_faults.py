@@ -240,6 +240,52 @@ def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
         target_listener.close()
 
 
+@pytest.mark.parametrize("tail", [549, 0])
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_fin_seen_before_the_urgent_mark_is_not_the_end(mode: str, tail: int) -> None:
+    """The target's bytes, an urgent byte, `tail` more bytes and its FIN are all
+    queued when the relay hears of the FIN, but the EPOLLPRI that tells of the mark
+    has not been handled yet (it is on its way, or the side was muted). recv() stops
+    short at the mark: a short read after a FIN is the end of the stream only once
+    SIOCATMARK says no mark is ahead. Taken for the end, the bytes after the mark are
+    lost (the fuzzer's seed 2455), and the close that follows finds the urgent byte
+    unread and resets the target (seed 4430: a slow target lost what it had yet to read)."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven(
+        [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
+    )
+    try:
+        client, target = relay.relaying_pair(target_listener)
+        client.setblocking(False)
+        target.sendall(b"A" * 1000)
+        target.send(b"U", socket.MSG_OOB)  # dropped, as by most proxies
+        target.sendall(b"B" * tail)
+        target.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        (conn,) = relay.connections().values()
+        events = select.EPOLLIN | select.EPOLLRDHUP  # no EPOLLPRI yet
+        _relay.harness_inject(relay.relay, [(conn["id"], "srv", events)])
+        assert read_to_eof(relay, client) == b"A" * 1000 + b"B" * tail
+        # The client ends too: the relay closes the target's socket, which must have
+        # nothing unread (a reset would say it had), and the target reads its EOF.
+        assert read_to_eof(relay, target_end(client, target)) == b""
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def target_end(client: socket.socket, target: socket.socket) -> socket.socket:
+    """The client's FIN sent; the target's socket, non-blocking, to read it from."""
+    client.shutdown(socket.SHUT_WR)
+    target.setblocking(False)
+    return target
+
+
 def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
     """splice-auto: small messages have the direction on its buffer, and the target has
     stopped taking bytes, so some are held. A burst then fills the buffer (bulk): the

@@ -257,12 +257,15 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
-                elif <size_t>n < room and src.fin and src.mark == MARK_NONE:
+                elif (<size_t>n < room and src.fin and src.mark == MARK_NONE
+                        and not at_urgent_mark(src)):
                     # The FIN came (EPOLLRDHUP, no error) before this read, and a
                     # short recv empties the queue: the stream ends here. Saves the
                     # read that would say 0 (a reset after the FIN also reads as 0).
-                    # Not at an urgent mark, seen or possibly unseen: recv() stops
-                    # short there with bytes after it.
+                    # Not at an urgent mark, seen, possibly unseen, or not seen yet
+                    # (its EPOLLPRI may come after the FIN's EPOLLRDHUP was taken:
+                    # at_urgent_mark asks): recv() stops short there with bytes
+                    # after it, and the urgent byte itself is still unread.
                     chan_on(ch, other, dst.fd, CE_SOURCE_END)
                 if r.use_splice and not ch.piped and ch.off + ch.len + n == cap:
                     ch.bulk = True      # splice-auto: a full buffer means bulk
