@@ -176,7 +176,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                    fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
     channel never holds more than chan_cap, and once full we stop reading src, so
-    the kernel's receive window pushes back on the sender."""
+    the kernel's receive window pushes back on the sender.
+
+    Each turn of the loop: drain what is held into dst; once it is all out, the
+    direction's state machine (direction.pxi) passes the FIN on if the source's end
+    was read; then read more from src while its end is not read and there is room.
+    Every end of stream read goes through chan_on(CE_SOURCE_END), after the checks
+    that an apparent end (a 0, a short read after a FIN) is not an urgent mark."""
     cdef fp_relay* r = w.relay
     cdef ssize_t n
     cdef size_t room, cap
@@ -435,10 +441,20 @@ cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
     reading it (it sent its FIN already, or its bytes have no room here: the
     other side is not reading) nor writing to it. Only its pending error tells."""
     cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
+    cdef fp_chan* writing = &c.down if s == &c.cli else &c.up
     cdef int err = 0
     cdef socklen_t size = sizeof(err)
     if chan_source_ended(reading):
         conn_side_failed(w, c, s)
+        return
+    if writing.state == CH_DONE:
+        # Our FIN is queued to it, so its error says ECONNRESET whether or not its
+        # own FIN came first (EPIPE tells only in CLOSE_WAIT), and a FIN reported
+        # in the same event as the error did not set s.fin. Taking the error now
+        # would cut a reply that ended cleanly (the fuzzer's seed 14413). Nothing
+        # more is written to it: leave the error to the pump's read, which tells at
+        # the end: 0 after a FIN, the error without one. Until the other side has
+        # room for what is left, that is its idle timeout's business, as for a FIN.
         return
     if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) != 0 or err == 0:
         return
@@ -677,13 +693,26 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     # Connecting
     if s == &c.srv:
         # A failed connect always raises EPOLLERR; writable without it is success,
-        # so SO_ERROR need not be asked for.
-        if events & (EPOLLERR | EPOLLHUP):
+        # so SO_ERROR need not be asked for. With it, the target may still have
+        # answered: accepted, sent its FIN and reset, all before this event. A
+        # stream that ended cleanly is relayed, not failed over (bytes with no FIN
+        # are a failed connect, as in conn_side_failed).
+        if events & (EPOLLERR | EPOLLHUP) and peek(s) != 0:
             conn_connect_failed(w, c)
-        elif events & EPOLLOUT:
+        elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             conn_established(w, c)
-    elif events & (EPOLLERR | EPOLLHUP):
+    elif events & (EPOLLERR | EPOLLHUP) and peek(s) < 0:
         conn_abort(w, c, &c.srv)            # client gone before the target answered
+    # (A client whose bytes or FIN came before its error is relayed once connected:
+    # the pump reads them, then its error, or the 0 of its FIN.)
+
+
+cdef ssize_t peek(fp_side* s) noexcept nogil:
+    """What a side that signalled an error sent before it: >0 bytes, 0 its FIN
+    (recv() reports the FIN before a pending error), or -1 nothing but the error,
+    which the peek takes (there is nothing else to read)."""
+    cdef char byte
+    return recv(s.fd, &byte, 1, MSG_PEEK)
 
 
 cdef bint shed_one_client(fp_worker* w, int listen_fd) noexcept nogil:

@@ -75,7 +75,7 @@ cdef enum UrgentMark:
     MARK_UNSEEN = 1     # EPOLLPRI masked (muted) since the last event: one may have come
     MARK_AHEAD = 2      # urgent data signalled (EPOLLPRI, or SIOCATMARK said so)
 
-# Its moves, all in side_event, side_mute, at_urgent_mark and the pump's EAGAIN:
+# Its moves (side_event, side_mute, at_urgent_mark, fill_past_urgent_mark, chan_pump):
 #   EPOLLPRI, or SIOCATMARK true       -> MARK_AHEAD
 #   any event while not muted          -> MARK_UNSEEN becomes MARK_NONE (events tell again)
 #   muted                              -> MARK_NONE becomes MARK_UNSEEN
