@@ -16,7 +16,6 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/balance.pxi     target selection and failover order
   relay/direction.pxi   one direction's state machine: how its stream ends
   relay/conn.pxi        the connection state machine
-  relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
@@ -44,7 +43,6 @@ include "relay/balance.pxi"
 include "relay/direction.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"
-include "relay/sockmap.pxi"
 include "relay/preface.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"

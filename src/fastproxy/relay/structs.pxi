@@ -193,7 +193,6 @@ ctypedef struct fp_chan:
     int state                   # ChanState: how far its end has got (direction.pxi)
 
 cdef struct fp_conn
-cdef struct fp_mapped          # relay/sockmap.pxi
 
 # Which app a server name goes to, on a port shared by apps with ServerNames.
 # Immutable once published, replaced whole on reload, refcounted like routes.
@@ -282,7 +281,6 @@ cdef struct fp_conn:
     fp_conn* retry_next         # queued to try the next target after the batch
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
-    fp_mapped* mapped           # in the kernel's sockmap relay (sockmap.pxi), or NULL
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:
@@ -353,9 +351,6 @@ ctypedef struct fp_worker:
     int held_sockets            # client and target sockets open
     int held_pipes              # pipes held by channels (not the idle pool)
     int held_bufs               # buffers held by channels (not the idle pool)
-    fp_mapped* sm_conns         # connections in the sockmap relay (sockmap.pxi)
-    int sm_pending              # of which a FIN or reset waits for its bytes
-    int64_t sm_next_sweep_ms    # next reading of every counter (sockmap.pxi)
     uint64_t _pad[8]            # workers sit side by side: keep each off its neighbour's lines
 
 cdef struct fp_relay:
@@ -372,7 +367,3 @@ cdef struct fp_relay:
     int alog_on                 # access log wanted (rings exist once it was)
     fp_stats** chunks
     fp_listener* listeners
-    bint use_sockmap            # Relay: sockmap, with bpf/relay.c's maps:
-    int sm_socks                #   redirect targets
-    int sm_sources              #   sockets the verdict program runs for
-    int sm_peers                #   socket cookie -> peer cookie and byte counter
