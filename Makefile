@@ -94,7 +94,7 @@ sockmap-duplicates: setup
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)
 
-# The full suite (~20 min, see benchmarks/RESULTS.md), in a network namespace of its own:
+# The full suite (~65 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
 # nothing else on the machine (other test runs, services) shares its loopback ports or its
 # bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
 # as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.

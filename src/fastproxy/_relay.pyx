@@ -21,6 +21,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/sockopts.pxi    per-app TCP options: keepalive, user timeout
   relay/lifetime.pxi    closes on the proxy's initiative: MaxConnectionDuration,
                         OnTargetDown close
+  relay/direction.pxi   one direction's state machine: how its stream ends
   relay/conn.pxi        the connection state machine
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
@@ -51,6 +52,7 @@ include "relay/slowstart.pxi"
 include "relay/outlier.pxi"
 include "relay/maglev.pxi"
 include "relay/sockopts.pxi"
+include "relay/direction.pxi"
 include "relay/conn.pxi"
 include "relay/handoff.pxi"
 include "relay/preface.pxi"
