@@ -58,6 +58,21 @@ def client(port: int, source: str = "127.0.0.1") -> tuple[socket.socket, str]:
     return sock, greeted(sock)
 
 
+def settled_active(proxy: Proxy, limit: float = 5) -> dict[str, int]:
+    """Every target's active count once nothing changes any more: 0 when every claim
+    on a target's place was given back."""
+    deadline = time.monotonic() + limit
+    while True:
+        active = {
+            f"{a['name']} {t['address']}": t["active"]
+            for a in proxy.status()["apps"]
+            for t in a["targets"]
+        }
+        if not any(active.values()) or time.monotonic() > deadline:
+            return active
+        time.sleep(0.05)
+
+
 def limited(server: Named, hard: int = 0, soft: int = 0) -> dict[str, object]:
     return {"Address": server.address, "MaxConnections": hard, "SoftLimit": soft}
 
@@ -94,6 +109,7 @@ def test_hard_limits_in_every_mode(tmp_path: Path, named) -> None:
             sock.close()
         again.close()
         extra.close()
+    assert not any(settled_active(proxy).values()), settled_active(proxy)
     assert proxy.stop() == 0
 
 
@@ -152,6 +168,7 @@ def test_queue_timeout(tmp_path: Path, named) -> None:
     assert metric(proxy, "fastproxy_rejected_total", app="q", reason="saturated") == 1
     waiting.close()
     third.close()
+    assert not any(settled_active(proxy).values()), settled_active(proxy)
     assert proxy.stop() == 0
 
 
