@@ -20,6 +20,27 @@ def parse_proxy_header_for_tests(
 def parse_client_hello_for_tests(data: bytes) -> str | None | int: ...
 def preface_need_for_tests(data: bytes, proxy: bool) -> int: ...
 
+class TlsFileError(ValueError):
+    field: str
+    reason: str
+
+TLS_VERSIONS: dict[str, int]
+
+class TlsContext:
+    certificates: list[tuple[str, float]]  # (name, not after, Unix time)
+    reencrypt: bool
+    def __init__(
+        self,
+        certificates: list[tuple[str, str]],
+        *,
+        min_version: str = "1.2",
+        alpn: Sequence[str] = (),
+        client_ca: str | None = None,
+        target_ca: str | None = None,
+        target_names: list[str] | None = None,
+        handshake_timeout: float = 5.0,
+    ) -> None: ...
+
 class Relay:
     def __init__(
         self,
@@ -71,6 +92,7 @@ class Relay:
         allow: Sequence[str] = (),
         deny: Sequence[str] = (),
         proxy_senders: Sequence[str] = (),
+        tls: TlsContext | None = None,
     ) -> None: ...
     def set_port_sni(
         self,

@@ -15,6 +15,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
   relay/conn.pxi        the connection state machine
+  relay/tls.pxi         TLS termination and re-encryption (OpenSSL, includes/openssl.pxd)
   relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
@@ -29,6 +30,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 from fastproxy.includes.system cimport *
+from fastproxy.includes.openssl cimport *
 
 include "relay/structs.pxi"
 include "relay/debug.pxi"
@@ -41,6 +43,7 @@ include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"
 include "relay/conn.pxi"
+include "relay/tls.pxi"
 include "relay/handoff.pxi"
 include "relay/sockmap.pxi"
 include "relay/preface.pxi"

@@ -25,6 +25,7 @@ from typing import Any
 
 from .admintoken import DEFAULT_PATH as DEFAULT_ADMIN_TOKEN_FILE
 from .privileges import account
+from .tlsconfig import CERTIFICATE_KEYS, TLS_KEYS, Tls, parse_tls
 from .wording import plural
 
 __all__ = [
@@ -39,6 +40,9 @@ __all__ = [
     "HealthCheck",
     "Target",
     "HOST_LOCAL_KEYS",
+    "TLS_KEYS",
+    "CERTIFICATE_KEYS",
+    "Tls",
     "format_ports",
     "load_config",
     "load_local_config",
@@ -113,6 +117,7 @@ APP_KEYS = (
     "Deny",
     "MaxConnectionRate",
     "MaxConnectionRatePerSource",
+    "Tls",
 )
 HEALTH_KEYS = (
     "Interval",
@@ -196,6 +201,7 @@ class App:
     deny: tuple[str, ...] = ()  # CIDRs
     max_connection_rate: float = 0.0  # new connections per second; 0 = unlimited
     max_connection_rate_per_source: float = 0.0
+    tls: Tls | None = None  # TLS termination (tlsconfig.py); None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -660,7 +666,21 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
         max_connection_rate_per_source=_rate(
             raw.get("MaxConnectionRatePerSource", 0), "MaxConnectionRatePerSource"
         ),
+        tls=_parse_app_tls(raw),
     )
+
+
+def _parse_app_tls(raw: dict[str, Any]) -> Tls | None:
+    tls = parse_tls(raw.get("Tls"))
+    if tls is not None and raw.get("ServerNames") is not None:
+        # The relay would have to feed the ClientHello it read to route by name
+        # into the handshake: not done yet. One app's Tls picks certificates by SNI.
+        raise _Invalid(
+            "Tls",
+            "not together with ServerNames (yet): give the names' certificates in one"
+            " app's Tls.Certificates, which are chosen by SNI",
+        )
+    return tls
 
 
 _SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")

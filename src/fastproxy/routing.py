@@ -61,6 +61,8 @@ class Routes:
         self.apps: dict[str, AppRuntime] = {}
         self.port_owner: dict[int, str] = {}
         self.sni_ports: set[int] = set()  # ports routed by TLS server name
+        # Apps' TLS, loaded from their files (tlsconfig.load_contexts) before apply
+        self.tls: dict[str, _relay.TlsContext] = {}
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}
         # slot -> ("app", name) or ("target", app name, address), for the access log
@@ -240,6 +242,7 @@ class Routes:
             allow=app.allow,
             deny=app.deny,
             proxy_senders=app.proxy_senders,
+            tls=self.tls.get(app.name) if app.tls is not None else None,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -39,6 +39,7 @@ from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .signals import SignalInbox
 from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
+from .tlsconfig import load_contexts
 from .watchdog import MainLoopWatchdog
 from .wording import plural
 
@@ -182,6 +183,7 @@ class Server:
         token = ensure_token(self.config.admin_token_file)  # TokenError before any change
         addresses = self._resolve(self.config)
         warn_any_proxy_sender(self.config)
+        self.routes.tls = load_contexts(self.config)  # ConfigError: a file cannot serve
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()
@@ -429,6 +431,9 @@ class Server:
         the ones before it."""
         if self.listeners is None:
             raise ReloadError("not listening")
+        # Certificates and keys are read again, changed or not: a renewed file is
+        # picked up. One that cannot serve rejects the reload before anything changed.
+        tls = load_contexts(new)
         addresses = self._resolve(new)
         warn_any_proxy_sender(new)
         change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
@@ -437,11 +442,13 @@ class Server:
             plural(len(change.added), "port"),
             plural(len(change.removed), "port"),
         )
+        old_tls = self.routes.tls
         try:
             failpoint("reload.prepared")
             self.listeners.retire(change)
             log.debug("reload: removed ports stopped accepting")
             failpoint("reload.retired")
+            self.routes.tls = tls
             self.routes.apply(new, addresses)
             log.debug("reload: routes of %s published", plural(len(new.apps), "app"))
             failpoint("reload.routed")
@@ -450,6 +457,7 @@ class Server:
             self._admission(new)
             failpoint("reload.opened")
         except BaseException:
+            self.routes.tls = old_tls  # the rollback republishes the old certificates
             self._roll_back(change)
             raise
         self.listeners.commit(change)

@@ -19,6 +19,7 @@ cdef extern from "<errno.h>" nogil:
         ETIMEDOUT
         EBADF
         EADDRNOTAVAIL
+        EPROTO
 
 
 cdef extern from "<unistd.h>" nogil:

@@ -15,6 +15,10 @@ cdef enum AccessResult:
     R_SNI_ERROR = 8
     R_LOCAL_ERROR = 9
     R_SHUTDOWN = 10
+    R_TLS_TIMEOUT = 11      # tls.pxi: no complete handshake in time
+    R_TLS_ERROR = 12        # a handshake that failed (not TLS, nothing in common...)
+    R_TLS_CLOSED = 13       # the client left during its handshake
+    R_TLS_TARGET = 14       # reencrypt: the target's handshake or certificate failed
 
 cdef enum:
     NO_SLOT = 0xffffffff

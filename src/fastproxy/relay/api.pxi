@@ -23,12 +23,14 @@ STATS_FIELDS = (
     "no_target", "rejected", "panic", "idle_timeouts", "local_errors",
     "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
     "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
-    "rejected_preface",
+    "rejected_preface", "tls_handshakes", "tls_resumed", "tls_timeouts", "tls_errors",
+    "tls_closed", "tls_target_errors",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
     "ok", "reset", "no-target", "connect-timeout", "rejected", "idle-timeout",
     "proxy-protocol-error", "sni-unmatched", "sni-error", "local-error", "shutdown",
+    "tls-timeout", "tls-error", "tls-closed", "tls-target-error",
 )
 NO_SLOT_ID = NO_SLOT
 
@@ -547,11 +549,12 @@ cdef class Relay:
                 int proxy_protocol=0, bint accept_proxy_protocol=False,
                 long max_connections_per_source=0, bint panic=True, source_mask=(32, 64),
                 long max_in_preface=1024, double rate=0.0, double source_rate=0.0,
-                allow=(), deny=(), proxy_senders=()):
+                allow=(), deny=(), proxy_senders=(), TlsContext tls=None):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup)], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
-        allow, deny, proxy_senders: CIDR strings (admission.pxi)."""
+        allow, deny, proxy_senders: CIDR strings (admission.pxi). tls: the app's
+        TLS (tls.pxi), None: plain TCP."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef int i, rc = 0
@@ -598,6 +601,8 @@ cdef class Relay:
         rt.max_conns = max_connections
         rt.accept_proxy = accept_proxy_protocol
         rt.panic = panic
+        if tls is not None:
+            rt.tls = tls.share()
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
         except BaseException:
@@ -679,7 +684,10 @@ cdef class Relay:
                 fp_load_u64(&s.sni_unmatched), fp_load_u64(&s.sni_errors),
                 fp_load_u64(&s.rejected_deny), fp_load_u64(&s.rejected_untrusted),
                 fp_load_u64(&s.rejected_rate), fp_load_u64(&s.rejected_source_rate),
-                fp_load_u64(&s.rejected_preface))
+                fp_load_u64(&s.rejected_preface), fp_load_u64(&s.tls_handshakes),
+                fp_load_u64(&s.tls_resumed), fp_load_u64(&s.tls_timeouts),
+                fp_load_u64(&s.tls_errors), fp_load_u64(&s.tls_closed),
+                fp_load_u64(&s.tls_target_errors))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above

@@ -9,6 +9,7 @@ cdef void route_free(fp_route* rt) noexcept nogil:
     if rt.persource != NULL:
         persource_decref(rt.persource)
     acl_free(rt.acl)
+    tls_ctx_decref(rt.tls)
     free(rt.targets)
     free(rt.wrr)
     free(rt)

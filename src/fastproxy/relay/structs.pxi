@@ -25,6 +25,7 @@ cdef enum ConnState:
     ST_FAILING = 6      # one side failed: what it sent still goes to the other side,
                         # for up to RESET_GRACE_MS (with no deadline but the idle
                         # timeout when its FIN came first), then that side is reset
+    ST_HANDSHAKE = 7    # a TLS handshake, with the client or the target (tls.pxi)
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -94,12 +95,19 @@ ctypedef struct fp_stats:
     uint64_t rejected_rate          # over MaxConnectionRate
     uint64_t rejected_source_rate   # over MaxConnectionRatePerSource
     uint64_t rejected_preface       # over MaxConnectionsInPreface
+    # TLS (tls.pxi): client handshakes done, of which resumed; failed, by reason
+    uint64_t tls_handshakes
+    uint64_t tls_resumed
+    uint64_t tls_timeouts           # no complete handshake within the timeout
+    uint64_t tls_errors             # not TLS, no shared version or cipher, a bad certificate
+    uint64_t tls_closed             # the client left during its handshake
+    uint64_t tls_target_errors      # reencrypt: the target's handshake or certificate failed
     int routes                  # live routes naming this slot
     int _pad_int
     # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
     uint64_t connect_buckets[16]
     uint64_t connect_us         # their sum, microseconds
-    uint64_t _pad[3]            # 384 bytes, 64-aligned: no false sharing between slots
+    uint64_t _pad[5]            # 448 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -141,6 +149,9 @@ cdef struct fp_acl
 
 cdef struct fp_relay
 
+cdef struct fp_tls_ctx         # relay/tls.pxi
+cdef struct fp_tls
+
 
 # An app's routing table. Immutable once published except for target states and
 # the round-robin cursor; replaced whole on reload. Refcounted because a connecting
@@ -165,6 +176,7 @@ ctypedef struct fp_route:
     bint panic                  # no target up: try the ones not taken out by an operator
     fp_persource* persource     # per-source counters, rates, preface count (never NULL)
     fp_acl* acl                 # Allow, Deny, trusted PROXY senders, or NULL (admission.pxi)
+    fp_tls_ctx* tls             # the app's TLS (tls.pxi), or NULL: plain TCP
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin
     uint32_t nwrr
@@ -192,6 +204,7 @@ ctypedef struct fp_chan:
     bint bulk                   # splice mode: the next read from empty goes to the pipe
     bint eof                    # the source sent FIN
     bint shut                   # FIN passed on to the destination
+    bint copy_only              # never a pipe: one of its sides speaks TLS (tls.pxi)
 
 cdef struct fp_conn
 cdef struct fp_mapped          # relay/sockmap.pxi
@@ -228,6 +241,7 @@ ctypedef struct fp_side:
     bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
     bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
                                 # data may have come unseen
+    SSL* ssl                    # its TLS (tls.pxi), or NULL: bytes go with recv/send
 
 cdef struct fp_conn:
     # Hot while relaying: this first cache line (conn_new aligns it) and the sides
@@ -285,6 +299,7 @@ cdef struct fp_conn:
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
     fp_mapped* mapped           # in the kernel's sockmap relay (sockmap.pxi), or NULL
+    fp_tls* tls                 # TLS state beyond the sides' SSLs (tls.pxi), or NULL
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:

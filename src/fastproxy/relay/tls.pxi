@@ -1,0 +1,536 @@
+# TLS termination and re-encryption (SPEC §14), in the worker threads without the GIL.
+#
+# An app with `Tls` has a context (fp_tls_ctx: one SSL_CTX per certificate, the first the
+# default, and for `reencrypt` a client SSL_CTX verifying targets), built by Python
+# (TlsContext below) and held by the app's route. A client of such an app, once its
+# PROXY header (if any) is read and its source admitted, shakes hands in ST_HANDSHAKE:
+# SSL_do_handshake is called on each event of its socket, edge-triggered like the rest
+# (OpenSSL reads until EAGAIN before it says WANT_READ, so no edge is lost), and a
+# handshake deadline on the timer wheel closes a client that says nothing. Then the
+# target is picked and connected as for plain TCP; with `reencrypt` a second handshake,
+# toward the target, comes after the connect (and after the PROXY header, which goes in
+# clear). From there the bytes move with the copy path: the relay's channels read and
+# write through tls_recv/tls_send instead of recv/send (chan_fill/chan_drain call them
+# when the side has an SSL), never through a pipe.
+#
+# An SSL holds a reference to its SSL_CTX, so a reload that replaces the app's context
+# leaves established connections with the certificate they shook hands with.
+
+cdef enum:
+    TLS_ERR_TEXT = 160
+
+
+cdef struct fp_tls_ctx:
+    int refcnt
+    int ncerts
+    SSL_CTX** certs             # server side, [0]: the default (no or unknown SNI)
+    X509** leafs                # each context's certificate (owned by its SSL_CTX)
+    SSL_CTX* client             # reencrypt: verifies targets against TargetCA, or NULL
+    int ntargets
+    char** target_names         # reencrypt: the name each target's certificate must have
+    unsigned char* alpn         # protocols we accept, wire format (length-prefixed)
+    unsigned int alpn_len
+    int64_t handshake_timeout_ms
+
+
+# What one connection's TLS needs beyond its sides' SSLs.
+cdef struct fp_tls:
+    fp_tls_ctx* ctx             # held: the SNI and ALPN callbacks read it
+    bint target_phase           # ST_HANDSHAKE: with the target (reencrypt), not the client
+    int read_err[2]             # an error seen after bytes were returned (client, target)
+    bint counted                # the handshake result is counted
+
+
+cdef void tls_ctx_free(fp_tls_ctx* t) noexcept nogil:
+    cdef int i
+    if t == NULL:
+        return
+    if t.certs != NULL:
+        for i in range(t.ncerts):
+            if t.certs[i] != NULL:
+                SSL_CTX_free(t.certs[i])
+    if t.target_names != NULL:
+        for i in range(t.ntargets):
+            free(t.target_names[i])
+    if t.client != NULL:
+        SSL_CTX_free(t.client)
+    free(t.target_names)
+    free(t.certs)
+    free(t.leafs)
+    free(t.alpn)
+    free(t)
+
+
+cdef inline void tls_ctx_decref(fp_tls_ctx* t) noexcept nogil:
+    if t != NULL and fp_decref(&t.refcnt) == 0:
+        tls_ctx_free(t)
+
+
+# -- OpenSSL callbacks (in the worker, during SSL_do_handshake) -------------------
+
+cdef int tls_pick_cert(SSL* ssl, int* alert, void* arg) noexcept nogil:
+    """SNI: the first certificate whose names match, else the default one."""
+    cdef fp_tls_ctx* t = <fp_tls_ctx*>arg
+    cdef const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    cdef int i
+    if name == NULL:
+        return SSL_TLSEXT_ERR_NOACK
+    for i in range(t.ncerts):
+        if X509_check_host(t.leafs[i], name, 0, 0, NULL) == 1:
+            if i > 0:
+                SSL_set_SSL_CTX(ssl, t.certs[i])
+            return SSL_TLSEXT_ERR_OK
+    return SSL_TLSEXT_ERR_OK        # the default certificate, as for no name
+
+
+cdef int tls_pick_alpn(SSL* ssl, const unsigned char** out, unsigned char* outlen,
+                       const unsigned char* offered, unsigned int offered_len,
+                       void* arg) noexcept nogil:
+    """ALPN: our first protocol the client offers; none in common: no ALPN."""
+    cdef fp_tls_ctx* t = <fp_tls_ctx*>arg
+    if SSL_select_next_proto(<unsigned char**>out, outlen, t.alpn, t.alpn_len,
+                             offered, offered_len) == OPENSSL_NPN_NEGOTIATED:
+        return SSL_TLSEXT_ERR_OK
+    return SSL_TLSEXT_ERR_NOACK
+
+
+# -- moving bytes (chan_fill / chan_drain call these for a side with an SSL) -------
+
+cdef inline int tls_side_index(fp_conn* c, fp_side* s) noexcept nogil:
+    return 0 if s == &c.cli else 1
+
+
+cdef ssize_t tls_recv(fp_side* s, char* buf, size_t room) noexcept nogil:
+    """Plaintext from the side's TLS: >0 bytes, 0 the end (close_notify or FIN), -errno.
+    Reads until `room` is full or the socket is empty, so a short count means what
+    a short recv() means to chan_pump: nothing more until the next edge. (SSL_read
+    returns one record at a time, and may hold the rest of one in its buffer.)"""
+    cdef SSL* ssl = <SSL*>s.ssl
+    cdef fp_tls* tl = s.conn.tls
+    cdef int idx = tls_side_index(s.conn, s)
+    cdef size_t got = 0
+    cdef int n, err
+    if tl.read_err[idx]:
+        return tl.read_err[idx]
+    while got < room:
+        ERR_clear_error()
+        n = SSL_read(ssl, buf + got, <int>min(room - got, <size_t>0x40000000))
+        if n > 0:
+            got += n
+            continue
+        err = SSL_get_error(ssl, n)
+        if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+            n = -EAGAIN
+        elif err == SSL_ERROR_ZERO_RETURN:
+            n = 0
+        elif err == SSL_ERROR_SYSCALL and errno != 0:
+            n = -errno
+        elif err == SSL_ERROR_SYSCALL:
+            n = 0               # EOF (SSL_OP_IGNORE_UNEXPECTED_EOF makes this rare)
+        else:
+            n = -EPROTO         # a bad record: the stream cannot go on
+        if got == 0:
+            return n
+        if n != -EAGAIN:
+            # Bytes came before the end or the error: they go first, and the next
+            # call reports it (a reset socket reads as EOF once it was reported).
+            tl.read_err[idx] = n if n < 0 else 0
+            if n == 0:
+                s.fin = True
+        return <ssize_t>got
+    return <ssize_t>got
+
+
+cdef ssize_t tls_send(fp_side* s, const char* buf, size_t length) noexcept nogil:
+    """Write plaintext through the side's TLS: >0 bytes taken, -errno. Writes until
+    all is taken or the socket is full (SSL_MODE_ENABLE_PARTIAL_WRITE returns after
+    each record), so a short count means the socket is full. A blocked record is
+    retried from the same bytes, wherever they have moved to in the buffer
+    (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)."""
+    cdef SSL* ssl = <SSL*>s.ssl
+    cdef size_t done = 0
+    cdef int n, err
+    while done < length:
+        ERR_clear_error()
+        n = SSL_write(ssl, buf + done, <int>min(length - done, <size_t>0x40000000))
+        if n > 0:
+            done += n
+            continue
+        err = SSL_get_error(ssl, n)
+        if done > 0:
+            break
+        if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+            return -EAGAIN
+        if err == SSL_ERROR_SYSCALL and errno != 0:
+            return -errno
+        return -EPIPE
+    return <ssize_t>done
+
+
+cdef void side_shut_wr(fp_side* s, bint fin) noexcept nogil:
+    """End what we send to this side: a TLS close_notify first where it has TLS,
+    then the TCP FIN (unless the close that follows sends it)."""
+    if s.ssl != NULL:
+        ERR_clear_error()
+        SSL_shutdown(<SSL*>s.ssl)
+    if fin:
+        shutdown(s.fd, SHUT_WR)
+
+
+# -- handshakes --------------------------------------------------------------------
+
+cdef SSL* tls_new_ssl(SSL_CTX* ctx, int fd) noexcept nogil:
+    cdef SSL* ssl = SSL_new(ctx)
+    if ssl == NULL:
+        return NULL
+    if SSL_set_fd(ssl, fd) != 1:
+        SSL_free(ssl)
+        return NULL
+    return ssl
+
+
+cdef bint tls_begin(fp_worker* w, fp_conn* c, fp_tls_ctx* t) noexcept nogil:
+    """Give the connection its TLS state; False when out of memory (closed)."""
+    c.tls = <fp_tls*>calloc(1, sizeof(fp_tls))
+    if c.tls == NULL:
+        conn_local_error(w, c)
+        return False
+    fp_incref(&t.refcnt)
+    c.tls.ctx = t
+    # Never a pipe: the bytes must pass through OpenSSL.
+    c.up.copy_only = True
+    c.down.copy_only = True
+    return True
+
+
+cdef void tls_accept_begin(fp_worker* w, fp_conn* c) noexcept nogil:
+    """The client's app terminates TLS: shake hands before picking a target."""
+    cdef fp_tls_ctx* t = c.route.tls
+    cdef SSL* ssl
+    if not tls_begin(w, c, t):
+        return
+    ssl = tls_new_ssl(t.certs[0], c.cli.fd)
+    if ssl == NULL:
+        conn_local_error(w, c)
+        return
+    SSL_set_accept_state(ssl)
+    c.cli.ssl = ssl
+    c.state = ST_HANDSHAKE
+    c.deadline_ms = w.now_ms + t.handshake_timeout_ms
+    timer_set(w, c, c.deadline_ms)
+    tls_handshake(w, c)
+
+
+cdef bint tls_connect_wanted(fp_conn* c) noexcept nogil:
+    return c.tls != NULL and c.tls.ctx.client != NULL and c.srv.ssl == NULL
+
+
+cdef void tls_connect_begin(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Connected to a target of a `reencrypt` app: shake hands with it, verifying its
+    certificate against TargetCA and its name (TargetServerName, else its host)."""
+    cdef fp_tls_ctx* t = c.tls.ctx
+    cdef const char* name = NULL
+    cdef SSL* ssl = tls_new_ssl(t.client, c.srv.fd)
+    if ssl == NULL:
+        conn_local_error(w, c)
+        return
+    if c.target_idx < t.ntargets:
+        name = t.target_names[c.target_idx]
+    if name == NULL or SSL_set1_host(ssl, name) != 1:
+        SSL_free(ssl)
+        conn_local_error(w, c)
+        return
+    SSL_set_tlsext_host_name(ssl, name)
+    SSL_set_connect_state(ssl)
+    c.srv.ssl = ssl
+    c.tls.target_phase = True
+    c.state = ST_HANDSHAKE
+    c.deadline_ms = w.now_ms + t.handshake_timeout_ms
+    timer_set(w, c, c.deadline_ms)
+    tls_handshake(w, c)
+
+
+cdef void tls_fail(fp_worker* w, fp_conn* c, int reason) noexcept nogil:
+    """A handshake failed: counted by reason, the client reset (refused, not answered)."""
+    cdef fp_stats* st = c.app_st
+    if c.tls != NULL and not c.tls.counted:
+        c.tls.counted = True
+        if reason == R_TLS_TIMEOUT:
+            fp_add_u64(&st.tls_timeouts, 1)
+        elif reason == R_TLS_TARGET:
+            fp_add_u64(&st.tls_target_errors, 1)
+        elif reason == R_TLS_CLOSED:
+            fp_add_u64(&st.tls_closed, 1)
+        else:
+            fp_add_u64(&st.tls_errors, 1)
+    c.result = reason
+    if c.cli.fd >= 0:
+        set_reset_on_close(c.cli.fd)
+    conn_close(w, c)
+
+
+cdef void tls_handshake(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Advance the handshake under way (the client's, or the target's); once done,
+    go on: pick and connect a target, or start relaying."""
+    cdef bint target = c.tls.target_phase
+    cdef fp_side* s = &c.srv if target else &c.cli
+    cdef SSL* ssl = <SSL*>s.ssl
+    cdef int rc, err
+    ERR_clear_error()
+    rc = SSL_do_handshake(ssl)
+    if rc == 1:
+        timer_del(w, c)
+        if target:
+            c.tls.target_phase = False
+            c.state = ST_RELAYING
+            c.srv.readable = True   # the target may have sent already: no new edge
+            conn_rearm(w, c)
+            conn_relay_start(w, c)
+            return
+        c.tls.counted = True
+        fp_add_u64(&c.app_st.tls_handshakes, 1)
+        if SSL_session_reused(ssl):
+            fp_add_u64(&c.app_st.tls_resumed, 1)
+        c.cli.readable = True       # what the client sent after its Finished waits
+        conn_connect_first(w, c)
+        return
+    err = SSL_get_error(ssl, rc)
+    if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+        if s.hup and err == SSL_ERROR_WANT_READ and not s.readable:
+            # It hung up before finishing, and all it sent is read.
+            tls_fail(w, c, R_TLS_TARGET if target else R_TLS_CLOSED)
+        return
+    if target:
+        tls_fail(w, c, R_TLS_TARGET)
+    elif err == SSL_ERROR_SYSCALL or (err == SSL_ERROR_SSL and ERR_peek_last_error() == 0):
+        tls_fail(w, c, R_TLS_CLOSED)    # gone (FIN or reset) before the end
+    else:
+        tls_fail(w, c, R_TLS_ERROR)
+
+
+cdef void tls_event(fp_worker* w, fp_conn* c, fp_side* s, uint32_t events) noexcept nogil:
+    """An event during a handshake. The other side's events are only remembered
+    (side_event did), but a client gone while its target shakes hands ends it."""
+    if (s == &c.srv) == c.tls.target_phase:
+        if events & EV_READ:
+            s.readable = False      # SSL_do_handshake reads to EAGAIN or to the end
+        tls_handshake(w, c)
+    elif s == &c.cli and events & EPOLLERR:
+        conn_abort(w, c, &c.srv)
+
+
+cdef void tls_timeout(fp_worker* w, fp_conn* c) noexcept nogil:
+    tls_fail(w, c, R_TLS_TARGET if c.tls.target_phase else R_TLS_TIMEOUT)
+
+
+cdef void tls_release(fp_conn* c) noexcept nogil:
+    """What conn_close owes TLS (the sockets are closed by it; an SSL does not own
+    its descriptor)."""
+    if c.cli.ssl != NULL:
+        SSL_free(<SSL*>c.cli.ssl)
+        c.cli.ssl = NULL
+    if c.srv.ssl != NULL:
+        SSL_free(<SSL*>c.srv.ssl)
+        c.srv.ssl = NULL
+    if c.tls != NULL:
+        tls_ctx_decref(c.tls.ctx)
+        free(c.tls)
+        c.tls = NULL
+
+
+# -- building contexts (Python thread, with the GIL) -------------------------------
+
+TLS_VERSIONS = {"1.2": TLS1_2_VERSION, "1.3": TLS1_3_VERSION}
+
+
+class TlsFileError(ValueError):
+    """A certificate, key or CA file that cannot serve. `field` names it in the app's
+    Tls (e.g. "Certificates[1].Key"); str() is one line."""
+
+    def __init__(self, field, reason):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+cdef str tls_error_text():
+    """OpenSSL's reason for the last failure on this thread, one line."""
+    cdef unsigned long e = ERR_peek_last_error()
+    cdef const char* reason
+    ERR_clear_error()
+    if e == 0:
+        return "unknown error"
+    reason = ERR_reason_error_string(e)
+    return reason.decode(errors="replace") if reason != NULL else f"error {e:#x}"
+
+
+def _readable(path, field):
+    """The file can be opened for reading: else the one-line why."""
+    import io     # open() is open(2) here (includes/system.pxd)
+    try:
+        with io.open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        raise TlsFileError(field, f"{path}: file not found") from None
+    except PermissionError:
+        raise TlsFileError(field, f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise TlsFileError(field, f"{path}: is a directory") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise TlsFileError(field, f"{path}: cannot read the file: {reason}") from None
+
+
+cdef SSL_CTX* tls_server_ctx(fp_tls_ctx* t, int min_version) except NULL:
+    cdef SSL_CTX* ctx = SSL_CTX_new(TLS_server_method())
+    if ctx == NULL:
+        raise MemoryError()
+    SSL_CTX_set_min_proto_version(ctx, min_version)
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
+                        | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_CIPHER_SERVER_PREFERENCE)
+    # Partial writes: tls_send moves what the socket takes; released buffers: an
+    # idle connection holds no 2 x 16 KB of OpenSSL's.
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                     | SSL_MODE_RELEASE_BUFFERS)
+    # Resumption by tickets only: no server-side cache, whose lock the workers
+    # would share.
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
+    SSL_CTX_set_session_id_context(ctx, <const unsigned char*>b"fastproxy", 9)
+    SSL_CTX_set_tlsext_servername_callback(ctx, tls_pick_cert)
+    SSL_CTX_set_tlsext_servername_arg(ctx, t)
+    if t.alpn_len:
+        SSL_CTX_set_alpn_select_cb(ctx, tls_pick_alpn, t)
+    return ctx
+
+
+cdef class TlsContext:
+    """An app's TLS, loaded from its files: what the relay serves with, and what
+    `check` and a reload try before anything changes. Raises TlsFileError."""
+
+    cdef fp_tls_ctx* t
+    cdef readonly list certificates     # [(name, not after as Unix time)]
+    cdef readonly bint reencrypt
+
+    def __cinit__(self, list certificates, *, str min_version="1.2", alpn=(),
+                  client_ca=None, target_ca=None, target_names=None,
+                  double handshake_timeout=5.0):
+        cdef int i, day = 0, sec = 0
+        cdef SSL_CTX* ctx
+        cdef X509* leaf
+        cdef stack_st_X509_NAME* names
+        cdef char cn[256]
+        cdef int version = TLS_VERSIONS[min_version]
+        self.certificates = []
+        self.t = <fp_tls_ctx*>calloc(1, sizeof(fp_tls_ctx))
+        if self.t == NULL:
+            raise MemoryError()
+        self.t.refcnt = 1
+        self.t.handshake_timeout_ms = <int64_t>(handshake_timeout * 1000)
+        wire = b"".join(bytes([len(p)]) + p.encode() for p in alpn)
+        if wire:
+            self.t.alpn = <unsigned char*>malloc(len(wire))
+            if self.t.alpn == NULL:
+                raise MemoryError()
+            memcpy(self.t.alpn, <const char*>wire, len(wire))
+            self.t.alpn_len = len(wire)
+        n = len(certificates)
+        if n == 0:
+            raise TlsFileError("Certificates", "no certificate")
+        self.t.certs = <SSL_CTX**>calloc(n, sizeof(SSL_CTX*))
+        self.t.leafs = <X509**>calloc(n, sizeof(X509*))
+        if self.t.certs == NULL or self.t.leafs == NULL:
+            raise MemoryError()
+        now = time.time()
+        for i, (cert, key) in enumerate(certificates):
+            field = f"Certificates[{i}]"
+            _readable(cert, field + ".Cert")
+            _readable(key, field + ".Key")
+            ctx = tls_server_ctx(self.t, version)
+            self.t.certs[i] = ctx
+            self.t.ncerts = i + 1
+            ERR_clear_error()
+            if SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)) != 1:
+                raise TlsFileError(field + ".Cert",
+                                   f"{cert}: not a PEM certificate ({tls_error_text()})")
+            if SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), SSL_FILETYPE_PEM) != 1:
+                why = tls_error_text()
+                if "values mismatch" in why or "mismatch" in why:
+                    raise TlsFileError(field + ".Key",
+                                       f"{key}: the key does not match the certificate {cert}")
+                raise TlsFileError(field + ".Key", f"{key}: not a PEM private key ({why})")
+            if SSL_CTX_check_private_key(ctx) != 1:
+                ERR_clear_error()
+                raise TlsFileError(field + ".Key",
+                                   f"{key}: the key does not match the certificate {cert}")
+            leaf = SSL_CTX_get0_certificate(ctx)
+            self.t.leafs[i] = leaf
+            if ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notAfter(leaf)) != 1:
+                raise TlsFileError(field + ".Cert", f"{cert}: unreadable expiry date")
+            not_after = now + day * 86400 + sec
+            if not_after <= now:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
+                raise TlsFileError(field + ".Cert", f"{cert}: the certificate expired on {when}")
+            if X509_NAME_get_text_by_NID(X509_get_subject_name(leaf), NID_commonName,
+                                         cn, sizeof(cn)) < 0:
+                name = os.path.basename(cert)
+            else:
+                name = cn.decode(errors="replace")
+            self.certificates.append((name, not_after))
+        if client_ca is not None:
+            _readable(client_ca, "ClientCA")
+            names = SSL_load_client_CA_file(os.fsencode(client_ca))
+            if names == NULL:
+                raise TlsFileError("ClientCA", f"{client_ca}: no PEM certificate in it"
+                                   f" ({tls_error_text()})")
+            for i in range(self.t.ncerts):
+                if SSL_CTX_load_verify_locations(self.t.certs[i], os.fsencode(client_ca),
+                                                 NULL) != 1:
+                    raise TlsFileError("ClientCA", f"{client_ca}: {tls_error_text()}")
+                SSL_CTX_set_verify(self.t.certs[i],
+                                   SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
+                # The list is the context's once set: a copy for each other one.
+                SSL_CTX_set_client_CA_list(
+                    self.t.certs[i],
+                    names if i == 0 else SSL_load_client_CA_file(os.fsencode(client_ca)))
+        self.reencrypt = target_names is not None
+        if self.reencrypt:
+            self._client(target_ca, target_names)
+
+    cdef _client(self, target_ca, list target_names):
+        cdef int i
+        cdef SSL_CTX* ctx = SSL_CTX_new(TLS_client_method())
+        if ctx == NULL:
+            raise MemoryError()
+        self.t.client = ctx
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
+                            | SSL_OP_IGNORE_UNEXPECTED_EOF)
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                         | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS)
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
+        if target_ca is None:
+            raise TlsFileError("TargetCA", "required with Mode reencrypt")
+        _readable(target_ca, "TargetCA")
+        ERR_clear_error()
+        if SSL_CTX_load_verify_locations(ctx, os.fsencode(target_ca), NULL) != 1:
+            raise TlsFileError("TargetCA", f"{target_ca}: no PEM certificate in it"
+                               f" ({tls_error_text()})")
+        self.t.target_names = <char**>calloc(max(1, len(target_names)), sizeof(char*))
+        if self.t.target_names == NULL:
+            raise MemoryError()
+        for i, name in enumerate(target_names):
+            raw = name.encode()
+            self.t.target_names[i] = <char*>malloc(len(raw) + 1)
+            if self.t.target_names[i] == NULL:
+                raise MemoryError()
+            memcpy(self.t.target_names[i], <const char*>raw, len(raw) + 1)
+            self.t.ntargets = i + 1
+
+    def __dealloc__(self):
+        tls_ctx_decref(self.t)
+        self.t = NULL
+
+    cdef fp_tls_ctx* share(self):
+        """A reference for a route to hold."""
+        fp_incref(&self.t.refcnt)
+        return self.t
