@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from typing import Any
 import pytest
 
 from metricsutil import metric
-from proxyproc import Proxy, app, free_ports
+from proxyproc import Proxy, free_ports
 from servers import HashingEcho, RecordingEcho
 from tlscerts import Pki
-from tlsclient import exchange
+from tlsclient import client, common_name, echo_once, exchange, tls_app, wait_for
 
 NAMES_A = ["a.test"]
 NAMES_B = ["b.test", "*.b.test"]
@@ -41,48 +40,6 @@ def certs(pki: Pki) -> dict[str, tuple[str, str]]:
         "a2": pki.issue("a2", NAMES_A),  # a renewal of a's
         "expired": pki.issue("expired", NAMES_A, days=0),
     }
-
-
-def tls_app(name: str, port: int, targets: list[str], certs: list[tuple[str, str]], **tls: Any):
-    return app(
-        name, [port], targets,
-        Tls={"Certificates": [{"Cert": c, "Key": k} for c, k in certs], **tls},
-    )  # fmt: skip
-
-
-def client(
-    pki: Pki, port: int, name: str | None, *, check_name: bool = True, **kw: Any
-) -> ssl.SSLSocket:
-    """A Python ssl client sending `name` as SNI, that verifies the proxy's certificate
-    against the test CA (and `name`, unless told not to)."""
-    context = ssl.create_default_context(cafile=pki.ca)
-    if name is None or not check_name:
-        context.check_hostname = False
-    if "alpn" in kw:
-        context.set_alpn_protocols(kw.pop("alpn"))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return context.wrap_socket(sock, server_hostname=name, **kw)
-
-
-def wait_for(condition: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def common_name(sock: ssl.SSLSocket) -> str:
-    cert = sock.getpeercert()
-    assert cert is not None
-    return dict(x[0] for x in cert["subject"])["commonName"]
-
-
-def echo_once(sock: ssl.SSLSocket, payload: bytes) -> bytes:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload) and (chunk := sock.recv(65536)):
-        got += chunk
-    return got
 
 
 def test_certificate_chosen_by_sni_first_is_the_default(

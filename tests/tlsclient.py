@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import selectors
+import socket
 import ssl
 import time
+from typing import Any
+
+from proxyproc import app
+from tlscerts import Pki
 
 
 def exchange(sock: ssl.SSLSocket, data: bytes, timeout: float = 60.0) -> tuple[str, int]:
@@ -47,3 +52,49 @@ def exchange(sock: ssl.SSLSocket, data: bytes, timeout: float = 60.0) -> tuple[s
             sel.select(1.0)
     sel.close()
     return digest.hexdigest(), received
+
+
+def tls_app(name: str, port: int, targets: list[str], certs: list[tuple[str, str]], **tls: Any):
+    return app(
+        name, [port], targets,
+        Tls={"Certificates": [{"Cert": c, "Key": k} for c, k in certs], **tls},
+    )  # fmt: skip
+
+
+def client(
+    pki: Pki, port: int, name: str | None, *, check_name: bool = True, **kw: Any
+) -> ssl.SSLSocket:
+    """A Python ssl client sending `name` as SNI, that verifies the proxy's certificate
+    against the test CA (and `name`, unless told not to)."""
+    context = ssl.create_default_context(cafile=pki.ca)
+    if name is None or not check_name:
+        context.check_hostname = False
+    if "alpn" in kw:
+        context.set_alpn_protocols(kw.pop("alpn"))
+    if "certfile" in kw:  # a client certificate
+        context.load_cert_chain(kw.pop("certfile"), kw.pop("keyfile"))
+    if "session" in kw and kw["session"] is None:
+        del kw["session"]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(sock, server_hostname=name, **kw)
+
+
+def wait_for(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def common_name(sock: ssl.SSLSocket) -> str:
+    cert = sock.getpeercert()
+    assert cert is not None
+    return dict(x[0] for x in cert["subject"])["commonName"]
+
+
+def echo_once(sock: ssl.SSLSocket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload) and (chunk := sock.recv(65536)):
+        got += chunk
+    return got

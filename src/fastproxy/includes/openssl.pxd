@@ -176,3 +176,13 @@ cdef extern from "<openssl/x509.h>" nogil:
 cdef extern from "<openssl/obj_mac.h>" nogil:
     enum:
         NID_commonName
+
+
+cdef extern from "<openssl/x509_vfy.h>" nogil:
+    ctypedef struct X509_VERIFY_PARAM:
+        pass
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM* param, const char* ip)
+
+
+cdef extern from "<openssl/ssl.h>" nogil:
+    X509_VERIFY_PARAM* SSL_get0_param(SSL* ssl)

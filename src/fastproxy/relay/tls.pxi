@@ -236,11 +236,17 @@ cdef void tls_connect_begin(fp_worker* w, fp_conn* c) noexcept nogil:
         return
     if c.target_idx < t.ntargets:
         name = t.target_names[c.target_idx]
-    if name == NULL or SSL_set1_host(ssl, name) != 1:
+    if name == NULL:
         SSL_free(ssl)
         conn_local_error(w, c)
         return
-    SSL_set_tlsext_host_name(ssl, name)
+    if X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) != 1:
+        # A name, not an address: it goes in the SNI and must be the certificate's.
+        if SSL_set1_host(ssl, name) != 1:
+            SSL_free(ssl)
+            conn_local_error(w, c)
+            return
+        SSL_set_tlsext_host_name(ssl, name)
     SSL_set_connect_state(ssl)
     c.srv.ssl = ssl
     c.tls.target_phase = True
@@ -253,12 +259,12 @@ cdef void tls_connect_begin(fp_worker* w, fp_conn* c) noexcept nogil:
 cdef void tls_fail(fp_worker* w, fp_conn* c, int reason) noexcept nogil:
     """A handshake failed: counted by reason, the client reset (refused, not answered)."""
     cdef fp_stats* st = c.app_st
-    if c.tls != NULL and not c.tls.counted:
+    if reason == R_TLS_TARGET:
+        fp_add_u64(&st.tls_target_errors, 1)     # the client's own counted as ok
+    elif c.tls != NULL and not c.tls.counted:
         c.tls.counted = True
         if reason == R_TLS_TIMEOUT:
             fp_add_u64(&st.tls_timeouts, 1)
-        elif reason == R_TLS_TARGET:
-            fp_add_u64(&st.tls_target_errors, 1)
         elif reason == R_TLS_CLOSED:
             fp_add_u64(&st.tls_closed, 1)
         else:
