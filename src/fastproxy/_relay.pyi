@@ -26,6 +26,8 @@ class TlsFileError(ValueError):
 
 TLS_VERSIONS: dict[str, int]
 
+def rotate_ticket_keys() -> None: ...
+
 class TlsContext:
     certificates: list[tuple[str, float]]  # (name, not after, Unix time)
     reencrypt: bool

@@ -51,6 +51,7 @@ log = logging.getLogger("fastproxy")
 STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going on
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
+TICKET_KEY_ROTATION = 3600.0  # a new TLS session ticket key this often (relay/tls.pxi)
 # Settings a running relay cannot change: a reload keeps the old ones (and says so),
 # by their attribute and by their name in the config.
 RESTART_ONLY = {
@@ -547,12 +548,17 @@ class Server:
         """Re-resolve hostnames: unresolved or failing ones often, the rest now
         and then. A failed lookup keeps the last good address. An unexpected error
         is logged and the loop goes on: this thread must outlive any one lookup."""
-        last_full = time.monotonic()
+        last_full = last_rotation = time.monotonic()
         while not self._stopping.is_set():
             self._dns_now.wait(DNS_RETRY)
             self._dns_now.clear()
             if self._stopping.is_set():
                 return
+            if time.monotonic() - last_rotation >= TICKET_KEY_ROTATION:
+                # TLS session tickets: a new key seals them; the two before still open
+                # theirs, so a ticket resumes for two to three periods.
+                _relay.rotate_ticket_keys()
+                last_rotation = time.monotonic()
             full = time.monotonic() - last_full >= DNS_REFRESH
             if full:
                 last_full = time.monotonic()

@@ -66,6 +66,94 @@ cdef inline void tls_ctx_decref(fp_tls_ctx* t) noexcept nogil:
         tls_ctx_free(t)
 
 
+# -- session tickets ---------------------------------------------------------------
+#
+# One ring of ticket keys for the whole process: every worker, every app and every
+# context (a reload's too) seal tickets with the newest and open them with any key
+# still in the ring, so a client resumes on whichever worker takes it, across
+# reloads. Python rotates it (Relay.rotate_ticket_keys, on a schedule); a ticket
+# sealed with an older key is opened and replaced by one with the newest.
+
+cdef enum:
+    TICKET_KEYS = 3             # the newest and the two before it
+
+
+cdef struct fp_ticket_key:
+    unsigned char name[16]
+    unsigned char aes[32]
+    unsigned char hmac[32]
+
+
+cdef struct fp_ticket_ring:
+    pthread_mutex_t lock        # held for a copy: a rotation never tears a key
+    int count
+    fp_ticket_key keys[TICKET_KEYS]     # [0]: the newest
+
+
+cdef fp_ticket_ring TICKET_RING
+pthread_mutex_init(&TICKET_RING.lock, NULL)
+
+
+cdef int tls_ticket_key(SSL* ssl, unsigned char* name, unsigned char* iv,
+                        EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc) noexcept nogil:
+    """OpenSSL's ticket callback: seal (enc) with the newest key, or open with the key
+    the ticket names: 1, 2 (open, but seal a new one), 0 (unknown: full handshake),
+    -1 (error)."""
+    cdef fp_ticket_key key
+    cdef int i, found = -1
+    cdef OSSL_PARAM params[3]
+    pthread_mutex_lock(&TICKET_RING.lock)
+    if enc:
+        if TICKET_RING.count > 0:
+            found = 0
+    else:
+        for i in range(TICKET_RING.count):
+            if memcmp(name, TICKET_RING.keys[i].name, 16) == 0:
+                found = i
+                break
+    if found >= 0:
+        memcpy(&key, &TICKET_RING.keys[found], sizeof(fp_ticket_key))
+    pthread_mutex_unlock(&TICKET_RING.lock)
+    if found < 0:
+        return -1 if enc else 0
+    params[0] = OSSL_PARAM_construct_octet_string(b"key", key.hmac, 32)
+    params[1] = OSSL_PARAM_construct_utf8_string(b"digest", b"SHA256", 0)
+    params[2] = OSSL_PARAM_construct_end()
+    if enc:
+        memcpy(name, key.name, 16)
+        if RAND_bytes(iv, 16) != 1:
+            return -1
+        if EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+            return -1
+    elif EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+        return -1
+    if EVP_MAC_CTX_set_params(mac, params) != 1:
+        return -1
+    return 2 if found > 0 else 1
+
+
+def rotate_ticket_keys():
+    """A new newest ticket key; the oldest of TICKET_KEYS goes (its tickets no longer
+    resume). Keys come from OpenSSL's CSPRNG and never leave the process."""
+    cdef fp_ticket_key key
+    cdef int i
+    if RAND_bytes(<unsigned char*>&key, sizeof(fp_ticket_key)) != 1:
+        raise OSError("no random bytes for a ticket key")
+    with nogil:
+        pthread_mutex_lock(&TICKET_RING.lock)
+        i = TICKET_KEYS - 1
+        while i > 0:
+            TICKET_RING.keys[i] = TICKET_RING.keys[i - 1]
+            i -= 1
+        TICKET_RING.keys[0] = key
+        TICKET_RING.count = min(TICKET_RING.count + 1, <int>TICKET_KEYS)
+        pthread_mutex_unlock(&TICKET_RING.lock)
+    memset(&key, 0, sizeof(key))
+
+
+rotate_ticket_keys()
+
+
 # -- OpenSSL callbacks (in the worker, during SSL_do_handshake) -------------------
 
 cdef int tls_pick_cert(SSL* ssl, int* alert, void* arg) noexcept nogil:
@@ -402,6 +490,7 @@ cdef SSL_CTX* tls_server_ctx(fp_tls_ctx* t, int min_version) except NULL:
     # would share.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
     SSL_CTX_set_session_id_context(ctx, <const unsigned char*>b"fastproxy", 9)
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_key)
     SSL_CTX_set_tlsext_servername_callback(ctx, tls_pick_cert)
     SSL_CTX_set_tlsext_servername_arg(ctx, t)
     if t.alpn_len:
