@@ -27,7 +27,7 @@ Layout (after uvloop): this file only stitches the parts together.
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen, strncpy
 
 from fastproxy.includes.system cimport *
 from fastproxy.includes.openssl cimport *

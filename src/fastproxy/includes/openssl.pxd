@@ -84,6 +84,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     const char* SSL_CIPHER_get_name(const SSL_CIPHER* cipher)
     void SSL_get0_alpn_selected(const SSL* ssl, const unsigned char** data, unsigned int* n)
     int SSL_session_reused(const SSL* ssl)
+    int SSL_version(const SSL* ssl)
+    int SSL_is_init_finished(const SSL* ssl)
     long SSL_set_tlsext_host_name(SSL* ssl, const char* name)
     int SSL_set1_host(SSL* ssl, const char* hostname)
     void SSL_set_verify(SSL* ssl, int mode, void* callback)

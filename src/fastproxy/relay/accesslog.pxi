@@ -37,6 +37,7 @@ cdef fp_alog_rec* alog_claim(fp_worker* w) noexcept nogil:
     rec = &a.recs[a.head % ALOG_SLOTS]
     clock_gettime(CLOCK_REALTIME, &ts)      # vDSO: no syscall
     rec.time_ns = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+    rec.tls_version = 0
     return rec
 
 
@@ -71,6 +72,7 @@ cdef void alog_conn(fp_worker* w, fp_conn* c) noexcept nogil:
     if rec.result == R_OK and c.state != ST_RELAYING:
         rec.result = R_RESET        # the client left before a target took it
     rec.attempts = c.attempts
+    tls_alog(rec, c)
     alog_client(rec, &c.peer)
     alog_publish(w)
 

@@ -731,8 +731,9 @@ cdef class Relay:
 
     def drain_access_log(self):
         """Records of connections ended since the last call: (time_ns, duration_ms,
-        bytes_in, bytes_out, app_slot, target_slot, port, result, attempts, client
-        ip, client port); slots are NO_SLOT_ID where unknown."""
+        bytes_in, bytes_out, app_slot, target_slot, port, result, attempts, tls, client
+        ip, client port); slots are NO_SLOT_ID where unknown; tls: None, or (server
+        name or None, version, cipher or None) of a client that spoke TLS to us."""
         cdef int i
         cdef fp_alog* a
         cdef fp_alog_rec* rec
@@ -748,9 +749,14 @@ cdef class Relay:
             while tail != head:
                 rec = &a.recs[tail % ALOG_SLOTS]
                 inet_ntop(rec.family, rec.client_addr, text, sizeof(text))
+                tls = None
+                if rec.tls_version:
+                    tls = (rec.tls_sni.decode("ascii", "replace") if rec.tls_sni[0] else None,
+                           TLS_VERSION_NAMES.get(rec.tls_version, hex(rec.tls_version)),
+                           rec.tls_cipher.decode() if rec.tls_cipher != NULL else None)
                 out.append((rec.time_ns, rec.duration_ms, rec.bytes_in, rec.bytes_out,
                             rec.app_slot, rec.tgt_slot, rec.port, rec.result, rec.attempts,
-                            text.decode(), rec.client_port))
+                            tls, text.decode(), rec.client_port))
                 tail += 1
             fp_store_rel_u64(&a.tail, tail)
         return out

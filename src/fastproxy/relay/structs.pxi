@@ -315,6 +315,11 @@ ctypedef struct fp_alog_rec:
     int family                  # of the client address
     uint16_t client_port
     uint8_t client_addr[16]
+    # TLS (tls.pxi: tls_alog): the protocol version (0: not TLS), cipher (OpenSSL's
+    # static name, or NULL) and the client's server name (cut at 127 bytes)
+    int tls_version
+    const char* tls_cipher
+    char tls_sni[128]
 
 # Single producer (the worker) / single consumer (the Python drain thread) ring.
 ctypedef struct fp_alog:

@@ -432,9 +432,89 @@ cdef void tls_release(fp_conn* c) noexcept nogil:
         c.tls = NULL
 
 
+# -- what the access log and the PROXY header say of it ---------------------------
+
+cdef void tls_alog(fp_alog_rec* rec, fp_conn* c) noexcept nogil:
+    cdef SSL* ssl = <SSL*>c.cli.ssl
+    cdef const char* name
+    cdef const SSL_CIPHER* cipher
+    if ssl == NULL:
+        return
+    rec.tls_version = SSL_version(ssl) if SSL_is_init_finished(ssl) else -1
+    cipher = SSL_get_current_cipher(ssl) if rec.tls_version > 0 else NULL
+    rec.tls_cipher = SSL_CIPHER_get_name(cipher) if cipher != NULL else NULL
+    name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    rec.tls_sni[0] = 0
+    if name != NULL:
+        strncpy(rec.tls_sni, name, sizeof(rec.tls_sni) - 1)
+        rec.tls_sni[sizeof(rec.tls_sni) - 1] = 0
+
+
+cdef enum:
+    PP2_TYPE_ALPN = 0x01
+    PP2_TYPE_AUTHORITY = 0x02
+    PP2_TYPE_SSL = 0x20
+    PP2_SUBTYPE_SSL_VERSION = 0x21
+    PP2_SUBTYPE_SSL_CIPHER = 0x23
+    PP2_CLIENT_SSL = 0x01
+
+
+cdef size_t pp2_tlv(unsigned char* at, int kind, const void* value, size_t n) noexcept nogil:
+    at[0] = kind
+    at[1] = <unsigned char>(n >> 8)
+    at[2] = <unsigned char>(n & 0xff)
+    memcpy(at + 3, value, n)
+    return 3 + n
+
+
+cdef size_t tls_proxy_tlvs(fp_conn* c, unsigned char* b, size_t n, size_t cap) noexcept nogil:
+    """PROXY v2 TLVs after the addresses (at n): the client's SNI (AUTHORITY), its ALPN
+    and PP2_TYPE_SSL (client spoke TLS, its certificate verified or none asked for,
+    with version and cipher), as HAProxy sends them. Returns the new length; cap
+    bounds it (the header buffer holds the longest: 255-byte name and protocol)."""
+    cdef SSL* ssl = <SSL*>c.cli.ssl
+    cdef const char* name
+    cdef const unsigned char* alpn = NULL
+    cdef unsigned int alpn_len = 0
+    cdef const char* version
+    cdef const char* cipher = NULL
+    cdef const SSL_CIPHER* sc
+    cdef size_t start, vlen, clen
+    cdef uint32_t verify = 0
+    if ssl == NULL:
+        return n
+    name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    if name != NULL and n + 3 + strlen(name) <= cap:
+        n += pp2_tlv(b + n, PP2_TYPE_AUTHORITY, name, strlen(name))
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len)
+    if alpn_len > 0 and n + 3 + alpn_len <= cap:
+        n += pp2_tlv(b + n, PP2_TYPE_ALPN, alpn, alpn_len)
+    version = SSL_get_version(ssl)
+    sc = SSL_get_current_cipher(ssl)
+    if sc != NULL:
+        cipher = SSL_CIPHER_get_name(sc)
+    vlen = strlen(version)
+    clen = strlen(cipher) if cipher != NULL else 0
+    if n + 3 + 5 + 3 + vlen + 3 + clen > cap:
+        return n
+    start = n
+    b[n] = PP2_TYPE_SSL
+    n += 3
+    b[n] = PP2_CLIENT_SSL
+    memcpy(b + n + 1, &verify, 4)         # 0: verified (or no certificate asked for)
+    n += 5
+    n += pp2_tlv(b + n, PP2_SUBTYPE_SSL_VERSION, version, vlen)
+    if clen:
+        n += pp2_tlv(b + n, PP2_SUBTYPE_SSL_CIPHER, cipher, clen)
+    b[start + 1] = <unsigned char>((n - start - 3) >> 8)
+    b[start + 2] = <unsigned char>((n - start - 3) & 0xff)
+    return n
+
+
 # -- building contexts (Python thread, with the GIL) -------------------------------
 
 TLS_VERSIONS = {"1.2": TLS1_2_VERSION, "1.3": TLS1_3_VERSION}
+TLS_VERSION_NAMES = {TLS1_2_VERSION: "TLSv1.2", TLS1_3_VERSION: "TLSv1.3", -1: "none"}
 
 
 class TlsFileError(ValueError):
