@@ -71,6 +71,8 @@ def client(
         context.check_hostname = False
     if "alpn" in kw:
         context.set_alpn_protocols(kw.pop("alpn"))
+    if "maximum" in kw:
+        context.maximum_version = kw.pop("maximum")
     if "certfile" in kw:  # a client certificate
         context.load_cert_chain(kw.pop("certfile"), kw.pop("keyfile"))
     if "session" in kw and kw["session"] is None:

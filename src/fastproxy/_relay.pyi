@@ -41,7 +41,9 @@ class TlsContext:
         target_ca: str | None = None,
         target_names: list[str] | None = None,
         handshake_timeout: float = 5.0,
+        ktls: bool = False,
     ) -> None: ...
+    ktls: bool
 
 class Relay:
     def __init__(

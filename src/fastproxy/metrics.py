@@ -242,11 +242,17 @@ def tls_metrics(routes: Routes, apps: list[AppRuntime]) -> Iterator[Metric]:
         "When a certificate in force expires (its notAfter), Unix time",
         labels=["app", "name"],
     )
+    ktls = CounterMetricFamily(
+        "fastproxy_tls_ktls",
+        "TLS client connections whose kernel took the record layer (kTLS), either way",
+        labels=["app"],
+    )
     for app in apps:
         if app.app.tls is None:
             continue
         name = app.app.name
         stats = routes.stats(app.slot)
+        ktls.add_metric([name], stats["tls_ktls"])
         for result, key in TLS_RESULTS:
             handshakes.add_metric([name, result], stats[key])
         resumed.add_metric([name], stats["tls_resumed"])
@@ -255,6 +261,7 @@ def tls_metrics(routes: Routes, apps: list[AppRuntime]) -> Iterator[Metric]:
             expiry.add_metric([name, cert_name], not_after)
     yield handshakes
     yield resumed
+    yield ktls
     yield expiry
 
 

@@ -39,7 +39,7 @@ from .routing import Routes, TargetRuntime
 from .sdnotify import notify, reloading
 from .signals import SignalInbox
 from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
-from .tlsconfig import load_contexts
+from .tlsconfig import ktls_available, load_contexts
 from .watchdog import MainLoopWatchdog
 from .wording import plural
 
@@ -185,6 +185,14 @@ class Server:
         addresses = self._resolve(self.config)
         warn_any_proxy_sender(self.config)
         self.routes.tls = load_contexts(self.config)  # ConfigError: a file cannot serve
+        if self.routes.tls:
+            log.info(
+                "TLS: %s",
+                "kernel TLS available: records go to the kernel and bytes are spliced"
+                if ktls_available()
+                else "no kernel TLS here (/proc/net/tls_stat missing): bytes are copied"
+                " through OpenSSL",
+            )
         self.routes.apply(self.config, addresses)
         try:
             self.listeners = self._listen()

@@ -5,6 +5,7 @@ keep serving)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,12 @@ def _name(value: object, field: str) -> str | None:
     return value
 
 
+def ktls_available() -> bool:
+    """Whether this kernel has kTLS (its tls module loaded): then OpenSSL hands a
+    terminated connection's records to the kernel and the relay splices them."""
+    return os.path.exists("/proc/net/tls_stat")
+
+
 # -- files -------------------------------------------------------------------------
 
 
@@ -188,5 +195,6 @@ def load_context(app: App) -> TlsContext:
         alpn=tls.alpn,
         client_ca=tls.client_ca,
         handshake_timeout=tls.handshake_timeout,
+        ktls=ktls_available(),
         **kwargs,
     )

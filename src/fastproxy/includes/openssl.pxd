@@ -93,6 +93,17 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_set_alpn_protos(SSL* ssl, const unsigned char* protos, unsigned int n)
     void SSL_set_app_data(SSL* ssl, void* arg)
     void* SSL_get_app_data(const SSL* ssl)
+    ctypedef struct BIO:
+        pass
+    BIO* SSL_get_wbio(const SSL* ssl)
+    BIO* SSL_get_rbio(const SSL* ssl)
+    int SSL_has_pending(const SSL* ssl)
+
+
+cdef extern from "<openssl/bio.h>" nogil:
+    # Macros over BIO_ctrl; (0) when OpenSSL is built without kTLS
+    bint BIO_get_ktls_send(BIO* b)
+    bint BIO_get_ktls_recv(BIO* b)
 
     enum:
         SSL_FILETYPE_PEM
@@ -102,6 +113,7 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_OP_NO_RENEGOTIATION
         SSL_OP_IGNORE_UNEXPECTED_EOF
         SSL_OP_CIPHER_SERVER_PREFERENCE
+        SSL_OP_ENABLE_KTLS
         SSL_MODE_ENABLE_PARTIAL_WRITE
         SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
         SSL_MODE_RELEASE_BUFFERS

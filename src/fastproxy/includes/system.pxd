@@ -20,6 +20,7 @@ cdef extern from "<errno.h>" nogil:
         EBADF
         EADDRNOTAVAIL
         EPROTO
+        EIO
 
 
 cdef extern from "<unistd.h>" nogil:

@@ -24,7 +24,7 @@ STATS_FIELDS = (
     "proxy_errors", "rejected_per_source", "sni_unmatched", "sni_errors",
     "rejected_deny", "rejected_untrusted", "rejected_rate", "rejected_source_rate",
     "rejected_preface", "tls_handshakes", "tls_resumed", "tls_timeouts", "tls_errors",
-    "tls_closed", "tls_target_errors",
+    "tls_closed", "tls_target_errors", "tls_ktls",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
@@ -687,7 +687,7 @@ cdef class Relay:
                 fp_load_u64(&s.rejected_preface), fp_load_u64(&s.tls_handshakes),
                 fp_load_u64(&s.tls_resumed), fp_load_u64(&s.tls_timeouts),
                 fp_load_u64(&s.tls_errors), fp_load_u64(&s.tls_closed),
-                fp_load_u64(&s.tls_target_errors))
+                fp_load_u64(&s.tls_target_errors), fp_load_u64(&s.tls_ktls))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above

@@ -84,7 +84,7 @@ cdef void set_reset_on_close(int fd) noexcept nogil:
 cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, fp_side* src) noexcept nogil:
     """Read from src into the channel's pipe or buffer: >0 bytes, 0 EOF, -errno."""
     cdef ssize_t n
-    if src.ssl != NULL:
+    if src.ssl != NULL and not src.ktls & KTLS_RX:
         return tls_recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len)
     if c.piped:
         n = splice(src.fd, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
@@ -92,7 +92,7 @@ cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, fp_side* src) noexcept no
     else:
         n = recv(src.fd, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
     if n < 0:
-        return -errno
+        return ktls_read_error(src, errno)
     return n
 
 
@@ -101,7 +101,7 @@ cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, fp_side* dst) noexcept n
     corks the socket for up to 200 ms when no more data follows, and we cannot
     know that it will."""
     cdef ssize_t n
-    if dst.ssl != NULL:
+    if dst.ssl != NULL and not dst.ktls & KTLS_TX:
         n = tls_send(dst, c.buf + c.off, c.len)
         if n > 0:
             c.off += n

@@ -102,12 +102,13 @@ ctypedef struct fp_stats:
     uint64_t tls_errors             # not TLS, no shared version or cipher, a bad certificate
     uint64_t tls_closed             # the client left during its handshake
     uint64_t tls_target_errors      # reencrypt: the target's handshake or certificate failed
+    uint64_t tls_ktls               # client connections whose kernel took TLS (tx, rx or both)
     int routes                  # live routes naming this slot
     int _pad_int
     # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
     uint64_t connect_buckets[16]
     uint64_t connect_us         # their sum, microseconds
-    uint64_t _pad[5]            # 448 bytes, 64-aligned: no false sharing between slots
+    uint64_t _pad[4]            # 448 bytes, 64-aligned: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -242,6 +243,8 @@ ctypedef struct fp_side:
     bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
                                 # data may have come unseen
     SSL* ssl                    # its TLS (tls.pxi), or NULL: bytes go with recv/send
+    int ktls                    # KTLS_TX / KTLS_RX: the kernel does that direction's TLS,
+                                # bytes go with recv/send/splice again (tls.pxi)
 
 cdef struct fp_conn:
     # Hot while relaying: this first cache line (conn_new aligns it) and the sides

@@ -265,6 +265,56 @@ cdef void side_shut_wr(fp_side* s, bint fin) noexcept nogil:
         shutdown(s.fd, SHUT_WR)
 
 
+# -- kernel TLS ------------------------------------------------------------------------
+#
+# Where the kernel has kTLS (/proc/net/tls_stat), OpenSSL installs the session's keys
+# on the socket itself once the handshake is done (SSL_OP_ENABLE_KTLS: setsockopt
+# TCP_ULP "tls", then SOL_TLS TLS_TX / TLS_RX with the keys). OpenSSL 3.0 does TX for
+# TLS 1.2 and 1.3 and RX for 1.2 (AES-GCM, ChaCha20 where the kernel has them). For a
+# direction the kernel took, the side goes back to plain recv/send, and its channel may
+# use a pipe: splice works on a kTLS socket, encrypting (or decrypting) in the kernel.
+# Where the kernel has none (no /proc/net/tls_stat: `modprobe tls` loads it), OpenSSL
+# is not asked to try, and nothing changes: the copy path. UNTESTED where written: this machine's kernel has no kTLS;
+# tests/test_tls_ktls.py runs where /proc/net/tls_stat exists.
+
+cdef enum:
+    KTLS_TX = 1
+    KTLS_RX = 2
+
+
+cdef void ktls_adopt(fp_conn* c, fp_side* s) noexcept nogil:
+    """After a handshake: the directions of `s` the kernel took, if any."""
+    cdef SSL* ssl = <SSL*>s.ssl
+    cdef fp_chan* to_side = &c.down if s == &c.cli else &c.up
+    cdef fp_chan* from_side = &c.up if s == &c.cli else &c.down
+    if BIO_get_ktls_send(SSL_get_wbio(ssl)):
+        s.ktls |= KTLS_TX
+    # Reading past OpenSSL is right only with nothing of the stream left in it.
+    if BIO_get_ktls_recv(SSL_get_rbio(ssl)) and not SSL_has_pending(ssl):
+        s.ktls |= KTLS_RX
+    # A channel may splice only when neither of its ends needs OpenSSL's hands.
+    to_side.copy_only = (s.ktls & KTLS_TX) == 0 or tls_side_copies(c, s, True)
+    from_side.copy_only = (s.ktls & KTLS_RX) == 0 or tls_side_copies(c, s, False)
+    if s.ktls and s == &c.cli:
+        fp_add_u64(&c.app_st.tls_ktls, 1)
+
+
+cdef bint tls_side_copies(fp_conn* c, fp_side* s, bint toward) noexcept nogil:
+    """Does the channel's other end still go through OpenSSL?"""
+    cdef fp_side* other = &c.srv if s == &c.cli else &c.cli
+    if other.ssl == NULL:
+        return False
+    return (other.ktls & (KTLS_RX if toward else KTLS_TX)) == 0
+
+
+cdef inline ssize_t ktls_read_error(fp_side* s, int err) noexcept nogil:
+    """recv/splice on a kTLS socket fails with EIO at a record that is not data (the
+    peer's close_notify, an alert, a KeyUpdate): the end of what it sends, for us."""
+    if err == EIO and s.ktls & KTLS_RX:
+        return 0
+    return -err
+
+
 # -- handshakes --------------------------------------------------------------------
 
 cdef SSL* tls_new_ssl(SSL_CTX* ctx, int fd) noexcept nogil:
@@ -374,6 +424,7 @@ cdef void tls_handshake(fp_worker* w, fp_conn* c) noexcept nogil:
     rc = SSL_do_handshake(ssl)
     if rc == 1:
         timer_del(w, c)
+        ktls_adopt(c, s)
         if target:
             c.tls.target_phase = False
             c.state = ST_RELAYING
@@ -555,13 +606,15 @@ def _readable(path, field):
         raise TlsFileError(field, f"{path}: cannot read the file: {reason}") from None
 
 
-cdef SSL_CTX* tls_server_ctx(fp_tls_ctx* t, int min_version) except NULL:
+cdef SSL_CTX* tls_server_ctx(fp_tls_ctx* t, int min_version, bint ktls) except NULL:
     cdef SSL_CTX* ctx = SSL_CTX_new(TLS_server_method())
     if ctx == NULL:
         raise MemoryError()
     SSL_CTX_set_min_proto_version(ctx, min_version)
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
                         | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_CIPHER_SERVER_PREFERENCE)
+    if ktls:
+        SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS)
     # Partial writes: tls_send moves what the socket takes; released buffers: an
     # idle connection holds no 2 x 16 KB of OpenSSL's.
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
@@ -585,10 +638,11 @@ cdef class TlsContext:
     cdef fp_tls_ctx* t
     cdef readonly list certificates     # [(name, not after as Unix time)]
     cdef readonly bint reencrypt
+    cdef readonly bint ktls             # OpenSSL may hand records to the kernel
 
     def __cinit__(self, list certificates, *, str min_version="1.2", alpn=(),
                   client_ca=None, target_ca=None, target_names=None,
-                  double handshake_timeout=5.0):
+                  double handshake_timeout=5.0, bint ktls=False):
         cdef int i, day = 0, sec = 0
         cdef SSL_CTX* ctx
         cdef X509* leaf
@@ -596,6 +650,10 @@ cdef class TlsContext:
         cdef char cn[256]
         cdef int version = TLS_VERSIONS[min_version]
         self.certificates = []
+        # Only where the kernel has kTLS loaded (the caller looks): elsewhere each
+        # handshake would try TCP_ULP "tls" in vain, and may have the kernel run
+        # modprobe for it.
+        self.ktls = ktls
         self.t = <fp_tls_ctx*>calloc(1, sizeof(fp_tls_ctx))
         if self.t == NULL:
             raise MemoryError()
@@ -620,7 +678,7 @@ cdef class TlsContext:
             field = f"Certificates[{i}]"
             _readable(cert, field + ".Cert")
             _readable(key, field + ".Key")
-            ctx = tls_server_ctx(self.t, version)
+            ctx = tls_server_ctx(self.t, version, ktls)
             self.t.certs[i] = ctx
             self.t.ncerts = i + 1
             ERR_clear_error()
@@ -680,6 +738,8 @@ cdef class TlsContext:
         SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
         SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION
                             | SSL_OP_IGNORE_UNEXPECTED_EOF)
+        if self.ktls:
+            SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS)
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
