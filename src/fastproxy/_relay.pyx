@@ -15,7 +15,8 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
   relay/conn.pxi        the connection state machine
-  relay/tls.pxi         TLS termination and re-encryption (OpenSSL, includes/openssl.pxd)
+  relay/tlsctx.pxi      TLS contexts, handshake callbacks, ticket keys (OpenSSL)
+  relay/tls.pxi         TLS termination and re-encryption of connections
   relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
@@ -43,6 +44,7 @@ include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"
 include "relay/conn.pxi"
+include "relay/tlsctx.pxi"
 include "relay/tls.pxi"
 include "relay/handoff.pxi"
 include "relay/sockmap.pxi"
