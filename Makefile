@@ -86,16 +86,16 @@ fuzz-parsers: venv
 	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS) --tls-runs $(FUZZ_TLS_RUNS)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
-# Why Relay: sockmap is refused by default: the kernel sending a segment twice, shown with
-# none of the relay's code running (scripts/sockmap_duplicates.py; root, about 4 minutes).
+# Why Relay: sockmap was taken out: the kernel sending a segment twice, shown with none of
+# the relay's code running (benchmarks/sockmap/duplicates.py; root, about 4 minutes).
 sockmap-duplicates: setup
 	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' \
-		$(VENV)/bin/python scripts/sockmap_duplicates.py --rounds 40
+		$(VENV)/bin/python benchmarks/sockmap/duplicates.py --rounds 40
 
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)
 
-# The full suite (~20 min, see benchmarks/RESULTS.md), in a network namespace of its own:
+# The full suite (~65 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
 # nothing else on the machine (other test runs, services) shares its loopback ports or its
 # bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
 # as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.

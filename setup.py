@@ -56,7 +56,7 @@ def compile_bpf_images(src: str, dst: str) -> None:
             os.symlink(DEBIAN_BCC, os.path.join(linked, "bcc"))
         code = (
             f"import sys; sys.path[:0] = [{os.path.join(HERE, 'src')!r}, {linked!r}]; "
-            "from fastproxy.steering.packaged import build_main; "
+            "from fastproxy.steering.build import build_main; "
             f"build_main({src!r}, {dst!r})"
         )
         done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)

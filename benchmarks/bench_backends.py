@@ -43,8 +43,13 @@ http {{
     server {{
         listen {host}:{port} backlog=4096;
         location / {{ return 200 "ok\\n"; }}
-        # The size sweep's answers: files of 64 B to 1 MiB, sent with sendfile.
-        location /bytes/ {{ root {workdir}/www; sendfile on; tcp_nopush on; }}
+        # The size sweep's answers: files of 64 B to 1 MiB, sent with sendfile. Not
+        # tcp_nopush: on Linux nginx turns TCP_NODELAY off to cork, and leaves it off on
+        # the keep-alive connection; when the kernel pushes part of an answer early
+        # (61,683 + 4,096 bytes of a 64 KiB one), Nagle then holds the 4 KiB tail until
+        # the reader's delayed ACK, 40 ms later: a stall of the server's own, seen
+        # direct too (results/profiles/response_64k_stall.md).
+        location /bytes/ {{ root {workdir}/www; sendfile on; tcp_nopush off; }}
     }}
 }}
 """

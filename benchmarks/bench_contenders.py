@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bench_config import HERE, ONLY, SMOKE
+from bench_config import CONCURRENT, HERE, ONLY, SMOKE
 from bench_peers import HAPROXY_MODES, Route, start_haproxy, start_nginx_stream
-from bench_procs import HOST, SERVER_CPU, Pinned, accepts, free_ports
+from bench_procs import HOST, IDLE_CONNECTIONS, SERVER_CPU, Pinned, accepts, free_ports
 
 DIRECT = "direct"
 BPF = "fastproxy-splice-bpf"
 PEERS = (*HAPROXY_MODES, "nginx-stream", "asyncio", "uvloop")
-SOCKMAP = "fastproxy-sockmap"  # Relay: sockmap, the kernel relaying (refused unless unsafe)
-OURS = ("fastproxy-copy", "fastproxy-splice", BPF, SOCKMAP)
+OURS = ("fastproxy-copy", "fastproxy-splice", BPF)
 # Table order: the limit, the peers, then ours.
 CONTENDERS = (DIRECT, *PEERS, *OURS)
 PROXIES = CONTENDERS[1:]
@@ -28,6 +27,10 @@ PROXIES = CONTENDERS[1:]
 # in the others: whether each benchmark produces a figure, in about a minute.
 PIPE_SIZE = int(os.environ.get("BENCH_PIPE_SIZE", 262144))
 SMOKE_NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-splice")
+# The most connections a case holds at once through the contenders started here (shared
+# by every case): the concurrent HTTP case's or the idle-memory case's. The peers' limits
+# are set above it (bench_peers.connection_limit).
+SHARED_CONNECTIONS = max(CONCURRENT, IDLE_CONNECTIONS)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Contenders:
             (http_front, [self.http_port]),
             (hold_front, [self.hold_port]),
         ]
-        proxy = start_proxy(name, routes, workdir)
+        proxy = start_proxy(name, routes, workdir, connections=SHARED_CONNECTIONS)
         self._proxies[name] = proxy
         return Contender(name, port, backend_port, http_front, hold_front, proxy.pid)
 
@@ -121,30 +124,33 @@ class Contenders:
 
 
 def start_proxy(
-    name: str, routes: list[Route], workdir: Path, *, workers: int = 1, cpus: str = ""
+    name: str,
+    routes: list[Route],
+    workdir: Path,
+    *,
+    connections: int,
+    workers: int = 1,
+    cpus: str = "",
 ) -> Pinned:
     """Start proxy contender `name`, relaying each route's front port to its backend
-    ports on HOST, with `workers` threads on `cpus` (default: the server's CPU);
+    ports on HOST, with `workers` threads on `cpus` (default: the server's CPU), its
+    connection limits above `connections` (the most the case holds at once);
     it accepts on every front port when this returns."""
     cpus = cpus or str(SERVER_CPU)
     if name in HAPROXY_MODES:
-        proxy = start_haproxy(name, routes, workdir, threads=workers, cpus=cpus)
+        proxy = start_haproxy(
+            name, routes, workdir, connections=connections, threads=workers, cpus=cpus
+        )
     elif name == "nginx-stream":
-        proxy = start_nginx_stream(routes, workdir, cpus=cpus)
+        proxy = start_nginx_stream(routes, workdir, connections=connections, cpus=cpus)
     elif name in ("asyncio", "uvloop"):
         proxy = _start_pyproxy(routes, workdir, uvloop=name == "uvloop")
     else:
-        relay = {"fastproxy-copy": "copy", SOCKMAP: "sockmap"}.get(name, "splice")
+        relay = "copy" if name == "fastproxy-copy" else "splice"
         steering = "bpf" if name == BPF else "ports"
         apps = {f"app{i}": ([front], backends) for i, (front, backends) in enumerate(routes)}
         config = fastproxy_config(apps, steering, workers=workers)
-        # Refused by default (the kernel may send a segment twice): measured all the same,
-        # as a figure of what the kernel path costs, never as a mode to run.
-        unsafe = {"FASTPROXY_UNSAFE_SOCKMAP": "1"} if name == SOCKMAP else None
-        proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus, env=unsafe)
-        if name == SOCKMAP and "relay=sockmap" not in proxy.log():
-            proxy.stop()  # it fell back to splice: not the contender it claims to be
-            raise Unavailable("sockmap relay not loadable here (see its log line)")
+        proxy = start_fastproxy(config, workdir, "--relay", relay, cpus=cpus)
     try:
         for front, _ in routes:
             if name == BPF:  # no socket listens by that port number: probe it

@@ -25,8 +25,8 @@ HAPROXY_GLOBAL = """\
 global
     # One thread, as fastproxy --workers {threads} and the one-loop Python proxies.
     nbthread {threads}
-    # Enough for the concurrency case and the idle connections (2 fds each), within the
-    # open-file limit.
+    # Above the most connections the case holds at once (connection_limit), here and per
+    # frontend (defaults below): a peer is never capped below the load it is given.
     maxconn {maxconn}
     # Pipes (2 fds each) for what the limit leaves: HAProxy takes a pipe from its pool
     # only while data sits in it, and copies when none is free.
@@ -43,6 +43,7 @@ global
 {extra}
 defaults
     mode tcp
+    maxconn {maxconn}
 {splice}    # TCP_DEFER_ACCEPT: woken only once the client sent its first bytes (the
     # client speaks first in every load here, HTTP and iperf3).
     option tcp-smart-accept
@@ -59,18 +60,40 @@ defaults
 HAPROXY_LISTEN = "\nlisten route{i}\n    bind {host}:{front}{bind}\n{servers}"
 
 
+MIN_PIPES = 16
+FD_SPARE = 200  # HAProxy's own descriptors (stats socket, logs, pollers) and slack
+
+
+def connection_limit(connections: int) -> int:
+    """A peer's connection limit for a case that holds `connections` at once through it:
+    above that, with room for connections still closing (churn) and the harness's probes."""
+    return connections + connections // 4 + 100
+
+
 def haproxy_config(
     name: str,
     routes: list[Route],
     *,
+    connections: int,
     threads: int = 1,
-    maxconn: int = 7_000,
     stats: str = "",
 ) -> str:
-    """`stats`: a stats socket path exposing the listeners, for a seamless reload."""
-    extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    """`connections`: the most the case holds at once (global and frontend maxconn are
+    set above it, as far as the open-file limit allows). `stats`: a stats socket path
+    exposing the listeners, for a seamless reload."""
     listeners = sum(_port_count(front) for front, _ in routes)
-    maxpipes = min(4096, max(16, (FD_LIMIT - 2 * maxconn - listeners - 200) // 2))
+    # HAProxy refuses to start when it cannot raise its own fd limit to 2 per connection,
+    # 2 per pipe, its listeners and a few more: the headroom stops at what the limit
+    # holds (here 20,000 fds: 9,882 connections), never below the case's connections.
+    room = (FD_LIMIT - listeners - 2 * MIN_PIPES - FD_SPARE) // 2
+    if room < connections:
+        raise RuntimeError(
+            f"an open-file limit of {FD_LIMIT} holds {room} HAProxy connections, not the"
+            f" case's {connections}: raise it (ulimit -Hn)"
+        )
+    maxconn = min(connection_limit(connections), room)
+    extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    maxpipes = min(4096, max(MIN_PIPES, (FD_LIMIT - 2 * maxconn - listeners - FD_SPARE) // 2))
     text = HAPROXY_GLOBAL.format(
         threads=threads,
         maxconn=maxconn,
@@ -110,11 +133,13 @@ daemon off;
 # One process doing the work, as the other proxies.
 master_process off;
 worker_processes {workers};
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {fd_limit};
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{
-    worker_connections 32768;
+    # Two per proxied connection, above the most the case holds (connection_limit), as
+    # far as the open-file limit allows.
+    worker_connections {worker_connections};
     # Take every pending connection per wake-up; with one worker there is nothing to
     # serialise accepts with.
     multi_accept on;
@@ -141,19 +166,40 @@ NGINX_SERVER = """\
 """
 
 
-def start_nginx_stream(
-    routes: list[Route], workdir: Path, *, workers: int = 1, cpus: str = str(SERVER_CPU)
-) -> Pinned:
-    if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
-        raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
+def nginx_stream_config(
+    routes: list[Route], workdir: Path, *, connections: int, workers: int = 1
+) -> str:
     servers = ""
     for i, (front, backends) in enumerate(routes):
         upstreams = "".join(f"        server {HOST}:{port};\n" for port in backends)
         servers += NGINX_SERVER.format(i=i, host=HOST, front=front, upstreams=upstreams)
-    path = workdir / "nginx-stream.conf"
-    text = NGINX_STREAM.format(
-        module=NGINX_STREAM_MODULE, workers=workers, workdir=workdir, servers=servers
+    room = FD_LIMIT - len(routes) - FD_SPARE
+    if room < 2 * connections:
+        raise RuntimeError(
+            f"an open-file limit of {FD_LIMIT} holds {room // 2} nginx stream connections,"
+            f" not the case's {connections}: raise it (ulimit -Hn)"
+        )
+    return NGINX_STREAM.format(
+        module=NGINX_STREAM_MODULE,
+        workers=workers,
+        fd_limit=FD_LIMIT,
+        worker_connections=min(2 * connection_limit(connections), room),
+        workdir=workdir,
+        servers=servers,
     )
-    path.write_text(text)
+
+
+def start_nginx_stream(
+    routes: list[Route],
+    workdir: Path,
+    *,
+    connections: int,
+    workers: int = 1,
+    cpus: str = str(SERVER_CPU),
+) -> Pinned:
+    if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
+        raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
+    path = workdir / "nginx-stream.conf"
+    path.write_text(nginx_stream_config(routes, workdir, connections=connections, workers=workers))
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
     return Pinned(argv, cpus, workdir / "nginx-stream.log")

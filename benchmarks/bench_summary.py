@@ -9,13 +9,15 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # metric -> (header, higher is better, digits): the metrics the tables show, in order.
 METRICS = {
     "gbit_per_s": ("Gbit/s", True, 2),
     "rate": ("req/s", True, 0),
+    "offered_rate": ("offered req/s", True, 0),
+    "closed_loop_rate": ("own closed-loop max req/s", True, 0),
     "p50_us": ("p50 µs", False, 0),
     "p99_us": ("p99 µs", False, 0),
     "p999_us": ("p99.9 µs", False, 0),
@@ -42,6 +44,7 @@ METRICS = {
     "push_p50_ms": ("push to all p50 ms", False, 0),
     "push_max_ms": ("push to all max ms", False, 0),
     "busiest_thread_share": ("busiest thread's CPU share", False, 2),
+    "client_cpu_share": ("load generator's CPU share", False, 2),
 }
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {
@@ -55,7 +58,7 @@ KEY = {
     "size-": ("gbit_per_s",),
     "workers-": ("rate", "busiest_thread_share"),
     "target-": ("rate", "p99_us"),
-    "reload-under-load": ("errors", "max_us"),
+    "reload-under-load": ("change_ms", "errors", "max_us"),
     "idle-memory": ("total_b_per_conn",),
     "ports-startup": ("startup_ms",),
 }
@@ -86,6 +89,9 @@ class Case:
     name: str
     info: dict
     figures: dict[str, dict[str, Spread]]  # contender -> metric -> spread
+    # contender -> metric -> one value per round, in round order: the contenders take
+    # turns, so round i of each ran in the same turn (paired()).
+    rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def contenders(self) -> list[str]:
@@ -128,6 +134,74 @@ def verdict(case: Case, contender: str, metric: str, against: str) -> str:
     return f"{advantage:.2f}× {'better' if advantage > 1 else 'worse'}"
 
 
+def paired(case: Case, contender: str, metric: str, against: str) -> str:
+    """Round by round, how often `contender` did better than `against` on `metric`, and
+    the range of its per-round advantage (above 1 is better): "better in 5 of 5 rounds,
+    1.04-1.09×". It shows a consistent difference that the min-max test calls a tie. A
+    round with a 0 on the dividing side has a winner but no ratio."""
+    mine = case.rounds.get(contender, {}).get(metric, [])
+    theirs = case.rounds.get(against, {}).get(metric, [])
+    count = min(len(mine), len(theirs))
+    if not count:
+        return "-"
+    higher = METRICS[metric][1]
+    wins = 0
+    advantages = []
+    for a, b in zip(mine[:count], theirs[:count]):
+        if a != b and (a > b) == higher:
+            wins += 1
+        top, bottom = (a, b) if higher else (b, a)
+        if bottom:
+            advantages.append(top / bottom)
+    text = f"better in {wins} of {count} rounds"
+    if advantages:
+        low, high = min(advantages), max(advantages)
+        text += f", {low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f", {low:.2f}-{high:.2f}×"
+    return text
+
+
+def haproxy_splice_note(cases: list[Case]) -> list[str]:
+    """What HAProxy's splice modes did in the 1-stream bulk case, from its figures:
+    whether `splice-auto` spliced at all (its proxy CPU per GB against no-splice's and
+    forced splice's), and so what kind of HAProxy the best peer on Gb/s is."""
+    bulk = next((c for c in cases if c.name == "bulk-1stream"), None)
+    if bulk is None:
+        return []
+    cpu = {n: bulk.figures.get(n, {}).get("proxy_cpu_ms_per_gb") for n in HAPROXY}
+    auto, copying, forced = (cpu[n] for n in HAPROXY)
+    if auto is None or copying is None:
+        return []
+    digits = METRICS["proxy_cpu_ms_per_gb"][2]
+    seen = (
+        f"HAProxy's proxy CPU per GB, 1 stream (iperf3): `splice-auto` {auto.show(digits)},"
+        f" no splice {copying.show(digits)}"
+        + (
+            f", forced splice (`option splice-request/splice-response`) {forced.show(digits)}"
+            if forced
+            else ""
+        )
+    )
+    like_copying = auto.overlaps(copying)
+    like_splicing = forced is not None and auto.overlaps(forced)
+    copiers = {"haproxy-nosplice"}
+    if like_copying and not like_splicing:
+        said = (
+            ": `splice-auto` costs what copying does (the spreads overlap) and not what"
+            " forced splice does, so under iperf3 it does not splice: it is a copying HAProxy."
+        )
+        copiers.add("haproxy-splice-auto")
+    elif like_splicing and not like_copying:
+        said = ": `splice-auto` costs what forced splice does: it splices here."
+    else:
+        said = ": the proxy CPU does not tell whether `splice-auto` spliced here."
+    best = bulk.best_peer("gbit_per_s")
+    kind = "a copying HAProxy" if best in copiers else "not a copying HAProxy"
+    return [f"{seen}{said} The best peer on 1-stream Gbit/s is {best}: {kind}."]
+
+
+HAPROXY = ("haproxy-splice-auto", "haproxy-nosplice", "haproxy-splice")
+
+
 def ratio(case: Case, contender: str, metric: str, to: str) -> str:
     mine = case.figures.get(contender, {}).get(metric)
     theirs = case.figures.get(to, {}).get(metric)
@@ -147,6 +221,7 @@ def load(path: Path) -> tuple[dict, list[Case]]:
         info.pop("raw", None)
         case = cases.setdefault(name, Case(name, info, {}))
         case.figures[contender] = {m: Spread.of(v) for m, v in metrics.items() if v}
+        case.rounds[contender] = {m: list(v) for m, v in metrics.items() if v}
     return data, list(cases.values())
 
 

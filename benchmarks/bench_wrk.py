@@ -1,12 +1,20 @@
 """One HTTP load run with wrk, pinned to the client's CPU, against nginx through a
-contender: a request rate, latency percentiles, errors, and the CPU around it."""
+contender: a request rate, latency percentiles, errors, the CPU around it, and how busy
+wrk itself was (client_cpu_share: near 1, the load generator is the bottleneck)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import tempfile
+import time
 
 from bench_procs import CLIENT_CPU, HOST, CpuMeter, cpu_figures
+
+# The client has one CPU in this layout (bench_procs): one wrk thread is a thread per
+# core. Whether it keeps up is measured, not assumed (client_cpu_share).
+THREADS = 1
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
@@ -26,25 +34,64 @@ def run_wrk(
     figures and wrk's output."""
     argv = wrk_argv(port, connections=connections, seconds=seconds, close=close, path=path)
     meter = CpuMeter(proxy_pid)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    returncode, stdout, stderr, client = run_timed(argv, timeout=seconds + 60)
     proxy_cpu, shared_cpu = meter.stop()
-    if out.returncode != 0:
-        raise RuntimeError(f"wrk ({out.returncode}): {out.stderr or out.stdout}")
-    figures = parse(out.stdout)
+    if returncode != 0:
+        raise RuntimeError(f"wrk ({returncode}): {stderr or stdout}")
+    figures = parse(stdout)
     if not figures["requests"]:  # a figure too (a proxy stalled), but with no latencies
-        return {"rate": 0.0, "errors": figures["errors"]}, out.stdout
+        return {"rate": 0.0, "errors": figures["errors"]}, stdout
     cpu = {"proxy_cpu_us_per_req": proxy_cpu, "shared_cpu_us_per_req": shared_cpu}
     per_request, unmeasured = cpu_figures(cpu, figures["requests"], 1e6)
     notes = "".join(f"\nnot measured: {name}: {why}" for name, why in unmeasured.items())
-    return {**figures, **per_request}, out.stdout + notes
+    notes += f"\nwrk: {client[0]:.2f} CPU-s in {client[1]:.2f} s with {THREADS} thread(s)"
+    share = client_share(*client, THREADS)
+    return {**figures, **per_request, **share}, stdout + notes
+
+
+def run_timed(argv: list[str], timeout: float) -> tuple[int, str, str, tuple[float, float]]:
+    """Run argv to its end: (returncode, stdout, stderr, (its CPU seconds, wall seconds)),
+    the CPU from its own rusage (wait4: the child alone, whatever else this process
+    runs meanwhile)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), (usage.ru_utime + usage.ru_stime, wall)
+
+
+def client_share(cpu: float, wall: float, threads: int) -> dict[str, float]:
+    """The load generator's CPU time over the CPU it had (wall time × threads): near 1,
+    it was the bottleneck. No figure for a run too short to tell (no wall time)."""
+    if wall <= 0 or threads <= 0:
+        return {}
+    return {"client_cpu_share": cpu / (wall * threads)}
+
+
+def wrk_seconds(seconds: float) -> int:
+    """What wrk really runs for `seconds`: whole seconds only, at least 1."""
+    return max(round(seconds), 1)
 
 
 def wrk_argv(
     port: int, *, connections: int, seconds: float, close: bool = False, path: str = "/"
 ) -> list[str]:
-    argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{connections}"]
-    # wrk takes whole seconds only
-    argv += [f"-d{max(round(seconds), 1)}s", "--latency", "--timeout", "5s"]
+    threads = min(THREADS, connections)
+    argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", f"-t{threads}", f"-c{connections}"]
+    argv += [f"-d{wrk_seconds(seconds)}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     return [*argv, f"http://{HOST}:{port}{path}"]
@@ -59,11 +106,14 @@ def parse(text: str) -> dict[str, float]:
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     requests = int(done.group(1))
+    seconds = float(done.group(2)) * _UNITS[done.group(3)]
+    if seconds <= 0:  # never a division by zero: an error that says what wrk reported
+        raise RuntimeError(f"wrk: {requests} requests in {done.group(2)}{done.group(3)}: no rate")
     # "Latency   avg   stdev   max   +/- stdev"
     latency = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\s", text)
     return {
         "requests": requests,
-        "rate": requests / (float(done.group(2)) * _UNITS[done.group(3)]),
+        "rate": requests / seconds,
         "p50_us": _percentile(text, "50%") * 1e6,
         "p90_us": _percentile(text, "90%") * 1e6,
         "p99_us": _percentile(text, "99%") * 1e6,

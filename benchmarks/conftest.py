@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench_backends import Holder, start_nginx
-from bench_config import REPS, SECONDS
+from bench_config import REPS
 from bench_contenders import Contenders
 from bench_procs import CLIENT_CPU, SERVER_CPU, ForeignCpu, free_ports
 
@@ -78,7 +78,7 @@ def pytest_benchmark_update_json(
             for argv in (["haproxy", "-v"], ["nginx", "-v"], ["iperf3", "--version"], ["wrk", "-v"])
         )
         + f"; Python {platform.python_version()}",
-        "rounds": f"{REPS} per contender, interleaved; wrk and openloop runs of {SECONDS:g} s",
+        "rounds": f"{REPS} per contender, interleaved (each case's run length: Durations)",
         "load average before": LOAD_BEFORE,
         "other work on the machine": f"{other:.0f} CPU-s next to the benchmarks' {ours:.0f} "
         f"(steal {steal:.0f} s): compare runs only when it is low",

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_peers import connection_limit
 from bench_procs import HOST, cpu_seconds, free_ports
 from bench_wrk import parse
 
@@ -54,9 +55,10 @@ http {{
 # wrk cannot send a PROXY header: HAProxy in front does, for both sides of that pair.
 HAPROXY = """\
 global
-    maxconn 8192
+    maxconn {maxconn}
 defaults
     mode tcp
+    maxconn {maxconn}
     timeout connect 5s
     timeout client 30s
     timeout server 30s
@@ -168,6 +170,7 @@ def start_haproxy(d: Path, target: int, send_proxy: bool) -> tuple[subprocess.Po
     (port,) = free_ports(1)
     config = d / f"haproxy-{port}.cfg"
     config.write_text(HAPROXY.format(host=HOST, port=port, target=target,
+                                     maxconn=connection_limit(CONCURRENCY),
                                      send_proxy=" send-proxy" if send_proxy else ""))  # fmt: skip
     proc = subprocess.Popen(["haproxy", "-f", str(config)])
     time.sleep(0.5)

@@ -2,13 +2,22 @@
  * latency of each measured from the time it was MEANT to be sent (no coordinated
  * omission: a stalled proxy delays the answers, not the schedule).
  *
- *   openloop HOST PORT CONNECTIONS RATE SECONDS [PATH]
+ *   openloop HOST PORT CONNECTIONS RATE SECONDS [PATH [WARMUP]]
  *
  * Request i is due at start + i/RATE and goes on connection i % CONNECTIONS, pipelined
  * behind that connection's earlier requests (HTTP/1.1 keep-alive). Answers are parsed
  * by Content-Length. Prints one JSON line: requests sent and answered, errors, achieved
  * rate, and latency percentiles in microseconds from a sorted array of every latency.
- * Requests unanswered 2 s after the last send count as errors. */
+ * Requests unanswered 2 s after the last send count as errors.
+ *
+ * RATE 0 is a closed loop instead: every connection keeps one request in flight, the
+ * next sent as soon as its answer is whole. All connections are open before the clock
+ * starts; the first WARMUP seconds (default 0) are not counted (the proxy's own connects
+ * to its backend, its first allocations), then SECONDS are: the answers that arrive in
+ * that window, and the latency of each from its send.
+ *
+ * Both print client_cpu_share too: this program's CPU time over the counted window's
+ * length; near 1, the load generator itself is the bottleneck. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +54,13 @@ static int cmp_u32(const void *a, const void *b) {
 
 static void die(const char *what) { perror(what); exit(2); }
 
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 /* One whole answer at the start of c->buf: its length, or 0 if not complete yet. */
 static size_t answer_length(conn_t *c) {
     char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
@@ -55,15 +72,106 @@ static size_t answer_length(conn_t *c) {
     return total <= c->len ? total : 0;
 }
 
+/* answered_total: every answer, the warm-up's too (what the proxy's CPU was spent on). */
+static void print_figures(uint64_t sent, uint64_t answered, uint64_t answered_total,
+                          uint64_t errors, double took, uint32_t *lat, double cpu) {
+    qsort(lat, answered, sizeof *lat, cmp_u32);
+#define PCT(p) (answered ? lat[(size_t)((double)(answered - 1) * (p))] : 0u)
+    printf("{\"sent\": %lu, \"answered\": %lu, \"errors\": %lu, \"seconds\": %.3f, "
+           "\"rate\": %.1f, \"p50_us\": %u, \"p90_us\": %u, \"p99_us\": %u, "
+           "\"p999_us\": %u, \"max_us\": %u, \"client_cpu_share\": %.3f, "
+           "\"answered_total\": %lu}\n",
+           (unsigned long)sent, (unsigned long)answered, (unsigned long)errors, took,
+           took > 0 ? (double)answered / took : 0.0, PCT(0.5), PCT(0.9), PCT(0.99),
+           PCT(0.999), answered ? lat[answered - 1] : 0u, took > 0 ? cpu / took : 0.0,
+           (unsigned long)answered_total);
+#undef PCT
+}
+
+/* The closed loop (RATE 0): see the top of this file. */
+static int closed_loop(conn_t *conns, int nconn, int ep, const char *request, int reqlen,
+                       double seconds, double warmup) {
+    size_t cap = 1u << 16;
+    uint32_t *lat = malloc(cap * sizeof *lat);
+    if (!lat) die("malloc");
+    uint64_t errors = 0, sent = 0, answered = 0, answered_total = 0, counted_from = 0;
+    double cpu_from = 0;
+    uint64_t start = now_ns(), measure_from = start + (uint64_t)(warmup * 1e9);
+    uint64_t stop = UINT64_MAX;  /* set once counting starts: a full window however late */
+    for (int i = 0; i < nconn; i++) {
+        conn_t *c = &conns[i];
+        if (send(c->fd, request, (size_t)reqlen, MSG_NOSIGNAL) != reqlen) { errors++; continue; }
+        c->due[0] = start;
+        c->head = 0;
+        c->count = 1;
+    }
+    struct epoll_event events[256];
+    for (;;) {
+        uint64_t t = now_ns();
+        if (!counted_from && t >= measure_from) {
+            counted_from = t;
+            stop = t + (uint64_t)(seconds * 1e9);
+            cpu_from = cpu_seconds();
+        }
+        if (t >= stop) break;
+        uint64_t next = counted_from ? stop : measure_from;
+        int timeout = (int)((next - t) / 1000000u) + 1;
+        int n = epoll_wait(ep, events, 256, timeout);
+        uint64_t arrived = now_ns();
+        for (int k = 0; k < n; k++) {
+            conn_t *c = &conns[events[k].data.u32];
+            ssize_t got = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+            if (got <= 0) {
+                if (got < 0 && errno == EAGAIN) continue;
+                errors += c->count;  /* closed or failed with an answer owed */
+                c->count = 0;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->fd = -1;
+                continue;
+            }
+            c->len += (size_t)got;
+            size_t whole;
+            while (c->count && (whole = answer_length(c)) > 0) {
+                c->count = 0;
+                answered_total++;
+                if (counted_from && arrived < stop) {
+                    if (answered == cap) {
+                        cap *= 2;
+                        lat = realloc(lat, cap * sizeof *lat);
+                        if (!lat) die("realloc");
+                    }
+                    lat[answered++] = (uint32_t)((arrived - c->due[0]) / 1000u);
+                }
+                memmove(c->buf, c->buf + whole, c->len - whole);
+                c->len -= whole;
+                if (send(c->fd, request, (size_t)reqlen, MSG_NOSIGNAL) != reqlen) {
+                    errors++;
+                } else {
+                    c->due[0] = now_ns();
+                    c->count = 1;
+                    sent += counted_from ? 1 : 0;
+                }
+            }
+        }
+    }
+    double took = counted_from ? (double)(now_ns() - counted_from) / 1e9 : 0.0;
+    print_figures(sent, answered, answered_total, errors, took, lat, cpu_seconds() - cpu_from);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: openloop HOST PORT CONNECTIONS RATE SECONDS [PATH]\n");
+        fprintf(stderr, "usage: openloop HOST PORT CONNECTIONS RATE SECONDS [PATH [WARMUP]]\n");
         return 2;
     }
     const char *host = argv[1], *path = argc > 6 ? argv[6] : "/";
     int port = atoi(argv[2]), nconn = atoi(argv[3]);
-    double rate = atof(argv[4]), seconds = atof(argv[5]);
-    if (nconn < 1 || rate <= 0 || seconds <= 0) { fprintf(stderr, "bad arguments\n"); return 2; }
+    double rate = atof(argv[4]), seconds = atof(argv[5]), warmup = argc > 7 ? atof(argv[7]) : 0;
+    if (nconn < 1 || rate < 0 || seconds <= 0 || warmup < 0) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
     uint64_t total = (uint64_t)(rate * seconds);
     if (total < 1) total = 1;
     char request[512];
@@ -88,6 +196,8 @@ int main(int argc, char **argv) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     }
+    if (rate == 0) return closed_loop(conns, nconn, ep, request, reqlen, seconds, warmup);
+    double cpu_from = cpu_seconds();
 
     uint64_t errors = 0, sent = 0, answered = 0, interval = (uint64_t)(1e9 / rate);
     uint64_t start = now_ns(), stop_sending = start + (uint64_t)(seconds * 1e9);
@@ -139,13 +249,6 @@ int main(int argc, char **argv) {
         }
     }
     double took = (double)(now_ns() - start) / 1e9;
-    qsort(lat, answered, sizeof *lat, cmp_u32);
-#define PCT(p) (answered ? lat[(size_t)((double)(answered - 1) * (p))] : 0u)
-    printf("{\"sent\": %lu, \"answered\": %lu, \"errors\": %lu, \"seconds\": %.3f, "
-           "\"rate\": %.1f, \"p50_us\": %u, \"p90_us\": %u, \"p99_us\": %u, "
-           "\"p999_us\": %u, \"max_us\": %u}\n",
-           (unsigned long)sent, (unsigned long)answered,
-           (unsigned long)(total - answered), took, answered / took,
-           PCT(0.5), PCT(0.9), PCT(0.99), PCT(0.999), answered ? lat[answered - 1] : 0u);
+    print_figures(sent, answered, answered, total - answered, took, lat, cpu_seconds() - cpu_from);
     return 0;
 }

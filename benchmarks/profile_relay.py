@@ -30,6 +30,8 @@ from bench_procs import free_ports
 from bench_wrk import run_wrk
 
 LOADS = ("bulk1", "bulk4", "connect", "keepalive", "latency", "concurrent", "concurrent-100")
+LOAD_CONNECTIONS = {"connect": 32, "keepalive": 32, "concurrent": 8000, "concurrent-100": 100}
+CONNECTIONS = max(LOAD_CONNECTIONS.values())  # the peers' limits are set above it
 
 
 def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdir: Path) -> float:
@@ -47,10 +49,9 @@ def run_load(load: str, fronts: dict[str, int], pid: int, seconds: float, workdi
         cpu = done.get("proxy_cpu_ms_per_gb", math.nan)  # left out below one clock tick
         print(f"{done['gbit_per_s']:.2f} Gbit/s, {cpu:.0f} ms CPU/GB")
         return float(gigabytes)
-    connections = {"connect": 32, "keepalive": 32, "concurrent": 8000, "concurrent-100": 100}
     result, _ = run_wrk(
         fronts["http"],
-        connections=connections.get(load, 1),
+        connections=LOAD_CONNECTIONS.get(load, 1),
         seconds=seconds,
         close=load == "connect",
         proxy_pid=pid,
@@ -102,7 +103,7 @@ def main() -> None:
     iperf_front, iperf_back, http_front, http_port = free_ports(4)
     nginx = start_nginx(http_port, work / "nginx")
     routes: list[Route] = [(iperf_front, [iperf_back]), (http_front, [http_port])]
-    proxy = start_proxy(args.contender, routes, work)
+    proxy = start_proxy(args.contender, routes, work, connections=CONNECTIONS)
     fronts = {"iperf": iperf_front, "iperf_backend": iperf_back, "http": http_front}
     unit = "GB" if args.load.startswith("bulk") else "request"
     try:

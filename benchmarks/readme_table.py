@@ -12,12 +12,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench_summary import METRICS, latest, load, ratio, refuse_dirty, stamp, verdict
+from bench_summary import (
+    METRICS,
+    Case,
+    haproxy_splice_note,
+    latest,
+    load,
+    paired,
+    ratio,
+    refuse_dirty,
+    stamp,
+    verdict,
+)
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 OURS = ("fastproxy-copy", "fastproxy-splice")
+OTHERS = "fastproxy, the case's own variants"
 
 
 def table(path: Path) -> list[str]:
@@ -26,11 +38,13 @@ def table(path: Path) -> list[str]:
     lines = [
         f"Generated from `benchmarks/results/{path.name}` ({stamp(data)}) by "
         "`benchmarks/readme_table.py`; medians of the rounds with their [min-max] "
-        "spread; *tie*: the spreads overlap. Every case and method: "
+        "spread; *tie*: the spreads overlap; then how many of the paired rounds (each "
+        "round of fastproxy against the same round of the best peer) it won, with the "
+        "range of their ratios. Every case and method: "
         "`benchmarks/RESULTS.md`.",
         "",
-        "| case | metric | direct | best peer | " + " | ".join(OURS) + " |",
-        "|---|---|---|---|" + "---|" * len(OURS),
+        "| case | metric | direct | best peer | " + " | ".join(OURS) + " | " + OTHERS + " |",
+        "|---|---|---|---|" + "---|" * (len(OURS) + 1),
     ]
     for case in cases:
         for metric in case.key_metrics():
@@ -44,14 +58,29 @@ def table(path: Path) -> list[str]:
             cells.append(f"{best} {case.figures[best][metric].show(digits)}")
             for name in OURS:
                 mine = case.figures.get(name, {}).get(metric)
-                judged = verdict(case, name, metric, best) if mine else ""
-                if mine is None:
-                    cells.append("-")
-                    continue
-                versus = f", {ratio(case, name, metric, 'direct')} direct" if direct else ""
-                cells.append(f"{mine.show(digits)} ({judged}{versus})")
+                cells.append(cell(case, name, metric, best) if mine else "-")
+            # A case run with other fastproxy variants (start-up modes, reload, workers)
+            # shows those, losses as well as wins, rather than "-" for copy and splice.
+            others = [] if any(n in case.figures for n in OURS) else variants(case, metric)
+            cells.append("; ".join(f"{n} {cell(case, n, metric, best)}" for n in others) or "-")
             lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    note = haproxy_splice_note(cases)
+    return lines + (["", *note] if note else [])
+
+
+def variants(case: Case, metric: str) -> list[str]:
+    return [n for n in case.figures if n.startswith("fastproxy") and metric in case.figures[n]]
+
+
+def cell(case: Case, name: str, metric: str, best: str) -> str:
+    """name's median and spread, its verdict against the best peer with the paired
+    rounds, and its ratio to direct where there is one."""
+    mine = case.figures[name][metric]
+    direct = case.figures.get("direct", {}).get(metric)
+    versus = f", {ratio(case, name, metric, 'direct')} direct" if direct else ""
+    judged = verdict(case, name, metric, best)
+    rounds = paired(case, name, metric, best)
+    return f"{mine.show(METRICS[metric][2])} ({judged}; {rounds}{versus})"
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,19 @@ import sys
 from pathlib import Path
 
 from bench_config import RESULTS_DIR
-from bench_summary import METRICS, OURS, Case, latest, load, ratio, refuse_dirty, stamp, verdict
+from bench_summary import (
+    METRICS,
+    OURS,
+    Case,
+    haproxy_splice_note,
+    latest,
+    load,
+    paired,
+    ratio,
+    refuse_dirty,
+    stamp,
+    verdict,
+)
 from targets import rows as target_rows
 
 REPORT = RESULTS_DIR.parent / "RESULTS.md"
@@ -28,7 +40,11 @@ METHOD = """\
   otherwise); the figures below are from its `extra_info`.
 - Peers: HAProxy 2.6 (splice forced, `splice-auto`, no splice), nginx `stream`, asyncio
   and uvloop proxies. **Best peer**: on each metric, the peer with the best median
-  (never a chosen one). A difference whose spreads overlap is written **tie**.
+  (never a chosen one). A difference whose spreads overlap is written **tie**; next to
+  it, **paired rounds**: each round of fastproxy against the same round of that peer
+  (they ran in the same turn), how many it won and the range of the per-round ratios,
+  which shows a consistent difference ("better in 5 of 5 rounds, 1.04-1.09×") that the
+  min-max test calls a tie.
 - CPU per GB or per request, two ways: *proxy*: utime+stime of the proxy process
   (/proc/PID/stat); *shared*: all busy time of the CPU the proxy shares with the server
   (/proc/stat), which also counts the kernel work the proxy causes there (the robust one
@@ -43,13 +59,28 @@ METHOD = """\
   buffers then is not counted (up to tens of MB per stream: a few % of 2 GB, most of a
   smoke run's 20 MB). A round in which the server counted no byte is an error, not a
   figure.
-- `fastproxy-sockmap` (`Relay: sockmap`): the kernel relaying. Since 941ce88 the mode
-  is refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks set it), because this
-  kernel's sk_skb redirect sometimes sends a segment twice (`make sockmap-duplicates`).
-  Its figures show what the kernel path costs, not a mode to run.
+- `fastproxy-sockmap` (`Relay: sockmap`, in runs up to e885a6a): the kernel relaying.
+  From 941ce88 the mode was refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (the benchmarks
+  set it), because this kernel's sk_skb redirect sometimes sends a segment twice (`make
+  sockmap-duplicates`); then it was taken out (benchmarks/sockmap/README.md). Its
+  figures show what the kernel path costs, not a mode to run.
 - Layout: load generators on CPU 0; servers and the proxy on CPU 1; one proxy thread
   (fastproxy --workers 1, HAProxy nbthread 1, nginx worker_processes 1, one event loop),
   except in the workers case. All in a network namespace of its own (`make bench`).
+- Load generators: wrk (`-t1`: the client has one CPU in this layout) for churn,
+  keep-alive and the one-connection latency; `benchmarks/openloop.c` for the fixed
+  offered rates and, as a closed loop (one request in flight per connection), for the
+  100- and 8,000-connection cases: every connection is open before its clock starts and
+  a warm-up is left out of the counted window (wrk counts from its first connect, so the
+  connect storm of 8,000 fell in its window). Each round records its load generator's
+  CPU share (its own CPU time over the run's length); where it nears 1 the client, not
+  the contender, may set the figure, and the list above says so.
+- The HTTP server behind every contender is nginx; it serves the size sweep's files
+  with sendfile and without `tcp_nopush`: with it, nginx on Linux turns Nagle on and a
+  64 KiB answer now and then stalled 40 ms on the reader's delayed ACK, direct as well
+  (`results/profiles/response_64k_stall.md`).
+- Peers' limits follow the case: HAProxy's `maxconn` (global and per frontend) and
+  nginx's `worker_connections` are set above the most connections the case holds.
 - Raw outputs (iperf3 summaries, wrk and openloop outputs) of the run:
   `results/raw/<case>.jsonl.gz`."""
 
@@ -72,6 +103,7 @@ def case_table(case: Case) -> list[str]:
 def headline(cases: list[Case]) -> list[str]:
     """Each fastproxy contender against the best peer on each key metric, and direct."""
     head = ["case", "metric", "fastproxy", "median [min-max]", "× direct", "best peer", "verdict"]
+    head.append("paired rounds")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for case in cases:
         for metric in case.key_metrics():
@@ -86,6 +118,7 @@ def headline(cases: list[Case]) -> list[str]:
                 cells = [case.name, METRICS[metric][0], name, values[metric].show(digits)]
                 cells += [ratio(case, name, metric, "direct"), theirs]
                 cells.append(verdict(case, name, metric, best))
+                cells.append(paired(case, name, metric, best))
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -101,8 +134,53 @@ def losses(cases: list[Case]) -> list[str]:
                     if judged.endswith("worse"):
                         found.append(
                             f"- {case.name}, {METRICS[metric][0]}: {name} {judged} than {best}"
+                            f" ({paired(case, name, metric, best)})"
                         )
     return found or ["- nowhere outside the spreads"]
+
+
+UNTIMED = ("idle-memory", "ports-startup", "cluster-push")  # no load run for a time
+
+
+def durations(cases: list[Case]) -> list[str]:
+    """How long each case's load really ran per round: from what the run recorded in its
+    JSON (never written by hand), cases with the same run grouped."""
+    groups: dict[str, list[str]] = {}
+    for case in cases:
+        info = case.info
+        if "seconds" in info:
+            text = f"{info.get('load', 'load')}, {info['seconds']:g} s per round"
+            if info.get("warmup_seconds"):
+                text += f", counted after a {info['warmup_seconds']:g} s warm-up"
+        elif info.get("load") == "iperf3" or case.name.startswith("bulk-"):
+            text = f"iperf3, a fixed {info.get('bytes', '?')} per round (timed by the transfer)"
+        elif case.name in UNTIMED:
+            text = "no timed load (start-ups, config pushes, connections held)"
+        else:
+            text = "not recorded in this run's JSON (a run from before it recorded them)"
+        groups.setdefault(text, []).append(case.name)
+    return [f"- {', '.join(names)}: {text}" for text, names in groups.items()]
+
+
+# A load generator busy this share of its CPU (or more) may be what sets the figure.
+CLIENT_BOUND = 0.9
+
+
+def client_bound(cases: list[Case]) -> list[str]:
+    """The contenders whose load generator was busy at least CLIENT_BOUND of its CPU in
+    some round: there the client may be the bottleneck, not the contender."""
+    found = []
+    for case in cases:
+        for name, values in case.figures.items():
+            share = values.get("client_cpu_share")
+            if share is not None and share.high >= CLIENT_BOUND:
+                found.append(
+                    f"- {case.name}, {name}: the load generator used {share.show(2)} of its"
+                    " CPU: the figure may be the client's limit, not the contender's"
+                )
+    return found or [
+        f"- nowhere: every load generator stayed below {CLIENT_BOUND:.0%} of its CPU in every round"
+    ]
 
 
 def chart(cases: list[Case], subtitle: str) -> bool:
@@ -184,9 +262,24 @@ def main(argv: list[str]) -> None:
         "",
         *losses(cases),
         "",
+        "HAProxy's splice modes:",
+        "",
+        *(haproxy_splice_note(cases) or ["(no 1-stream bulk figures of HAProxy in this run)"]),
+        "",
+        "Where the load generator may be the bottleneck (its CPU share, wrk's and"
+        " openloop's own rusage over the run):",
+        "",
+        *client_bound(cases),
+        "",
         "## Issue 12's targets",
         "",
         *target_rows(cases),
+        "",
+        "## Durations",
+        "",
+        "What each case's load ran per round, as the run recorded it:",
+        "",
+        *durations(cases),
         "",
         METHOD,
         "",

@@ -103,7 +103,7 @@ def rows(cases: list[Case]) -> list[str]:
     case = by.get("openloop-75%")
     judged = case and _vs_best_peer(case, "p99_us", 1.0)
     if judged:
-        add("p99 µs at 75 % of direct, open loop", "≤ best peer's", *judged)
+        add("p99 µs at 75 % of its own maximum, open loop", "≤ best peer's", *judged)
     many, few = by.get("http-concurrent"), by.get("http-concurrent-100")
     if many and few:
         for metric in ("rate", "p99_us"):

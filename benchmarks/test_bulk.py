@@ -29,4 +29,10 @@ def test_bulk(request, contenders: Contenders, streams: int, tmp_path: Path) -> 
             workdir=tmp_path,
         )
 
-    run_series(request, f"bulk-{streams}stream", names, measure, info={"bytes": BULK_BYTES})
+    run_series(
+        request,
+        f"bulk-{streams}stream",
+        names,
+        measure,
+        info={"load": "iperf3", "bytes": BULK_BYTES},
+    )

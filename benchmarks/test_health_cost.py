@@ -113,7 +113,8 @@ def test_health_check_cost(request, tmp_path: Path) -> None:
         return figures, raw
 
     try:
-        figures = run_series(request, "health-check-cost", list(running), measure)
+        info = {"load": "iperf3", "bytes": BULK_BYTES}
+        figures = run_series(request, "health-check-cost", list(running), measure, info=info)
     finally:
         for proxy, _, _, targets in running.values():
             proxy.stop()

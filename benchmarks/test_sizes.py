@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from bench_backends import SIZES
-from bench_config import SHORT_SECONDS, SMOKE
+from bench_config import SECONDS, SMOKE
 from bench_contenders import DIRECT, Contenders
 from bench_series import run_series
-from bench_wrk import run_wrk
+from bench_wrk import run_wrk, wrk_seconds
 
 NAMES = (DIRECT, "haproxy-splice-auto", "fastproxy-copy", "fastproxy-splice")
 CONNECTIONS = 8
@@ -25,11 +25,17 @@ def test_size_sweep(request, contenders: Contenders, nginx: None, size: int) -> 
         figures, out = run_wrk(
             c.http_port,
             connections=CONNECTIONS,
-            seconds=SHORT_SECONDS,
+            seconds=SECONDS,
             path=f"/bytes/{size}",
             proxy_pid=c.pid,
         )
         figures["gbit_per_s"] = figures["rate"] * size * 8 / 1e9
         return figures, out
 
-    run_series(request, f"size-{size}", names, measure, info={"bytes": size})
+    run_series(
+        request,
+        f"size-{size}",
+        names,
+        measure,
+        info={"bytes": size, "load": "wrk", "seconds": wrk_seconds(SECONDS)},
+    )

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench_backends import start_slow
-from bench_config import SHORT_SECONDS, SMOKE
+from bench_config import SECONDS, SMOKE
 from bench_contenders import (
     BPF,
     OURS,
@@ -26,7 +26,7 @@ from bench_contenders import (
 )
 from bench_procs import Pinned, free_ports
 from bench_series import run_series
-from bench_wrk import run_wrk
+from bench_wrk import run_wrk, wrk_seconds
 
 NAMES = [n for n in (*PEERS, *OURS) if n not in ("asyncio", "uvloop")]
 if SMOKE:
@@ -55,7 +55,12 @@ def balanced(
                 (dead_front, [dead_port, backend_ports[0]]),
             ]
             try:
-                proxy = start_proxy(name, routes, tmp_path_factory.mktemp(name))
+                proxy = start_proxy(
+                    name,
+                    routes,
+                    tmp_path_factory.mktemp(name),
+                    connections=max(c for c, _ in CASES.values()),
+                )
             except (Unavailable, FileNotFoundError):
                 continue
             procs.append(proxy)
@@ -73,8 +78,7 @@ def test_bad_target(request, balanced: dict[str, dict[str, tuple[int, int]]], ca
 
     def measure(name: str) -> tuple[dict[str, float], str]:
         front, pid = balanced[case][name]
-        return run_wrk(
-            front, connections=connections, seconds=SHORT_SECONDS, close=close, proxy_pid=pid
-        )
+        return run_wrk(front, connections=connections, seconds=SECONDS, close=close, proxy_pid=pid)
 
-    run_series(request, f"target-{case}", list(balanced[case]), measure)
+    info = {"connections": connections, "load": "wrk", "seconds": wrk_seconds(SECONDS)}
+    run_series(request, f"target-{case}", list(balanced[case]), measure, info=info)

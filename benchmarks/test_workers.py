@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bench_config import SHORT_SECONDS
+from bench_config import SECONDS
 from bench_contenders import Unavailable, start_proxy
 from bench_procs import CLIENT_CPU, SERVER_CPU, Pinned, free_ports
 from bench_series import run_series
-from bench_wrk import run_wrk
+from bench_wrk import run_wrk, wrk_seconds
 
 # label -> (contender, threads)
 VARIANTS = {
@@ -46,6 +46,7 @@ def scaled(
                     name,
                     [(front, [backend_ports[0]])],
                     workdir,
+                    connections=max(c for c, _ in LOADS.values()),
                     workers=threads,
                     cpus=f"{CLIENT_CPU},{SERVER_CPU}",
                 )
@@ -82,11 +83,12 @@ def test_workers(request, scaled: dict[str, tuple[int, int]], load: str, tmp_pat
         front, pid = scaled[label]
         before = relay_thread_cpu(pid)
         figures, out = run_wrk(
-            front, connections=connections, seconds=SHORT_SECONDS, close=close, proxy_pid=pid
+            front, connections=connections, seconds=SECONDS, close=close, proxy_pid=pid
         )
         after = relay_thread_cpu(pid)
         spent = [after[tid] - before.get(tid, 0) for tid in after]
         figures["busiest_thread_share"] = max(spent) / max(sum(spent), 1)
         return figures, out
 
-    run_series(request, f"workers-{load}", list(scaled), measure)
+    info = {"connections": connections, "load": "wrk", "seconds": wrk_seconds(SECONDS)}
+    run_series(request, f"workers-{load}", list(scaled), measure, info=info)

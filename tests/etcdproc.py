@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import proxyproc
-from fastproxy.cluster_cli import cluster_state
-from fastproxy.etcd import Etcd as EtcdClient
-from fastproxy.etcd import EtcdURL, Security
+from fastproxy.cluster.cli import cluster_state
+from fastproxy.cluster.etcd import Etcd as EtcdClient
+from fastproxy.cluster.etcd import EtcdURL, Security
 from proxyproc import ROOT, Proxy, free_ports
 
 # What every test instance sets for itself: host-local settings never come from etcd

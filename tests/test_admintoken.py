@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.admintoken import TokenError, ensure_token, read_token
+from fastproxy.control.admintoken import TokenError, ensure_token, read_token
 
 NOBODY = 65534
 

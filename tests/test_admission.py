@@ -6,6 +6,7 @@ buckets whose burst is the rate. Every refusal is counted per reason."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 from pathlib import Path
@@ -133,5 +134,42 @@ def test_rates_behind_trusted_senders(tmp_path: Path) -> None:
                         reason="per-source-rate")  # fmt: skip
     assert rate + per_source + passed == 12
     assert passed >= 2 and per_source >= 2
+    proxy.stop()
+    backend.close()
+
+
+@pytest.mark.parametrize("steering", ["bpf"], indirect=True)
+def test_a_failed_reload_puts_the_old_lists_back_in_the_kernel(
+    tmp_path: Path, steering: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that fails after the new Allow / Deny went into the sk_lookup program
+    (failpoint reload.opened, the last step) rolls them back with the rest: the kernel
+    refuses whom the running config refuses. Without it the old routes served the new
+    lists: the denied source got in and an allowed one was dropped."""
+    backend = NamedEchoServer("b")
+    port = 18001
+    quiet = {"HealthCheck": {"Interval": 3600}}
+    before = {"Apps": [app("x", [port], [backend.address], Deny=["127.0.0.2/32"], **quiet)]}
+    after = {"Apps": [app("x", [port], [backend.address], Deny=["127.0.0.3/32"], **quiet)]}
+    monkeypatch.setenv("FASTPROXY_FAILPOINTS", "reload.opened")
+    proxy = Proxy(tmp_path, {**before, **steering})
+    monkeypatch.delenv("FASTPROXY_FAILPOINTS")
+    assert proxy.steering == "bpf"
+    proxy.write_config_unnoticed({**after, **steering})  # only the SIGHUPs below apply it
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while proxy.status()["reloads"]["failure"] == 0:
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.05)
+    assert "failpoint reload.opened" in proxy.log()
+    assert not through(port, "127.0.0.2")  # still denied, as the running config says
+    assert through(port, "127.0.0.3")
+    # The same reload, now whole: the new list is the one the kernel holds.
+    proxy.proc.send_signal(signal.SIGHUP)
+    while proxy.status()["reloads"]["success"] == 0:
+        assert time.monotonic() < deadline + 10, proxy.log()
+        time.sleep(0.05)
+    assert through(port, "127.0.0.2")
+    assert not through(port, "127.0.0.3")
     proxy.stop()
     backend.close()

@@ -250,7 +250,7 @@ def test_status_table_shows_weight_backup_and_failed_checks() -> None:
 def test_start_up_imports_no_metrics_library() -> None:
     """prometheus_client (and the http.server, email and urllib it pulls in) is a tenth of
     the start-up: it loads at the first /metrics scrape (test_admin), not before."""
-    modules = "fastproxy.cli, fastproxy.server, fastproxy.steered_listeners, fastproxy.steering"
+    modules = "fastproxy.cli, fastproxy.process, fastproxy.listeners.steered, fastproxy.steering"
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if 'prometheus' in m))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

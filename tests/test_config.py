@@ -124,9 +124,15 @@ def test_all_optional_keys() -> None:
     assert (config.drain_timeout, config.pipe_size) == (0.0, 65536)
 
 
-def test_relay_sockmap_is_accepted_and_opt_in() -> None:
-    assert parse_config(two_apps(Relay="sockmap"), SRC).relay == "sockmap"
-    assert parse_config(two_apps(), SRC).relay == "splice"  # never chosen by default
+def test_relay_sockmap_is_refused_with_one_line_saying_why() -> None:
+    """The in-kernel relay was taken out (the kernel may send a segment twice): a config
+    that still names it gets one line naming the reason and what to use instead."""
+    error = error_of(two_apps(Relay="sockmap"))
+    assert error == (
+        f'{SRC}: Relay: "sockmap" is no longer offered (the kernel\'s sk_skb redirect may'
+        ' send a segment twice: benchmarks/sockmap/README.md); use "splice" or "copy"'
+    ), error
+    assert parse_config(two_apps(), SRC).relay == "splice"
 
 
 def test_listen_accepts_a_single_string_and_null_proxy_protocol() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy import control
+from fastproxy.control import handover as control
 from proxyproc import ROOT, Proxy, app, free_ports
 from servers import HashingEcho, talk
 

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from etcdproc import Etcd, EtcdProxy, have_etcd, push
 from fastproxy.backends import NamedEchoServer
 from fastproxy.cli import main
+from fastproxy.cluster.etcd import Etcd as EtcdClient
+from fastproxy.cluster.etcd import EtcdURL
 from fastproxy.config import MAX_CONFIG_BYTES
-from fastproxy.etcd import Etcd as EtcdClient
-from fastproxy.etcd import EtcdURL
 from proxyproc import app, free_ports
 from test_etcd import answers, ask, config, wait_until
 

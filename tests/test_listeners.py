@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from fastproxy.listeners import listening_ports
+from fastproxy.listeners.sockets import listening_ports
 
 
 def test_listening_ports_are_the_listeners_of_both_families_and_nothing_else() -> None:

@@ -79,7 +79,6 @@ def test_sdist_has_every_source_and_no_generated_c(dist: tuple[Path, Path]) -> N
         "setup.py",
         "pyproject.toml",
         "bpf/steer.c",
-        "bpf/relay.c",
         "src/fastproxy/_relay.pyx",
         "src/fastproxy/relay/harness.pxi",
         "src/fastproxy/relay/worker.pxi",
@@ -101,14 +100,13 @@ def test_wheel_is_manylinux_and_carries_what_runs_only(dist: tuple[Path, Path]) 
     for name in (
         "fastproxy/bpf/steer.c",
         "fastproxy/bpf/steer.image.json",
-        "fastproxy/bpf/relay.image.json",
         "fastproxy/examples/demo.json",
         "fastproxy/_relay.pyi",
     ):
         assert name in names, name
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     sources = [n for n in names if n.endswith((".pyx", ".pxi", ".pxd", ".h", ".c"))]
-    assert sources == ["fastproxy/bpf/relay.c", "fastproxy/bpf/steer.c"], sources
+    assert sources == ["fastproxy/bpf/steer.c"], sources
     assert not [n for n in names if "harness" in n or n.startswith(("tests/", "benchmarks/"))]
     requires = re.findall(rb"^Requires-Dist: (.*)$", metadata, re.M)
     etcd = [r for r in requires if r.startswith(b"etcd3gw")]

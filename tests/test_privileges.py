@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fastproxy import netns, steering
-from fastproxy.privileges import CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
+from fastproxy.control.privileges import CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 from fastproxy.steering import bpfsys, pins
 from proxyproc import ROOT, Proxy, app, free_ports, wait_for_port
 from servers import HashingEcho, talk

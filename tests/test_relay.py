@@ -20,7 +20,7 @@ import pytest
 
 from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
-from servers import Backend, HashingEcho, RecordingEcho, reset, send_and_read_back, talk
+from servers import Backend, HashingEcho, reset, send_and_read_back, talk
 
 
 @pytest.fixture
@@ -37,23 +37,13 @@ def ask_name(port: int, payload: bytes = b"ping") -> tuple[str, bytes]:
     return name.decode(), echo
 
 
-# Relay: sockmap runs the very tests splice and copy run. It is refused unless
-# FASTPROXY_UNSAFE_SOCKMAP=1 (the kernel may send a segment twice: sockmap_relay.py), so
-# these tests set it. As root it must then be the kernel relaying, never the fallback;
-# elsewhere (not root) it falls back to splice, and says so.
-SOCKMAP_EXPECTED = os.geteuid() == 0
-UNSAFE_SOCKMAP = {"FASTPROXY_UNSAFE_SOCKMAP": "1"}
 # Active health checks connect to the targets too: a backend that records what each
 # connection did must tell them apart from the relayed ones.
 CHECKS = {"Interval": 0.05}
 
 
 def relay_proxy(tmp_path: Path, config: dict, mode: str, *args: str) -> Proxy:
-    env = UNSAFE_SOCKMAP if mode == "sockmap" else None
-    proxy = Proxy(tmp_path, config, "--relay", mode, *args, env=env)
-    if mode == "sockmap" and SOCKMAP_EXPECTED:
-        assert "relay=sockmap" in proxy.log(), proxy.log()
-    return proxy
+    return Proxy(tmp_path, config, "--relay", mode, *args)
 
 
 def recv_all(sock: socket.socket) -> bytes:
@@ -68,40 +58,8 @@ def megabytes(payload: bytes) -> Iterator[memoryview]:
     return (view[offset : offset + (1 << 20)] for offset in range(0, len(payload), 1 << 20))
 
 
-REPLAY_MAX = 256 << 10  # seen: one or two skbs of 64 KiB
-REPLAYS_MAX = 2  # seen: at most one per stream
-
-
-def kernel_replays(got: bytes, sent: bytes) -> int | None:
-    """How many of the sockmap kernel bug's replays `got` has, if it is `sent` with only
-    those added; None if it differs in any other way (a byte lost, changed or out of
-    order). A replay is a run of bytes just delivered, delivered again right after
-    (the kernel handed one skb to the redirect twice), at most REPLAY_MAX long."""
-    i = j = replays = 0
-    while i < len(got):
-        step = min(1 << 16, len(got) - i, len(sent) - j)
-        if step and got[i : i + step] == sent[j : j + step]:
-            i += step
-            j += step
-            continue
-        while step and got[i] == sent[j]:  # the exact first difference
-            i += 1
-            j += 1
-            step -= 1
-        key = got[i : i + 64]
-        k = sent.rfind(key, max(0, j - REPLAY_MAX), j + len(key) - 1) if j else -1
-        if k < 0 or k >= j or got[i : i + j - k] != sent[k:j] or replays == REPLAYS_MAX:
-            return None
-        i += j - k
-        replays += 1
-    return replays if j == len(sent) else None
-
-
-@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice", "copy"])
 def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
-    if mode == "sockmap":
-        sockmap_256mib_each_way(tmp_path)
-        return
     echo = HashingEcho()
     (port,) = free_ports(1)
     proxy = relay_proxy(tmp_path, {"Apps": [app("bulk", [port], [echo.address])]}, mode)
@@ -117,29 +75,7 @@ def test_256mib_each_way_checksums(tmp_path: Path, mode: str) -> None:
     echo.backend.close()
 
 
-def sockmap_256mib_each_way(tmp_path: Path) -> None:
-    """As above, keeping the bytes: the kernel's own bug (sockmap_relay.py), which is why
-    the mode is refused by default, is a segment sent twice. kernel_replays() forgives
-    exactly that, so that anything else, lost or reordered bytes from the relay's own
-    logic, still fails the test; how many it forgave is printed."""
-    echo = RecordingEcho()
-    (port,) = free_ports(1)
-    proxy = relay_proxy(tmp_path, {"Apps": [app("bulk", [port], [echo.address])]}, "sockmap")
-    payload = os.urandom(256 << 20)
-    received = bytearray()
-    send_and_read_back(port, megabytes(payload), received.extend)
-    streams = [stream for stream in echo.streams if stream]  # not the health checks
-    assert len(streams) == 1, f"{len(streams)} streams reached the backend"
-    there = kernel_replays(streams[0], payload)
-    assert there is not None, "the backend did not receive the client's bytes intact"
-    back = kernel_replays(bytes(received), payload)  # the echo's replays come back too
-    assert back is not None, "the client did not receive the backend's bytes intact"
-    print(f"kernel replays forgiven: {there} on the way there, {back} in all on the way back")
-    assert proxy.stop() == 0
-    echo.backend.close()
-
-
-@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice", "copy"])
 def test_small_and_bulk_messages_alternate_in_order(tmp_path: Path, mode: str) -> None:
     """Splice mode reads small messages with recv() into a buffer and moves a direction
     to the pipe once it carries bulk, and back: across every switch, with a small
@@ -231,7 +167,7 @@ def test_bulk_flow_does_not_starve_a_small_request(tmp_path: Path) -> None:
     echo.backend.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_500_concurrent_connections(
     tmp_path: Path, named_backends: list[NamedEchoServer], mode: str
 ) -> None:
@@ -305,7 +241,7 @@ def test_all_targets_down_closes_client_promptly(tmp_path: Path) -> None:
     assert proxy.stop() == 0
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_half_close_still_gets_full_reply(tmp_path: Path, mode: str) -> None:
     """The client shuts its write side; the backend replies only after that EOF."""
     reply = os.urandom(8 << 20)
@@ -328,7 +264,7 @@ def test_half_close_still_gets_full_reply(tmp_path: Path, mode: str) -> None:
     backend.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_backend_reset_is_propagated(tmp_path: Path, named_backends, mode: str) -> None:
     def reset_mid_stream(conn: socket.socket) -> None:
         conn.sendall(b"x" * 100_000)
@@ -356,7 +292,7 @@ def test_backend_reset_is_propagated(tmp_path: Path, named_backends, mode: str) 
     resetter.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_client_reset_is_propagated(tmp_path: Path, mode: str) -> None:
     seen: list[str] = []
 
@@ -475,7 +411,7 @@ def test_sigint_stops_with_exit_0(tmp_path: Path, named_backends) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_idle_timeout_closes_silent_connections(tmp_path: Path, named_backends, mode: str) -> None:
     (port,) = free_ports(1)
     target = f"127.0.0.1:{named_backends[0].port}"
@@ -626,16 +562,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-# The kernel's sockmap redirect has no backpressure, and pausing a socket under load loses
-# data (bpf/relay.c, "Known kernel limits"): the mode is opt-in until that is solved.
-SOCKMAP_NO_BACKPRESSURE = pytest.mark.xfail(
-    SOCKMAP_EXPECTED, strict=True, reason="sockmap redirect to egress has no backpressure"
-)
-
-
-@pytest.mark.parametrize(
-    "mode", ["splice", "copy", pytest.param("sockmap", marks=SOCKMAP_NO_BACKPRESSURE)]
-)
+@pytest.mark.parametrize("mode", ["splice", "copy"])
 def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
     """A backend that stops reading: the client soon cannot send more, and the
     proxy's memory does not grow with what the client tries to send."""
@@ -672,19 +599,12 @@ def test_slow_reader_applies_backpressure(tmp_path: Path, mode: str) -> None:
     backend.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
-def test_counters_are_exact_in_process(named_backends, mode: str, monkeypatch) -> None:
-    """The relay API itself: per-app and per-target counters equal the traffic (for
-    sockmap: what the BPF program counted), and sockmap leaves its maps empty."""
-    from fastproxy import _relay, sockmap_relay
-    from fastproxy.steering.bpfsys import map_keys
+@pytest.mark.parametrize("mode", ["splice"])
+def test_counters_are_exact_in_process(named_backends, mode: str) -> None:
+    """The relay API itself: per-app and per-target counters equal the traffic."""
+    from fastproxy import _relay
 
     relay = _relay.Relay(workers=2)
-    if mode == "sockmap":
-        monkeypatch.setenv("FASTPROXY_UNSAFE_SOCKMAP", "1")
-    program = sockmap_relay.attach(relay) if mode == "sockmap" else None
-    if mode == "sockmap" and SOCKMAP_EXPECTED:
-        assert program is not None and relay.sockmap
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -717,27 +637,13 @@ def test_counters_are_exact_in_process(named_backends, mode: str, monkeypatch) -
         # Round robin starts half of the clients on the dead target; each fails over.
         assert dead_stats["connect_failures"] == 5 and dead_stats["connections"] == 0
         assert relay.connections() == 0
-        if program is not None:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as live:
-                assert live.recv(100) == b"backend-0\n"  # the relay is up to the target
-                live.sendall(b"ping")
-                assert live.recv(100) == b"ping"
-                # Both sockets are the kernel's: paired in the maps.
-                assert len(list(map_keys(program.fds["peers"], 8))) == 2
-            deadline = time.monotonic() + 5
-            while relay.connections() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            for name in ("socks", "sources", "peers"):
-                assert list(map_keys(program.fds[name], 8)) == [], f"{name} not emptied"
     finally:
         relay.remove_listener(listener.fileno())
         listener.close()
         relay.stop()
-        if program is not None:
-            program.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice", "copy"])
 def test_data_and_fin_arriving_together(tmp_path: Path, mode: str, named_backends) -> None:
     """A FIN that lands in the same read as the last bytes raises no later event:
     the relay must still pass it on (both modes, many times over)."""
@@ -841,7 +747,7 @@ def test_urgent_byte_before_fin_does_not_truncate(tmp_path: Path, mode: str) -> 
     target.backend.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "sockmap"])
+@pytest.mark.parametrize("mode", ["splice"])
 def test_reset_after_half_close_is_propagated(tmp_path: Path, mode: str) -> None:
     """The client sent its FIN, then resets while the backend is still quiet: the
     backend must learn of it without having to write first."""
@@ -919,67 +825,3 @@ def test_out_of_descriptors_sheds_clients_and_recovers(tmp_path: Path, named_bac
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert proxy.stop() == 0
-
-
-def test_sockmap_falls_back_to_splice_with_one_log_line() -> None:
-    """Where the kernel relay cannot load (here: not root), the relay keeps splice and
-    one warning says why."""
-    import subprocess
-    import sys
-
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    code = (
-        "import logging; logging.basicConfig(format='%(message)s');"
-        "from fastproxy import _relay, sockmap_relay;"
-        "relay = _relay.Relay(); print(sockmap_relay.attach(relay), relay.sockmap, relay.splice)"
-    )
-    run = subprocess.run(
-        [*(drop if os.geteuid() == 0 else []), sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **UNSAFE_SOCKMAP},
-    )
-    assert run.stdout.split() == ["None", "False", "True"], run.stdout + run.stderr
-    warnings = [line for line in run.stderr.splitlines() if line.strip()]
-    assert warnings == ["relay: sockmap unavailable (not root), relaying with splice"], warnings
-
-
-def test_sockmap_is_refused_without_the_unsafe_switch(tmp_path: Path) -> None:
-    """The kernel may send a segment twice (sockmap_relay.py): `Relay: sockmap` alone
-    relays with splice, bytes intact, and one line says why and how to measure it anyway."""
-    echo = HashingEcho()
-    (port,) = free_ports(1)
-    proxy = Proxy(tmp_path, {"Relay": "sockmap", "Apps": [app("a", [port], [echo.address])]})
-    assert "relay=splice" in proxy.log(), proxy.log()
-    refusals = [line for line in proxy.log().splitlines() if "relay: sockmap" in line]
-    assert len(refusals) == 1 and "sends a segment twice" in refusals[0], refusals
-    assert "FASTPROXY_UNSAFE_SOCKMAP=1" in refusals[0], refusals
-    payload = os.urandom(4 << 20)
-    assert talk(port, payload) == payload
-    assert proxy.stop() == 0
-    echo.backend.close()
-
-
-def test_replay_filter_forgives_only_replays() -> None:
-    """The 256 MiB sockmap test's allowance for the kernel bug: a run of bytes delivered
-    twice in a row, at most twice per stream and 256 KiB each, and nothing else: a
-    lost, changed or reordered byte, a truncation or a longer replay fails."""
-    sent = os.urandom(1 << 20)
-    assert kernel_replays(sent, sent) == 0
-    replayed = sent[:700_000] + sent[634_517:700_000] + sent[700_000:]
-    assert kernel_replays(replayed, sent) == 1
-    twice = replayed[:900_000] + replayed[850_000:900_000] + replayed[900_000:]
-    assert kernel_replays(twice, sent) == 2
-    at_the_end = sent + sent[-65_483:]
-    assert kernel_replays(at_the_end, sent) == 1
-    thrice = twice[:1_000_000] + twice[990_000:1_000_000] + twice[1_000_000:]
-    too_long = sent[:700_000] + sent[400_000:700_000] + sent[700_000:]
-    lost = sent[:500_000] + sent[500_001:]
-    changed = sent[:500_000] + bytes([sent[500_000] ^ 1]) + sent[500_001:]
-    swapped = sent[:500_000] + sent[600_000:700_000] + sent[500_000:600_000] + sent[700_000:]
-    late = sent[:500_000] + sent[600_000:] + sent[500_000:600_000]
-    replay_then_loss = replayed[:800_000] + replayed[800_100:]
-    broken = [thrice, too_long, lost, changed, swapped, late, replay_then_loss]
-    for stream in [*broken, sent[:-1], b"", sent + sent[:10]]:
-        assert kernel_replays(stream, sent) is None

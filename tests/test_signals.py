@@ -40,7 +40,7 @@ def test_a_stuck_main_loop_turns_healthz_to_503_and_logs_its_stack(tmp_path: Pat
         assert time.monotonic() < deadline, proxy.log()
         time.sleep(0.1)
     stack = proxy.log().split("main loop stuck", 1)[1]
-    assert "in failpoint" in stack and "server.py" in stack, stack  # where it is stuck
+    assert "in failpoint" in stack and "process.py" in stack, stack  # where it is stuck
     # The relay goes on carrying traffic all the while.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         assert sock.recv(100) == b"b\n"

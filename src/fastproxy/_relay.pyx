@@ -17,7 +17,6 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/conn.pxi        the connection state machine
   relay/tlsctx.pxi      TLS contexts, handshake callbacks, ticket keys (OpenSSL)
   relay/tls.pxi         TLS termination and re-encryption of connections
-  relay/sockmap.pxi     Relay: sockmap, connections the kernel relays (bpf/relay.c)
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
@@ -47,7 +46,6 @@ include "relay/conn.pxi"
 include "relay/tlsctx.pxi"
 include "relay/tls.pxi"
 include "relay/handoff.pxi"
-include "relay/sockmap.pxi"
 include "relay/preface.pxi"
 include "relay/timers.pxi"
 include "relay/worker.pxi"

@@ -35,6 +35,8 @@ def policies(config: Config, routes: Routes) -> Policies:
     allow: set[bytes] = set()
     deny: set[bytes] = set()
     written: set[int] = set()
+    if not any(app.allow or app.deny for app in config.apps):
+        return ports, allow, deny  # the common case: no walk over every port at start
     for port, apps in config.port_apps().items():
         lists = {(app.allow, app.deny) for app in apps}
         if len(lists) != 1 or lists == {((), ())}:

@@ -1,4 +1,4 @@
-"""`fastproxy` command line: a thin click layer over server.run() and friends.
+"""`fastproxy` command line: a thin click layer over process.run() and friends.
 Expected failures print one line, `error: ...`, and exit non-zero; never a traceback."""
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from typing import Any
 
 import click
 
-from . import __version__, adminsocket
-from .admin import TARGET_ACTIONS
-from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
-from .admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
-from .admintoken import TokenError, read_token
-from .cluster_cli import cluster_group, config_group, etcd_options
+from . import __version__
+from .cluster.cli import cluster_group, config_group, etcd_options
+from .cluster.etcd import Security, is_etcd_url
+from .cluster.options import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
@@ -26,12 +24,15 @@ from .config import (
     parse_host_port,
     summary,
 )
-from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import TakeoverError
-from .etcd import Security, is_etcd_url
-from .listeners import ListenError
-from .privileges import PrivilegeError
-from .sources import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
+from .control import adminsocket
+from .control.admin import TARGET_ACTIONS
+from .control.adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
+from .control.admintoken import DEFAULT_PATH as DEFAULT_TOKEN_FILE
+from .control.admintoken import TokenError, read_token
+from .control.handover import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
+from .control.handover import TakeoverError
+from .control.privileges import PrivilegeError
+from .listeners.sockets import ListenError
 from .wording import plural
 
 
@@ -59,8 +60,7 @@ def main() -> None:
 @click.option(
     "--relay",
     type=click.Choice(RELAY_MODES),
-    help="splice (zero copy), copy, or sockmap (in-kernel, BPF; refused unless"
-    " FASTPROXY_UNSAFE_SOCKMAP=1).",
+    help="splice (zero copy) or copy (recv/send).",
 )
 @click.option("--pipe-size", type=click.IntRange(4096, 1 << 20), help="Pipe size in bytes.")
 @click.option("--admin", metavar="HOST:PORT", help="Admin endpoint (default 127.0.0.1:9901).")
@@ -135,7 +135,7 @@ def serve(
 ) -> None:
     """Run the proxy in the foreground until SIGTERM or SIGINT. CONFIG is a file, or
     etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX to serve a fleet's config from etcd."""
-    from .server import run  # the relay extension loads only when serving
+    from .process import run  # the relay extension loads only when serving
 
     _setup_logging(log_level, log_format)
     try:

@@ -59,7 +59,7 @@ class Routes:
     def __init__(self, relay: _relay.Relay) -> None:
         self.relay = relay
         self.apps: dict[str, AppRuntime] = {}
-        self.port_owner: dict[int, str] = {}
+        self.port_owner: Mapping[int, str] = {}
         self.sni_ports: set[int] = set()  # ports routed by TLS server name
         # Apps' TLS, loaded from their files (tlsconfig.load_contexts) before apply
         self.tls: dict[str, _relay.TlsContext] = {}
@@ -186,7 +186,7 @@ class Routes:
         self._retire(apps)
 
     def _route_by_name(self, port: int, on_port: list[App], apps: dict[str, AppRuntime]) -> None:
-        """A port whose clients go to an app by TLS server name (config.py made sure
+        """A port whose clients go to an app by TLS server name (config/app.py made sure
         the apps on it may share it)."""
         default = [app for app in on_port if not app.server_names]
         counted = apps[(default or on_port)[0].name]

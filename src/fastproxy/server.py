@@ -1,46 +1,40 @@
 """The orchestrator: builds the relay from a Config, listens (one socket per port,
 or one steered socket for all), runs health checks and the admin endpoint, keeps
-DNS fresh, reloads, and shuts down gracefully. `run()` is what `fastproxy serve`
-calls."""
+DNS fresh, reloads, and shuts down gracefully. process.run() is what `fastproxy
+serve` calls: it makes the Server and turns the main loop."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import resource
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, _relay, plausibility, sockmap_relay
+from . import __version__, _relay, plausibility
 from .accesslog import AccessLog
-from .admin import AdminServer
-from .adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
-from .admintoken import ensure_token
 from .config import Config, ConfigError
-from .control import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
-from .control import ControlServer, Handover, Successor, TakeoverError, private_directory
+from .control.admin import AdminServer
+from .control.admintoken import ensure_token
+from .control.handover import Handover
+from .control.privileges import drop_to, target
+from .control.sdnotify import notify, reloading
+from .control.watchdog import MainLoopWatchdog
 from .failpoints import failpoint
-from .fdstore import FdStore
-from .fdstore import inherited as systemd_sockets
 from .health import HealthChecker
-from .listener_set import Change, ListenerSet
-from .listeners import ListenError
-from .port_listeners import PortListeners
-from .privileges import drop_to, forbid_new_privileges, target
+from .listeners.contract import Change, ListenerSet
+from .listeners.fdstore import FdStore
+from .listeners.ports import PortListeners
+from .listeners.sockets import ListenError
 from .resolver import resolve_all
 from .routing import Routes, TargetRuntime
-from .sdnotify import notify, reloading
-from .signals import SignalInbox
-from .sources import ClusterOptions, ConfigSource, ReloadError, open_source
+from .settings import Options, keep_restart_only, warn_any_proxy_sender
+from .sources import ConfigSource, ReloadError
 from .tlsconfig import ktls_available, load_contexts
-from .watchdog import MainLoopWatchdog
 from .wording import plural
 
 if TYPE_CHECKING:
@@ -52,50 +46,6 @@ STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
 TICKET_KEY_ROTATION = 3600.0  # a new TLS session ticket key this often (relay/tls.pxi)
-# Settings a running relay cannot change: a reload keeps the old ones (and says so),
-# by their attribute and by their name in the config.
-RESTART_ONLY = {
-    "listen": "Listen",
-    "workers": "Workers",
-    "steering": "Steering",
-    "relay": "Relay",
-    "pipe_size": "PipeSize",
-    "admin": "Admin",
-    "admin_token_file": "AdminTokenFile",
-    "user": "User",
-    "group": "Group",
-}
-
-
-def warn_any_proxy_sender(config: Config) -> None:
-    """`AcceptProxyProtocol: true` lets anyone who reaches the port name any client
-    address (SPEC §12): said once per start or reload, naming the apps."""
-    apps = [a.name for a in config.apps if a.accept_proxy_protocol and not a.proxy_senders]
-    if apps:
-        log.warning(
-            "AcceptProxyProtocol is true for %s: any sender may claim any client address"
-            ' (list the trusted senders instead, e.g. ["10.0.0.0/8"])',
-            ", ".join(f'app "{name}"' for name in apps),
-        )
-
-
-@dataclass(frozen=True)
-class Options:
-    """Command-line overrides of the config's settings; None keeps the config's."""
-
-    steering: str | None = None
-    workers: int | None = None
-    relay: str | None = None
-    pipe_size: int | None = None
-    admin: tuple[str, int] | None = None
-
-    def apply(self, config: Config) -> Config:
-        changes: dict[str, Any] = {
-            key: getattr(self, key)
-            for key in ("steering", "workers", "relay", "pipe_size", "admin")
-            if getattr(self, key) is not None
-        }
-        return replace(config, **changes) if changes else config
 
 
 def raise_fd_limit() -> None:
@@ -125,11 +75,7 @@ class Server:
         self.relay = _relay.Relay(
             workers=self.workers, splice=config.relay != "copy", pipe_size=config.pipe_size
         )
-        # Relay: sockmap keeps splice for what the kernel does not take (and as fallback).
-        self.sockmap = sockmap_relay.attach(self.relay) if config.relay == "sockmap" else None
-        self.relay_mode = (
-            "splice" if config.relay == "sockmap" and not self.sockmap else config.relay
-        )
+        self.relay_mode = config.relay
         self.routes = Routes(self.relay)
         self.steering_mode = "ports"
         self.listeners: ListenerSet | None = None
@@ -283,7 +229,7 @@ class Server:
         if self.inherited is not None:
             # An upgrade keeps its predecessor's steering mode: bpf state and sockets go together.
             if self.inherited.steering == "bpf" and self.inherited.take("steered"):
-                from .steered_listeners import SteeredListeners
+                from .listeners.steered import SteeredListeners
 
                 return SteeredListeners.adopt(self.relay, hosts, self.inherited, ports)
             return PortListeners.adopt(self.relay, hosts, self.inherited, ports)
@@ -309,7 +255,7 @@ class Server:
 
             reason = steering.probe() or self._bpf_listen_problem()
             if reason is None:
-                from .steered_listeners import SteeredListeners
+                from .listeners.steered import SteeredListeners
 
                 try:
                     return SteeredListeners.attach(self.relay, hosts, ports)
@@ -350,7 +296,7 @@ class Server:
     # -- upgrade: the running process's side -----------------------------------
 
     def handover(self) -> Handover:
-        """Our listening sockets, for a successor (see control.py)."""
+        """Our listening sockets, for a successor (see control/handover.py)."""
         socks = self.listeners.handover() if self.listeners is not None else []
         if self.admin is not None:
             host, port = self.admin.address
@@ -426,13 +372,7 @@ class Server:
         log.debug("reload: %s read and valid", new.source)
         for warning in plausibility.warnings(new):
             log.warning("reload: %s", warning)
-        kept = {}
-        for key, name in RESTART_ONLY.items():
-            if getattr(new, key) != getattr(self.config, key):
-                log.warning("reload: %s changed; it takes effect only after a restart", name)
-                kept[key] = getattr(self.config, key)
-        pending = sorted(RESTART_ONLY[key] for key in kept)
-        return (replace(new, **kept) if kept else new), pending
+        return keep_restart_only(new, self.config)
 
     def _apply(self, new: Config) -> None:
         """Ports that go away stop first, routes change, then new ports open: no moment
@@ -479,6 +419,7 @@ class Server:
         try:
             self.routes.apply(self.config, {})  # keeps every address it had
             self.listeners.rollback(change)
+            self._admission(self.config)  # the sk_lookup program may hold the new lists
         except Exception as exc:  # nothing left to undo with: say so loudly
             log.critical("reload: rolling back failed, serving may be incomplete: %s", exc)
 
@@ -661,150 +602,3 @@ class Server:
         if dead:
             return 503, f"helper thread died: {', '.join(dead)}"
         return 200, "ok"
-
-
-class Requests:
-    """What the signals that arrived ask of the main loop."""
-
-    def __init__(self) -> None:
-        self.stops = 0  # SIGTERM/SIGINT seen: the first drains, a second cuts the drain
-        self.reload = False  # SIGHUP
-        self.reopen_log = False  # SIGUSR1
-
-    def note(self, arrived: list[signal.Signals]) -> None:
-        for sig in arrived:
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                self.stops += 1
-            elif sig == signal.SIGHUP:
-                self.reload = True
-            elif sig == signal.SIGUSR1:
-                self.reopen_log = True
-
-
-def run(
-    config_path: str,
-    *,
-    steering: str | None = None,
-    workers: int | None = None,
-    relay: str | None = None,
-    pipe_size: int | None = None,
-    admin: tuple[str, int] | None = None,
-    takeover: bool = False,
-    control_socket: str = DEFAULT_CONTROL_SOCKET,
-    admin_socket: str | None = DEFAULT_ADMIN_SOCKET,
-    cluster: ClusterOptions | None = None,
-    watch: bool = True,
-) -> int:
-    """Serve until SIGTERM or SIGINT, then drain and return the exit status.
-    SIGHUP reloads. With `takeover`, take the listening sockets (and steering) of
-    the fastproxy running behind `control_socket` first. `config_path` may be an
-    etcd URL (sources.py; `cluster` holds its settings). Raises ConfigError,
-    ListenError or TakeoverError (one-line) before serving."""
-    options = Options(
-        steering=steering, workers=workers, relay=relay, pipe_size=pipe_size, admin=admin
-    )
-    source = open_source(config_path, cluster, watch=watch)
-    config = options.apply(source.load())
-    for warning in plausibility.warnings(config):
-        log.warning("config: %s", warning)
-    account = target(config.user, config.group)  # None unless we will drop root
-    if account is not None:
-        forbid_new_privileges()  # first: every thread inherits it
-        # The control socket is bound after the drop: its directory must be the user's.
-        with contextlib.suppress(OSError):  # refused again, with the reason, below
-            private_directory(control_socket, account.uid)
-    raise_fd_limit()  # before a takeover receives thousands of sockets
-    # Opened before a takeover starts: a signal during it abandons the takeover instead
-    # of killing us half way (the running process would survive that too). The handlers
-    # do nothing but note the signal; this thread acts on it (signals.py says why).
-    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
-    asked = Requests()
-    control: ControlServer | None = None
-    try:
-        proxy_uid = account.uid if account else None  # the running one may have dropped to it
-        successor = Successor(control_socket, proxy_uid=proxy_uid) if takeover else None
-        # A predecessor's sockets (--takeover), or the ones systemd kept for us (fd store,
-        # socket activation).
-        handover, stored = systemd_sockets(config.admin) if successor is None else (None, set())
-        if successor is not None:
-            handover = successor.handover
-        server = Server(
-            config,
-            source=source,
-            options=options,
-            inherited=handover,
-            fd_store=FdStore(stored),
-            admin_socket=admin_socket,
-        )
-        try:
-            server.start()
-            if successor is not None:
-                failpoint("takeover.before-ready")
-                asked.note(inbox.wait(0))
-                if asked.stops:
-                    raise TakeoverError("stopped by a signal while starting")
-        except BaseException:
-            server.abandon()
-            if successor is not None:
-                successor.abandon()  # the running process goes on as before
-                log.info("takeover abandoned: the running fastproxy goes on serving")
-            raise
-        if successor is not None:
-            successor.ready()  # from here on we serve: the predecessor stops accepting
-            server.go_live()
-            log.info("took over from pid %d", successor.handover.pid)
-        elif handover is not None:
-            server.go_live()  # systemd's sockets: nobody else accepts on them
-        try:
-            control = ControlServer(
-                control_socket,
-                server.handover,
-                server.reload_lock,
-                server.yield_to_successor,
-                server.takeover_abandoned,
-            )
-            control.start()
-        except OSError as exc:
-            log.warning("no control socket at %s (no takeover possible): %s", control_socket, exc)
-        notify("READY=1")
-        server.main_loop.start()
-        while not asked.stops:
-            server.main_loop.beat()
-            failpoint("main.loop")
-            if server.successor_ready.is_set():
-                break
-            if asked.reopen_log:
-                asked.reopen_log = False
-                server.access_log.reopen()  # logrotate moved the file away
-            if asked.reload:
-                asked.reload = False
-                server.try_reload("SIGHUP")
-            # A successor is noticed within 0.2 s, a signal at once.
-            asked.note(inbox.wait(0.2))
-        timeout = server.config.drain_timeout
-        notify("STOPPING=1")
-        log.info("stopping: no new connections; draining for up to %gs", timeout)
-        server.stop_accepting()
-
-        stops_before_drain = asked.stops
-
-        def pause(seconds: float) -> bool:
-            """While draining: a SIGTERM/SIGINT (beyond the one that began the drain)
-            stops waiting for connections."""
-            server.main_loop.beat()
-            asked.note(inbox.wait(seconds))
-            if asked.reopen_log:
-                asked.reopen_log = False
-                server.access_log.reopen()
-            return asked.stops > stops_before_drain
-
-        if not server.drain(timeout, pause):
-            log.info("closing %s still open", plural(server.relay.connections(), "connection"))
-        server.close()
-        log.info("stopped")
-        return 0
-    finally:
-        if control is not None:
-            control.close()
-        # A late SIGHUP or SIGUSR1 must not kill a process on its way out with exit 0.
-        inbox.close(ignore=(signal.SIGHUP, signal.SIGUSR1))

@@ -1,22 +1,17 @@
 """Where the config comes from. The server asks its source for the config to serve
 (at start and at every reload) and lets it call for reloads when the config changes:
-a file watched with stat(), or a key in etcd shared by a fleet (etcdsource.py)."""
+a file watched with stat(), or a key in etcd shared by a fleet (cluster/source.py). Which
+one serves is the orchestrator's choice (process.open_source): this module knows the
+contract and the file, not etcd."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config, load_config
-from .etcd import EtcdURL, Security, is_etcd_url
 from .watch import FileWatcher
-
-DEFAULT_CACHE_DIR = "/var/lib/fastproxy"
-LEASE_TTL = 10  # seconds an instance stays registered after it stops renewing
 
 Reload = Callable[[str], object]  # Server.reload: raises ReloadError when rejected
 
@@ -44,20 +39,6 @@ class ConfigSource(Protocol):
 
     def gauges(self) -> dict[str, float]:
         """Metrics about the source: name (without fastproxy_) -> value."""
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """Settings of an instance that serves a config from etcd."""
-
-    instance_id: str | None = None  # default: hostname-pid
-    cache_dir: str = DEFAULT_CACHE_DIR
-    lease_ttl: int = LEASE_TTL
-    security: Security = field(default_factory=Security)  # how etcd is reached
-    local: dict[str, Any] = field(default_factory=dict)  # host-local settings (--local-config)
-
-    def resolved_id(self) -> str:
-        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class FileSource:
@@ -90,15 +71,3 @@ class FileSource:
 
     def gauges(self) -> dict[str, float]:
         return {}
-
-
-def open_source(
-    spec: str, cluster: ClusterOptions | None = None, *, watch: bool = True
-) -> ConfigSource:
-    """A file path, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX (ConfigError if malformed).
-    `watch`: reload a file when it changes (an etcd key is always watched)."""
-    if is_etcd_url(spec):
-        from .etcdsource import EtcdSource
-
-        return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())
-    return FileSource(spec, watch=watch)

@@ -262,21 +262,6 @@ cdef class Relay:
     def splice(self):
         return bool(self.r.use_splice)
 
-    def use_sockmap(self, int socks_fd, int sources_fd, int peers_fd):
-        """Hand established connections to bpf/relay.c's verdict program, attached to
-        its `sources` map. Before start(); the fds must stay open as long as the relay
-        runs."""
-        if self.running:
-            raise RuntimeError("the relay is running")
-        self.r.sm_socks = socks_fd
-        self.r.sm_sources = sources_fd
-        self.r.sm_peers = peers_fd
-        self.r.use_sockmap = True
-
-    @property
-    def sockmap(self):
-        return bool(self.r.use_sockmap)
-
     @property
     def channel_capacity(self):
         """Bytes one direction of a connection may hold (the pipe or buffer size)."""

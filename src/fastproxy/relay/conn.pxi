@@ -484,8 +484,6 @@ cdef void conn_close(fp_worker* w, fp_conn* c) noexcept nogil:
     cdef bint queued = c.state == ST_RETRY
     if c.state == ST_CLOSED:
         return
-    if c.mapped != NULL:
-        sockmap_leave(w, c)     # its last counts, and out of the map before the close
     conn_finish(w, c)
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
@@ -553,14 +551,12 @@ cdef void conn_relay_start(fp_worker* w, fp_conn* c) noexcept nogil:
     if c.up.len > 0:
         # The ClientHello read to route by name (preface.pxi) goes first. It counts
         # as moved, as it did when it was peeked and then pumped from the socket:
-        # from here on no other target is tried, and sockmap takes no connection
-        # with bytes held.
+        # from here on no other target is tried.
         conn_release_route(c)
         c.bytes_in += c.up.len
         fp_add_u64(&c.app_st.bytes_in, c.up.len)
         fp_add_u64(&c.tgt_st.bytes_in, c.up.len)
-    if c.tls != NULL or not sockmap_enter(w, c):
-        conn_pump(w, c)
+    conn_pump(w, c)
 
 
 cdef void conn_connect_next(fp_worker* w, fp_conn* c) noexcept nogil:
@@ -666,9 +662,6 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     if c.state == ST_RETRY:
         if s == &c.cli and events & (EPOLLERR | EPOLLHUP):
             conn_close(w, c)        # the client is gone: stop failing over for it
-        return
-    if c.mapped != NULL:
-        sockmap_event(w, c, s, events)
         return
     if c.state == ST_RELAYING:
         conn_pump(w, c)

@@ -208,7 +208,6 @@ ctypedef struct fp_chan:
     bint copy_only              # never a pipe: one of its sides speaks TLS (tls.pxi)
 
 cdef struct fp_conn
-cdef struct fp_mapped          # relay/sockmap.pxi
 
 # Which app a server name goes to, on a port shared by apps with ServerNames.
 # Immutable once published, replaced whole on reload, refcounted like routes.
@@ -301,7 +300,6 @@ cdef struct fp_conn:
     fp_conn* retry_next         # queued to try the next target after the batch
     fp_conn* grave_next         # closed, freed after the batch
     int lists                   # debug builds: the lists it is on (LIST_* bits)
-    fp_mapped* mapped           # in the kernel's sockmap relay (sockmap.pxi), or NULL
     fp_tls* tls                 # TLS state beyond the sides' SSLs (tls.pxi), or NULL
 
 # One ended connection, as the access log needs it.
@@ -378,9 +376,6 @@ ctypedef struct fp_worker:
     int held_sockets            # client and target sockets open
     int held_pipes              # pipes held by channels (not the idle pool)
     int held_bufs               # buffers held by channels (not the idle pool)
-    fp_mapped* sm_conns         # connections in the sockmap relay (sockmap.pxi)
-    int sm_pending              # of which a FIN or reset waits for its bytes
-    int64_t sm_next_sweep_ms    # next reading of every counter (sockmap.pxi)
     uint64_t _pad[8]            # workers sit side by side: keep each off its neighbour's lines
 
 cdef struct fp_relay:
@@ -397,7 +392,3 @@ cdef struct fp_relay:
     int alog_on                 # access log wanted (rings exist once it was)
     fp_stats** chunks
     fp_listener* listeners
-    bint use_sockmap            # Relay: sockmap, with bpf/relay.c's maps:
-    int sm_socks                #   redirect targets
-    int sm_sources              #   sockets the verdict program runs for
-    int sm_peers                #   socket cookie -> peer cookie and byte counter

@@ -59,8 +59,6 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
     elif c.state == ST_FAILING:
         conn_fail_flush(w, c)
     elif c.state == ST_RELAYING and c.idle_timeout_ms > 0:
-        if c.mapped != NULL:
-            sockmap_count(w, c)     # the kernel relays it: its counters tell its activity
         if w.now_ms - c.last_active_ms >= c.idle_timeout_ms:
             fp_add_u64(&c.app_st.idle_timeouts, 1)
             c.result = R_IDLE_TIMEOUT

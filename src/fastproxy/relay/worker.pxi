@@ -90,7 +90,6 @@ cdef void run_batch(fp_worker* w, epoll_event* events, int n) noexcept nogil:
     process_retries(w)
     timers_run(w)
     process_retries(w)
-    sockmap_poll(w)
     process_ready(w)
     free_graveyard(w)
     fp_store_int(&w.epoch, w.epoch + 1)
@@ -119,7 +118,6 @@ cdef void* worker_main(void* arg) noexcept nogil:
             # Connect, preface, idle and failing timers are all on the wheel: sleep
             # until the first is due, not a fixed tick or second past it.
             timeout = timers_wait_ms(w, IDLE_WAIT_MS)
-        timeout = sockmap_timeout(w, timeout)
         n = epoll_wait(w.epfd, events, MAX_EVENTS, timeout)
         run_batch(w, events, n)
     # Stopped: whatever is still open is closed (the orchestrator drains first).

@@ -1,4 +1,4 @@
-"""Loading a program of bpf/ (steer.c, relay.c): the image the wheel carries when it is
+"""Loading a program of bpf/ (steer.c): the image the wheel carries when it is
 for this source (packaged.py), else the bytecode cached from an earlier start, else compiled
 and loaded by bcc in a short-lived child process (and then cached). Only the last needs bcc
 and the kernel headers."""
@@ -23,9 +23,7 @@ from typing import IO
 from . import cache, packaged
 from .bpfsys import (
     BPF_PROG_TYPE_SK_LOOKUP,
-    BPF_PROG_TYPE_SK_SKB,
     BPF_SK_LOOKUP,
-    BPF_SK_SKB_VERDICT,
     map_def,
     probe_sk_lookup,
 )
@@ -56,15 +54,7 @@ class Program:
 STEER = Program(
     "steering", "steer.c", PROGRAM_NAME, BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP, MAP_NAMES
 )
-RELAY = Program(
-    "sockmap relay",
-    "relay.c",
-    "fastproxy_relay",
-    BPF_PROG_TYPE_SK_SKB,
-    BPF_SK_SKB_VERDICT,
-    ("socks", "sources", "peers"),
-)
-PROGRAMS = {program.source: program for program in (STEER, RELAY)}
+PROGRAMS = {program.source: program for program in (STEER,)}
 
 
 def _source_path(name: str = STEER.source) -> str | None:

@@ -1,6 +1,6 @@
 """The compiled programs the wheel carries: fastproxy/bpf/<name>.image.json beside each
-bpf/<name>.c, made by bcc when the wheel is built (setup.py runs build_main() in a child
-that can import bcc) and loaded at run time through bpf(2), with no bcc and no kernel
+bpf/<name>.c, made by bcc when the wheel is built (setup.py runs build.build_main() in a
+child that can import bcc) and loaded at run time through bpf(2), with no bcc and no kernel
 headers.
 
 An image is believed only for the very source text beside it: the file records the
@@ -84,7 +84,7 @@ def problem(source: str, program: list[object]) -> str | None:
 
 
 def write(path: str, text: bytes, program: list[object], image: ProgramImage) -> None:
-    """The image file for the source `text` (what build_main() writes)."""
+    """The image file for the source `text` (what build.build_main() writes)."""
     entry = {
         **_wanted(text, program),
         "built_on": {"kernel": platform.release(), "python": sys.version.split()[0]},
@@ -93,27 +93,3 @@ def write(path: str, text: bytes, program: list[object], image: ProgramImage) ->
     with open(path, "w") as f:
         json.dump(entry, f, sort_keys=True)
         f.write("\n")
-
-
-def build_main(bpf_dir: str, out_dir: str) -> None:
-    """Compile every program of bpf/ with bcc (loading it once, so the verifier has
-    accepted it on the build machine) and write its image into `out_dir`. Run by
-    setup.py in a child process that can import bcc; exits non-zero with one line on
-    stderr if any program fails."""
-    from .errors import SteeringUnavailable
-    from .loader import PROGRAMS, _compile_here
-
-    for name, program in sorted(PROGRAMS.items()):
-        source = os.path.join(bpf_dir, name)
-        with open(source, "rb") as f:
-            text = f.read()
-        try:
-            objects, image = _compile_here(source, program)
-        except SteeringUnavailable as exc:
-            sys.exit(f"{name}: {exc}")
-        objects.close()
-        if not isinstance(image, ProgramImage):
-            sys.exit(f"{name}: no image of the compiled program: {image}")
-        out = image_path(os.path.join(out_dir, name))
-        write(out, text, [program.function, program.prog_type, program.attach_type], image)
-        print(f"{name}: compiled by bcc into {out}")

@@ -1,7 +1,7 @@
 """The admin API's unix socket (SPEC section 12): how the CLI reaches the running
 proxy without sending its token to a TCP port that any local user could have bound
 while the proxy was down. The socket is 0600 and owned by the proxy's user, in a
-directory kept like the control socket's (0700, the proxy's user's, see control.py);
+directory kept like the control socket's (0700, the proxy's user's, see handover.py);
 the CLI checks with SO_PEERCRED that whoever serves it is root, itself, or the owner
 of that directory before it sends anything."""
 
@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 
-from .control import peer_uid, private_directory
+from .handover import peer_uid, private_directory
 
 DEFAULT_PATH = "/run/fastproxy/admin.sock"
 

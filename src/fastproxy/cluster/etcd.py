@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .config import ConfigError, parse_host_port
+from ..config import ConfigError, parse_host_port
 
 SCHEME = "etcd://"
 TLS_SCHEME = "etcds://"

@@ -23,8 +23,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from .control import Handover
-from .sdnotify import notify_with_fds
+from ..control.handover import Handover
+from ..control.sdnotify import notify_with_fds
 
 log = logging.getLogger("fastproxy")
 

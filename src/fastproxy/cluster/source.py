@@ -24,12 +24,13 @@ import threading
 import time
 from typing import Any
 
-from .config import MAX_CONFIG_BYTES, Config, ConfigError, parse_fleet_config
+from ..config import MAX_CONFIG_BYTES, Config, ConfigError, parse_fleet_config
+from ..control.privileges import account
+from ..failpoints import failpoint
+from ..sources import Describe, Reload, ReloadError
 from .etcd import Document, Etcd, EtcdError, EtcdURL
-from .failpoints import failpoint
 from .membership import Membership, backoff, now_iso
-from .privileges import account
-from .sources import ClusterOptions, Describe, Reload, ReloadError
+from .options import ClusterOptions
 
 log = logging.getLogger("fastproxy")
 

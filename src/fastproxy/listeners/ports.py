@@ -6,11 +6,11 @@ import logging
 import socket
 from collections.abc import Mapping
 
-from . import _relay
-from .control import Handover
-from .failpoints import failpoint
-from .listener_set import Change, Described
-from .listeners import ListenError, open_listener
+from .. import _relay
+from ..control.handover import Handover
+from ..failpoints import failpoint
+from .contract import Change, Described
+from .sockets import ListenError, open_listener
 
 log = logging.getLogger("fastproxy")
 

@@ -23,7 +23,7 @@ from .boundedhttp import BoundedHTTPServer, Deferred, Request, Response
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger("fastproxy")
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import ConfigError, parse_fleet_config, read_config_file
+from ..config import ConfigError, parse_fleet_config, read_config_file
 from .etcd import Etcd, EtcdError, EtcdURL, Security
 
 

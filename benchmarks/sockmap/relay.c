@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// fastproxy in-kernel relay (`Relay: sockmap`, opt-in): an sk_skb verdict program that
-// moves each socket's bytes straight to its peer's send side, so the proxy is never
-// woken for data.
+// fastproxy's former in-kernel relay (`Relay: sockmap`, taken out of the product: see
+// README.md beside this file): an sk_skb verdict program that moves each socket's bytes
+// straight to its peer's send side, so the proxy is never woken for data.
 //
-// Maps. User space (src/fastproxy/relay/sockmap.pxi) pairs a connection's two sockets once
-// the connect has succeeded and every preface (PROXY header in and out, ClientHello) is
-// done: `peers` says where each socket's bytes go, `socks` holds both sockets as redirect
-// targets, and `sources` holds the sockets whose bytes this program moves: it is the map
-// the program is attached to (attach type BPF_SK_SKB_VERDICT = 38: no stream parser, each
-// skb as TCP queued it). Two maps, so that both sockets are targets before either is a
-// source: no byte is ever redirected to a socket not yet in place.
+// Maps. User space (duplicates.py here; the relay's relay/sockmap.pxi up to e885a6a)
+// pairs a connection's two sockets once the connect has succeeded and every preface
+// (PROXY header in and out, ClientHello) is done: `peers` says where each socket's bytes
+// go, `socks` holds both sockets as redirect targets, and `sources` holds the sockets
+// whose bytes this program moves: it is the map the program is attached to (attach type
+// BPF_SK_SKB_VERDICT = 38: no stream parser, each skb as TCP queued it).
+// Two maps, so that both sockets are targets before either is a source: no byte is
+// ever redirected to a socket not yet in place.
 //
 // Verdicts. Redirect to the peer's egress (flags 0). SK_PASS leaves the bytes to the
 // socket itself, where user space could still read them: only for a socket with no peer
@@ -29,9 +30,9 @@
 //   them twice, so the kernel ran the verdict twice on them. Seen in 12 of 160 streams of
 //   256 MiB each way with the sockets in an epoll set (registered with no events is
 //   enough; the relay needs epoll for FIN and reset) and in 1 of 130 without. No fastproxy
-//   code runs in between: scripts/sockmap_duplicates.py (`make sockmap-duplicates`) shows
-//   it with bare sockets. A relay that may corrupt a stream is not something to offer, so
-//   user space refuses this mode unless FASTPROXY_UNSAFE_SOCKMAP=1 (for measuring).
+//   code runs in between: duplicates.py (`make sockmap-duplicates`) shows it with bare
+//   sockets. A relay that may corrupt a stream is not something to offer, so the mode
+//   was refused unless FASTPROXY_UNSAFE_SOCKMAP=1 (for measuring), then removed.
 // - No backpressure on redirect to egress: what the peer cannot send yet waits on its
 //   psock (ingress_skb list, sent by a kernel worker as room appears) without any limit,
 //   and is not charged to the receiving socket, so its window never closes. A peer that

@@ -8,12 +8,12 @@ import logging
 import socket
 from collections.abc import Iterable, Mapping
 
-from . import _relay
-from .control import Handover
-from .failpoints import failpoint
-from .listener_set import Change, Described
-from .listeners import ListenError, check_port_free, listening_ports, open_listener
-from .steering import Steering, SteeringUnavailable
+from .. import _relay
+from ..control.handover import Handover
+from ..failpoints import failpoint
+from ..steering import Steering, SteeringUnavailable
+from .contract import Change, Described
+from .sockets import ListenError, check_port_free, listening_ports, open_listener
 
 log = logging.getLogger("fastproxy")
 

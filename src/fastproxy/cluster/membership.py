@@ -12,10 +12,10 @@ import threading
 import time
 from typing import Any
 
-from . import __version__
-from .config import ConfigError
+from .. import __version__
+from ..config import ConfigError
+from ..failpoints import failpoint
 from .etcd import Etcd, EtcdError, EtcdUnreachable, EtcdURL, Security
-from .failpoints import failpoint
 
 log = logging.getLogger("fastproxy")
 

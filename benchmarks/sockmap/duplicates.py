@@ -1,16 +1,18 @@
-"""Why `Relay: sockmap` is refused by default: the kernel's sk_skb redirect now and then
-sends one segment twice, with none of fastproxy's relay code running.
+"""Why `Relay: sockmap` was taken out of fastproxy: the kernel's sk_skb redirect now and
+then sends one segment twice, with none of fastproxy's relay code running.
 
-Each round pairs two sockets in bpf/relay.c's maps exactly as the relay does (no worker,
-no epoll loop, no SO_RCVLOWAT), streams 256 MiB through an echo and compares the bytes.
-Rounds alternate between sockets nobody waits on and sockets registered in an epoll set
-with no events asked for (as the relay's are, to see FIN and reset), where it happens
-more often. Run as root in a network namespace of its own: `make sockmap-duplicates`.
-Prints one line per corrupted round and a summary."""
+Each round pairs two sockets in relay.c's maps (beside this file) exactly as the relay
+did (no worker, no epoll loop, no SO_RCVLOWAT), streams 256 MiB through an echo and
+compares the bytes. Rounds alternate between sockets nobody waits on and sockets
+registered in an epoll set with no events asked for (as the relay's are, to see FIN and
+reset), where it happens more often. Run as root in a network namespace of its own:
+`make sockmap-duplicates`. Needs bcc and the kernel headers (it compiles relay.c
+itself). Prints one line per corrupted round and a summary."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import socket
@@ -19,13 +21,30 @@ import sys
 import threading
 import time
 
-os.environ["FASTPROXY_UNSAFE_SOCKMAP"] = "1"  # this script exists to show why it is refused
-
-from fastproxy import sockmap_relay  # noqa: E402
-from fastproxy.steering.bpfsys import map_delete, map_update  # noqa: E402
+from fastproxy.steering.bpfsys import (
+    BPF_PROG_TYPE_SK_SKB,
+    BPF_SK_SKB_VERDICT,
+    map_delete,
+    map_update,
+    prog_attach,
+)
 
 SO_COOKIE = 57
 SIZE = 256 << 20
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.c")
+MAPS = ("socks", "sources", "peers")
+
+
+def load() -> tuple[object, dict[str, int]]:
+    """relay.c compiled and loaded by bcc, its verdict program attached to `sources` (the
+    sockets whose bytes it moves); bcc's object (keep it) and the maps' fds."""
+    from bcc import BPF, lib
+
+    bpf = BPF(src_file=SOURCE.encode())
+    prog = bpf.load_func(b"fastproxy_relay", BPF_PROG_TYPE_SK_SKB, attach_type=BPF_SK_SKB_VERDICT)
+    fds = {name: lib.bpf_table_fd(bpf.module, name.encode()) for name in MAPS}
+    prog_attach(prog.fd, fds["sources"], BPF_SK_SKB_VERDICT)
+    return bpf, fds
 
 
 def echo_server() -> socket.socket:
@@ -79,10 +98,8 @@ def one_round(fds: dict[str, int], front: socket.socket, backend: tuple, waiter:
     reader.join(60)
     time.sleep(0.05)  # anything extra still on its way
     client.setblocking(False)
-    try:
+    with contextlib.suppress(BlockingIOError):
         got.extend(client.recv(1 << 22))
-    except BlockingIOError:
-        pass
     watcher.close()
     for name in ("sources", "socks", "peers"):
         for sock, _ in pair:
@@ -101,7 +118,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="rounds of each kind")
     args = parser.parse_args()
-    objects = sockmap_relay.load()
+    bpf, fds = load()
     front = socket.socket()
     front.bind(("127.0.0.1", 0))
     front.listen()
@@ -109,11 +126,11 @@ def main() -> int:
     failed = {False: 0, True: 0}
     for n in range(args.rounds * 2):
         waiter = bool(n % 2)
-        what = one_round(objects.fds, front, backend, waiter)
+        what = one_round(fds, front, backend, waiter)
         if what:
             failed[waiter] += 1
             print(f"round {n} ({'epoll waiter' if waiter else 'no waiter'}): {what}", flush=True)
-    objects.close()
+    bpf.cleanup()  # type: ignore[attr-defined]
     print(
         f"{os.uname().release}: corrupted {failed[True]} of {args.rounds} rounds with an epoll"
         f" waiter, {failed[False]} of {args.rounds} without ({SIZE >> 20} MiB each way each)"

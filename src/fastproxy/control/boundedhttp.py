@@ -42,17 +42,28 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import NamedTuple
 
-import h11
+from .httpconn import (
+    _BUSY,
+    _CLOSED,
+    _LINGER,
+    _READ,
+    _WRITE,
+    MAX_HEADER_BYTES,
+    REQUEST_DEADLINE,
+    _Conn,
+    _Lane,
+    h11,
+    request_of,
+    turn_away,
+)
+from .httpmessages import _BUSY_503, _GONE, Deferred, Handler, Privileged, Request, Response, _plain
 
 log = logging.getLogger("fastproxy")
 
@@ -63,11 +74,9 @@ RESERVE_DEADLINE = 2.0  # seconds a connection in the reserve has to send its re
 PIPELINE_SHARE = 2  # answers in a row for one connection before it yields to the others
 TURN_ANSWERS = 16  # answers per turn of the loop; the rest wait for the next (new ones first)
 LANE_REST, LANE_REST_FACTOR = 0.01, 4  # a worker's rest after an ordinary job (see _turn)
-REQUEST_DEADLINE = 5.0  # seconds for a whole request, and for an idle keep-alive wait
 RESPONSE_DEADLINE = 10.0  # seconds for a client to read a response
 LINGER = 1.0  # seconds to drain a client's unread bytes before closing (see _linger)
 LINGER_BYTES = 64 * 1024  # ...and at most this many: a client still sending is cut off
-MAX_HEADER_BYTES = 16 * 1024  # request line and headers
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUESTS_PER_CONNECTION = 100  # keep-alive, bounded: then "Connection: close"
 BACKLOG = 4096  # a burst of connections waits in the kernel (up to net.core.somaxconn)
@@ -76,121 +85,6 @@ ACCEPT_BATCH = 16  # accepts per listening socket and turn (see _accept)
 RECV_SIZE = 16 * 1024  # with h11's own cap, at most ~32 KiB buffered per connection
 ACCEPT_PAUSE = 0.1  # seconds without accepting when out of descriptors
 WARN_EVERY = 10.0  # seconds between two warnings that we are out of descriptors
-
-
-@dataclass
-class Request:
-    method: str
-    target: str  # path and query, as sent
-    headers: list[tuple[bytes, bytes]]  # names lower-cased by h11
-    local: tuple[str, int] | None  # the address the client connected to; None: unix socket
-    http_version: bytes = b"1.1"
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    def header(self, name: bytes) -> bytes | None:
-        """The value of a header given once; None when absent; b"" (never a valid
-        value for what we read) when given more than once."""
-        values = [v for n, v in self.headers if n == name]
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else b""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
-    headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
-
-
-class Deferred(NamedTuple):
-    """Work for the lane's worker thread; the response is sent when it returns."""
-
-    lane: str
-    work: Callable[[], Response]
-
-
-Handler = Callable[[Request], Response | Deferred]
-Privileged = Callable[[Request], bool]
-
-# Connection states: reading a request, its handler at work, writing the response,
-# draining the client before closing, closed.
-_READ, _BUSY, _WRITE, _LINGER, _CLOSED = "read", "busy", "write", "linger", "closed"
-
-
-class _Conn:
-    __slots__ = (
-        "sock",
-        "http",
-        "state",
-        "since",
-        "deadline",
-        "got",
-        "body",
-        "request",
-        "out",
-        "served",
-        "dropped",
-        "source",
-        "reserve",
-        "queued",
-        "unread",
-        "first",
-    )
-
-    def __init__(self, sock: socket.socket, now: float, source: str) -> None:
-        self.sock = sock
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self.state = _READ
-        self.since = now  # when the current request (or wait for one) began
-        self.deadline = now + REQUEST_DEADLINE
-        self.got = False  # some bytes of the current request arrived
-        self.body = 0  # body bytes of the current request
-        self.request: Request | None = None
-        self.out = bytearray()
-        self.served = 0
-        self.dropped = 0  # bytes read and dropped while lingering
-        self.source = source  # the client's address ("unix" for the unix socket)
-        self.reserve = False  # in a reserved slot: one privileged request, then closed
-        self.queued = False  # waits in _ready for its next turn
-        self.unread = False  # ...and has bytes in its socket to read then
-        self.first: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None = None  # at accept
-
-
-_Job = tuple[_Conn, Callable[[], Response]]
-
-
-class _Lane:
-    """A worker thread and the jobs waiting for it: privileged ones first, the others
-    per client address, and those only when the worker has rested (see _start_jobs)."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None: stop
-        self.first: collections.deque[_Job] = collections.deque()  # privileged requests
-        self.waiting: dict[str, collections.deque[_Job]] = {}  # in the order served next
-        self.busy = False  # a job is with the worker
-        self.rests_until = 0.0  # no ordinary job before (monotonic time)
-
-    def next_job(self, now: float) -> _Job | None:
-        """A privileged job, else the oldest job of the address whose turn it is (then
-        at the back) once the worker has rested."""
-        while self.first:
-            job = self.first.popleft()
-            if job[0].state == _BUSY:  # else shed or closed meanwhile
-                return job
-        while self.waiting and now >= self.rests_until:
-            source, jobs = next(iter(self.waiting.items()))
-            job = jobs.popleft()
-            del self.waiting[source]
-            if jobs:
-                self.waiting[source] = jobs
-            if job[0].state == _BUSY:  # else shed or closed meanwhile
-                return job
-        return None
 
 
 class BoundedHTTPServer:
@@ -357,6 +251,7 @@ class BoundedHTTPServer:
         # A bounded batch, read as it is accepted: a newcomer whose request came with
         # it is placed by what it asks; one that is still silent is shed only after
         # those stalled part-way through theirs (see _shed).
+        h11.Connection  # noqa: B018  loads h11 in this thread (LazyLoader: not thread-safe in 3.11)
         for _ in range(ACCEPT_BATCH):
             if self._accept_paused_until:  # out of descriptors (below), for every socket
                 return
@@ -392,7 +287,7 @@ class BoundedHTTPServer:
             privileged = head is not None and self.privileged(head)
             reserve = self._admit(source, privileged, head is not None)
             if reserve is None:
-                self._turn_away(sock)
+                turn_away(sock)
                 continue
             conn.reserve = reserve
             if reserve:
@@ -423,7 +318,7 @@ class BoundedHTTPServer:
         if event is h11.NEED_DATA:
             return None
         conn.first = event
-        return self._request(conn, event) if isinstance(event, h11.Request) else None
+        return request_of(conn, event) if isinstance(event, h11.Request) else None
 
     def _admit(self, source: str, privileged: bool, known: bool) -> bool | None:
         """Make room for a newcomer from `source` whose request is `privileged`, or
@@ -462,16 +357,6 @@ class BoundedHTTPServer:
             victim = min(waiting, key=lambda c: (not c.got, c.since))
         self._close(victim)
         return True
-
-    @staticmethod
-    def _turn_away(sock: socket.socket) -> None:
-        body = _BUSY_503.body
-        with contextlib.suppress(OSError):
-            sock.send(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-            )
-        sock.close()
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -566,7 +451,7 @@ class BoundedHTTPServer:
                 if head > MAX_HEADER_BYTES:
                     self._respond(conn, _HEAD_TOO_LARGE)
                     continue
-                conn.request = self._request(conn, event)
+                conn.request = request_of(conn, event)
                 if conn.reserve and not self.privileged(conn.request):
                     self._respond(conn, _BUSY_503)
                     continue
@@ -583,17 +468,6 @@ class BoundedHTTPServer:
             else:  # ConnectionClosed (or PAUSED, which cannot happen while reading)
                 self._close(conn)
                 return
-
-    @staticmethod
-    def _request(conn: _Conn, event: h11.Request) -> Request:
-        local = conn.sock.getsockname()
-        return Request(
-            event.method.decode("ascii", "replace"),
-            event.target.decode("ascii", "replace"),
-            list(event.headers),
-            local[:2] if isinstance(local, tuple) else None,
-            event.http_version,
-        )
 
     def _dispatch(self, conn: _Conn) -> None:
         assert conn.request is not None
@@ -720,11 +594,5 @@ class BoundedHTTPServer:
         self._close(conn)
 
 
-def _plain(status: int, text: str) -> Response:
-    return Response(status, text.encode("utf-8", "replace") + b"\n")
-
-
-_BUSY_503 = _plain(503, "too many admin connections")
-_GONE = _plain(500, "not sent: the client is gone")
 _TOO_LARGE = _plain(413, f"bodies are limited to {MAX_BODY_BYTES} bytes")
 _HEAD_TOO_LARGE = _plain(431, f"request line and headers are limited to {MAX_HEADER_BYTES} bytes")
