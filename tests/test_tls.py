@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -142,6 +143,31 @@ def test_50_silent_clients_are_closed_by_the_handshake_timeout_without_a_thread_
     wait_for(lambda: any(echo.streams))
     # No silent client reached the target (b"": the health checks' connections).
     assert [s for s in echo.streams if s] == [b"alive\n"]
+
+
+def test_clients_in_their_handshake_count_against_max_connections_in_preface(
+    tmp_path: Path, pki: Pki, certs: dict[str, tuple[str, str]]
+) -> None:
+    echo = RecordingEcho()
+    (port,) = free_ports(1)
+    proxy = Proxy(
+        tmp_path,
+        {"Workers": 1, "Apps": [tls_app("web", port, [echo.address], [certs["a"]])
+                                | {"MaxConnectionsInPreface": 3}]},
+    )  # fmt: skip
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    wait_for(lambda: proxy.status()["apps"][0]["active"] == 3)
+    with pytest.raises((ConnectionResetError, ssl.SSLError, OSError)):
+        client(pki, port, "a.test")  # the fourth: refused at once
+    assert metric(proxy, "fastproxy_rejected_total", app="web", reason="preface") == 1
+    silent.pop().close()  # one leaves: room for a handshake again
+    wait_for(lambda: proxy.status()["apps"][0]["active"] == 2)
+    with client(pki, port, "a.test") as sock:  # done shaking hands: counted no more
+        assert echo_once(sock, b"in\n") == b"in\n"
+        with client(pki, port, "a.test") as other:
+            assert echo_once(other, b"too\n") == b"too\n"
+    for sock in silent:
+        sock.close()
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:

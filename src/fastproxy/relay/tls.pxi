@@ -184,11 +184,27 @@ cdef bint tls_begin(fp_worker* w, fp_conn* c, fp_tls_ctx* t) noexcept nogil:
     return True
 
 
+cdef bint tls_count_in_preface(fp_worker* w, fp_conn* c) noexcept nogil:
+    """A client shaking hands holds a descriptor for nothing yet, as one sending its
+    PROXY header: it counts against MaxConnectionsInPreface until its handshake is
+    done (or closed, counted, when the app has as many)."""
+    cdef fp_persource* ps = c.route.persource
+    if fp_add_fetch_int(&ps.in_preface, 1) > ps.max_preface:
+        fp_add_fetch_int(&ps.in_preface, -1)
+        fp_add_u64(&c.app_st.rejected_preface, 1)
+        c.result = R_REJECTED
+        conn_close(w, c)
+        return False
+    fp_incref(&ps.refcnt)
+    c.prefacing = ps
+    return True
+
+
 cdef void tls_accept_begin(fp_worker* w, fp_conn* c) noexcept nogil:
     """The client's app terminates TLS: shake hands before picking a target."""
     cdef fp_tls_ctx* t = c.route.tls
     cdef SSL* ssl
-    if not tls_begin(w, c, t):
+    if not tls_count_in_preface(w, c) or not tls_begin(w, c, t):
         return
     ssl = tls_new_ssl(t.certs[0], c.cli.fd)
     if ssl == NULL:
@@ -276,6 +292,7 @@ cdef void tls_handshake(fp_worker* w, fp_conn* c) noexcept nogil:
             conn_relay_start(w, c)
             return
         c.tls.counted = True
+        preface_release(c)
         fp_add_u64(&c.app_st.tls_handshakes, 1)
         if SSL_session_reused(ssl):
             fp_add_u64(&c.app_st.tls_resumed, 1)
