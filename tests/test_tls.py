@@ -66,9 +66,9 @@ def test_certificate_chosen_by_sni_first_is_the_default(
             assert sock.selected_alpn_protocol() == "http/1.1"
             assert echo_once(sock, f"hi {name}\n".encode()) == f"hi {name}\n".encode()
     # The plaintext reached the target, one connection each.
-    wait_for(lambda: len(echo.streams) == 5)
+    wait_for(lambda: len([s for s in echo.streams if s]) == 5)  # b"": health checks
     names = ["a.test", "b.test", "x.b.test", "nobody.test", None]
-    assert sorted(echo.streams) == sorted(f"hi {n}\n".encode() for n in names)
+    assert sorted(s for s in echo.streams if s) == sorted(f"hi {n}\n".encode() for n in names)
     assert metric(proxy, "fastproxy_tls_handshakes_total", app="web", result="ok") == 5
     assert proxy.stop() == 0
 
@@ -128,7 +128,9 @@ def test_50_silent_clients_are_closed_by_the_handshake_timeout_without_a_thread_
     silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(50)]
     start = time.monotonic()
     time.sleep(0.2)
-    assert len(os.listdir(f"/proc/{proxy.pid}/task")) == threads  # no thread per client
+    # No thread per client: 50 clients would be 50 threads. (A helper thread of the
+    # proxy's own may start meanwhile: 8 then 10 was seen once, with no client.)
+    assert len(os.listdir(f"/proc/{proxy.pid}/task")) < threads + 10
     # A client that does shake hands is served meanwhile.
     with client(pki, port, "a.test") as sock:
         assert echo_once(sock, b"alive\n") == b"alive\n"
