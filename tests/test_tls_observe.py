@@ -156,3 +156,30 @@ def test_certificate_expiry_metric_follows_reloads(tmp_path: Path, pki: Pki) -> 
     assert proxy.http("POST", "/reload")[0] == 200
     assert expiry("front.test") == pytest.approx(not_after(longer[0]), abs=1)
     assert expiry("other.test") == 0  # gone with its certificate
+
+
+def test_a_proxy_header_then_tls(tmp_path: Path, pki: Pki) -> None:
+    """AcceptProxyProtocol and Tls together: the header is read first (in clear), then
+    the handshake; the address it names is the client's in the access log."""
+    echo = RecordingEcho()
+    (port,) = free_ports(1)
+    log_path = tmp_path / "access.log"
+    Proxy(
+        tmp_path,
+        {"AccessLog": str(log_path), "Apps": [
+            tls_app("pp-in", port, [echo.address], [pki.issue("front", ["front.test"])])
+            | {"AcceptProxyProtocol": ["127.0.0.1/32"]}]},
+    )  # fmt: skip
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 443\r\n")
+    context = ssl.create_default_context(cafile=pki.ca)
+    with context.wrap_socket(raw, server_hostname="front.test") as sock:
+        assert echo_once(sock, b"behind\n") == b"behind\n"
+
+    def entries() -> list[dict[str, object]]:
+        text = log_path.read_text() if log_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    wait_for(lambda: any(e["result"] == "ok" for e in entries()))
+    (entry,) = [e for e in entries() if e["result"] == "ok"]
+    assert entry["client"] == "192.0.2.7:40000" and entry["sni"] == "front.test"
