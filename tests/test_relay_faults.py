@@ -240,6 +240,159 @@ def test_urgent_mark_then_fin_with_bytes_still_held(mode: str) -> None:
         target_listener.close()
 
 
+@pytest.mark.parametrize("tail", [549, 0])
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_fin_seen_before_the_urgent_mark_is_not_the_end(mode: str, tail: int) -> None:
+    """The target's bytes, an urgent byte, `tail` more bytes and its FIN are all
+    queued when the relay hears of the FIN, but the EPOLLPRI that tells of the mark
+    has not been handled yet (it is on its way, or the side was muted). recv() stops
+    short at the mark: a short read after a FIN is the end of the stream only once
+    SIOCATMARK says no mark is ahead. Taken for the end, the bytes after the mark are
+    lost (the fuzzer's seed 2455), and the close that follows finds the urgent byte
+    unread and resets the target (seed 4430: a slow target lost what it had yet to read)."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven(
+        [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
+    )
+    try:
+        client, target = relay.relaying_pair(target_listener)
+        client.setblocking(False)
+        target.sendall(b"A" * 1000)
+        target.send(b"U", socket.MSG_OOB)  # dropped, as by most proxies
+        target.sendall(b"B" * tail)
+        target.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        (conn,) = relay.connections().values()
+        events = select.EPOLLIN | select.EPOLLRDHUP  # no EPOLLPRI yet
+        _relay.harness_inject(relay.relay, [(conn["id"], "srv", events)])
+        assert read_to_eof(relay, client) == b"A" * 1000 + b"B" * tail
+        # The client ends too: the relay closes the target's socket, which must have
+        # nothing unread (a reset would say it had), and the target reads its EOF.
+        assert read_to_eof(relay, target_end(client, target)) == b""
+        client.close()
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_fin_and_reset_in_one_event_after_our_fin_keep_the_reply(mode: str) -> None:
+    """The target never reads: the client's FIN waits on our socket behind bytes the
+    target will not take. The client does not read either, so we hold the target's
+    reply. The target sends its FIN and, once acknowledged, a reset: one event says
+    both, and with our FIN queued the kernel says ECONNRESET where it says EPIPE
+    after a FIN (CLOSE_WAIT). The reply must reach the client whole, then its FIN, as
+    it would direct (the fuzzer's seed 14413: the client read it all, then a reset)."""
+    target_listener = small_window_listener()
+    relay = HandDriven(
+        [("127.0.0.1", target_listener.getsockname()[1])], relay={"splice": mode == "splice"}
+    )
+    try:
+        client, target = relay.relaying_pair(target_listener)
+        client.sendall(b"c" * 8000)  # more than the target's window takes
+        client.shutdown(socket.SHUT_WR)
+        relay.run_until(lambda: next(iter(relay.connections().values()))["up"] == 0)
+        for _ in range(5):
+            relay.step()  # the FIN queued behind them
+        reply = hashlib.sha256()
+        sent = 0
+
+        def send(n: int) -> None:
+            nonlocal sent
+            chunk = os.urandom(n)
+            target.sendall(chunk)
+            reply.update(chunk)
+            sent += n
+
+        deadline = time.monotonic() + 5
+        while not next(iter(relay.connections().values()))["down"]:  # the client is full
+            assert time.monotonic() < deadline, "the relay never held the reply"
+            send(65_536)
+            relay.step(1)
+        send(100_000)  # more than our channel has room for: some stays on our socket
+        fin_then_reset(target)  # before the relay runs again
+        client.setblocking(False)
+        got = read_to_eof(relay, client, timeout=10)
+        assert (len(got), hashlib.sha256(got).hexdigest()) == (sent, reply.hexdigest())
+        client.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def fin_then_reset(sock: socket.socket) -> None:
+    """Send the FIN, wait until it is acknowledged, then close with a reset."""
+    sock.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + 5
+    while struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < deadline, "the FIN was not acknowledged"
+        time.sleep(0.01)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_target_fin_and_reset_before_the_connect_is_seen_is_an_answer() -> None:
+    """The target accepts, sends its FIN and resets, all before the relay handles
+    its connect: one event says writable, error and FIN. The target answered (with
+    an empty stream): the client reads its EOF, as direct, and is not closed as for
+    a failed connect (its unread bytes made that a reset: the fuzzer's seed 10151)."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    try:
+        (client,) = relay.connect(1)
+        client.sendall(b"c" * 1000)
+        target, _ = target_listener.accept()
+        fin_then_reset(target)
+        client.setblocking(False)
+        assert read_to_eof(relay, client) == b""
+        assert relay.stats(1)["connect_failures"] == 0
+        client.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def test_client_fin_and_reset_while_connecting_reach_the_target_as_its_end() -> None:
+    """The client sends bytes, its FIN and a reset while our connect is under way.
+    Its bytes and its FIN came first: the target gets them, then its EOF, as direct,
+    where it got a reset (the fuzzer's seed 7151)."""
+    target_listener = socket.socket()
+    target_listener.bind(("127.0.0.1", 0))
+    target_listener.listen(1)
+    relay = HandDriven([("127.0.0.1", target_listener.getsockname()[1])])
+    try:
+        (client,) = relay.connect(1)
+        (conn,) = relay.connections().values()
+        assert conn["state"] == "connecting"
+        client.sendall(b"c" * 1000)
+        fin_then_reset(client)
+        time.sleep(0.05)
+        _relay.harness_inject(relay.relay, [(conn["id"], "cli", RESET)])  # before the connect
+        target, _ = target_listener.accept()
+        target.setblocking(False)
+        assert read_to_eof(relay, target) == b"c" * 1000
+        target.close()
+        relay.assert_nothing_held()
+    finally:
+        relay.close()
+        target_listener.close()
+
+
+def target_end(client: socket.socket, target: socket.socket) -> socket.socket:
+    """The client's FIN sent; the target's socket, non-blocking, to read it from."""
+    client.shutdown(socket.SHUT_WR)
+    target.setblocking(False)
+    return target
+
+
 def test_bulk_behind_bytes_held_for_a_full_target_stays_in_order() -> None:
     """splice-auto: small messages have the direction on its buffer, and the target has
     stopped taking bytes, so some are held. A burst then fills the buffer (bulk): the

@@ -14,6 +14,7 @@ Layout (after uvloop): this file only stitches the parts together.
   relay/accesslog.pxi   access log rings
   relay/pool.pxi        per-worker pipe and buffer pools
   relay/balance.pxi     target selection and failover order
+  relay/direction.pxi   one direction's state machine: how its stream ends
   relay/conn.pxi        the connection state machine
   relay/tlsctx.pxi      TLS contexts, handshake callbacks, ticket keys (OpenSSL)
   relay/tls.pxi         TLS termination and re-encryption of connections
@@ -42,6 +43,7 @@ include "relay/admission.pxi"
 include "relay/accesslog.pxi"
 include "relay/pool.pxi"
 include "relay/balance.pxi"
+include "relay/direction.pxi"
 include "relay/conn.pxi"
 include "relay/tlsctx.pxi"
 include "relay/tls.pxi"

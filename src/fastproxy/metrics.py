@@ -3,7 +3,7 @@ counted twice and the hot path does no Python work for metrics."""
 
 from __future__ import annotations
 
-import platform
+import sys
 from collections.abc import Callable, Iterator
 from itertools import accumulate
 from typing import Any
@@ -166,7 +166,11 @@ class ProxyCollector(Collector):
         yield InfoMetricFamily(
             "fastproxy_build",
             "The running fastproxy",
-            value={"version": __version__, "python": platform.python_version(), **self.build},
+            value={
+                "version": __version__,
+                "python": ".".join(map(str, sys.version_info[:3])),
+                **self.build,
+            },
         )
         yield CounterMetricFamily(
             "fastproxy_sni_unmatched",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 
 DEFAULT_PATH = "/run/fastproxy/admin-token"
@@ -27,6 +26,8 @@ def ensure_token(path: str) -> str:
         return _read(path, check_owner=True)
     except FileNotFoundError:
         pass
+    import secrets  # only to make a token (with its imports: milliseconds of every start)
+
     _create(path, secrets.token_hex(TOKEN_BYTES))
     try:
         return _read(path, check_owner=True)  # another process may have won the race
@@ -100,6 +101,8 @@ def _create(path: str, token: str) -> None:
     except OSError as exc:
         reason = _reason(exc)
         raise TokenError(f"admin token file {path}: cannot create {parent}: {reason}") from None
+    import secrets
+
     aside = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
     try:
         fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

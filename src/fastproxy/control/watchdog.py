@@ -14,7 +14,6 @@ import logging
 import sys
 import threading
 import time
-import traceback
 
 log = logging.getLogger("fastproxy")
 
@@ -63,6 +62,8 @@ class MainLoopWatchdog:
                 )
 
     def _stacks(self) -> str:
+        import traceback  # only once stuck: start-up is counted in milliseconds
+
         frames = sys._current_frames()
         parts = []
         main = frames.get(self._main.ident or -1)

@@ -67,8 +67,8 @@ cdef void side_mute(fp_worker* w, fp_side* s, bint mute) noexcept nogil:
     ev.data.ptr = s
     if epoll_ctl(w.epfd, EPOLL_CTL_MOD, s.fd, &ev) == 0:
         s.muted = mute
-        if mute:
-            s.blind = True
+        if mute and s.mark == MARK_NONE:
+            s.mark = MARK_UNSEEN
 
 
 cdef void set_reset_on_close(int fd) noexcept nogil:
@@ -129,8 +129,7 @@ cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noex
     if n == 0:
         return 0
     if errno == EAGAIN:
-        src.urgent = False      # past the mark, and nothing more to read yet
-        src.blind = False
+        src.mark = MARK_NONE    # past the mark, and nothing more to read yet
         return -EAGAIN
     return -errno
 
@@ -142,20 +141,20 @@ cdef bint at_urgent_mark(fp_side* src) noexcept nogil:
     on its way (urgent byte, more bytes and FIN arriving while we pump)."""
     cdef int mark = 0
     if ioctl(src.fd, SIOCATMARK, &mark) == 0 and mark:
-        src.urgent = True
+        src.mark = MARK_AHEAD
         return True
     return False
 
 
-cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_side* src, fp_side* dst,
-                     ssize_t* moved) noexcept nogil:
+cdef int bounce_copy(fp_worker* w, fp_chan* ch, fp_chan* other, fp_side* src,
+                     fp_side* dst, ssize_t* moved) noexcept nogil:
     """Move up to BOUNCE_SIZE bytes from src to dst with no pipe or buffer: peek,
-    send what dst takes, then consume as much. Sets moved, ch.eof at the end of the
-    stream, and the readiness an EAGAIN disproves; returns a PumpResult."""
+    send what dst takes, then consume as much. Sets moved, the channel's state at the
+    end of the stream, and the readiness an EAGAIN disproves; returns a PumpResult."""
     cdef ssize_t n = recv(src.fd, w.bounce, BOUNCE_SIZE, MSG_PEEK)
     moved[0] = 0
     if n == 0:
-        ch.eof = True
+        chan_on(ch, other, dst.fd, CE_SOURCE_END)
         return PUMP_OK
     if n < 0:
         if errno != EAGAIN:
@@ -184,7 +183,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                    fp_chan* other, bint inbound) noexcept nogil:
     """Move what can be moved from src to dst without blocking. Backpressure: a
     channel never holds more than chan_cap, and once full we stop reading src, so
-    the kernel's receive window pushes back on the sender."""
+    the kernel's receive window pushes back on the sender.
+
+    Each turn of the loop: drain what is held into dst; once it is all out, the
+    direction's state machine (direction.pxi) passes the FIN on if the source's end
+    was read; then read more from src while its end is not read and there is room.
+    Every end of stream read goes through chan_on(CE_SOURCE_END), after the checks
+    that an apparent end (a 0, a short read after a FIN) is not an urgent mark."""
     cdef fp_relay* r = w.relay
     cdef ssize_t n
     cdef size_t room, cap
@@ -215,15 +220,15 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     dst.fin = True
                 rc = PUMP_DST_FAILED
                 break
-        if ch.len == 0 and ch.eof and not ch.shut:
-            # Half-close: pass the FIN on only once every byte before it is out.
-            # When the other way is done too, the close that follows sends it.
-            side_shut_wr(dst, not other.shut)
-            ch.shut = True
+        if ch.len == 0 and ch.state == CH_DRAINING:
+            # Half-close: the FIN goes on only once every byte before it is out
+            # (after a TLS destination's close_notify: tls.pxi).
+            tls_close_notify(dst)
+            chan_on(ch, other, dst.fd, CE_ALL_SENT)
         if ch.len == 0:
             ch.piped = ch.bulk      # held bytes stay where they are: order holds
         cap = r.chan_cap if ch.piped else buf_cap(r)
-        if not ch.eof and src.readable and ch.len < cap:
+        if not chan_source_ended(ch) and src.readable and ch.len < cap:
             if chan_acquire(w, ch, ch.piped) < 0:
                 if ch.copy_only:
                     rc = PUMP_SRC_FAILED    # no buffer, and TLS cannot bounce past OpenSSL
@@ -234,13 +239,13 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 # them ends. Copy through the worker's bounce buffer, which needs none.
                 if not dst.writable:
                     break       # its EPOLLOUT brings us back; src stays readable
-                rc = bounce_copy(w, ch, src, dst, &n)
+                rc = bounce_copy(w, ch, other, src, dst, &n)
                 if rc != PUMP_OK:
                     break
                 if n > 0:
                     moved += n
                     progress = True
-                elif ch.eof:
+                elif chan_source_ended(ch):
                     progress = True
                 continue
             room = 0
@@ -252,8 +257,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     ch.off = 0
                 room = cap - ch.off - ch.len
             n = chan_fill(r, ch, src)
-            if ch.piped and ((n == -EAGAIN and src.urgent)
-                             or (n == 0 and (src.urgent or src.blind or at_urgent_mark(src)))):
+            if ch.piped and ((n == -EAGAIN and src.mark == MARK_AHEAD)
+                             or (n == 0 and (src.mark != MARK_NONE or at_urgent_mark(src)))):
                 # splice() stops at an urgent mark, and says 0 there once a FIN
                 # has come, however many bytes follow: not the end of the stream.
                 # (While muted we do not see EPOLLPRI, so a 0 then may be a mark
@@ -264,19 +269,22 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 else:
                     n = -EAGAIN
             if n > 0:
-                if <size_t>n < room and not src.hup and not src.urgent:
+                if <size_t>n < room and not src.hup and src.mark != MARK_AHEAD:
                     # A short recv emptied the socket: skip the read that would
                     # only say EAGAIN; the next arrival raises a new edge. Not once
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
-                elif <size_t>n < room and src.fin and not src.urgent and not src.blind:
+                elif (<size_t>n < room and src.fin and src.mark == MARK_NONE
+                        and not at_urgent_mark(src)):
                     # The FIN came (EPOLLRDHUP, no error) before this read, and a
                     # short recv empties the queue: the stream ends here. Saves the
                     # read that would say 0 (a reset after the FIN also reads as 0).
-                    # Not at an urgent mark, seen or possibly unseen: recv() stops
-                    # short there with bytes after it.
-                    ch.eof = True
+                    # Not at an urgent mark, seen, possibly unseen, or not seen yet
+                    # (its EPOLLPRI may come after the FIN's EPOLLRDHUP was taken:
+                    # at_urgent_mark asks): recv() stops short there with bytes
+                    # after it, and the urgent byte itself is still unread.
+                    chan_on(ch, other, dst.fd, CE_SOURCE_END)
                 if r.use_splice and not ch.piped and not ch.copy_only \
                         and ch.off + ch.len + n == cap:
                     ch.bulk = True      # splice-auto: a full buffer means bulk
@@ -284,7 +292,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 moved += n
                 progress = True
             elif n == 0:
-                ch.eof = True
+                chan_on(ch, other, dst.fd, CE_SOURCE_END)
                 progress = True
             elif n == -EAGAIN:
                 # EAGAIN from splice is ambiguous: the socket is empty, or the pipe
@@ -298,13 +306,12 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # sign, a fast stream has many while the pipe keeps emptying).
                     ch.bulk = False
                 if not ch.piped:
-                    src.urgent = False  # recv() steps over the mark: nothing left before it
-                    src.blind = False
+                    src.mark = MARK_NONE    # recv() steps over the mark: nothing left before it
             else:
                 rc = PUMP_SRC_FAILED
                 break
     if rc == PUMP_OK:
-        side_mute(w, src, ch.len > 0 and not dst.writable and not ch.eof)
+        side_mute(w, src, ch.len > 0 and not dst.writable and not chan_source_ended(ch))
         if ch.len == 0:
             chan_release(w, ch)
     if moved:   # counted on failure too: those bytes were taken from the source
@@ -333,19 +340,44 @@ cdef void conn_pump(fp_worker* w, fp_conn* c) noexcept nogil:
         if rc == PUMP_OK:
             rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
             if rc != PUMP_OK:
-                conn_fail(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
+                conn_side_failed(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
         else:
-            conn_fail(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
+            conn_side_failed(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
     else:
         rc = chan_pump(w, c, &c.up, &c.cli, &c.srv, &c.down, True)
         if rc == PUMP_OK:
             rc = chan_pump(w, c, &c.down, &c.srv, &c.cli, &c.up, False)
             if rc != PUMP_OK:
-                conn_fail(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
+                conn_side_failed(w, c, &c.srv if rc == PUMP_SRC_FAILED else &c.cli)
         else:
-            conn_fail(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
-    if c.state == ST_RELAYING and c.up.shut and c.down.shut:
+            conn_side_failed(w, c, &c.cli if rc == PUMP_SRC_FAILED else &c.srv)
+    if c.state == ST_RELAYING and chan_finished(&c.up) and chan_finished(&c.down):
         conn_close(w, c)
+
+
+cdef void conn_side_failed(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
+    """A side reset, or a write to it failed: the connect failed after all (try
+    the next target), or the connection fails (conn_fail)."""
+    if target_failed_unused(c, dead):
+        conn_fail_over(w, c)
+    else:
+        conn_fail(w, c, dead)
+
+
+cdef inline bint target_failed_unused(fp_conn* c, fp_side* dead) noexcept nogil:
+    """Reset before a byte went either way: a target dying with our connect in its
+    accept queue resets it after the handshake. It never saw the client, so this
+    is a failed connect. (The route is held until the first byte moves, and a
+    target that sent its FIN before its reset did answer.)"""
+    return dead == &c.srv and c.route != NULL and not chan_source_ended(&c.down)
+
+
+cdef void conn_fail_over(fp_worker* w, fp_conn* c) noexcept nogil:
+    """Leave the target that failed unused, and try the next one."""
+    chan_release(w, &c.up)
+    chan_release(w, &c.down)
+    chan_on(&c.up, &c.down, c.srv.fd, CE_RETRY)     # a FIN the client sent goes there
+    conn_connect_failed(w, c)
 
 
 cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
@@ -363,21 +395,13 @@ cdef void conn_fail(fp_worker* w, fp_conn* c, fp_side* dead) noexcept nogil:
     cdef bint from_target = dead == &c.srv
     cdef fp_side* live = &c.cli if from_target else &c.srv
     cdef fp_chan* toward_live = &c.down if from_target else &c.up
-    if from_target and c.route != NULL and not c.down.eof:
-        # Reset before a byte went either way: a target dying with our connect in
-        # its accept queue resets it after the handshake. It never saw the client,
-        # so this is a failed connect, and the next target is tried.
-        chan_release(w, &c.up)
-        chan_release(w, &c.down)
-        c.up.shut = False       # a FIN the client sent goes to the next target
-        conn_connect_failed(w, c)
-        return
-    chan_release(w, &c.up if from_target else &c.down)
+    cdef fp_chan* toward_dead = &c.up if from_target else &c.down
+    chan_release(w, toward_dead)
     # EPOLLRDHUP without an error said FIN (side_event), or the pump read to it.
-    c.fin_first = dead.fin or toward_live.eof
+    c.fin_first = dead.fin or chan_source_ended(toward_live)
     c.unacked = -1
     if not c.fin_first:
-        toward_live.shut = True     # no FIN will be passed on
+        chan_on(toward_live, toward_dead, live.fd, CE_CUT)  # no FIN will be passed on
     dead.readable = True
     side_mute(w, live, True)        # nothing more is read from it
     c.state = ST_FAILING
@@ -401,10 +425,9 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
     if rc == PUMP_DST_FAILED:
         conn_abort(w, c, live)      # the other side failed too
         return
-    if rc == PUMP_SRC_FAILED:
-        toward_live.eof = True      # its error ends what it sent, with no FIN
-        toward_live.shut = True
-    if toward_live.len == 0 and toward_live.eof:
+    if rc == PUMP_SRC_FAILED:       # its error ends what it sent, with no FIN
+        chan_on(toward_live, &c.up if from_target else &c.down, live.fd, CE_SOURCE_ERROR)
+    if toward_live.len == 0 and chan_source_ended(toward_live):
         if c.fin_first:
             # The FIN that came before the error, after the last byte. chan_pump
             # leaves it to the close when the way back is shut (perhaps in an
@@ -431,16 +454,26 @@ cdef void conn_check_error(fp_worker* w, fp_conn* c, fp_side* s) noexcept nogil:
     reading it (it sent its FIN already, or its bytes have no room here: the
     other side is not reading) nor writing to it. Only its pending error tells."""
     cdef fp_chan* reading = &c.up if s == &c.cli else &c.down
+    cdef fp_chan* writing = &c.down if s == &c.cli else &c.up
     cdef int err = 0
     cdef socklen_t size = sizeof(err)
-    if reading.eof:
-        conn_fail(w, c, s)
+    if chan_source_ended(reading):
+        conn_side_failed(w, c, s)
+        return
+    if writing.state == CH_DONE:
+        # Our FIN is queued to it, so its error says ECONNRESET whether or not its
+        # own FIN came first (EPIPE tells only in CLOSE_WAIT), and a FIN reported
+        # in the same event as the error did not set s.fin. Taking the error now
+        # would cut a reply that ended cleanly (the fuzzer's seed 14413). Nothing
+        # more is written to it: leave the error to the pump's read, which tells at
+        # the end: 0 after a FIN, the error without one. Until the other side has
+        # room for what is left, that is its idle timeout's business, as for a FIN.
         return
     if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &size) != 0 or err == 0:
         return
     if err == EPIPE:
         s.fin = True    # a reset after its FIN (tcp_reset in CLOSE_WAIT): see chan_pump
-    conn_fail(w, c, s)
+    conn_side_failed(w, c, s)
 
 
 # -- life cycle -------------------------------------------------------------------
@@ -623,9 +656,8 @@ cdef void conn_connect_failed(fp_worker* w, fp_conn* c) noexcept nogil:
     c.srv.fd = -1
     c.srv.hup = False
     c.srv.fin = False
-    c.srv.urgent = False
     c.srv.muted = False
-    c.srv.blind = False
+    c.srv.mark = MARK_NONE
     if c.state == ST_CONNECTING:
         w.nconnecting -= 1
     c.state = ST_RETRY
@@ -646,10 +678,10 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
         s.hup = True
     if events & EPOLLRDHUP and not events & EPOLLERR:
         s.fin = True
-    if not s.muted:
-        s.blind = False         # events now say whether urgent data waits
     if events & EPOLLPRI:
-        s.urgent = True
+        s.mark = MARK_AHEAD
+    elif s.mark == MARK_UNSEEN and not s.muted:
+        s.mark = MARK_NONE      # events now say whether urgent data waits
     if events & EV_WRITE:
         s.writable = True
     if c.state == ST_PREFACE:
@@ -677,13 +709,26 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     # Connecting
     if s == &c.srv:
         # A failed connect always raises EPOLLERR; writable without it is success,
-        # so SO_ERROR need not be asked for.
-        if events & (EPOLLERR | EPOLLHUP):
+        # so SO_ERROR need not be asked for. With it, the target may still have
+        # answered: accepted, sent its FIN and reset, all before this event. A
+        # stream that ended cleanly is relayed, not failed over (bytes with no FIN
+        # are a failed connect, as in conn_side_failed).
+        if events & (EPOLLERR | EPOLLHUP) and peek(s) != 0:
             conn_connect_failed(w, c)
-        elif events & EPOLLOUT:
+        elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             conn_established(w, c)
-    elif events & (EPOLLERR | EPOLLHUP):
+    elif events & (EPOLLERR | EPOLLHUP) and peek(s) < 0:
         conn_abort(w, c, &c.srv)            # client gone before the target answered
+    # (A client whose bytes or FIN came before its error is relayed once connected:
+    # the pump reads them, then its error, or the 0 of its FIN.)
+
+
+cdef ssize_t peek(fp_side* s) noexcept nogil:
+    """What a side that signalled an error sent before it: >0 bytes, 0 its FIN
+    (recv() reports the FIN before a pending error), or -1 nothing but the error,
+    which the peek takes (there is nothing else to read)."""
+    cdef char byte
+    return recv(s.fd, &byte, 1, MSG_PEEK)
 
 
 cdef bint shed_one_client(fp_worker* w, int listen_fd) noexcept nogil:

@@ -203,8 +203,7 @@ ctypedef struct fp_chan:
     size_t off                  # start of the held bytes in buf
     bint piped                  # the held bytes are in the pipe, not in buf
     bint bulk                   # splice mode: the next read from empty goes to the pipe
-    bint eof                    # the source sent FIN
-    bint shut                   # FIN passed on to the destination
+    int state                   # ChanState: how far its end has got (direction.pxi)
     bint copy_only              # never a pipe: one of its sides speaks TLS (tls.pxi)
 
 cdef struct fp_conn
@@ -238,9 +237,8 @@ ctypedef struct fp_side:
     bint fin                    # the peer's FIN signalled with no error: every byte
                                 # before it is queued, so a short recv reached the end
     bint muted                  # EPOLLIN dropped while its channel cannot drain
-    bint urgent                 # TCP urgent data signalled (EPOLLPRI): splice stops at it
-    bint blind                  # EPOLLPRI masked (muted) since the last event: urgent
-                                # data may have come unseen
+    int mark                    # UrgentMark: whether an urgent mark may be ahead of
+                                # the reader (direction.pxi)
     SSL* ssl                    # its TLS (tls.pxi), or NULL: bytes go with recv/send
     int ktls                    # KTLS_TX / KTLS_RX: the kernel does that direction's TLS,
                                 # bytes go with recv/send/splice again (tls.pxi)

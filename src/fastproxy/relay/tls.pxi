@@ -98,12 +98,17 @@ cdef ssize_t tls_send(fp_side* s, const char* buf, size_t length) noexcept nogil
     return <ssize_t>done
 
 
-cdef void side_shut_wr(fp_side* s, bint fin) noexcept nogil:
-    """End what we send to this side: a TLS close_notify first where it has TLS,
-    then the TCP FIN (unless the close that follows sends it)."""
+cdef void tls_close_notify(fp_side* s) noexcept nogil:
+    """What we send to a TLS side ends with a close_notify, before the TCP FIN."""
     if s.ssl != NULL:
         ERR_clear_error()
         SSL_shutdown(<SSL*>s.ssl)
+
+
+cdef void side_shut_wr(fp_side* s, bint fin) noexcept nogil:
+    """End what we send to this side: a TLS close_notify first where it has TLS,
+    then the TCP FIN (unless the close that follows sends it)."""
+    tls_close_notify(s)
     if fin:
         shutdown(s.fd, SHUT_WR)
 

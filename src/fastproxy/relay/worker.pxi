@@ -59,7 +59,7 @@ cdef void conn_close_forced(fp_worker* w, fp_conn* c, bint abort_open) noexcept 
     abort_open, a direction still open: the proxy stopping), a FIN would pass
     truncation off as a clean end of stream, so both sides get a reset instead.
     An idle connection with nothing in flight is closed with FINs."""
-    if c.up.len or c.down.len or (abort_open and not (c.up.shut and c.down.shut)):
+    if c.up.len or c.down.len or (abort_open and not (chan_finished(&c.up) and chan_finished(&c.down))):
         if c.cli.fd >= 0:
             set_reset_on_close(c.cli.fd)
         if c.srv.fd >= 0:

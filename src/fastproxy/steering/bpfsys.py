@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ BPF_SK_SKB_VERDICT = 38  # attach type: an sk_skb verdict with no stream parser 
 BPF_OBJ_NAME_LEN = 16  # names of programs and maps, with the NUL
 
 _ATTR_SIZE = 128  # >= every bpf_attr variant used here; the kernel wants the tail zeroed
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long

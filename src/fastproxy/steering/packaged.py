@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import sys
 
 from .image import ProgramImage
@@ -87,7 +86,7 @@ def write(path: str, text: bytes, program: list[object], image: ProgramImage) ->
     """The image file for the source `text` (what build.build_main() writes)."""
     entry = {
         **_wanted(text, program),
-        "built_on": {"kernel": platform.release(), "python": sys.version.split()[0]},
+        "built_on": {"kernel": os.uname().release, "python": sys.version.split()[0]},
         "image": image.to_dict(),
     }
     with open(path, "w") as f:
