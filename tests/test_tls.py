@@ -20,7 +20,7 @@ import pytest
 
 from metricsutil import metric
 from proxyproc import Proxy, free_ports
-from servers import HashingEcho, RecordingEcho
+from servers import Backend, HashingEcho, RecordingEcho
 from tlscerts import Pki
 from tlsclient import client, common_name, echo_once, exchange, tls_app, wait_for
 
@@ -303,3 +303,26 @@ def test_reload_new_certificate_for_new_handshakes_old_kept_by_established_and_b
     assert echo_once(first, b"after\n") == b"after\n"
     first.close()
     assert metric(proxy, "fastproxy_reloads_total", result="failure") == 1
+
+
+def test_the_targets_fin_reaches_the_client_as_close_notify(
+    tmp_path: Path, pki: Pki, certs: dict[str, tuple[str, str]]
+) -> None:
+    """A target that says its piece and closes: the client reads it and a TLS
+    close_notify (a FIN alone would be a truncation attack to a strict client)."""
+
+    def say_bye(conn: socket.socket) -> None:
+        if conn.recv(100):  # not a health check
+            conn.sendall(b"bye\n")
+
+    target = Backend(say_bye)
+    (port,) = free_ports(1)
+    Proxy(tmp_path, {"Apps": [tls_app("web", port, [target.address], [certs["a"]])]})
+    context = ssl.create_default_context(cafile=pki.ca)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="a.test", suppress_ragged_eofs=False) as sock:
+        sock.sendall(b"hello\n")
+        got = b""
+        while chunk := sock.recv(100):  # SSLEOFError: a FIN with no close_notify
+            got += chunk
+    assert got == b"bye\n"
