@@ -80,9 +80,10 @@ fuzz-relay: setup
 # (fuzz/README.md): FUZZ_PARSER_RUNS inputs each from the seeds in fuzz/corpus; prints
 # the counts, coverage and any crash with its reproducer.
 FUZZ_PARSER_RUNS ?= 10000000
+FUZZ_TLS_RUNS ?= 200000
 fuzz-parsers: venv
 	bash scripts/install-fuzz-deps.sh
-	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS)
+	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS) --tls-runs $(FUZZ_TLS_RUNS)
 
 # haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
 # Why Relay: sockmap was taken out: the kernel sending a segment twice, shown with none of

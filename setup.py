@@ -74,12 +74,18 @@ def compile_bpf_images(src: str, dst: str) -> None:
 extension = Extension(
     "fastproxy._relay",
     ["src/fastproxy/_relay.pyx"],
-    depends=["src/fastproxy/includes/atomics.h", "src/fastproxy/includes/system.pxd"]
+    depends=[
+        "src/fastproxy/includes/atomics.h",
+        "src/fastproxy/includes/system.pxd",
+        "src/fastproxy/includes/openssl.pxd",
+    ]
     + [
         os.path.join("src/fastproxy/relay", n)
         for n in os.listdir(os.path.join(HERE, "src/fastproxy/relay"))
     ],
     include_dirs=["src/fastproxy"],
+    # TLS termination (relay/tls.pxi): Debian's libssl-dev to build, libssl3 to run.
+    libraries=["ssl", "crypto"],
     extra_compile_args=["-O2", "-Wno-unused-function"] + (["-O0", "-g"] if DEBUG else []),
     define_macros=[("FP_DEBUG", "1" if DEBUG else "0")],
 )

@@ -8,6 +8,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 from fastproxy.includes.system cimport *
+from fastproxy.includes.openssl cimport *  # structs.pxi names SSL
 
 include "../src/fastproxy/relay/structs.pxi"
 include "../src/fastproxy/relay/proxyproto.pxi"

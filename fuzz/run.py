@@ -19,8 +19,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SRC = ROOT / "src" / "fastproxy"
 BUILD = ROOT / "build" / "fuzz"
-# The relay reads at most PP_MAX and SNI_MAX bytes of a preface (relay/structs.pxi).
-FUZZERS = {"proxy": 536, "hello": 16384}
+# The relay reads at most PP_MAX and SNI_MAX bytes of a preface (relay/structs.pxi); a
+# TLS handshake's first flight is bounded by OpenSSL (16 KB records, a few of them).
+FUZZERS = {"proxy": 536, "hello": 16384, "tls": 16384}
+# The Cython module each harness calls, and what it links besides: tls.pyx holds the
+# relay's TLS contexts and callbacks (relay/tlsctx.pxi), with OpenSSL.
+MODULES = {"proxy": "parsers", "hello": "parsers", "tls": "tls"}
+LIBS = {"parsers": [], "tls": ["-lssl", "-lcrypto"]}
+HARNESS = {"proxy": "proxy.c", "hello": "hello.c", "tls": "tls_hello.c"}
 CFLAGS = ["-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,fuzzer"]
 
 
@@ -35,9 +41,10 @@ class Result:
 
 def sources() -> list[Path]:
     relay = SRC / "relay"
-    return [HERE / "parsers.pyx", relay / "structs.pxi", relay / "proxyproto.pxi",
-            relay / "sni.pxi", SRC / "includes" / "system.pxd",
-            *(HERE / f"{name}.c" for name in FUZZERS)]  # fmt: skip
+    return [HERE / "parsers.pyx", HERE / "tls.pyx", relay / "structs.pxi",
+            relay / "proxyproto.pxi", relay / "sni.pxi", relay / "tlsctx.pxi",
+            SRC / "includes" / "system.pxd", SRC / "includes" / "openssl.pxd",
+            *(HERE / c for c in HARNESS.values())]  # fmt: skip
 
 
 def run(cmd: list[str | Path]) -> None:
@@ -62,14 +69,30 @@ def build() -> dict[str, Path]:
     cython = Path(sys.executable).parent / "cython"
     # parsers.c references the Python API (module init) that is never called: link
     # libpython only to resolve it.
-    run([cython, "-3", "-I", ROOT / "src", HERE / "parsers.pyx", "-o", BUILD / "parsers.c"])
     includes: list[str | Path] = ["-I", BUILD, "-I", SRC, "-I", include]
-    run([clang, *CFLAGS, "-Wno-unused-function", *includes, "-c", BUILD / "parsers.c",
-         "-o", BUILD / "parsers.o"])  # fmt: skip
+    for module in sorted(set(MODULES.values())):
+        run([cython, "-3", "-I", ROOT / "src", HERE / f"{module}.pyx", "-o",
+             BUILD / f"{module}.c"])  # fmt: skip
+        run([clang, *CFLAGS, "-Wno-unused-function", *includes, "-c", BUILD / f"{module}.c",
+             "-o", BUILD / f"{module}.o"])  # fmt: skip
     for name, binary in binaries.items():
-        run([clang, *CFLAGS, *includes, HERE / f"{name}.c", BUILD / "parsers.o", "-o", binary,
-             f"-L{libdir}", f"-Wl,-rpath,{libdir}", f"-l{python}"])  # fmt: skip
+        module = MODULES[name]
+        run([clang, *CFLAGS, *includes, HERE / HARNESS[name], BUILD / f"{module}.o",
+             "-o", binary, f"-L{libdir}", f"-Wl,-rpath,{libdir}", f"-l{python}",
+             *LIBS[module]])  # fmt: skip
+    tls_certificates()
     return binaries
+
+
+def tls_certificates() -> None:
+    """The two certificates the tls harness serves (next to it: tls_hello.c finds them)."""
+    for stem, name in (("tls-a", "a.test"), ("tls-b", "b.test")):
+        if (BUILD / f"{stem}.pem").exists():
+            continue
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", BUILD / f"{stem}.key",
+             "-out", BUILD / f"{stem}.pem", "-days", "3650", "-subj", f"/CN={name}",
+             "-addext", f"subjectAltName=DNS:{name},DNS:*.{name}"])  # fmt: skip
 
 
 def fuzz(name: str, binary: Path, runs: int) -> Result:
@@ -109,16 +132,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000_000, help="inputs per fuzzer")
     parser.add_argument("--only", choices=sorted(FUZZERS), help="run just this fuzzer")
+    parser.add_argument(
+        "--tls-runs",
+        type=int,
+        help="inputs for the tls fuzzer (default --runs): each"
+        " input is a handshake, a thousand times slower than a parse",
+    )
     args = parser.parse_args()
     binaries = build()
     failed = False
     for name, binary in binaries.items():
         if args.only and name != args.only:
             continue
-        r = fuzz(name, binary, args.runs)
+        runs = args.tls_runs if name == "tls" and args.tls_runs is not None else args.runs
+        r = fuzz(name, binary, runs)
         print(f"fuzz-parsers {r.name}: {r.runs} inputs in {r.seconds:.1f} s, {r.coverage}, "
               f"crashes: {r.crash or 0}", flush=True)  # fmt: skip
-        failed = failed or r.crash is not None or r.runs < args.runs
+        failed = failed or r.crash is not None or r.runs < runs
     return 1 if failed else 0
 
 

@@ -3,13 +3,14 @@
 # none of it: scripts/install-system-deps.sh). Idempotent and quiet on success.
 #
 #   gcc, libc6-dev, python3-dev  compile the Cython relay
+#   libssl-dev                   OpenSSL's headers: the relay terminates TLS (relay/tls.pxi)
 #   python3-venv                 the project's .venv
 #   python3-bpfcc                bcc: compiles bpf/*.c (into the wheel's images, or at run
 #                                time when a source checkout or a changed source needs it)
 #   linux-headers-amd64          the kernel headers bcc compiles against
 set -euo pipefail
 
-PACKAGES=(gcc libc6-dev python3-dev python3-venv python3-bpfcc linux-headers-amd64)
+PACKAGES=(gcc libc6-dev libssl-dev python3-dev python3-venv python3-bpfcc linux-headers-amd64)
 
 log() { echo "install-build-deps: $*" >&2; }
 

@@ -20,6 +20,31 @@ def parse_proxy_header_for_tests(
 def parse_client_hello_for_tests(data: bytes) -> str | None | int: ...
 def preface_need_for_tests(data: bytes, proxy: bool) -> int: ...
 
+class TlsFileError(ValueError):
+    field: str
+    reason: str
+
+TLS_VERSIONS: dict[str, int]
+
+def rotate_ticket_keys() -> None: ...
+
+class TlsContext:
+    certificates: list[tuple[str, float]]  # (name, not after, Unix time)
+    reencrypt: bool
+    def __init__(
+        self,
+        certificates: list[tuple[str, str]],
+        *,
+        min_version: str = "1.2",
+        alpn: Sequence[str] = (),
+        client_ca: str | None = None,
+        target_ca: str | None = None,
+        target_names: list[str] | None = None,
+        handshake_timeout: float = 5.0,
+        ktls: bool = False,
+    ) -> None: ...
+    ktls: bool
+
 class Relay:
     def __init__(
         self,
@@ -76,6 +101,7 @@ class Relay:
         queue_timeout: float = 0.0,
         slow_start: float = 0.0,
         maglev_keys: Sequence[int] = (),
+        tls: TlsContext | None = None,
     ) -> None: ...
     def set_port_sni(
         self,

@@ -23,6 +23,8 @@ Layout (after uvloop): this file only stitches the parts together.
                         OnTargetDown close
   relay/direction.pxi   one direction's state machine: how its stream ends
   relay/conn.pxi        the connection state machine
+  relay/tlsctx.pxi      TLS contexts, handshake callbacks, ticket keys (OpenSSL)
+  relay/tls.pxi         TLS termination and re-encryption of connections
   relay/preface.pxi     before connecting: PROXY header, ClientHello, limits
   relay/worker.pxi      the event loop
   relay/api.pxi         the Relay class the orchestrator drives
@@ -33,9 +35,10 @@ Layout (after uvloop): this file only stitches the parts together.
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen, strncpy
 
 from fastproxy.includes.system cimport *
+from fastproxy.includes.openssl cimport *
 
 include "relay/structs.pxi"
 include "relay/debug.pxi"
@@ -54,6 +57,8 @@ include "relay/maglev.pxi"
 include "relay/sockopts.pxi"
 include "relay/direction.pxi"
 include "relay/conn.pxi"
+include "relay/tlsctx.pxi"
+include "relay/tls.pxi"
 include "relay/handoff.pxi"
 include "relay/preface.pxi"
 include "relay/lifetime.pxi"

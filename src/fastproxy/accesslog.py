@@ -27,6 +27,12 @@ PENDING_MAX = 1 << 20  # bytes of lines held while the destination cannot take t
 STDERR = "-"
 
 
+def _tls_fields(tls: tuple[str | None, str, str | None]) -> str:
+    """A TLS client's server name, protocol version and cipher (relay/tls.pxi)."""
+    sni, version, cipher = tls
+    return f',"sni":{json.dumps(sni)},"tls_version":"{version}","cipher":{json.dumps(cipher)}'
+
+
 def _client(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
@@ -150,7 +156,7 @@ class AccessLog:
         # Formatted by hand from cached pieces: json.dumps and datetime per line cost
         # more than the relay spends on the whole connection.
         (time_ns, duration_ms, bytes_in, bytes_out, app_slot, tgt_slot, port, result,
-         attempts, client_ip, client_port) = rec  # fmt: skip
+         attempts, tls, client_ip, client_port) = rec  # fmt: skip
         seconds, ns = divmod(time_ns, 1_000_000_000)
         if seconds != self._second:
             self._second = seconds
@@ -160,7 +166,8 @@ class AccessLog:
             f'"port":{port},"client":"{_client(client_ip, client_port)}",'
             f'"target":{self._name(tgt_slot, 2)},"bytes_in":{bytes_in},'
             f'"bytes_out":{bytes_out},"duration":{duration_ms / 1000},'
-            f'"result":"{_relay.ACCESS_RESULTS[result]}","connect_attempts":{attempts}}}\n'
+            f'"result":"{_relay.ACCESS_RESULTS[result]}","connect_attempts":{attempts}'
+            f"{_tls_fields(tls) if tls else ''}}}\n"
         ).encode()
 
     def _name(self, slot: int, field: int) -> str:

@@ -167,9 +167,11 @@ def serve(
 def check(config: str) -> None:
     """Validate CONFIG and print a summary; exit non-zero when it is invalid."""
     from .plausibility import warnings
+    from .tlsconfig import load_contexts
 
     try:
         parsed = load_config(config)
+        load_contexts(parsed)  # certificates and keys: what serving them would load
     except ConfigError as exc:
         _fail(exc, 2)
     click.echo(summary(parsed))

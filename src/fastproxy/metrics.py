@@ -19,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__, _relay
-from .routing import Routes, TargetRuntime
+from .routing import AppRuntime, Routes, TargetRuntime
 
 # fastproxy_rejected_total{reason} of admission control (relay/admission.pxi), and
 # the relay counter behind each. A PROXY header from a sender not in
@@ -212,6 +212,7 @@ class ProxyCollector(Collector):
                     if report["last_check"] is not None:
                         m["check_ok"].add_metric(labels, 1 if report["last_check"]["ok"] else 0)
         yield from m.values()
+        yield from tls_metrics(self.routes, apps)
         yield InfoMetricFamily(
             "fastproxy_build",
             "The running fastproxy",
@@ -264,6 +265,58 @@ class ProxyCollector(Collector):
                 yield CounterMetricFamily(
                     f"fastproxy_steering_{key}", text, value=steering.get(key, 0)
                 )
+
+
+# fastproxy_tls_handshakes_total{result}: client handshakes done ("ok"), or failed by
+# reason, and the relay counter behind each (relay/tls.pxi).
+TLS_RESULTS = (
+    ("ok", "tls_handshakes"),
+    ("timeout", "tls_timeouts"),
+    ("error", "tls_errors"),
+    ("closed", "tls_closed"),
+    ("target-error", "tls_target_errors"),
+)
+
+
+def tls_metrics(routes: Routes, apps: list[AppRuntime]) -> Iterator[Metric]:
+    """Handshakes by result, resumptions, and when each certificate in force expires."""
+    handshakes = CounterMetricFamily(
+        "fastproxy_tls_handshakes",
+        "TLS handshakes by result: ok, timeout, error (not TLS, nothing in common, a bad"
+        " client certificate), closed (the client left), target-error (reencrypt)",
+        labels=["app", "result"],
+    )
+    resumed = CounterMetricFamily(
+        "fastproxy_tls_resumed",
+        "TLS handshakes that resumed a session (a ticket), of the ok ones",
+        labels=["app"],
+    )
+    expiry = GaugeMetricFamily(
+        "fastproxy_tls_certificate_expiry_seconds",
+        "When a certificate in force expires (its notAfter), Unix time",
+        labels=["app", "name"],
+    )
+    ktls = CounterMetricFamily(
+        "fastproxy_tls_ktls",
+        "TLS client connections whose kernel took the record layer (kTLS), either way",
+        labels=["app"],
+    )
+    for app in apps:
+        if app.app.tls is None:
+            continue
+        name = app.app.name
+        stats = routes.stats(app.slot)
+        ktls.add_metric([name], stats["tls_ktls"])
+        for result, key in TLS_RESULTS:
+            handshakes.add_metric([name, result], stats[key])
+        resumed.add_metric([name], stats["tls_resumed"])
+        context = routes.tls.get(name)
+        for cert_name, not_after in context.certificates if context is not None else ():
+            expiry.add_metric([name, cert_name], not_after)
+    yield handshakes
+    yield resumed
+    yield ktls
+    yield expiry
 
 
 def make_registry(collector: ProxyCollector) -> CollectorRegistry:

@@ -74,6 +74,8 @@ class Routes:
         self.apps: dict[str, AppRuntime] = {}
         self.port_owner: Mapping[int, str] = {}
         self.sni_ports: set[int] = set()  # ports routed by TLS server name
+        # Apps' TLS, loaded from their files (tlsconfig.load_contexts) before apply
+        self.tls: dict[str, _relay.TlsContext] = {}
         self._app_ids: dict[str, int] = {}
         self._slots: dict[tuple[str, ...], int] = {}
         # slot -> ("app", name) or ("target", app name, address), for the access log
@@ -275,6 +277,7 @@ class Routes:
             maglev_keys=[maglev_key(t.target.address) for t in runtime.targets]
             if app.balance == "maglev"
             else (),
+            tls=self.tls.get(app.name) if app.tls is not None else None,
         )
 
     def update_addresses(self, addresses: Mapping[str, Address | None]) -> list[str]:

@@ -36,6 +36,7 @@ from .routing import Routes, TargetRuntime
 from .settings import Options, keep_restart_only, warn_any_proxy_sender
 from .sources import ConfigSource, ReloadError
 from .targetstate import TargetStateStore
+from .tlsconfig import ktls_available, load_contexts
 from .wording import plural
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ log = logging.getLogger("fastproxy")
 STARTUP_DNS_WAIT = 1.0  # seconds start-up and reloads wait for DNS before going on
 DNS_REFRESH = 30.0  # re-resolve hostnames this often
 DNS_RETRY = 5.0  # ...and unresolved ones (or ones whose target went down) this often
+TICKET_KEY_ROTATION = 3600.0  # a new TLS session ticket key this often (relay/tls.pxi)
 
 
 def raise_fd_limit() -> None:
@@ -133,6 +135,15 @@ class Server:
         token = ensure_token(self.config.admin_token_file)  # TokenError before any change
         addresses = self._resolve(self.config)
         warn_any_proxy_sender(self.config)
+        self.routes.tls = load_contexts(self.config)  # ConfigError: a file cannot serve
+        if self.routes.tls:
+            log.info(
+                "TLS: %s",
+                "kernel TLS available: records go to the kernel and bytes are spliced"
+                if ktls_available()
+                else "no kernel TLS here (/proc/net/tls_stat missing): bytes are copied"
+                " through OpenSSL",
+            )
         self.routes.apply(self.config, addresses)
         self.target_state.restore(self.routes)
         try:
@@ -376,6 +387,9 @@ class Server:
         the ones before it."""
         if self.listeners is None:
             raise ReloadError("not listening")
+        # Certificates and keys are read again, changed or not: a renewed file is
+        # picked up. One that cannot serve rejects the reload before anything changed.
+        tls = load_contexts(new)
         addresses = self._resolve(new)
         warn_any_proxy_sender(new)
         change = self.listeners.prepare(new.port_owner())  # may fail: nothing changed yet
@@ -384,11 +398,13 @@ class Server:
             plural(len(change.added), "port"),
             plural(len(change.removed), "port"),
         )
+        old_tls = self.routes.tls
         try:
             failpoint("reload.prepared")
             self.listeners.retire(change)
             log.debug("reload: removed ports stopped accepting")
             failpoint("reload.retired")
+            self.routes.tls = tls
             self.routes.apply(new, addresses)
             log.debug("reload: routes of %s published", plural(len(new.apps), "app"))
             failpoint("reload.routed")
@@ -398,6 +414,7 @@ class Server:
             failpoint("reload.opened")
             self.target_state.save(self.routes)
         except BaseException:
+            self.routes.tls = old_tls  # the rollback republishes the old certificates
             self._roll_back(change)
             raise
         self.listeners.commit(change)
@@ -506,12 +523,17 @@ class Server:
         """Re-resolve hostnames: unresolved or failing ones often, the rest now
         and then. A failed lookup keeps the last good address. An unexpected error
         is logged and the loop goes on: this thread must outlive any one lookup."""
-        last_full = time.monotonic()
+        last_full = last_rotation = time.monotonic()
         while not self._stopping.is_set():
             self._dns_now.wait(DNS_RETRY)
             self._dns_now.clear()
             if self._stopping.is_set():
                 return
+            if time.monotonic() - last_rotation >= TICKET_KEY_ROTATION:
+                # TLS session tickets: a new key seals them; the two before still open
+                # theirs, so a ticket resumes for two to three periods.
+                _relay.rotate_ticket_keys()
+                last_rotation = time.monotonic()
             full = time.monotonic() - last_full >= DNS_REFRESH
             if full:
                 last_full = time.monotonic()

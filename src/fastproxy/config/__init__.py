@@ -19,6 +19,7 @@ The package, by section of the config (each module one section, lower ones first
     admission.py  an app's PROXY senders, Allow / Deny, per-source rates
     balancing.py  an app's target-aware settings: keepalive, lifetimes, OnTargetDown,
                   QueueTimeout, SlowStart, Outlier
+    tls.py        an app's Tls (its files: fastproxy/tlsconfig.py)
     app.py        one app, and the rules between apps (ports, server names)
     top.py        the top level and the host-local settings
     files.py      the entry points: files (JSON, TOML), fleet documents, parse_config
@@ -40,6 +41,7 @@ from .files import (
 from .model import (
     APP_KEYS,
     BALANCE_MODES,
+    CERTIFICATE_KEYS,
     DEFAULT_MAX_IN_PREFACE,
     HEALTH_KEYS,
     HEALTH_TYPES,
@@ -61,6 +63,7 @@ from .model import (
     SOCKMAP_REMOVED,
     STEERING_MODES,
     TARGET_KEYS,
+    TLS_KEYS,
     TOP_KEYS,
     App,
     Config,
@@ -68,6 +71,8 @@ from .model import (
     Keepalive,
     Outlier,
     Target,
+    Tls,
+    TlsCertificate,
 )
 from .summary import summary
 
@@ -109,6 +114,10 @@ __all__ = [
     "KEEPALIVE_KEYS",
     "OUTLIER_KEYS",
     "ON_TARGET_DOWN",
+    "TLS_KEYS",
+    "CERTIFICATE_KEYS",
+    "Tls",
+    "TlsCertificate",
     "MAX_WEIGHT",
     "MAX_PROBE_BYTES",
     "MAX_CONFIG_BYTES",

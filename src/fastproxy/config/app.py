@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from .addresses import _parse_ports
 from .admission import _parse_accept_proxy, _parse_cidrs, _parse_source_mask
@@ -20,8 +21,10 @@ from .model import (
     MAX_COUNT,
     PROXY_PROTOCOLS,
     App,
+    Tls,
 )
 from .target import _parse_targets
+from .tls import parse_tls
 from .values import _boolean, _check_keys, _choice, _duration, _got, _integer, _q, _rate, _required
 
 
@@ -125,7 +128,21 @@ def _parse_app(raw: object, names: dict[str, int]) -> App:
             raw.get("MaxConnectionRatePerSource", 0), "MaxConnectionRatePerSource"
         ),
         **_parse_balancing(raw),
+        tls=_parse_app_tls(raw),
     )
+
+
+def _parse_app_tls(raw: dict[str, Any]) -> Tls | None:
+    tls = parse_tls(raw.get("Tls"))
+    if tls is not None and raw.get("ServerNames") is not None:
+        # The relay would have to feed the ClientHello it read to route by name
+        # into the handshake: not done yet. One app's Tls picks certificates by SNI.
+        raise _Invalid(
+            "Tls",
+            "not together with ServerNames (yet): give the names' certificates in one"
+            " app's Tls.Certificates, which are chosen by SNI",
+        )
+    return tls
 
 
 _SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")

@@ -84,7 +84,23 @@ APP_KEYS = (
     "QueueTimeout",
     "SlowStart",
     "Outlier",
+    "Tls",
 )
+# An app's Tls (SPEC §14; parsed in tls.py, its files loaded by fastproxy/tlsconfig.py)
+TLS_KEYS = (
+    "Certificates",
+    "Mode",
+    "MinVersion",
+    "Alpn",
+    "ClientCA",
+    "TargetCA",
+    "TargetServerName",
+    "HandshakeTimeout",
+)
+CERTIFICATE_KEYS = ("Cert", "Key")
+TLS_MODES = ("terminate", "reencrypt")
+TLS_MIN_VERSIONS = ("1.2", "1.3")
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0  # as for the other prefaces (SPEC §12)
 HEALTH_KEYS = (
     "Interval",
     "Timeout",
@@ -164,6 +180,24 @@ class Outlier:
 
 
 @dataclass(frozen=True)
+class TlsCertificate:
+    cert: str  # PEM: the certificate, then its chain
+    key: str  # PEM: its private key
+
+
+@dataclass(frozen=True)
+class Tls:
+    certificates: tuple[TlsCertificate, ...]  # chosen by SNI; the first is the default
+    mode: str = "terminate"  # "terminate": plaintext to targets; "reencrypt": TLS to them
+    min_version: str = "1.2"
+    alpn: tuple[str, ...] = ()  # protocols offered, in our order of preference
+    client_ca: str | None = None  # clients must show a certificate it signed
+    target_ca: str | None = None  # reencrypt: targets' certificates are checked against it
+    target_server_name: str | None = None  # reencrypt: the name they must have (else host)
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     ports: tuple[int, ...]
@@ -194,6 +228,7 @@ class App:
     queue_timeout: float = 0.0  # every target at MaxConnections: a client waits this long
     slow_start: float = 0.0  # seconds a target that comes up takes to reach its full share
     outlier: Outlier | None = None  # outlier ejection; None: off
+    tls: Tls | None = None  # TLS termination; None: plain TCP
 
 
 @dataclass(frozen=True)

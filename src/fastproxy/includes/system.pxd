@@ -19,6 +19,8 @@ cdef extern from "<errno.h>" nogil:
         ETIMEDOUT
         EBADF
         EADDRNOTAVAIL
+        EPROTO
+        EIO
 
 
 cdef extern from "<unistd.h>" nogil:

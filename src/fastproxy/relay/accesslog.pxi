@@ -17,6 +17,10 @@ cdef enum AccessResult:
     R_SHUTDOWN = 10
     R_MAX_DURATION = 11
     R_TARGET_DOWN = 12
+    R_TLS_TIMEOUT = 13      # tls.pxi: no complete handshake in time
+    R_TLS_ERROR = 14        # a handshake that failed (not TLS, nothing in common...)
+    R_TLS_CLOSED = 15       # the client left during its handshake
+    R_TLS_TARGET = 16       # reencrypt: the target's handshake or certificate failed
 
 cdef enum:
     NO_SLOT = 0xffffffff
@@ -35,6 +39,7 @@ cdef fp_alog_rec* alog_claim(fp_worker* w) noexcept nogil:
     rec = &a.recs[a.head % ALOG_SLOTS]
     clock_gettime(CLOCK_REALTIME, &ts)      # vDSO: no syscall
     rec.time_ns = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+    rec.tls_version = 0
     return rec
 
 
@@ -69,6 +74,7 @@ cdef void alog_conn(fp_worker* w, fp_conn* c) noexcept nogil:
     if rec.result == R_OK and c.state != ST_RELAYING:
         rec.result = R_RESET        # the client left before a target took it
     rec.attempts = c.attempts
+    tls_alog(rec, c)
     alog_client(rec, &c.peer)
     alog_publish(w)
 

@@ -27,12 +27,15 @@ STATS_FIELDS = (
     "rejected_preface", "closed_max_duration", "closed_target_down",
     "saturated_hard", "saturated_soft", "queued", "rejected_saturated",
     "consecutive_failures", "outlier_failures",
+    "tls_handshakes", "tls_resumed", "tls_timeouts", "tls_errors",
+    "tls_closed", "tls_target_errors", "tls_ktls",
 )
 # Access log results, indexed by AccessResult.
 ACCESS_RESULTS = (
     "ok", "reset", "no-target", "connect-timeout", "rejected", "idle-timeout",
     "proxy-protocol-error", "sni-unmatched", "sni-error", "local-error", "shutdown",
     "max-duration", "target-down",
+    "tls-timeout", "tls-error", "tls-closed", "tls-target-error",
 )
 NO_SLOT_ID = NO_SLOT
 # Counter slots sit side by side, each on its own cache lines (structs.pxi).
@@ -546,7 +549,7 @@ cdef class Relay:
                 allow=(), deny=(), proxy_senders=(), keepalive=None,
                 double user_timeout=0.0, double max_duration=0.0,
                 double down_check=0.0, double queue_timeout=0.0,
-                double slow_start=0.0, maglev_keys=()):
+                double slow_start=0.0, maglev_keys=(), TlsContext tls=None):
         """Publish an app's route. targets: [(family, ip, port, slot, state, weight,
         backup[, max_connections, soft_limit])], with family 0 for a target not resolved (kept, never picked). The
         new route applies to new connections; established ones are not touched.
@@ -559,7 +562,7 @@ cdef class Relay:
         max_connections (limits.pxi). slow_start: seconds a target that came up
         (target_came_up) takes to reach its full share (slowstart.pxi).
         maglev_keys: with balance "maglev", a stable 64-bit key per target (from its
-        address: the same on every instance) (maglev.pxi)."""
+        address: the same on every instance) (maglev.pxi). tls: the app's TLS (tls.pxi), None: plain TCP."""
         cdef fp_route* rt
         cdef fp_target* t
         cdef uint64_t* keys
@@ -631,6 +634,8 @@ cdef class Relay:
         rt.queue_timeout_ms = <int64_t>(queue_timeout * 1000)
         rt.slow_start_ms = <int64_t>(slow_start * 1000)
         rt.down_check_ms = max(<int64_t>TICK_MS, <int64_t>(down_check * 1000)) if down_check > 0 else 0
+        if tls is not None:
+            rt.tls = tls.share()
         try:
             rt.acl = acl_build(cidr_keys(allow), cidr_keys(deny), cidr_keys(proxy_senders))
         except BaseException:
@@ -753,7 +758,11 @@ cdef class Relay:
                 fp_load_u64(&s.closed_target_down), fp_load_u64(&s.saturated_hard),
                 fp_load_u64(&s.saturated_soft), fp_load_u64(&s.queued),
                 fp_load_u64(&s.rejected_saturated), fp_load_i64(&s.consecutive),
-                fp_load_u64(&s.outlier_failures))
+                fp_load_u64(&s.outlier_failures),
+                fp_load_u64(&s.tls_handshakes),
+                fp_load_u64(&s.tls_resumed), fp_load_u64(&s.tls_timeouts),
+                fp_load_u64(&s.tls_errors), fp_load_u64(&s.tls_closed),
+                fp_load_u64(&s.tls_target_errors), fp_load_u64(&s.tls_ktls))
 
     def connect_times(self, unsigned int slot):
         """A target slot's connect-time histogram: (counts per bucket, the last one above
@@ -797,8 +806,9 @@ cdef class Relay:
 
     def drain_access_log(self):
         """Records of connections ended since the last call: (time_ns, duration_ms,
-        bytes_in, bytes_out, app_slot, target_slot, port, result, attempts, client
-        ip, client port); slots are NO_SLOT_ID where unknown."""
+        bytes_in, bytes_out, app_slot, target_slot, port, result, attempts, tls, client
+        ip, client port); slots are NO_SLOT_ID where unknown; tls: None, or (server
+        name or None, version, cipher or None) of a client that spoke TLS to us."""
         cdef int i
         cdef fp_alog* a
         cdef fp_alog_rec* rec
@@ -814,9 +824,14 @@ cdef class Relay:
             while tail != head:
                 rec = &a.recs[tail % ALOG_SLOTS]
                 inet_ntop(rec.family, rec.client_addr, text, sizeof(text))
+                tls = None
+                if rec.tls_version:
+                    tls = (rec.tls_sni.decode("ascii", "replace") if rec.tls_sni[0] else None,
+                           TLS_VERSION_NAMES.get(rec.tls_version, hex(rec.tls_version)),
+                           rec.tls_cipher.decode() if rec.tls_cipher != NULL else None)
                 out.append((rec.time_ns, rec.duration_ms, rec.bytes_in, rec.bytes_out,
                             rec.app_slot, rec.tgt_slot, rec.port, rec.result, rec.attempts,
-                            text.decode(), rec.client_port))
+                            tls, text.decode(), rec.client_port))
                 tail += 1
             fp_store_rel_u64(&a.tail, tail)
         return out

@@ -81,28 +81,35 @@ cdef void set_reset_on_close(int fd) noexcept nogil:
 
 # -- moving bytes -----------------------------------------------------------------
 
-cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, int src) noexcept nogil:
+cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, fp_side* src) noexcept nogil:
     """Read from src into the channel's pipe or buffer: >0 bytes, 0 EOF, -errno."""
     cdef ssize_t n
+    if src.ssl != NULL and not src.ktls & KTLS_RX:
+        return tls_recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len)
     if c.piped:
-        n = splice(src, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
+        n = splice(src.fd, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
+        n = recv(src.fd, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
     if n < 0:
-        return -errno
+        return ktls_read_error(src, errno)
     return n
 
 
-cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, int dst) noexcept nogil:
+cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, fp_side* dst) noexcept nogil:
     """Write held bytes to dst: >0 bytes, -errno. No MSG_MORE/SPLICE_F_MORE: it
     corks the socket for up to 200 ms when no more data follows, and we cannot
     know that it will."""
     cdef ssize_t n
+    if dst.ssl != NULL and not dst.ktls & KTLS_TX:
+        n = tls_send(dst, c.buf + c.off, c.len)
+        if n > 0:
+            c.off += n
+        return n
     if c.piped:
-        n = splice(c.pipe_r, NULL, dst, NULL, c.len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        n = splice(c.pipe_r, NULL, dst.fd, NULL, c.len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = send(dst, c.buf + c.off, c.len, MSG_NOSIGNAL)
+        n = send(dst.fd, c.buf + c.off, c.len, MSG_NOSIGNAL)
         if n > 0:
             c.off += n
     if n < 0:
@@ -197,7 +204,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             conn_ready(w, c)
             break
         if ch.len > 0 and dst.writable:
-            n = chan_drain(r, ch, dst.fd)
+            n = chan_drain(r, ch, dst)
             if n > 0:
                 if not ch.piped and <size_t>n < ch.len:
                     dst.writable = False    # a short send: the socket buffer is full
@@ -214,13 +221,18 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 rc = PUMP_DST_FAILED
                 break
         if ch.len == 0 and ch.state == CH_DRAINING:
-            # Half-close: the FIN goes on only once every byte before it is out.
+            # Half-close: the FIN goes on only once every byte before it is out
+            # (after a TLS destination's close_notify: tls.pxi).
+            tls_close_notify(dst)
             chan_on(ch, other, dst.fd, CE_ALL_SENT)
         if ch.len == 0:
             ch.piped = ch.bulk      # held bytes stay where they are: order holds
         cap = r.chan_cap if ch.piped else buf_cap(r)
         if not chan_source_ended(ch) and src.readable and ch.len < cap:
             if chan_acquire(w, ch, ch.piped) < 0:
+                if ch.copy_only:
+                    rc = PUMP_SRC_FAILED    # no buffer, and TLS cannot bounce past OpenSSL
+                    break
                 # Out of descriptors or memory (the channel is empty: one holding
                 # bytes keeps its pipe). Waiting for a pipe could be for ever: once
                 # every descriptor is held by connections waiting for one, none of
@@ -244,7 +256,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     memmove(ch.buf, ch.buf + ch.off, ch.len)   # room only at the front
                     ch.off = 0
                 room = cap - ch.off - ch.len
-            n = chan_fill(r, ch, src.fd)
+            n = chan_fill(r, ch, src)
             if ch.piped and ((n == -EAGAIN and src.mark == MARK_AHEAD)
                              or (n == 0 and (src.mark != MARK_NONE or at_urgent_mark(src)))):
                 # splice() stops at an urgent mark, and says 0 there once a FIN
@@ -273,7 +285,8 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # at_urgent_mark asks): recv() stops short there with bytes
                     # after it, and the urgent byte itself is still unread.
                     chan_on(ch, other, dst.fd, CE_SOURCE_END)
-                if r.use_splice and not ch.piped and ch.off + ch.len + n == cap:
+                if r.use_splice and not ch.piped and not ch.copy_only \
+                        and ch.off + ch.len + n == cap:
                     ch.bulk = True      # splice-auto: a full buffer means bulk
                 ch.len += n
                 moved += n
@@ -420,7 +433,7 @@ cdef void conn_fail_flush(fp_worker* w, fp_conn* c) noexcept nogil:
             # leaves it to the close when the way back is shut (perhaps in an
             # earlier batch), and this close is a reset: send it now. A repeat is a
             # no-op, and it counts in SIOCOUTQ until acknowledged.
-            shutdown(live.fd, SHUT_WR)
+            side_shut_wr(live, True)
         if ioctl(live.fd, SIOCOUTQ, &queued) < 0 or queued == 0:
             conn_abort(w, c, live)
             return
@@ -562,6 +575,13 @@ cdef void conn_established(fp_worker* w, fp_conn* c) noexcept nogil:
     if proxy_protocol and send_proxy_header(c, proxy_protocol) < 0:
         conn_abort(w, c, &c.cli)
         return
+    if tls_connect_wanted(c):
+        tls_connect_begin(w, c)     # reencrypt: relaying starts once it is done
+        return
+    conn_relay_start(w, c)
+
+
+cdef void conn_relay_start(fp_worker* w, fp_conn* c) noexcept nogil:
     if c.up.len > 0:
         # The ClientHello read to route by name (preface.pxi) goes first. It counts
         # as moved, as it did when it was peeked and then pumped from the socket:
@@ -674,6 +694,9 @@ cdef void side_event(fp_worker* w, fp_side* s, uint32_t events) noexcept nogil:
     if c.state == ST_PREFACE:
         if s == &c.cli:
             preface_step(w, c)
+        return
+    if c.state == ST_HANDSHAKE:
+        tls_event(w, c, s, events)
         return
     if c.state == ST_RETRY:
         if s == &c.cli and events & (EPOLLERR | EPOLLHUP):

@@ -7,7 +7,7 @@
 DEBUG = bool(FP_DEBUG)
 STATE_NAMES = {ST_NEW: "new", ST_CONNECTING: "connecting", ST_RETRY: "retry",
                ST_RELAYING: "relaying", ST_CLOSED: "closed", ST_PREFACE: "preface",
-               ST_FAILING: "failing", ST_QUEUED: "queued"}
+               ST_FAILING: "failing", ST_QUEUED: "queued", ST_HANDSHAKE: "handshake"}
 
 
 cdef fp_worker* _harness_worker(Relay relay) except NULL:

@@ -198,11 +198,19 @@ cdef void preface_step(fp_worker* w, fp_conn* c) noexcept nogil:
 cdef void conn_start(fp_worker* w, fp_conn* c) noexcept nogil:
     """The client's address and app are known: apply the per-source limit, pick
     a target and connect."""
-    cdef fp_route* rt = c.route
     c.state = ST_NEW
     if not admit_source(w, c):
         return
-    tune_socket(rt, c.cli.fd)
+    tune_socket(c.route, c.cli.fd)  # TcpKeepalive / TcpUserTimeout, handshake included
+    if c.route.tls != NULL:
+        tls_accept_begin(w, c)      # its handshake first (tls.pxi), then on below
+        return
+    conn_connect_first(w, c)
+
+
+cdef void conn_connect_first(fp_worker* w, fp_conn* c) noexcept nogil:
+    cdef fp_route* rt = c.route
+    c.state = ST_NEW
     c.start_idx = pick_first(w, rt, c)
     if c.start_idx == PICK_SATURATED:
         limits_saturated(w, c)
@@ -254,6 +262,7 @@ cdef void conn_finish(fp_worker* w, fp_conn* c) noexcept nogil:
     outlier_look(w, c, True)
     persource_release(c)
     preface_release(c)
+    tls_release(c)
     if c.sni != NULL:
         sni_decref(c.sni)
         c.sni = NULL

@@ -9,6 +9,7 @@ cdef void route_free(fp_route* rt) noexcept nogil:
     if rt.persource != NULL:
         persource_decref(rt.persource)
     acl_free(rt.acl)
+    tls_ctx_decref(rt.tls)
     free(rt.targets)
     free(rt.wrr)
     free(rt)
@@ -79,7 +80,7 @@ cdef bint unmap_v4(sockaddr_storage* ss, sockaddr_in* out) noexcept nogil:
 cdef int send_proxy_header(fp_conn* c, int version) noexcept nogil:
     """Sent once, right after the connect: a fresh socket's buffer always has
     room for it, so a short write means the target is gone."""
-    cdef char hdr[232]
+    cdef char hdr[1024]             # v2 with TLS TLVs: 52 + 258 + 258 + 8 + names
     cdef char src[INET6_ADDRSTRLEN]
     cdef char dst[INET6_ADDRSTRLEN]
     cdef sockaddr_in p4, l4
@@ -120,6 +121,9 @@ cdef int send_proxy_header(fp_conn* c, int version) noexcept nogil:
             memcpy(b + 48, &p6.sin6_port, 2)
             memcpy(b + 50, &l6.sin6_port, 2)
             n = 52
+        n = <int>tls_proxy_tlvs(c, b, n, sizeof(hdr))
+        b[14] = <unsigned char>((n - 16) >> 8)
+        b[15] = <unsigned char>((n - 16) & 0xff)
     if send(c.srv.fd, hdr, n, MSG_NOSIGNAL) != n:
         return -1
     return 0

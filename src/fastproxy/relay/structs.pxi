@@ -26,6 +26,7 @@ cdef enum ConnState:
                         # for up to RESET_GRACE_MS (with no deadline but the idle
                         # timeout when its FIN came first), then that side is reset
     ST_QUEUED = 7       # every target at its MaxConnections: waiting (limits.pxi)
+    ST_HANDSHAKE = 8    # a TLS handshake, with the client or the target (tls.pxi)
 
 # Target states, set by the orchestrator. Only T_UP is picked, except in panic
 # mode (no target up) where T_DOWN ones are tried too; draining and disabled never.
@@ -96,6 +97,14 @@ ctypedef struct fp_stats:
     uint64_t rejected_rate          # over MaxConnectionRate
     uint64_t rejected_source_rate   # over MaxConnectionRatePerSource
     uint64_t rejected_preface       # over MaxConnectionsInPreface
+    # TLS (tls.pxi): client handshakes done, of which resumed; failed, by reason
+    uint64_t tls_handshakes
+    uint64_t tls_resumed
+    uint64_t tls_timeouts           # no complete handshake within the timeout
+    uint64_t tls_errors             # not TLS, no shared version or cipher, a bad certificate
+    uint64_t tls_closed             # the client left during its handshake
+    uint64_t tls_target_errors      # reencrypt: the target's handshake or certificate failed
+    uint64_t tls_ktls               # client connections whose kernel took TLS (tx, rx or both)
     int routes                  # live routes naming this slot
     int _pad_int
     # Connect times of a target (CONNECT_BUCKETS_US; the last bucket: above them all)
@@ -122,6 +131,7 @@ ctypedef struct fp_stats:
     uint64_t outlier_failures
     int outlier_threshold
     int eject_pending
+    uint64_t _pad[1]            # a multiple of 64 bytes: no false sharing between slots
 
 
 ctypedef struct fp_target:
@@ -165,6 +175,9 @@ cdef struct fp_acl
 
 cdef struct fp_relay
 
+cdef struct fp_tls_ctx         # relay/tls.pxi
+cdef struct fp_tls
+
 
 # An app's routing table. Immutable once published except for target states and
 # the round-robin cursor; replaced whole on reload. Refcounted because a connecting
@@ -198,6 +211,7 @@ ctypedef struct fp_route:
     int ka_interval
     int ka_count
     unsigned int user_timeout_ms    # TcpUserTimeout, 0: the kernel's default
+    fp_tls_ctx* tls             # the app's TLS (tls.pxi), or NULL: plain TCP
     uint32_t rr                 # cursor: into wrr (round robin), or a tie breaker
     uint32_t* wrr               # target indexes; NULL unless round robin, or maglev's
                                 # lookup table (maglev.pxi)
@@ -225,6 +239,7 @@ ctypedef struct fp_chan:
     bint piped                  # the held bytes are in the pipe, not in buf
     bint bulk                   # splice mode: the next read from empty goes to the pipe
     int state                   # ChanState: how far its end has got (direction.pxi)
+    bint copy_only              # never a pipe: one of its sides speaks TLS (tls.pxi)
 
 cdef struct fp_conn
 
@@ -259,6 +274,9 @@ ctypedef struct fp_side:
     bint muted                  # EPOLLIN dropped while its channel cannot drain
     int mark                    # UrgentMark: whether an urgent mark may be ahead of
                                 # the reader (direction.pxi)
+    SSL* ssl                    # its TLS (tls.pxi), or NULL: bytes go with recv/send
+    int ktls                    # KTLS_TX / KTLS_RX: the kernel does that direction's TLS,
+                                # bytes go with recv/send/splice again (tls.pxi)
 
 cdef struct fp_conn:
     # Hot while relaying: this first cache line (conn_new aligns it) and the sides
@@ -320,6 +338,7 @@ cdef struct fp_conn:
     int64_t end_ms              # MaxConnectionDuration (with its jitter) ends it, 0: never
     int64_t check_every_ms      # OnTargetDown close: look at the target this often, 0: never
     int64_t next_check_ms
+    fp_tls* tls                 # TLS state beyond the sides' SSLs (tls.pxi), or NULL
 
 # One ended connection, as the access log needs it.
 ctypedef struct fp_alog_rec:
@@ -335,6 +354,11 @@ ctypedef struct fp_alog_rec:
     int family                  # of the client address
     uint16_t client_port
     uint8_t client_addr[16]
+    # TLS (tls.pxi: tls_alog): the protocol version (0: not TLS), cipher (OpenSSL's
+    # static name, or NULL) and the client's server name (cut at 127 bytes)
+    int tls_version
+    const char* tls_cipher
+    char tls_sni[128]
 
 # Single producer (the worker) / single consumer (the Python drain thread) ring.
 ctypedef struct fp_alog:

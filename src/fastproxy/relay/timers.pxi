@@ -40,7 +40,7 @@ cdef void timer_set(fp_worker* w, fp_conn* c, int64_t due_ms) noexcept nogil:
 cdef void conn_rearm(fp_worker* w, fp_conn* c) noexcept nogil:
     """Arm the timer the connection's state needs, or none."""
     cdef int64_t due
-    if c.state == ST_CONNECTING or c.state == ST_PREFACE:
+    if c.state == ST_CONNECTING or c.state == ST_PREFACE or c.state == ST_HANDSHAKE:
         timer_set(w, c, c.deadline_ms)
     elif c.state == ST_FAILING or c.state == ST_QUEUED:
         timer_set(w, c, w.now_ms + TICK_MS)
@@ -60,6 +60,8 @@ cdef void timer_fire(fp_worker* w, fp_conn* c) noexcept nogil:
         conn_connect_failed(w, c)
     elif c.state == ST_PREFACE and w.now_ms >= c.deadline_ms:
         preface_timeout(w, c)
+    elif c.state == ST_HANDSHAKE and w.now_ms >= c.deadline_ms:
+        tls_timeout(w, c)
     elif c.state == ST_FAILING:
         conn_fail_flush(w, c)
     elif c.state == ST_QUEUED:
