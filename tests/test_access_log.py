@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from fastproxy import _relay, accesslog
+from fastproxy import _relay
+from fastproxy.observe import accesslog
 from metricsutil import metric
 from proxyproc import Proxy, app, free_ports
 from servers import HashingEcho

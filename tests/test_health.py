@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fastproxy.backends import NamedEchoServer
-from fastproxy.health import Hysteresis
+from fastproxy.targets.health import Hysteresis
 from proxyproc import Proxy, app, free_ports, wait_for_port
 from servers import talk
 

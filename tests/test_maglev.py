@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastproxy import _relay
 from fastproxy.backends import NamedEchoServer
-from fastproxy.routing import maglev_key
+from fastproxy.targets.routing import maglev_key
 from proxyproc import Proxy, app, free_ports
 from servers import talk
 

@@ -15,8 +15,8 @@ import pytest
 from fastproxy import _relay
 from fastproxy.backends import NamedEchoServer
 from fastproxy.config import App, Config, HealthCheck, Target
-from fastproxy.health import HealthChecker
-from fastproxy.routing import Routes
+from fastproxy.targets.health import HealthChecker
+from fastproxy.targets.routing import Routes
 from proxyproc import Proxy, app, free_ports
 from servers import talk
 

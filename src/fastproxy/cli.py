@@ -37,7 +37,7 @@ from .wording import plural
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
-    from .logsetup import setup
+    from .observe.logsetup import setup
 
     setup(level, fmt)
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, _relay, plausibility
-from .accesslog import AccessLog
 from .config import Config, ConfigError
 from .control.admin import AdminServer
 from .control.admintoken import ensure_token
@@ -25,17 +24,18 @@ from .control.privileges import drop_to, target
 from .control.sdnotify import notify, reloading
 from .control.watchdog import MainLoopWatchdog
 from .failpoints import failpoint
-from .health import HealthChecker
 from .listeners.contract import Change, ListenerSet
 from .listeners.fdstore import FdStore
 from .listeners.ports import PortListeners
 from .listeners.sockets import ListenError
-from .outlier import OutlierDetector
-from .resolver import resolve_all
-from .routing import Routes, TargetRuntime
+from .observe.accesslog import AccessLog
 from .settings import Options, keep_restart_only, warn_any_proxy_sender
 from .sources import ConfigSource, ReloadError
-from .targetstate import TargetStateStore
+from .targets.health import HealthChecker
+from .targets.outlier import OutlierDetector
+from .targets.resolver import resolve_all
+from .targets.routing import Routes, TargetRuntime
+from .targets.state import TargetStateStore
 from .tlsconfig import ktls_available, load_contexts
 from .wording import plural
 
@@ -108,7 +108,7 @@ class Server:
     @functools.cached_property
     def registry(self) -> CollectorRegistry:
         """Made at the first scrape: prometheus_client is a tenth of the start-up's imports."""
-        from .metrics import ProxyCollector, make_registry
+        from .observe.metrics import ProxyCollector, make_registry
 
         source = self.source
         return make_registry(
@@ -289,10 +289,10 @@ class Server:
 
     def _admission(self, config: Config) -> None:
         """With bpf steering, Allow / Deny go into the sk_lookup program too, so a
-        refused client is dropped before it costs a descriptor (bpf_admission.py)."""
+        refused client is dropped before it costs a descriptor (steering/admission.py)."""
         steering = getattr(self.listeners, "steering", None)
         if steering is not None:
-            from .bpf_admission import policies
+            from .steering.admission import policies
 
             steering.set_admission(*policies(config, self.routes))
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import HealthCheck
+from ..config import HealthCheck
 from .routing import AppRuntime, Routes, TargetRuntime
 
 log = logging.getLogger("fastproxy")

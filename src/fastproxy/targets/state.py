@@ -11,10 +11,10 @@ import logging
 import os
 from typing import Any
 
-from .config import Target
+from ..config import Target
 from .routing import Routes
 
-log = logging.getLogger("fastproxy.targetstate")
+log = logging.getLogger("fastproxy.targets.state")
 FILE = "target-state.json"
 
 

@@ -18,8 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__, _relay
-from .routing import AppRuntime, Routes, TargetRuntime
+from .. import __version__, _relay
+from ..targets.routing import AppRuntime, Routes, TargetRuntime
 
 # fastproxy_rejected_total{reason} of admission control (relay/admission.pxi), and
 # the relay counter behind each. A PROXY header from a sender not in

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import _relay
-from .config import App, Config, Target
+from .. import _relay
+from ..config import App, Config, Target
 from .resolver import Address
 
 PROXY_PROTOCOL = {None: 0, "v1": 1, "v2": 2}

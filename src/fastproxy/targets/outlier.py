@@ -19,7 +19,7 @@ import time
 
 from .routing import Routes, TargetRuntime
 
-log = logging.getLogger("fastproxy.outlier")
+log = logging.getLogger("fastproxy.targets.outlier")
 LONGEST_EJECTION = 300.0  # seconds, however many ejections (unless BaseEjection is longer)
 FORGIVE_AFTER = 10.0  # seconds back in (or BaseEjection, if longer) that forgive one ejection
 

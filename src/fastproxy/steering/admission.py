@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from .config import Config
-from .routing import Routes
-from .steering import POLICY_HAS_ALLOW, acl_key
+from ..config import Config
+from ..targets.routing import Routes
+from . import POLICY_HAS_ALLOW, acl_key
 
 Policies = tuple[dict[int, int], set[bytes], set[bytes]]
 

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Any
 
-from . import _relay
-from .routing import Routes
+from .. import _relay
+from ..targets.routing import Routes
 
 log = logging.getLogger("fastproxy")
 
