@@ -7,8 +7,9 @@
  * CONNECTIONS connections at once, each: a non-blocking connect to the next port, one
  * `GET PATH` with `Connection: close`, the whole answer (by Content-Length), then the
  * server's end of the connection (the server closes first: no TIME_WAIT here), then the
- * next connection. New connections start for SECONDS; those still open then get 2 s to
- * finish. Errors: a refused or failed connect, a reset, an end before the whole answer,
+ * next connection. New connections start for SECONDS, or until SIGTERM (a load that
+ * lasts as long as what it surrounds: SECONDS is then an upper bound); those still open
+ * then get 2 s to finish. Errors: a refused or failed connect, a reset, an end before the whole answer,
  * an answer that is not 2xx, a connection unfinished after the grace time.
  *
  * Prints one JSON line: answered (within the SECONDS), errors (by kind too), rate,
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -62,6 +64,9 @@ static int ep, first_port, count;
 static uint64_t next_port;
 static uint8_t *hit;
 static uint64_t refused, failed, short_answers, bad_status, unfinished;
+static volatile sig_atomic_t stopping;
+
+static void on_term(int sig) { (void)sig; stopping = 1; }
 
 /* A new connection on slot i, to the next port in turn. */
 static void open_conn(conn_t *c, uint32_t i) {
@@ -130,6 +135,8 @@ int main(int argc, char **argv) {
     uint32_t *lat = malloc(cap * sizeof *lat);
     if (ep < 0 || !conns || !hit || !lat) { perror("setup"); return 2; }
 
+    struct sigaction term = {.sa_handler = on_term};
+    sigaction(SIGTERM, &term, NULL);
     double cpu_from = cpu_seconds();
     uint64_t start = now_ns(), stop = start + (uint64_t)(seconds * 1e9);
     uint64_t give_up = stop + 2000000000u;
@@ -138,6 +145,10 @@ int main(int argc, char **argv) {
     int open = nconn;
     while (open > 0) {
         uint64_t t = now_ns();
+        if (stopping && t < stop) {  /* the clock stops now */
+            stop = t;
+            give_up = stop + 2000000000u;
+        }
         if (t > give_up) break;
         /* Slots whose connect failed at once start again (while the clock runs). */
         open = 0;
@@ -223,6 +234,7 @@ int main(int argc, char **argv) {
             close_conn(&conns[i]);
         }
     double took = (double)(now_ns() - start) / 1e9, cpu = cpu_seconds() - cpu_from;
+    seconds = (double)(stop - start) / 1e9;  /* the window new connections started in */
     size_t ports_hit = 0;
     for (int p = 0; p < count; p++) ports_hit += hit[p];
     qsort(lat, answered, sizeof *lat, cmp_u32);

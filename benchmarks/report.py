@@ -154,6 +154,8 @@ def durations(cases: list[Case]) -> list[str]:
                 text += f", counted after a {info['warmup_seconds']:g} s warm-up"
         elif info.get("load") == "iperf3" or case.name.startswith("bulk-"):
             text = f"iperf3, a fixed {info.get('bytes', '?')} per round (timed by the transfer)"
+        elif "load" in info and case.name not in UNTIMED:
+            text = info["load"]  # a load around an event, as long as it lasts
         elif case.name in UNTIMED:
             text = "no timed load (start-ups, config pushes, connections held)"
         else:
