@@ -34,7 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_config import SMOKE
+from bench_config import SECONDS, SMOKE
 from bench_contenders import BPF, Contenders, fastproxy_config, start_fastproxy
 from bench_peers import (
     Route,
@@ -54,10 +54,11 @@ RELOAD_PORTS = 100 if SMOKE else 1_000
 RELOAD_FIRST = {"fastproxy-ports": 20_000, "fastproxy-bpf": 22_000, "haproxy": 24_000}
 RELOAD_FIRST["nginx-stream"] = 26_000
 SAMPLE = 20
-SPREAD_SECONDS = 1 if SMOKE else 5  # the rate case's counted run
+SPREAD_SECONDS = SECONDS  # the rate case's counted run (5 s: a p99 is reported)
 # The load around a reload runs on until this long after the new ports accept (however
 # long the reload took: nginx parses 11,000 `listen` lines in seconds).
-AFTER_RELOAD = 0.5 if SMOKE else 1.0
+AFTER_RELOAD = 0.2 if SMOKE else 1.0
+BEFORE_RELOAD = 0.3 if SMOKE else 1.0  # the load running before the reload starts
 # The spread load's connections at once: each a new connection per request, as wrk's 32
 # in the other connection-rate cases, and enough to keep a proxy's one CPU busy.
 SPREAD_CONNECTIONS = 32
@@ -262,7 +263,7 @@ def test_reload_adding_ports(
     request, contenders: Contenders, nginx: None, backend_ports: tuple[int, int], tmp_path: Path
 ) -> None:
     """Per round: a fresh contender on PORTS ports under the spread load (portspread over
-    all of them, from one second before the reload until AFTER_RELOAD after the new
+    all of them, from BEFORE_RELOAD before the reload until AFTER_RELOAD after the new
     ports accept), a reload of a config with RELOAD_PORTS more. Figures: the load's
     errors (every one counts: a refused connect, a reset, a short answer), the time until
     the last new port accepts, how many of the new ports accept afterwards, and for
@@ -281,7 +282,7 @@ def test_reload_adding_ports(
         try:
             wait_accepting(proxy, _sample(last, variant))
             load = Background(FIRST_PORT, PORTS, connections=SPREAD_CONNECTIONS)
-            time.sleep(1)  # the load is running
+            time.sleep(BEFORE_RELOAD)
             started = time.monotonic()
             waits = _reload(variant, proxy, added, backend)
             procs += [w for w in waits if isinstance(w, Pinned)]
@@ -306,7 +307,7 @@ def test_reload_adding_ports(
         "ports": PORTS,
         "added": RELOAD_PORTS,
         "connections": SPREAD_CONNECTIONS,
-        "load": f"portspread over the ports kept, from 1 s before the reload until"
+        "load": f"portspread over the ports kept, from {BEFORE_RELOAD:g} s before the reload until"
         f" {AFTER_RELOAD:g} s after the new ports accepted",
     }
     run_series(request, "reload-adding-ports", names, measure, info=info)
