@@ -75,6 +75,18 @@ METHOD = """\
   connect storm of 8,000 fell in its window). Each round records its load generator's
   CPU share (its own CPU time over the run's length); where it nears 1 the client, not
   the contender, may set the figure, and the list above says so.
+- Many ports (ports-startup, ports-spread, reload-adding-ports), the case fastproxy's
+  bpf steering is for: one socket (sk_lookup) against 10,000 listening sockets
+  (fastproxy `Steering: ports`, HAProxy's bind on the range, nginx `stream` with a
+  `listen` per port), each started fresh per round on ports 10000-19999.
+  `benchmarks/portspread.c` opens every request's connection (`Connection: close`) on
+  the next port in turn, so all ports carry traffic ("ports answered" counts them) and
+  counts every error by kind (refused, reset, short or non-2xx answer). The reload adds
+  1,000 ports under that load: fastproxy `POST /reload`; HAProxy's seamless reload (a
+  new process taking the listeners over the stats socket, `-x`, and `-sf`); nginx HUP to
+  its master (a master-less nginx cannot open new ports). Each process has the
+  machine's open-file limit (20,000): 11,000 listeners and the case's connections fit
+  in every contender.
 - The HTTP server behind every contender is nginx; it serves the size sweep's files
   with sendfile and without `tcp_nopush`: with it, nginx on Linux turns Nagle on and a
   64 KiB answer now and then stalled 40 ms on the reader's delayed ACK, direct as well
