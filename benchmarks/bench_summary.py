@@ -35,6 +35,7 @@ METRICS = {
     "pipes": ("pipes", False, 0),
     "startup_ms": ("start-up ms", False, 0),
     "rss_mib": ("RSS MiB", False, 1),
+    "kernel_slab_mib": ("kernel slab MiB", False, 1),
     "change_ms": ("reload/upgrade ms", False, 0),
     "request_ms": ("request ms", False, 0),
     "accepting_ms": ("accepting ms", False, 0),
@@ -61,7 +62,7 @@ KEY = {
     "target-": ("rate", "p99_us"),
     "reload-under-load": ("change_ms", "errors", "max_us"),
     "idle-memory": ("total_b_per_conn",),
-    "ports-startup": ("startup_ms", "rss_mib"),
+    "ports-startup": ("startup_ms", "rss_mib", "kernel_slab_mib"),
     "ports-spread": ("rate", "errors", "proxy_cpu_us_per_req"),
     "reload-adding-ports": ("errors", "accepting_ms"),
 }

@@ -44,7 +44,7 @@ from bench_peers import (
     start_nginx_many_ports,
 )
 from bench_portspread import Background, run_portspread
-from bench_procs import SERVER_CPU, Pinned, accepts, rss_bytes
+from bench_procs import SERVER_CPU, Pinned, accepts, rss_bytes, slab_object_bytes
 from bench_series import run_series
 
 PORTS = 1_000 if SMOKE else 10_000
@@ -86,6 +86,20 @@ def _variants(contenders: Contenders, variants: tuple[str, ...]) -> list[str]:
     usable = [v for v in variants if "-bpf" not in v or contenders.runs(BPF)]
     contenders.stop(BPF)
     return usable
+
+
+def settled_slab(timeout: float = 3) -> int:
+    """slab_object_bytes() once the kernel has finished freeing what a process stopped
+    before held (sockets and files are freed after RCU grace periods and deferred
+    work): two readings 100 ms apart within 64 KiB of each other."""
+    before = slab_object_bytes()
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0.1)
+        now = slab_object_bytes()
+        if abs(now - before) < 64 * 1024 or time.monotonic() > deadline:
+            return now
+        before = now
 
 
 def _sample(last: int, seed: str) -> list[int]:
@@ -138,7 +152,9 @@ def test_startup_many_ports(
 ) -> None:
     """Start-up: from the start of the process until SAMPLE ports (the first, the last
     and some between) accept; memory: the RSS of the process serving them then (nginx
-    without a master: one process doing the work, as the others)."""
+    without a master: one process doing the work, as the others), and the kernel's slab
+    objects it added meanwhile (its listening sockets, files, epoll entries: what RSS
+    does not show; machine-wide, so other work on the machine blurs it)."""
     names = _variants(contenders, VARIANTS)
     last = FIRST_PORT + PORTS - 1
     starter = Starter(tmp_path, backend_ports[0])
@@ -152,18 +168,27 @@ def test_startup_many_ports(
         start("fastproxy-bpf").stop()  # the program compiled and cached (if it was not yet)
 
     def measure(variant: str) -> tuple[dict[str, float], str]:
+        slab = settled_slab()
         started = time.monotonic()
         proxy = start(variant)
         try:
             wait_accepting(proxy, _sample(last, variant))
             elapsed = time.monotonic() - started
             rss = rss_bytes(proxy.pid)
+            slab = slab_object_bytes() - slab
         finally:
             proxy.stop()
         log = proxy.log()
         if variant == "fastproxy-bpf":
             assert "loaded from the cache" in log, f"not a warm start: {log[-2000:]}"
-        return {"startup_ms": elapsed * 1e3, "rss_mib": rss / 2**20}, log[-2000:]
+        # Machine-wide: where a contender adds next to nothing (bpf steering), other work
+        # freeing memory meanwhile can read a little below 0; kept as read, not hidden.
+        figures = {
+            "startup_ms": elapsed * 1e3,
+            "rss_mib": rss / 2**20,
+            "kernel_slab_mib": slab / 2**20,
+        }
+        return figures, log[-2000:]
 
     info = {"ports": PORTS, "bpf_cache": {"fastproxy-bpf": "warm", "fastproxy-bpf-cold": "off"}}
     run_series(request, "ports-startup", names, measure, info=info)
