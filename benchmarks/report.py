@@ -79,6 +79,8 @@ METHOD = """\
   bpf steering is for: one socket (sk_lookup) against 10,000 listening sockets
   (fastproxy `Steering: ports`, HAProxy's bind on the range, nginx `stream` with a
   `listen` per port), each started fresh per round on ports 10000-19999.
+  Memory: the process's RSS, and the kernel's live slab objects it added (listening
+  sockets, files, epoll entries: machine-wide, so other work blurs it a little).
   `benchmarks/portspread.c` opens every request's connection (`Connection: close`) on
   the next port in turn, so all ports carry traffic ("ports answered" counts them) and
   counts every error by kind (refused, reset, short or non-2xx answer). The reload adds

@@ -1,7 +1,8 @@
 """Many ports, the case fastproxy's bpf steering is for (one socket serves every port)
 against 10,000 listening sockets: fastproxy in ports mode, HAProxy (a bind on the port
 range) and nginx `stream` (a `listen` per port), on ports 10000-19999:
-- ports-startup: start-up time and memory (RSS) with 10,000 ports;
+- ports-startup: start-up time and memory (the process's RSS, the kernel's slab objects)
+  with 10,000 ports;
 - ports-spread: the request rate with every request on a new connection to the next
   port in turn (benchmarks/portspread.c), so that every port carries traffic;
 - reload-adding-ports: a reload adding 1,000 ports while that load runs over the 10,000:
