@@ -85,7 +85,7 @@ fuzz-parsers: venv
 	bash scripts/install-fuzz-deps.sh
 	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS) --tls-runs $(FUZZ_TLS_RUNS)
 
-# haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop
+# haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop, build/portspread
 # Why Relay: sockmap was taken out: the kernel sending a segment twice, shown with none of
 # the relay's code running (benchmarks/sockmap/duplicates.py; root, about 4 minutes).
 sockmap-duplicates: setup

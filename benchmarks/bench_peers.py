@@ -5,6 +5,7 @@ HAProxy 2.6 in TCP mode three ways and nginx's `stream` proxy."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench_procs import FD_LIMIT, HOST, SERVER_CPU, Pinned
@@ -203,3 +204,57 @@ def start_nginx_stream(
     path.write_text(nginx_stream_config(routes, workdir, connections=connections, workers=workers))
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
     return Pinned(argv, cpus, workdir / "nginx-stream.log")
+
+
+NGINX_MANY_PORTS = """\
+    upstream many {{
+        server {host}:{backend};
+    }}
+    # One server with a `listen` per port: each a listening socket of its own, as in
+    # HAProxy's bind on a port range.
+    server {{
+{listens}        proxy_pass many;
+    }}
+"""
+
+
+def nginx_many_ports_config(
+    ports: Sequence[int], backend: int, workdir: Path, *, connections: int, master: bool = False
+) -> str:
+    """nginx `stream` listening on every port of `ports`, all relayed to `backend`.
+    Every listening socket takes one of the worker's connections: worker_connections is
+    the listeners plus two per connection the case holds. `master`: a master process and
+    one worker, which a reload (HUP) needs (a master-less nginx cannot open new ports)."""
+    room = FD_LIMIT - len(ports) - FD_SPARE
+    if room < 2 * connections:
+        raise RuntimeError(
+            f"an open-file limit of {FD_LIMIT} holds {room // 2} nginx stream connections"
+            f" besides {len(ports)} listeners, not the case's {connections}: raise it"
+        )
+    listens = "".join(f"        listen {HOST}:{port} backlog=4096;\n" for port in ports)
+    servers = NGINX_MANY_PORTS.format(host=HOST, backend=backend, listens=listens)
+    text = NGINX_STREAM.format(
+        module=NGINX_STREAM_MODULE,
+        workers=1,
+        fd_limit=FD_LIMIT,
+        worker_connections=len(ports) + min(2 * connection_limit(connections), room),
+        workdir=workdir,
+        servers=servers,
+    )
+    if master:
+        text = text.replace("master_process off;", "master_process on;")
+    return text
+
+
+def start_nginx_many_ports(
+    ports: Sequence[int], backend: int, workdir: Path, *, connections: int, master: bool = False
+) -> Pinned:
+    """Its pid: the one process doing the work without `master`, the master with it."""
+    if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
+        raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
+    path = workdir / "nginx-stream.conf"
+    path.write_text(
+        nginx_many_ports_config(ports, backend, workdir, connections=connections, master=master)
+    )
+    argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
+    return Pinned(argv, str(SERVER_CPU), workdir / "nginx-stream.log")

@@ -35,11 +35,13 @@ METRICS = {
     "pipes": ("pipes", False, 0),
     "startup_ms": ("start-up ms", False, 0),
     "rss_mib": ("RSS MiB", False, 1),
+    "kernel_slab_mib": ("kernel slab MiB", False, 1),
     "change_ms": ("reload/upgrade ms", False, 0),
     "request_ms": ("request ms", False, 0),
     "accepting_ms": ("accepting ms", False, 0),
     "new_ports_accepting": ("new ports accepting", True, 0),
     "load_rate": ("load conn/s", True, 0),
+    "ports_hit": ("ports answered", True, 0),
     "checks_per_s": ("checks/s", True, 0),
     "push_p50_ms": ("push to all p50 ms", False, 0),
     "push_max_ms": ("push to all max ms", False, 0),
@@ -60,7 +62,9 @@ KEY = {
     "target-": ("rate", "p99_us"),
     "reload-under-load": ("change_ms", "errors", "max_us"),
     "idle-memory": ("total_b_per_conn",),
-    "ports-startup": ("startup_ms",),
+    "ports-startup": ("startup_ms", "rss_mib", "kernel_slab_mib"),
+    "ports-spread": ("rate", "errors", "proxy_cpu_us_per_req"),
+    "reload-adding-ports": ("errors", "accepting_ms"),
 }
 OURS = "fastproxy"
 

@@ -75,6 +75,20 @@ METHOD = """\
   connect storm of 8,000 fell in its window). Each round records its load generator's
   CPU share (its own CPU time over the run's length); where it nears 1 the client, not
   the contender, may set the figure, and the list above says so.
+- Many ports (ports-startup, ports-spread, reload-adding-ports), the case fastproxy's
+  bpf steering is for: one socket (sk_lookup) against 10,000 listening sockets
+  (fastproxy `Steering: ports`, HAProxy's bind on the range, nginx `stream` with a
+  `listen` per port), each started fresh per round on ports 10000-19999.
+  Memory: the process's RSS, and the kernel's live slab objects it added (listening
+  sockets, files, epoll entries: machine-wide, so other work blurs it a little).
+  `benchmarks/portspread.c` opens every request's connection (`Connection: close`) on
+  the next port in turn, so all ports carry traffic ("ports answered" counts them) and
+  counts every error by kind (refused, reset, short or non-2xx answer). The reload adds
+  1,000 ports under that load: fastproxy `POST /reload`; HAProxy's seamless reload (a
+  new process taking the listeners over the stats socket, `-x`, and `-sf`); nginx HUP to
+  its master (a master-less nginx cannot open new ports). Each process has the
+  machine's open-file limit (20,000): 11,000 listeners and the case's connections fit
+  in every contender.
 - The HTTP server behind every contender is nginx; it serves the size sweep's files
   with sendfile and without `tcp_nopush`: with it, nginx on Linux turns Nagle on and a
   64 KiB answer now and then stalled 40 ms on the reader's delayed ACK, direct as well
@@ -154,6 +168,8 @@ def durations(cases: list[Case]) -> list[str]:
                 text += f", counted after a {info['warmup_seconds']:g} s warm-up"
         elif info.get("load") == "iperf3" or case.name.startswith("bulk-"):
             text = f"iperf3, a fixed {info.get('bytes', '?')} per round (timed by the transfer)"
+        elif "load" in info and case.name not in UNTIMED:
+            text = info["load"]  # a load around an event, as long as it lasts
         elif case.name in UNTIMED:
             text = "no timed load (start-ups, config pushes, connections held)"
         else:

@@ -8,7 +8,7 @@
 #   wrk         HTTP load: connections per second and keep-alive request latency
 #   nginx       the HTTP backend behind each proxy for wrk (`return 200`), and a peer
 #   libnginx-mod-stream  nginx's TCP proxy (`stream`), the peer
-#   gcc libc6-dev  to build benchmarks/openloop.c (the open-loop load generator)
+#   gcc libc6-dev  to build benchmarks/openloop.c and portspread.c (load generators)
 #   util-linux  taskset, to pin the client, the server and the proxy to CPUs
 #   procps      pgrep/ps
 #   iproute2    ss: TIME_WAIT sockets after the churn load
@@ -31,14 +31,16 @@ install_python() {
   quietly "$PYTHON" -m pip install -q uvloop matplotlib
 }
 
-# build/openloop, rebuilt when its source is newer
-build_openloop() {
-  local root src out
+# build/openloop and build/portspread (the load generators), rebuilt when their source is
+# newer (benchmarks/bench_portspread.py also builds its own on first use)
+build_generators() {
+  local root name src out
   root=$(cd "$(dirname "$0")/.." && pwd)
-  src=$root/benchmarks/openloop.c out=$root/build/openloop
-  [ "$out" -nt "$src" ] && return 0
   mkdir -p "$root/build"
-  cc -O2 -Wall -Wextra -o "$out" "$src"
+  for name in openloop portspread; do
+    src=$root/benchmarks/$name.c out=$root/build/$name
+    [ "$out" -nt "$src" ] || cc -O2 -Wall -Wextra -o "$out" "$src"
+  done
 }
 
 install_quietly "${PACKAGES[@]}"
@@ -46,4 +48,4 @@ install_quietly "${PACKAGES[@]}"
 # their own instances, nothing is left to start at boot.
 [ "$(id -u)" -ne 0 ] || disable_services nginx haproxy iperf3
 install_python
-build_openloop
+build_generators

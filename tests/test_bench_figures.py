@@ -101,6 +101,8 @@ def test_the_durations_are_what_each_case_recorded() -> None:
         Case("bulk-1stream", {"bytes": "2G"}, {}),
         Case("health-check-cost", {"load": "iperf3", "bytes": "2G"}, {}),
         Case("ports-startup", {"ports": 10_000}, {}),
+        # A load around an event, as long as the event takes: what it ran is its text.
+        Case("reload-adding-ports", {"load": "portspread until 1 s after the reload"}, {}),
         Case("target-slow", {"connections": 32}, {}),  # a run that recorded no length
     ]
     assert durations(cases) == [
@@ -109,6 +111,7 @@ def test_the_durations_are_what_each_case_recorded() -> None:
         "- openloop-25%: openloop, 0.3 s per round",
         "- bulk-1stream, health-check-cost: iperf3, a fixed 2G per round (timed by the transfer)",
         "- ports-startup: no timed load (start-ups, config pushes, connections held)",
+        "- reload-adding-ports: portspread until 1 s after the reload",
         "- target-slow: not recorded in this run's JSON (a run from before it recorded them)",
     ]
 
