@@ -33,6 +33,7 @@ from .settings import Options, keep_restart_only, warn_any_proxy_sender
 from .sources import ConfigSource, ReloadError
 from .targets.health import HealthChecker
 from .targets.outlier import OutlierDetector
+from .targets.report import app_reports
 from .targets.resolver import resolve_all
 from .targets.routing import Routes, TargetRuntime
 from .targets.state import TargetStateStore
@@ -452,49 +453,7 @@ class Server:
         return {"app": app, "target": target, "state": runtime.state, "weight": weight}
 
     def status(self) -> dict[str, Any]:
-        apps = []
-        with self.routes.lock:
-            runtimes = list(self.routes.apps.values())
-        for runtime in runtimes:
-            stats = self.routes.stats(runtime.slot)
-            targets = []
-            for t in runtime.targets:
-                tstats = self.routes.stats(t.slot)
-                targets.append(
-                    {
-                        "address": t.target.address,
-                        "state": t.state,
-                        "weight": t.weight or t.target.weight,
-                        "config_weight": t.target.weight,
-                        "backup": t.target.backup,
-                        "max_connections": t.target.max_connections,
-                        "soft_limit": t.target.soft_limit,
-                        "ejected": bool(t.ejected_until),
-                        "ejections": t.ejections,
-                        **self.health.report(t),
-                        "resolved": t.address[1] if t.address else None,
-                        "active": tstats["active"],
-                        "connections": tstats["connections"],
-                        "connect_failures": tstats["connect_failures"],
-                        "bytes_in": tstats["bytes_in"],
-                        "bytes_out": tstats["bytes_out"],
-                    }
-                )
-            apps.append(
-                {
-                    "name": runtime.app.name,
-                    "ports": sorted(runtime.app.ports),
-                    "balance": runtime.app.balance,
-                    "active": stats["active"],
-                    "connections": stats["connections"],
-                    "bytes_in": stats["bytes_in"],
-                    "bytes_out": stats["bytes_out"],
-                    "no_target": stats["no_target"],
-                    "rejected": stats["rejected"],
-                    "local_errors": stats["local_errors"],
-                    "targets": targets,
-                }
-            )
+        apps = app_reports(self.routes, self.health)
         return {
             "version": __version__,
             "pid": os.getpid(),

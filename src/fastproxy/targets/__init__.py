@@ -6,4 +6,5 @@ health.py    active health checks, and the up/down state they give each target
 outlier.py   passive ejection of targets the relay saw fail (connect failures, resets)
 resolver.py  targets named by host name: resolved again in the background
 state.py     operator state (drain, disable, weight) kept across restarts
+report.py    the apps and targets part of /status
 """
