@@ -3,6 +3,7 @@ timeout, MaxConnectionDuration, OnTargetDown, QueueTimeout, SlowStart, Outlier."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import _Invalid
@@ -25,38 +26,57 @@ def _parse_balancing(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _parse_keepalive(value: object) -> Keepalive | None:
+def _switch_or_object(
+    value: object, name: str, example: str, keys: Sequence[str]
+) -> dict[str, Any] | bool:
+    """`true` (the defaults), `false`/absent (off), or an object of `keys`."""
     if value is None or value is False:
-        return None
+        return False
     if value is True:
-        return Keepalive()
+        return True
     if not isinstance(value, dict):
-        example = '{"Idle": 60, "Interval": 10, "Count": 6}'
-        raise _Invalid(
-            "TcpKeepalive", f"expected true, false or an object like {example}, {_got(value)}"
-        )
-    _check_keys(value, KEEPALIVE_KEYS, prefix="TcpKeepalive.")
-    idle = _whole_seconds(value.get("Idle", 60), "TcpKeepalive.Idle")
-    interval = _whole_seconds(value.get("Interval", 10), "TcpKeepalive.Interval")
-    count = _integer(value.get("Count", 6), "TcpKeepalive.Count", 1, 127)
-    return Keepalive(idle, interval, count)
+        raise _Invalid(name, f"expected true, false or an object like {example}, {_got(value)}")
+    _check_keys(value, keys, prefix=f"{name}.")
+    return value
+
+
+def _parse_keepalive(value: object) -> Keepalive | None:
+    example = '{"Idle": 60, "Interval": 10, "Count": 6}'
+    raw = _switch_or_object(value, "TcpKeepalive", example, KEEPALIVE_KEYS)
+    if raw is False:
+        return None
+    default = Keepalive()
+    if raw is True:
+        return default
+    return Keepalive(
+        _whole_seconds(raw.get("Idle", default.idle), "TcpKeepalive.Idle"),
+        _whole_seconds(raw.get("Interval", default.interval), "TcpKeepalive.Interval"),
+        _integer(raw.get("Count", default.count), "TcpKeepalive.Count", 1, 127),
+    )
 
 
 def _parse_outlier(value: object) -> Outlier | None:
-    if value is None or value is False:
+    example = '{"ConsecutiveFailures": 5, "BaseEjection": 30, "MaxEjectedPercent": 50}'
+    raw = _switch_or_object(value, "Outlier", example, OUTLIER_KEYS)
+    if raw is False:
         return None
-    if value is True:
-        return Outlier()
-    if not isinstance(value, dict):
-        example = '{"ConsecutiveFailures": 5, "BaseEjection": 30, "MaxEjectedPercent": 50}'
-        raise _Invalid(
-            "Outlier", f"expected true, false or an object like {example}, {_got(value)}"
-        )
-    _check_keys(value, OUTLIER_KEYS, prefix="Outlier.")
+    default = Outlier()
+    if raw is True:
+        return default
     return Outlier(
-        _integer(value.get("ConsecutiveFailures", 5), "Outlier.ConsecutiveFailures", 1, 1000),
-        _duration(value.get("BaseEjection", 30), "Outlier.BaseEjection"),
-        _integer(value.get("MaxEjectedPercent", 50), "Outlier.MaxEjectedPercent", 0, 100),
+        _integer(
+            raw.get("ConsecutiveFailures", default.consecutive_failures),
+            "Outlier.ConsecutiveFailures",
+            1,
+            1000,
+        ),  # fmt: skip
+        _duration(raw.get("BaseEjection", default.base_ejection), "Outlier.BaseEjection"),
+        _integer(
+            raw.get("MaxEjectedPercent", default.max_ejected_percent),
+            "Outlier.MaxEjectedPercent",
+            0,
+            100,
+        ),  # fmt: skip
     )
 
 

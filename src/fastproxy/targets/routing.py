@@ -325,6 +325,16 @@ class Routes:
         --close`): each worker closes its own within the app's check interval."""
         self.relay.close_target(target.slot)
 
+    def _target(self, app_name: str, address: str) -> tuple[AppRuntime, TargetRuntime]:
+        """The app and its target an operator names; KeyError saying which is unknown."""
+        runtime = self.apps.get(app_name)
+        if runtime is None:
+            raise KeyError(f'no app "{app_name}"')
+        for target in runtime.targets:
+            if target.target.address == address:
+                return runtime, target
+        raise KeyError(f'app "{app_name}" has no target {address}')
+
     def set_admin(
         self, app_name: str, address: str, action: str, close: bool = False
     ) -> TargetRuntime:
@@ -332,14 +342,7 @@ class Routes:
         finish, checks go on), disable (the same, and no checks; with close, its open
         connections are closed too), enable."""
         with self.lock:
-            runtime = self.apps.get(app_name)
-            if runtime is None:
-                raise KeyError(f'no app "{app_name}"')
-            for target in runtime.targets:
-                if target.target.address == address:
-                    break
-            else:
-                raise KeyError(f'app "{app_name}" has no target {address}')
+            runtime, target = self._target(app_name, address)
             target.admin = {"drain": "draining", "disable": "disabled", "enable": None}[action]
             self._push_state(app_name, target)
             if close:
@@ -351,14 +354,7 @@ class Routes:
         if not 1 <= weight <= 1000:
             raise ValueError(f"weight must be between 1 and 1000, got {weight}")
         with self.lock:
-            runtime = self.apps.get(app_name)
-            if runtime is None:
-                raise KeyError(f'no app "{app_name}"')
-            for target in runtime.targets:
-                if target.target.address == address:
-                    break
-            else:
-                raise KeyError(f'app "{app_name}" has no target {address}')
+            runtime, target = self._target(app_name, address)
             target.weight = weight
             self.publish(runtime)  # the round robin cycle and maglev table are rebuilt
             return target
