@@ -16,7 +16,7 @@ from metricsutil import metric
 from proxyproc import Proxy, app, free_ports
 from servers import Backend
 
-MODES = ("round-robin", "least-conn", "random", "source-hash")
+MODES = ("round-robin", "least-conn", "random", "source-hash", "maglev")
 
 
 class Named:

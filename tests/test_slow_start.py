@@ -11,7 +11,7 @@ from fastproxy.backends import NamedEchoServer
 from proxyproc import Proxy, app, free_ports
 from servers import talk
 
-MODES = ("round-robin", "least-conn", "random", "source-hash")
+MODES = ("round-robin", "least-conn", "random", "source-hash", "maglev")
 RAMP = 4.0
 
 
