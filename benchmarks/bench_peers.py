@@ -168,8 +168,10 @@ NGINX_SERVER = """\
 
 
 def nginx_stream_config(
-    routes: list[Route], workdir: Path, *, connections: int, workers: int = 1
+    routes: list[Route], workdir: Path, *, connections: int, workers: int = 1, master: bool = False
 ) -> str:
+    """`master`: a master process and `workers` worker processes (without it, nginx runs
+    one process whatever `workers` says)."""
     servers = ""
     for i, (front, backends) in enumerate(routes):
         upstreams = "".join(f"        server {HOST}:{port};\n" for port in backends)
@@ -180,7 +182,7 @@ def nginx_stream_config(
             f"an open-file limit of {FD_LIMIT} holds {room // 2} nginx stream connections,"
             f" not the case's {connections}: raise it (ulimit -Hn)"
         )
-    return NGINX_STREAM.format(
+    text = NGINX_STREAM.format(
         module=NGINX_STREAM_MODULE,
         workers=workers,
         fd_limit=FD_LIMIT,
@@ -188,6 +190,7 @@ def nginx_stream_config(
         workdir=workdir,
         servers=servers,
     )
+    return text.replace("master_process off;", "master_process on;") if master else text
 
 
 def start_nginx_stream(
@@ -197,11 +200,17 @@ def start_nginx_stream(
     connections: int,
     workers: int = 1,
     cpus: str = str(SERVER_CPU),
+    master: bool = False,
 ) -> Pinned:
+    """Its pid: the one process doing the work without `master`, the master with it
+    (bench_procs.cpu_seconds counts its workers too)."""
     if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
         raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
     path = workdir / "nginx-stream.conf"
-    path.write_text(nginx_stream_config(routes, workdir, connections=connections, workers=workers))
+    config = nginx_stream_config(
+        routes, workdir, connections=connections, workers=workers, master=master
+    )
+    path.write_text(config)
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
     return Pinned(argv, cpus, workdir / "nginx-stream.log")
 

@@ -55,13 +55,53 @@ def is_listening(port: int) -> bool:
     return False
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads) so far, in seconds."""
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after "pid (comm) ": field 3 (state) is [0], ppid [1]."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is [0]
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads) so far, in seconds."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children...), from the ppid of
+    each process in /proc (this kernel has no /proc/PID/task/TID/children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry))[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of a proxy: the process started and every process below it (a
+    master's workers: nginx's, HAProxy's in master-worker mode), each with all its
+    threads (utime + stime), and the children they reaped (cutime + cstime: a worker
+    that exited during the run is not lost). The root's own figure raises if it is gone;
+    a descendant that exits meanwhile counts as nothing."""
+    fields = _stat_fields(pid)
+    total = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    for child in descendants(pid):
+        try:
+            total += sum(int(v) for v in _stat_fields(child)[11:15])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLOCK_TICKS
 
 
 def cpu_busy_seconds(cpu: int | None) -> float:
@@ -77,8 +117,9 @@ def cpu_busy_seconds(cpu: int | None) -> float:
 
 
 class CpuMeter:
-    """CPU spent over a run, two ways: the proxy process alone (utime+stime: what it
-    is charged, which misses the kernel work it causes elsewhere), and all busy time of
+    """CPU spent over a run, two ways: the proxy's own processes (cpu_seconds: every
+    worker of a multi-process proxy; utime+stime, what they are charged, which misses
+    the kernel work they cause elsewhere), and all busy time of
     the CPU it shares with the server (the proxy's and the server's work, the kernel's
     too: the robust one here, where loopback receive work lands on whoever runs). And
     all busy time of every CPU (`all_seconds`, client and server included): the one
