@@ -21,7 +21,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench_config import RAW_DIR, REPS
-from bench_contenders import PEERS
+from bench_contenders import DIRECT, PEERS
 
 # One round of one contender: its figures, and the raw output of the tool that made them.
 Measure = Callable[[str], tuple[dict[str, float], str]]
@@ -89,10 +89,13 @@ def run_series(
     *,
     rounds: int = REPS,
     info: dict | None = None,
+    over_direct: tuple[str, ...] = (),
 ) -> dict[str, dict[str, list[float]]]:
     """REPS interleaved rounds of `measure` for each contender in `names`; returns
     contender -> metric -> one value per round. A contender whose load fails is
-    dropped from the rest of the series and fails the test at the end."""
+    dropped from the rest of the series and fails the test at the end. `over_direct`:
+    metrics (latencies) also recorded as what each proxy adds to the direct
+    connection's (added_over_direct)."""
     if request.config._benchmarksession.skip:  # type: ignore[attr-defined]
         pytest.skip("--benchmark-skip")
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in names}
@@ -142,6 +145,7 @@ def run_series(
         thread.start()
     for thread in threads:
         thread.join()
+    added_over_direct(figures, over_direct)
     raw_path = RAW_DIR / f"{case}.jsonl.gz"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(raw_path, "wt") as out:
@@ -161,3 +165,20 @@ def run_series(
     for name in names:
         assert figures[name], f"{case}: {name} produced no figure"
     return figures
+
+
+def added_over_direct(figures: dict[str, dict[str, list[float]]], metrics: tuple[str, ...]) -> None:
+    """For each proxy and each of `metrics`: its value minus the direct connection's in
+    the same round (the contenders take turns, so round i of each ran in the same turn),
+    as `added_<metric>`: the latency the proxy adds, each round against the machine's
+    state of that moment. Nothing without a direct connection in the series, nor where
+    a round has no such figure (a stalled round's rate of 0 has no latency): then the
+    rounds cannot be paired."""
+    direct = figures.get(DIRECT, {})
+    for name, values in figures.items():
+        if name == DIRECT:
+            continue
+        for metric in metrics:
+            mine, base = values.get(metric, []), direct.get(metric, [])
+            if mine and len(mine) == len(base):
+                values[f"added_{metric}"] = [a - b for a, b in zip(mine, base)]

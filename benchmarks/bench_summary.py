@@ -22,6 +22,9 @@ METRICS = {
     "p99_us": ("p99 µs", False, 0),
     "p999_us": ("p99.9 µs", False, 0),
     "max_us": ("max µs", False, 0),
+    # A proxy's latency minus the direct connection's in the same round (bench_series).
+    "added_p50_us": ("added p50 µs over direct", False, 0),
+    "added_p99_us": ("added p99 µs over direct", False, 0),
     "errors": ("errors", False, 0),
     "time_wait": ("TIME_WAIT", False, 0),
     "proxy_cpu_ms_per_gb": ("proxy CPU ms/GB", False, 0),
@@ -51,12 +54,13 @@ METRICS = {
 # The figures of the headline table (README and RESULTS.md), per case prefix.
 KEY = {
     "bulk-": ("gbit_per_s", "proxy_cpu_ms_per_gb", "shared_cpu_ms_per_gb", "all_cpu_ms_per_gb"),
-    "http-churn": ("rate", "errors"),
-    "http-keepalive": ("rate", "p99_us", "shared_cpu_us_per_req"),
-    "http-latency": ("p50_us", "p99_us"),
+    # Churn: one request per connection, so its proxy CPU per request is per connection.
+    "http-churn": ("rate", "errors", "proxy_cpu_us_per_req"),
+    "http-keepalive": ("rate", "p99_us", "proxy_cpu_us_per_req", "shared_cpu_us_per_req"),
+    "http-latency": ("p50_us", "p99_us", "added_p50_us", "added_p99_us"),
     "http-concurrent-100": ("rate", "p99_us"),
     "http-concurrent": ("rate", "p99_us"),
-    "openloop-": ("p50_us", "p99_us", "p999_us"),
+    "openloop-": ("p50_us", "p99_us", "p999_us", "added_p50_us"),
     "size-": ("gbit_per_s",),
     "workers-": ("rate", "busiest_thread_share"),
     "target-": ("rate", "p99_us"),
@@ -132,7 +136,7 @@ def verdict(case: Case, contender: str, metric: str, against: str) -> str:
     if mine.overlaps(theirs):
         return "tie"
     higher = METRICS[metric][1]
-    if not theirs.median or not mine.median:
+    if theirs.median <= 0 or mine.median <= 0:  # no ratio of a 0 or of a negative (added µs)
         return "better" if (mine.median > theirs.median) == higher else "worse"
     advantage = mine.median / theirs.median if higher else theirs.median / mine.median
     return f"{advantage:.2f}× {'better' if advantage > 1 else 'worse'}"
@@ -143,11 +147,24 @@ def paired(case: Case, contender: str, metric: str, against: str) -> str:
     the range of its per-round advantage (above 1 is better): "better in 5 of 5 rounds,
     1.04-1.09×". It shows a consistent difference that the min-max test calls a tie. A
     round with a 0 on the dividing side has a winner but no ratio."""
+    wins, count, advantages = round_wins(case, contender, metric, against)
+    if not count:
+        return "-"
+    text = f"better in {wins} of {count} rounds"
+    if advantages:
+        low, high = min(advantages), max(advantages)
+        text += f", {low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f", {low:.2f}-{high:.2f}×"
+    return text
+
+
+def round_wins(
+    case: Case, contender: str, metric: str, against: str
+) -> tuple[int, int, list[float]]:
+    """(rounds `contender` did better in, rounds paired, the per-round advantages: above
+    1 is better, none for a round with a 0 on the dividing side or a negative value)."""
     mine = case.rounds.get(contender, {}).get(metric, [])
     theirs = case.rounds.get(against, {}).get(metric, [])
     count = min(len(mine), len(theirs))
-    if not count:
-        return "-"
     higher = METRICS[metric][1]
     wins = 0
     advantages = []
@@ -155,13 +172,9 @@ def paired(case: Case, contender: str, metric: str, against: str) -> str:
         if a != b and (a > b) == higher:
             wins += 1
         top, bottom = (a, b) if higher else (b, a)
-        if bottom:
+        if bottom > 0 and top >= 0:  # no ratio of a negative (an added latency below 0)
             advantages.append(top / bottom)
-    text = f"better in {wins} of {count} rounds"
-    if advantages:
-        low, high = min(advantages), max(advantages)
-        text += f", {low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f", {low:.2f}-{high:.2f}×"
-    return text
+    return wins, count, advantages
 
 
 def haproxy_splice_note(cases: list[Case]) -> list[str]:

@@ -60,4 +60,11 @@ def test_open_loop(request, contenders: Contenders, nginx: None, share: float) -
 
     info = {"share_of_own_max": share, "connections": CONNECTIONS}
     info |= {"load": "openloop", "seconds": SECONDS}
-    run_series(request, f"openloop-{share:.0%}", names, measure, info=info)
+    run_series(
+        request,
+        f"openloop-{share:.0%}",
+        names,
+        measure,
+        info=info,
+        over_direct=("p50_us", "p99_us"),
+    )
