@@ -1,4 +1,5 @@
-"""Regenerates the README's "How it compares" table from a committed results JSON:
+"""Regenerates the README's "How it compares" tables from a committed results JSON: the
+headline (bench_headline: what the proxy itself costs, against issue 25's targets), then
 fastproxy's relay modes against the best peer on each key metric, ties as ties.
 
     python benchmarks/readme_table.py [RUN.json]   (default: the newest results/bench-*.json)
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bench_headline import headline_lines
 from bench_summary import (
     METRICS,
     Case,
@@ -33,9 +35,14 @@ OTHERS = "fastproxy, the case's own variants"
 
 
 def table(path: Path) -> list[str]:
+    """The headline (what an operator pays), then every key figure of every case."""
     data, cases = load(path)
     refuse_dirty(data)
     lines = [
+        "**What an operator pays**",
+        "",
+        *headline_lines(data, cases),
+        "",
         f"Generated from `benchmarks/results/{path.name}` ({stamp(data)}) by "
         "`benchmarks/readme_table.py`; medians of the rounds with their [min-max] "
         "spread; *tie*: the spreads overlap; then how many of the paired rounds (each "

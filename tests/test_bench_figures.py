@@ -5,6 +5,7 @@ figure left out, never a ZeroDivisionError and never a made-up number."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+from bench_headline import MISSING  # noqa: E402
 from bench_iperf import bulk_figures  # noqa: E402
+from bench_series import added_over_direct  # noqa: E402
 from bench_summary import Case, Spread, haproxy_splice_note, paired, verdict  # noqa: E402
 from readme_table import table  # noqa: E402
 from report import durations  # noqa: E402
@@ -192,3 +195,131 @@ def test_the_readme_shows_the_variants_of_cases_without_copy_and_splice() -> Non
     assert "fastproxy-reload 15 [9-16] (7.01× better; better in 5 of 5 rounds" in reload
     workers = next(line for line in lines if line.startswith("| workers-churn | req/s |"))
     assert "fastproxy-splice-2w 21,824" in workers
+
+
+def run_json(tmp_path: Path, figures: dict[str, dict[str, dict[str, list[float]]]]) -> Path:
+    """A run's JSON as the harness writes it: case -> contender -> metric -> rounds."""
+    benchmarks = [
+        {"extra_info": {"case": case, "contender": name, "metrics": metrics}}
+        for case, contenders in figures.items()
+        for name, metrics in contenders.items()
+    ]
+    path = tmp_path / "bench-synthetic.json"
+    path.write_text(
+        json.dumps(
+            {
+                "benchmarks": benchmarks,
+                "commit_info": {"id": "0123456789abcdef", "dirty": False},
+                "datetime": "2026-12-07T06:00:00",
+                "run": {"machine": "Some CPU, 2 CPUs, Linux 6.1"},
+            }
+        )
+    )
+    return path
+
+
+def headline_row(lines: list[str], figure: str) -> list[str]:
+    line = next(line for line in lines if line.startswith(f"| {figure} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def cpu_per_gb(ours: float) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Bulk CPU per GB: nginx the best peer at 100 (HAProxy costs more), fastproxy's
+    splice at `ours` times that, its copy relay dearer; 5 rounds each, spread ±2 %."""
+    rounds = [0.98, 0.99, 1.0, 1.01, 1.02]
+
+    def cpu(median: float) -> dict[str, list[float]]:
+        return {"proxy_cpu_ms_per_gb": [median * r for r in rounds], "gbit_per_s": [10.0] * 5}
+
+    return {
+        "bulk-1stream": {
+            "direct": {"gbit_per_s": [20.0] * 5},
+            "haproxy-splice": cpu(130),
+            "nginx-stream": cpu(100),
+            "fastproxy-copy": cpu(250),
+            "fastproxy-splice": cpu(100 * ours),
+        }
+    }
+
+
+@pytest.mark.parametrize(("ours", "verdict"), [(0.9, "missed"), (0.7, "met")])
+def test_the_headline_judges_proxy_cpu_per_gb_against_the_best_peer(
+    tmp_path: Path, ours: float, verdict: str
+) -> None:
+    """Issue 25's target: fastproxy's own CPU per GB ≤ 0.8× the best peer's."""
+    lines = table(run_json(tmp_path, cpu_per_gb(ours)))
+    row = headline_row(lines, "proxy CPU ms per GB, bulk 1 stream")
+    assert row[1] == "nginx-stream 100 [98-102]"  # the best peer, not HAProxy's 130
+    assert row[2].startswith("fastproxy-splice ")  # its best variant, not the copy relay
+    assert row[3:] == [f"{ours:.2f}×", "5 of 5", "≤ 0.8× best peer", verdict]
+    # Within the spreads of the target: a tie, said as one.
+    row = headline_row(
+        table(run_json(tmp_path, cpu_per_gb(0.79))), "proxy CPU ms per GB, bulk 1 stream"
+    )
+    assert row[-1] == "tie (within the spreads)"
+
+
+def test_the_headline_judges_rates_and_added_latency(tmp_path: Path) -> None:
+    def rate(median: float) -> dict[str, list[float]]:
+        return {"rate": [median * r for r in (0.99, 1.0, 1.01)]}
+
+    figures = {
+        "http-keepalive": {
+            "haproxy-nosplice": rate(80_000),
+            "nginx-stream": rate(90_000),
+            "fastproxy-copy": rate(100_000),
+            "fastproxy-splice": rate(110_000),
+        },
+        "http-latency": {
+            "direct": {"p50_us": [80, 80, 80]},
+            "haproxy-nosplice": {"p50_us": [100, 100, 100]},
+            "uvloop": {"p50_us": [95, 96, 97]},
+            "fastproxy-splice": {"p50_us": [85, 86, 120]},
+        },
+    }
+    for values in figures["http-latency"].values():
+        values["added_p50_us"] = [v - 80 for v in values["p50_us"]]
+    lines = table(run_json(tmp_path, figures))
+    row = headline_row(lines, "keep-alive req/s")
+    assert row[1:4] == [
+        "nginx-stream 90,000 [89,100-90,900]",
+        "fastproxy-splice 110,000 [108,900-111,100]",
+        "1.22×",
+    ]
+    assert row[-1] == "met"
+    row = headline_row(lines, "added p50 µs over direct, 1 connection")
+    assert row[1] == "uvloop 16 [15-17]"
+    assert row[2] == "fastproxy-splice 6 [5-40]"  # a wide spread: overlaps the peer's 15-17
+    assert row[4] == "2 of 3"
+    assert row[-1] == "tie (within the spreads)"
+
+
+def test_the_headline_of_a_run_without_its_figures_says_so(tmp_path: Path) -> None:
+    """The committed run predates the added-latency metrics: "-" and "not measured in
+    this run", never an error; the other rows come from the figures it has."""
+    lines = table(
+        Path(__file__).resolve().parent.parent / "benchmarks/results/bench-5685c7d81be1.json"
+    )
+    row = headline_row(lines, "added p50 µs over direct, 1 connection")
+    assert row[1:5] == ["-"] * 4 and row[-1] == MISSING
+    row = headline_row(lines, "proxy CPU µs per keep-alive request")
+    assert row[1] == "nginx-stream 7.4 [7.2-7.6]" and row[-1] == "missed"
+    assert any("Loopback Gbit/s is bounded by the CPUs" in line for line in lines)
+    # An empty run: every row "not measured", nothing raised.
+    lines = table(run_json(tmp_path, {}))
+    assert sum(line.endswith(f"| {MISSING} |") for line in lines) == 7
+
+
+def test_added_latency_is_each_round_minus_direct_in_the_same_round() -> None:
+    figures = {
+        "direct": {"p50_us": [80.0, 90.0], "rate": [1.0, 2.0]},
+        "nginx-stream": {"p50_us": [100.0, 95.0]},
+        "fastproxy-splice": {"p50_us": [85.0]},  # a round without the figure: no pairing
+    }
+    added_over_direct(figures, ("p50_us",))
+    assert figures["nginx-stream"]["added_p50_us"] == [20.0, 5.0]
+    assert "added_p50_us" not in figures["fastproxy-splice"]
+    assert "added_p50_us" not in figures["direct"]
+    no_direct = {"nginx-stream": {"p50_us": [100.0]}}
+    added_over_direct(no_direct, ("p50_us",))
+    assert no_direct == {"nginx-stream": {"p50_us": [100.0]}}

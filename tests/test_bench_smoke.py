@@ -74,5 +74,6 @@ def test_every_benchmark_produces_figures(tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "RESULTS.md").read_text()
+    assert "## What an operator pays" in text
     assert "## Against the best peer on each metric" in text
     assert "### http-keepalive" in text
