@@ -89,7 +89,9 @@ class Spread:
     def show(self, digits: int) -> str:
         if self.low == self.high:
             return f"{self.median:,.{digits}f}"
-        return f"{self.median:,.{digits}f} [{self.low:,.{digits}f}-{self.high:,.{digits}f}]"
+        # "to" where a bound is negative (an added latency): "[-25-53]" would misread.
+        between = " to " if self.low < 0 else "-"
+        return f"{self.median:,.{digits}f} [{self.low:,.{digits}f}{between}{self.high:,.{digits}f}]"
 
 
 @dataclass

@@ -99,7 +99,9 @@ METHOD = """\
 - Peers' limits follow the case: HAProxy's `maxconn` (global and per frontend) and
   nginx's `worker_connections` are set above the most connections the case holds.
 - *Added µs over direct* (http-latency, openloop): a proxy's p50 or p99 minus the
-  direct connection's in the same round, one value per round.
+  direct connection's in the same round, one value per round. In the open-loop cases
+  each runs at its share of its own maximum, direct at a share of its (higher) one; on
+  a noisy machine a round can come out below 0.
 - Raw outputs (iperf3 summaries, wrk and openloop outputs) of the run:
   `results/raw/<case>.jsonl.gz`."""
 

@@ -310,6 +310,11 @@ def test_the_headline_of_a_run_without_its_figures_says_so(tmp_path: Path) -> No
     assert sum(line.endswith(f"| {MISSING} |") for line in lines) == 7
 
 
+def test_a_spread_below_0_reads_as_one() -> None:
+    assert Spread(-10, -25, 53).show(0) == "-10 [-25 to 53]"
+    assert Spread(10, 5, 53).show(0) == "10 [5-53]"
+
+
 def test_added_latency_is_each_round_minus_direct_in_the_same_round() -> None:
     figures = {
         "direct": {"p50_us": [80.0, 90.0], "rate": [1.0, 2.0]},
