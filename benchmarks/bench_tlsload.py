@@ -42,7 +42,9 @@ def run_tlsload(
     """One run of `mode` (full, resumed, bulk) against HOST:port: its figures and output.
     Handshake modes: handshakes/s, latency, resumed share, the proxy's CPU µs per
     handshake; bulk: Gb/s read and the proxy's CPU ms per GB. Each with the generator's
-    own CPU share. A run that did nothing, or whose resumptions did not happen, raises."""
+    own CPU share. A run whose connections all failed, or whose resumptions did not
+    happen, raises; one in which the contender stalled (no handshake, no error: a CPU
+    taken by other work) is a rate of 0, as wrk's stalled rounds are."""
     ensure_built()
     argv = ["taskset", "-c", str(CLIENT_CPU), str(BINARY), mode, HOST, str(port)]
     argv += [str(connections), f"{seconds:g}", f"{warmup:g}", path]
@@ -59,10 +61,11 @@ def run_tlsload(
             "all_cpu_ms_per_gb": meter.all_seconds,
         }
         # The CPU is read around the whole run, the warm-up too: per byte of the run.
-        per_unit, unmeasured = cpu_figures(cpu, figures.pop("bytes_total") / 1e9, 1e3)
+        amount, scale = figures.pop("bytes_total") / 1e9, 1e3
     else:
         cpu = {"proxy_cpu_us_per_handshake": proxy_cpu, "shared_cpu_us_per_handshake": shared_cpu}
-        per_unit, unmeasured = cpu_figures(cpu, figures.pop("handshakes_total"), 1e6)
+        amount, scale = figures.pop("handshakes_total"), 1e6
+    per_unit, unmeasured = cpu_figures(cpu, amount, scale) if amount else ({}, {})
     notes = "".join(f"\nnot measured: {name}: {why}" for name, why in unmeasured.items())
     return {**figures, **per_unit}, out.stdout + notes
 
@@ -73,16 +76,19 @@ def handshake_figures(result: dict, mode: str) -> dict[str, float]:
     handshakes, resumed = int(result["handshakes"]), int(result["resumed"])
     errors, seconds = float(result["errors"]), float(result["seconds"])
     share = {"client_cpu_share": float(result["client_cpu_share"]), "errors": errors}
+    done = int(result["bytes"]) if mode == "bulk" else handshakes
+    if seconds <= 0 or (not done and errors):
+        what = "byte read" if mode == "bulk" else "handshake"
+        raise RuntimeError(f"tlsload {mode}: no {what} in {seconds:g} s ({errors:g} errors)")
     if mode == "bulk":  # its connections' handshakes were in the warm-up
-        if not int(result["bytes"]) or seconds <= 0:
-            raise RuntimeError(f"tlsload bulk: no byte read in {seconds:g} s ({errors:g} errors)")
         return {
             "gbit_per_s": float(result["gbit_per_s"]),
             "bytes_total": float(result["bytes_total"]),
             **share,
         }
-    if not handshakes or seconds <= 0:
-        raise RuntimeError(f"tlsload {mode}: no handshake in {seconds:g} s ({errors:g} errors)")
+    if not handshakes:  # stalled: a figure too, with no latency and no resumption
+        total = float(result["handshakes_total"])
+        return {"handshakes_per_s": 0.0, "handshakes_total": total, **share}
     if mode == "resumed" and resumed < RESUMED_AT_LEAST * handshakes:
         raise RuntimeError(
             f"tlsload resumed: only {resumed} of {handshakes} handshakes resumed a session"

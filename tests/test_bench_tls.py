@@ -115,11 +115,24 @@ def test_nothing_listening_is_an_error_that_says_so() -> None:
             load("full", port, seconds=0.2, warmup=0)
 
 
+RESULT = {"handshakes": 10, "resumed": 3, "errors": 0, "seconds": 1.0, "tickets": 0}
+RESULT |= {"client_cpu_share": 0.5, "p50_us": 1, "p99_us": 2, "max_us": 3}
+RESULT |= {"handshakes_total": 10, "bytes": 0, "bytes_total": 0, "gbit_per_s": 0}
+
+
 def test_figures_refuse_a_full_round_that_resumed() -> None:
-    result = {"handshakes": 10, "resumed": 3, "errors": 0, "seconds": 1.0}
-    result |= {"client_cpu_share": 0.5, "p50_us": 1, "p99_us": 2, "max_us": 3}
     with pytest.raises(RuntimeError, match="3 of 10 handshakes resumed"):
-        handshake_figures({**result, "handshakes_total": 10, "tickets": 0}, "full")
+        handshake_figures(RESULT, "full")
+
+
+def test_a_stalled_round_is_a_rate_of_0_without_latency_or_resumption() -> None:
+    # A contender that got no CPU for the whole window (other work on its CPU): no
+    # handshake and no error is a figure, as wrk's stalled rounds are; not a failure.
+    for mode in ("full", "resumed"):
+        figures = handshake_figures({**RESULT, "handshakes": 0, "resumed": 0}, mode)
+        assert figures["handshakes_per_s"] == 0 and figures["errors"] == 0
+        assert "p99_us" not in figures and "resumed_share" not in figures
+    assert handshake_figures(RESULT, "bulk")["gbit_per_s"] == 0
 
 
 def test_bad_arguments_are_one_line() -> None:
