@@ -99,7 +99,8 @@ METHOD = """\
 - TLS termination (`tls-*`): `benchmarks/tlsload.c` (OpenSSL, closed loop, 16
   connections in flight) makes full handshakes (no session offered) or resumed ones
   (each connection offers the ticket its slot got last, used once, as TLS 1.3 clients
-  do; a round under 99 % resumed is an error), timed from connect() to the end of the
+  do; counting starts once every slot holds one; a round under 99 % resumed is an
+  error), timed from connect() to the end of the
   handshake, then closes with close_notify; or downloads 1 MiB answers on one
   keep-alive connection (bulk). It does the handshake's own crypto (key exchange,
   checking the server's signature) but verifies no certificate chain; the harness

@@ -5,7 +5,8 @@
  * MODE full      every connection a full handshake (no session offered);
  * MODE resumed   every connection offers the session its slot got from the ticket of
  *                the slot's previous connection (TLS 1.3: a ticket used once, as
- *                browsers do); the slot's first connection is a full one, in the warm-up;
+ *                browsers do); the slot's first connection is a full one: the counted
+ *                window starts once every slot holds a ticket (and WARMUP is over);
  * MODE bulk      CONNECTIONS keep-alive connections, each GETting PATH (HTTP/1.1, answers
  *                parsed by Content-Length) again and again: the bytes read per second.
  *
@@ -70,6 +71,7 @@ static uint64_t counted_from, stop;
 static uint64_t handshakes, resumed, errors, tickets, bytes, answers;
 /* the warm-up's too: what the server's CPU, read around the whole run, was spent on */
 static uint64_t handshakes_total, bytes_total;
+static int primed; /* resumed: slots holding a ticket (counting waits for all of them) */
 static uint32_t *lat;
 static size_t lat_cap;
 static char negotiated[512];
@@ -118,6 +120,7 @@ static int new_session(SSL *ssl, SSL_SESSION *session) {
     SSL_SESSION *copy = SSL_SESSION_dup(session);
     if (!copy) die("SSL_SESSION_dup");
     if (s->session) SSL_SESSION_free(s->session);
+    else primed++;
     s->session = copy;
     return 0; /* OpenSSL keeps (and frees) its own */
 }
@@ -331,7 +334,10 @@ int main(int argc, char **argv) {
     struct epoll_event events[256];
     for (;;) {
         uint64_t t = now_ns();
-        if (!counted_from && t >= measure_from) {
+        /* resumed: not before every slot has a ticket (a slot's first handshake is a
+         * full one), unless that takes 5 s more: then the resumed share tells */
+        int ready = mode != RESUMED || primed == nconn || t >= measure_from + 5000000000u;
+        if (!counted_from && t >= measure_from && ready) {
             counted_from = t;
             stop = t + (uint64_t)(seconds * 1e9);
             cpu_from = cpu_seconds();
@@ -339,7 +345,7 @@ int main(int argc, char **argv) {
         if (t >= stop) break;
         for (int i = 0; i < nconn; i++)
             if (slots[i].fd < 0) start(&slots[i]); /* after a refused connect */
-        uint64_t next = counted_from ? stop : measure_from;
+        uint64_t next = counted_from ? stop : measure_from > t ? measure_from : t + 10000000u;
         int timeout = (int)((next - t) / 1000000u) + 1;
         int n = epoll_wait(ep, events, 256, timeout);
         for (int k = 0; k < n; k++) step(&slots[events[k].data.u32]);
