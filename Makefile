@@ -96,7 +96,7 @@ sockmap-duplicates: setup
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)
 
-# The full suite (~80 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
+# The full suite (~85 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
 # nothing else on the machine (other test runs, services) shares its loopback ports or its
 # bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
 # as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.
@@ -120,7 +120,7 @@ bench: setup bench-deps
 	status=$$?; BENCH_RESULTS_DIR=$(abspath $(BENCH_DIR)) $(PY) benchmarks/report.py $(BENCH_JSON) \
 		&& exit $$status
 
-# Only the TLS termination cases (benchmarks/test_tls.py, ~15 min): the JSON as
+# Only the TLS termination cases (benchmarks/test_tls.py, ~18 min): the JSON as
 # tls-COMMIT.json and its report as tls.md (chart tls.png) in the results directory,
 # leaving bench-*.json and RESULTS.md to the full run (which has these cases too).
 TLS_JSON = $(BENCH_DIR)/tls-$(COMMIT).json

@@ -18,12 +18,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_config import ONLY
 from bench_contenders import Unavailable, fastproxy_config, start_fastproxy
 from bench_peers import start_haproxy, start_nginx_stream
 from bench_procs import HOST, Pinned, free_ports
 
-# Table order: the peers, then ours.
-NAMES = ("haproxy", "nginx-stream", "fastproxy")
+# Table order: the peers, then ours: fastproxy in its default relay mode (splice, which
+# a TLS connection cannot use: it copies through the mode's small-message buffers) and
+# in copy mode (its buffers are PipeSize). A smoke run leaves copy mode out.
+NAMES = ("haproxy", "nginx-stream", "fastproxy-splice", "fastproxy-copy")
+SMOKE_NAMES = NAMES[:3]
 KEYS = ("ecdsa", "rsa")
 SERVER_NAME = "bench.test"
 # The most connections a TLS case holds at once (wrk's 32, the handshake generator's
@@ -93,7 +97,7 @@ class TlsContenders:
 
     def available(self, names: tuple[str, ...]) -> list[str]:
         for name in names:
-            if name in self._running or name in self.unavailable:
+            if name in self._running or name in self.unavailable or (ONLY and name not in ONLY):
                 continue
             try:
                 self._running[name] = self._start(name)
@@ -132,7 +136,7 @@ class TlsContenders:
             for app in config["Apps"]:
                 cert = certs[app["Name"]]
                 app["Tls"] = {"Certificates": [{"Cert": cert.cert, "Key": cert.key}]}
-            proc = start_fastproxy(config, workdir)
+            proc = start_fastproxy(config, workdir, "--relay", name.removeprefix("fastproxy-"))
         self._procs[name] = proc
         try:
             for port in fronts.values():

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from bench_backends import SIZES
-from bench_config import SECONDS, WARMUP
+from bench_config import SECONDS, SMOKE, WARMUP
 from bench_series import run_series
-from bench_tls import KEYS, NAMES, TlsContenders, make_certificates, negotiated
+from bench_tls import KEYS, NAMES, SMOKE_NAMES, TlsContenders, make_certificates, negotiated
 from bench_tlsload import run_tlsload
 from bench_wrk import run_wrk, wrk_seconds
 
@@ -51,7 +51,7 @@ def tls_contenders(
 @pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("case", CASES)
 def test_tls(request, tls_contenders: TlsContenders, case: str, key: str, tmp_path: Path) -> None:
-    names = tls_contenders.available(NAMES)
+    names = tls_contenders.available(SMOKE_NAMES if SMOKE else NAMES)
     if not names:
         pytest.skip(f"no TLS contender runs here: {tls_contenders.unavailable}")
     seen: dict[str, set[str]] = {}
