@@ -83,7 +83,8 @@ def _row(case: Case, key: str, kind: str, metric: str) -> str:
     best, ours = case.best_peer(metric), _ours(case, metric)
     if best is None or ours is None:
         return "| " + " | ".join(cells + ["-", "-", "-"]) + " |"
-    cells.append(f"{ours}: {verdict(case, ours, metric, best)} than {best}")
+    judged = verdict(case, ours, metric, best)
+    cells.append(f"{ours}: {judged} {'with' if judged == 'tie' else 'than'} {best}")
     cells.append(paired(case, ours, metric, best))
     target = TARGETS.get((kind, metric))
     if target is None:
