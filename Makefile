@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup system venv build build-debug test-debug demo test test-deps faults fuzz-relay fuzz-parsers sockmap-duplicates lint bench bench-deps bench-compare wheel clean
+.PHONY: setup system venv build build-debug test-debug demo test test-deps faults fuzz-relay fuzz-parsers sockmap-duplicates lint bench bench-tls bench-deps bench-compare wheel clean
 
 setup: system venv build
 
@@ -85,7 +85,8 @@ fuzz-parsers: venv
 	bash scripts/install-fuzz-deps.sh
 	$(PY) fuzz/run.py --runs $(FUZZ_PARSER_RUNS) --tls-runs $(FUZZ_TLS_RUNS)
 
-# haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop, build/portspread
+# haproxy, nginx (+stream), wrk, iperf3, uvloop, matplotlib; builds build/openloop,
+# build/portspread, build/tlsload
 # Why Relay: sockmap was taken out: the kernel sending a segment twice, shown with none of
 # the relay's code running (benchmarks/sockmap/duplicates.py; root, about 4 minutes).
 sockmap-duplicates: setup
@@ -95,21 +96,40 @@ sockmap-duplicates: setup
 bench-deps: venv
 	bash scripts/install-bench-deps.sh $(PY)
 
-# The full suite (~65 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
+# The full suite (~85 min: 5 s runs wherever a p99 is reported), in a network namespace of its own:
 # nothing else on the machine (other test runs, services) shares its loopback ports or its
 # bpf steering state, and the net sysctls are the defaults. Saves the pytest-benchmark JSON
 # as benchmarks/results/bench-COMMIT.json and generates RESULTS.md and the chart from it.
 # A dirty tree is refused (the figures would trace to no commit) unless BENCH_ALLOW_DIRTY=1.
 # A failed benchmark still leaves the report of the others (and make fails).
+# BENCH_RESULTS_DIR=DIR puts the JSON, the raw outputs and the chart there (RESULTS.md
+# beside DIR); a smoke run (BENCH_SMOKE=1) goes to build/bench-smoke/results unless told,
+# never over the committed results.
 COMMIT     = $(shell git rev-parse --short=12 HEAD)
-BENCH_JSON = benchmarks/results/bench-$(COMMIT).json
-bench: setup bench-deps
-	@test "$$BENCH_ALLOW_DIRTY" = 1 || git diff --quiet HEAD -- || \
+BENCH_DIR  = $(or $(BENCH_RESULTS_DIR),$(if $(filter 1,$(BENCH_SMOKE)),$(CURDIR)/build/bench-smoke/results,benchmarks/results))
+BENCH_JSON = $(BENCH_DIR)/bench-$(COMMIT).json
+BENCH_RUN  = BENCH_RESULTS_DIR=$(abspath $(BENCH_DIR)) unshare --net -- \
+	sh -c 'ip link set lo up && exec "$$0" "$$@"' $(VENV)/bin/pytest -q -p no:cacheprovider \
+	--timeout=1800 --benchmark-disable-gc --benchmark-columns=min,median,max,rounds
+BENCH_CLEAN = @test "$$BENCH_ALLOW_DIRTY" = 1 || git diff --quiet HEAD -- || \
 		{ echo "uncommitted changes: commit first (or BENCH_ALLOW_DIRTY=1)"; exit 1; }
-	unshare --net -- sh -c 'ip link set lo up && exec "$$0" "$$@"' $(VENV)/bin/pytest -q \
-		benchmarks -p no:cacheprovider --timeout=1800 --benchmark-disable-gc \
-		--benchmark-columns=min,median,max,rounds --benchmark-json=$(BENCH_JSON); \
-	status=$$?; $(PY) benchmarks/report.py $(BENCH_JSON) && exit $$status
+bench: setup bench-deps
+	$(BENCH_CLEAN)
+	mkdir -p $(BENCH_DIR)
+	$(BENCH_RUN) benchmarks --benchmark-json=$(BENCH_JSON); \
+	status=$$?; BENCH_RESULTS_DIR=$(abspath $(BENCH_DIR)) $(PY) benchmarks/report.py $(BENCH_JSON) \
+		&& exit $$status
+
+# Only the TLS termination cases (benchmarks/test_tls.py, ~18 min): the JSON as
+# tls-COMMIT.json and its report as tls.md (chart tls.png) in the results directory,
+# leaving bench-*.json and RESULTS.md to the full run (which has these cases too).
+TLS_JSON = $(BENCH_DIR)/tls-$(COMMIT).json
+bench-tls: setup bench-deps
+	$(BENCH_CLEAN)
+	mkdir -p $(BENCH_DIR)
+	$(BENCH_RUN) benchmarks/test_tls.py --benchmark-json=$(TLS_JSON); \
+	status=$$?; BENCH_RESULTS_DIR=$(abspath $(BENCH_DIR)) $(PY) benchmarks/report.py \
+		--out $(BENCH_DIR)/tls.md $(TLS_JSON) && exit $$status
 
 # The newest run against a baseline (default: the run before it): pytest-benchmark's own
 # table of round times, then every key figure that got worse outside the spreads.

@@ -78,10 +78,14 @@ def haproxy_config(
     connections: int,
     threads: int = 1,
     stats: str = "",
+    tls: dict[int | str, str] | None = None,
+    tune: str = "",
 ) -> str:
     """`connections`: the most the case holds at once (global and frontend maxconn are
     set above it, as far as the open-file limit allows). `stats`: a stats socket path
-    exposing the listeners, for a seamless reload."""
+    exposing the listeners, for a seamless reload. `tls`: front port -> the PEM file
+    (certificate and key) that port terminates TLS with (`bind ... ssl crt`). `tune`:
+    more global lines."""
     listeners = sum(_port_count(front) for front, _ in routes)
     # HAProxy refuses to start when it cannot raise its own fd limit to 2 per connection,
     # 2 per pipe, its listeners and a few more: the headroom stops at what the limit
@@ -94,6 +98,7 @@ def haproxy_config(
         )
     maxconn = min(connection_limit(connections), room)
     extra = f"    stats socket {stats} mode 600 level admin expose-fd listeners\n" if stats else ""
+    extra += tune
     maxpipes = min(4096, max(MIN_PIPES, (FD_LIMIT - 2 * maxconn - listeners - FD_SPARE) // 2))
     text = HAPROXY_GLOBAL.format(
         threads=threads,
@@ -104,8 +109,9 @@ def haproxy_config(
     )
     for i, (front, backends) in enumerate(routes):
         servers = "".join(f"    server s{k} {HOST}:{port}\n" for k, port in enumerate(backends))
+        ssl = f" ssl crt {tls[front]}" if tls and front in tls else ""
         text += HAPROXY_LISTEN.format(
-            i=i, host=HOST, front=front, bind=" backlog 4096", servers=servers
+            i=i, host=HOST, front=front, bind=f"{ssl} backlog 4096", servers=servers
         )
     return text
 
@@ -161,21 +167,37 @@ NGINX_SERVER = """\
     upstream route{i} {{
 {upstreams}    }}
     server {{
-        listen {host}:{front} reuseport backlog=4096;
-        proxy_pass route{i};
+        listen {host}:{front}{ssl} reuseport backlog=4096;
+{certificate}        proxy_pass route{i};
     }}
 """
 
 
 def nginx_stream_config(
-    routes: list[Route], workdir: Path, *, connections: int, workers: int = 1, master: bool = False
+    routes: list[Route],
+    workdir: Path,
+    *,
+    connections: int,
+    workers: int = 1,
+    master: bool = False,
+    tls: dict[int | str, tuple[str, str]] | None = None,
+    stream: str = "",
 ) -> str:
     """`master`: a master process and `workers` worker processes (without it, nginx runs
-    one process whatever `workers` says)."""
-    servers = ""
+    one process whatever `workers` says). `tls`: front port -> (certificate, key) files
+    that port terminates TLS with (`listen ... ssl`). `stream`: more lines for the
+    stream block."""
+    servers = stream
     for i, (front, backends) in enumerate(routes):
         upstreams = "".join(f"        server {HOST}:{port};\n" for port in backends)
-        servers += NGINX_SERVER.format(i=i, host=HOST, front=front, upstreams=upstreams)
+        ssl = certificate = ""
+        if tls and front in tls:
+            ssl = " ssl"
+            cert, key = tls[front]
+            certificate = f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+        servers += NGINX_SERVER.format(
+            i=i, host=HOST, front=front, ssl=ssl, certificate=certificate, upstreams=upstreams
+        )
     room = FD_LIMIT - len(routes) - FD_SPARE
     if room < 2 * connections:
         raise RuntimeError(
@@ -200,17 +222,16 @@ def start_nginx_stream(
     connections: int,
     workers: int = 1,
     cpus: str = str(SERVER_CPU),
-    master: bool = False,
+    **options,
 ) -> Pinned:
-    """Its pid: the one process doing the work without `master`, the master with it
-    (bench_procs.cpu_seconds counts its workers too)."""
+    """`options`: nginx_stream_config's (`master`, TLS). Its pid: the one process doing
+    the work without `master`, the master with it (bench_procs.cpu_seconds counts its
+    workers too)."""
     if shutil.which("nginx") is None or not Path(NGINX_STREAM_MODULE).exists():
         raise FileNotFoundError("nginx stream module not installed (install-bench-deps.sh)")
     path = workdir / "nginx-stream.conf"
-    config = nginx_stream_config(
-        routes, workdir, connections=connections, workers=workers, master=master
-    )
-    path.write_text(config)
+    text = nginx_stream_config(routes, workdir, connections=connections, workers=workers, **options)
+    path.write_text(text)
     argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(path)]
     return Pinned(argv, cpus, workdir / "nginx-stream.log")
 

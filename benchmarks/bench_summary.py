@@ -16,6 +16,8 @@ from pathlib import Path
 METRICS = {
     "gbit_per_s": ("Gbit/s", True, 2),
     "rate": ("req/s", True, 0),
+    "handshakes_per_s": ("handshakes/s", True, 0),
+    "resumed_share": ("resumed share", True, 3),
     "offered_rate": ("offered req/s", True, 0),
     "closed_loop_rate": ("own closed-loop max req/s", True, 0),
     "p50_us": ("p50 µs", False, 0),
@@ -32,6 +34,8 @@ METRICS = {
     "all_cpu_ms_per_gb": ("all CPUs ms/GB", False, 0),
     "proxy_cpu_us_per_req": ("proxy CPU µs/req", False, 1),
     "shared_cpu_us_per_req": ("shared CPU µs/req", False, 1),
+    "proxy_cpu_us_per_handshake": ("proxy CPU µs/handshake", False, 1),
+    "shared_cpu_us_per_handshake": ("shared CPU µs/handshake", False, 1),
     "total_b_per_conn": ("total B/conn", False, 0),
     "proxy_rss_b_per_conn": ("proxy RSS B/conn", False, 0),
     "kernel_slab_b_per_conn": ("kernel slab B/conn", False, 0),
@@ -69,6 +73,10 @@ KEY = {
     "ports-startup": ("startup_ms", "rss_mib", "kernel_slab_mib"),
     "ports-spread": ("rate", "errors", "proxy_cpu_us_per_req"),
     "reload-adding-ports": ("errors", "accepting_ms"),
+    "tls-full-": ("handshakes_per_s", "proxy_cpu_us_per_handshake", "p99_us"),
+    "tls-resumed-": ("handshakes_per_s", "proxy_cpu_us_per_handshake", "p99_us"),
+    "tls-bulk-": ("gbit_per_s", "proxy_cpu_ms_per_gb", "shared_cpu_ms_per_gb"),
+    "tls-keepalive-": ("rate", "p99_us", "proxy_cpu_us_per_req"),
 }
 OURS = "fastproxy"
 

@@ -27,12 +27,15 @@ def run_wrk(
     close: bool = False,
     path: str = "/",
     proxy_pid: int | None,
+    scheme: str = "http",
 ) -> tuple[dict[str, float], str]:
     """wrk with one thread and `connections` connections for `seconds` against
-    http://HOST:port/path. `close`: every request on a new connection (`Connection:
-    close`, which nginx honours by closing first; wrk then reconnects). Returns the
-    figures and wrk's output."""
-    argv = wrk_argv(port, connections=connections, seconds=seconds, close=close, path=path)
+    SCHEME://HOST:port/path (https: over TLS, wrk's own OpenSSL client). `close`: every
+    request on a new connection (`Connection: close`, which nginx honours by closing
+    first; wrk then reconnects). Returns the figures and wrk's output."""
+    argv = wrk_argv(
+        port, connections=connections, seconds=seconds, close=close, path=path, scheme=scheme
+    )
     meter = CpuMeter(proxy_pid)
     returncode, stdout, stderr, client = run_timed(argv, timeout=seconds + 60)
     proxy_cpu, shared_cpu = meter.stop()
@@ -87,14 +90,20 @@ def wrk_seconds(seconds: float) -> int:
 
 
 def wrk_argv(
-    port: int, *, connections: int, seconds: float, close: bool = False, path: str = "/"
+    port: int,
+    *,
+    connections: int,
+    seconds: float,
+    close: bool = False,
+    path: str = "/",
+    scheme: str = "http",
 ) -> list[str]:
     threads = min(THREADS, connections)
     argv = ["taskset", "-c", str(CLIENT_CPU), "wrk", f"-t{threads}", f"-c{connections}"]
     argv += [f"-d{wrk_seconds(seconds)}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    return [*argv, f"http://{HOST}:{port}{path}"]
+    return [*argv, f"{scheme}://{HOST}:{port}{path}"]
 
 
 def parse(text: str) -> dict[str, float]:

@@ -1,6 +1,8 @@
 """RESULTS.md and results/summary.png, generated from a run's pytest-benchmark JSON.
 
-    python benchmarks/report.py [RUN.json]    (default: the newest results/bench-*.json)
+    python benchmarks/report.py [--out FILE.md] [RUN.json]
+        (default: the newest results/bench-*.json, into RESULTS.md; with --out, into
+        FILE.md and its chart beside it as FILE.png: a partial run, `make bench-tls`)
 
 Refuses results from a dirty tree unless BENCH_ALLOW_DIRTY=1."""
 
@@ -26,6 +28,7 @@ from bench_summary import (
     verdict,
 )
 from targets import rows as target_rows
+from tls_report import section as tls_section
 
 REPORT = RESULTS_DIR.parent / "RESULTS.md"
 CHART = RESULTS_DIR / "summary.png"
@@ -96,6 +99,17 @@ METHOD = """\
   with sendfile and without `tcp_nopush`: with it, nginx on Linux turns Nagle on and a
   64 KiB answer now and then stalled 40 ms on the reader's delayed ACK, direct as well
   (`results/profiles/response_64k_stall.md`).
+- TLS termination (`tls-*`): `benchmarks/tlsload.c` (OpenSSL, closed loop, 16
+  connections in flight) makes full handshakes (no session offered) or resumed ones
+  (each connection offers the ticket its slot got last, used once, as TLS 1.3 clients
+  do; counting starts once every slot holds one; a round under 99 % resumed is an
+  error), timed from connect() to the end of the
+  handshake, then closes with close_notify; or downloads 1 MiB answers on one
+  keep-alive connection (bulk). It does the handshake's own crypto (key exchange,
+  checking the server's signature) but verifies no certificate chain; the harness
+  checks once, verified, that every contender serves the same certificate file. wrk
+  over https for the keep-alive rate. What each handshake negotiated is recorded, and
+  a case fails when the contenders differ.
 - Peers' limits follow the case: HAProxy's `maxconn` (global and per frontend) and
   nginx's `worker_connections` are set above the most connections the case holds.
 - *Added µs over direct* (http-latency, openloop): a proxy's p50 or p99 minus the
@@ -206,7 +220,7 @@ def client_bound(cases: list[Case]) -> list[str]:
     ]
 
 
-def chart(cases: list[Case], subtitle: str) -> bool:
+def chart(cases: list[Case], subtitle: str, path: Path = CHART) -> bool:
     """Each fastproxy mode's advantage over the best peer per key metric (log scale,
     above 1 is better; ties drawn hatched)."""
     try:
@@ -257,18 +271,24 @@ def chart(cases: list[Case], subtitle: str) -> bool:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    CHART.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(CHART)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     plt.close(fig)
     return True
 
 
 def main(argv: list[str]) -> None:
+    report, picture, link = REPORT, CHART, "results/summary.png"
+    if argv[:1] == ["--out"] and len(argv) > 1:
+        report = Path(argv[1])
+        picture = report.with_suffix(".png")
+        link = picture.name
+        argv = argv[2:]
     path = Path(argv[0]) if argv else latest(RESULTS_DIR)
     data, cases = load(path)
     refuse_dirty(data)
     run = data.get("run", {})
-    drawn = chart(cases, stamp(data))
+    drawn = chart(cases, stamp(data), picture)
     sections = [
         "# fastproxy benchmarks",
         "",
@@ -281,7 +301,7 @@ def main(argv: list[str]) -> None:
         "",
         "## Against the best peer on each metric",
         "",
-        "![summary](results/summary.png)" if drawn else "(no chart: matplotlib missing)",
+        f"![summary]({link})" if drawn else "(no chart: matplotlib missing)",
         "",
         *headline(cases),
         "",
@@ -302,6 +322,7 @@ def main(argv: list[str]) -> None:
         "",
         *target_rows(cases),
         "",
+        *tls_section(cases),
         "## Durations",
         "",
         "What each case's load ran per round, as the run recorded it:",
@@ -315,8 +336,9 @@ def main(argv: list[str]) -> None:
     ]
     for case in cases:
         sections += case_table(case)
-    REPORT.write_text("\n".join(sections) + "\n")
-    print(f"written {REPORT}" + (f" and {CHART}" if drawn else ""))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(sections) + "\n")
+    print(f"written {report}" + (f" and {picture}" if drawn else ""))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #   wrk         HTTP load: connections per second and keep-alive request latency
 #   nginx       the HTTP backend behind each proxy for wrk (`return 200`), and a peer
 #   libnginx-mod-stream  nginx's TCP proxy (`stream`), the peer
-#   gcc libc6-dev  to build benchmarks/openloop.c and portspread.c (load generators)
+#   gcc libc6-dev  to build benchmarks/openloop.c, portspread.c and tlsload.c (load
+#               generators; tlsload links OpenSSL: libssl-dev, from install-build-deps.sh)
 #   util-linux  taskset, to pin the client, the server and the proxy to CPUs
 #   procps      pgrep/ps
 #   iproute2    ss: TIME_WAIT sockets after the churn load
@@ -31,15 +32,17 @@ install_python() {
   quietly "$PYTHON" -m pip install -q uvloop matplotlib
 }
 
-# build/openloop and build/portspread (the load generators), rebuilt when their source is
-# newer (benchmarks/bench_portspread.py also builds its own on first use)
+# build/openloop, build/portspread and build/tlsload (the load generators), rebuilt when
+# their source is newer (bench_portspread.py and bench_tlsload.py also build theirs on
+# first use)
 build_generators() {
-  local root name src out
+  local root name src out libs
   root=$(cd "$(dirname "$0")/.." && pwd)
   mkdir -p "$root/build"
-  for name in openloop portspread; do
-    src=$root/benchmarks/$name.c out=$root/build/$name
-    [ "$out" -nt "$src" ] || cc -O2 -Wall -Wextra -o "$out" "$src"
+  for name in openloop portspread tlsload; do
+    src=$root/benchmarks/$name.c out=$root/build/$name libs=()
+    [ "$name" = tlsload ] && libs=(-lssl -lcrypto)
+    [ "$out" -nt "$src" ] || cc -O2 -Wall -Wextra -o "$out" "$src" "${libs[@]}"
   done
 }
 

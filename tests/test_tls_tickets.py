@@ -91,3 +91,33 @@ def test_a_ticket_resumes_until_its_key_leaves_the_ring(pki: Pki) -> None:
             relay.stop()
     stats = dict(zip(_relay.STATS_FIELDS, relay.stats(0)))
     assert (stats["tls_handshakes"], stats["tls_resumed"]) == (4, 2)
+
+
+def test_a_resumed_tls13_connection_gets_a_new_ticket(pki: Pki) -> None:
+    """TLS 1.3 clients use each ticket once (RFC 8446 §C.4; browsers do): a server
+    that seals no new ticket on a resumed connection leaves such a client without one,
+    and its next connection is a full handshake. Each visit here offers only the
+    ticket of the visit before, as those clients do."""
+    echo = RecordingEcho()
+    context = _relay.TlsContext([pki.issue("front", ["front.test"])])
+    relay = _relay.Relay(workers=1)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        target = (socket.AF_INET, "127.0.0.1", echo.backend.port, 1, _relay.TARGET_UP, 1, False)
+        relay.set_app(0, targets=[target], app_slot=0, tls=context)
+        relay.set_port(port, 0)
+        relay.add_listener(listener.fileno(), port)
+        relay.start()
+        try:
+            client = ssl.create_default_context(cafile=pki.ca)
+            client.minimum_version = ssl.TLSVersion.TLSv1_3
+            session, _ = visit(client, port)
+            for _ in range(4):
+                given, reused = visit(client, port, session)
+                assert reused
+                assert given.id != session.id  # a new ticket, for the next visit
+                session = given
+        finally:
+            relay.stop()
