@@ -13,11 +13,14 @@
 #   util-linux  taskset, to pin the client, the server and the proxy to CPUs
 #   procps      pgrep/ps
 #   iproute2    ss: TIME_WAIT sockets after the churn load
+#   linux-perf strace tcpdump  the profiles (benchmarks/profile_relay.py: perf stat and
+#               record; splice_vs_copy.py: perf, segment sizes captured with tcpdump)
 # and, into the project's venv (.venv, or $1): uvloop (a contender's event loop) and
 # matplotlib (the summary chart).
 set -euo pipefail
 
-PACKAGES=(iperf3 haproxy wrk nginx libnginx-mod-stream gcc libc6-dev util-linux procps iproute2)
+PACKAGES=(iperf3 haproxy wrk nginx libnginx-mod-stream gcc libc6-dev util-linux procps iproute2
+  linux-perf strace tcpdump)
 PYTHON=${1:-.venv/bin/python}
 
 log() { echo "install-bench-deps: $*" >&2; }

@@ -171,6 +171,8 @@ cdef extern from "<linux/sockios.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_QUICKACK
+        TCP_CORK
         TCP_INFO
         TCP_KEEPIDLE
         TCP_KEEPINTVL

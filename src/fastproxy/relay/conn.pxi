@@ -117,6 +117,23 @@ cdef inline ssize_t chan_drain(fp_relay* r, fp_chan* c, fp_side* dst) noexcept n
     return n
 
 
+cdef inline void ack_now(fp_side* src, uint64_t moved, uint64_t sent) noexcept nogil:
+    """The source socket was just emptied: after a bulk read (a buffer's worth or more
+    this wake-up), acknowledge it now. A socket that relays request/answer traffic is
+    in the kernel's ping-pong mode, where a lone segment shorter than the MSS is
+    acknowledged only by the delayed-ACK timer (40 ms) or the next request; a sender
+    with Nagle on (TCP_NODELAY off) holds the rest of its answer until then (issue 25,
+    finding 8: profiles/response_64k_stall.md). TCP_QUICKACK sends the pending ACK
+    once the receive queue is empty; it is not sticky, hence once per emptying read.
+    Small exchanges skip it: their ACK rides on the next request, as with any client.
+    So does a socket the relay never sent a byte to (`sent`: the other direction's
+    count): ping-pong mode needs data sent, and a one-way bulk stream (an upload)
+    would pay a syscall per wake-up for nothing."""
+    cdef int one = 1
+    if moved >= SMALL_BUF and sent > 0:
+        setsockopt(src.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+
+
 cdef ssize_t fill_past_urgent_mark(fp_worker* w, fp_chan* ch, fp_side* src) noexcept nogil:
     """splice() stops at a TCP urgent mark (and may report EOF there); recv() steps
     over it, dropping the out-of-band byte as most proxies do. Called with an
@@ -275,6 +292,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                     # a FIN was signalled (it raises no further edge and must still
                     # be read), nor for splice (short may mean the pipe is full).
                     src.readable = False
+                    ack_now(src, moved + n, c.bytes_out if inbound else c.bytes_in)
                 elif (<size_t>n < room and src.fin and src.mark == MARK_NONE
                         and not at_urgent_mark(src)):
                     # The FIN came (EPOLLRDHUP, no error) before this read, and a
@@ -300,6 +318,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
                 # below chan_cap). Only an empty pipe proves the socket is empty.
                 if ch.len == 0 or not ch.piped:
                     src.readable = False
+                    ack_now(src, moved, c.bytes_out if inbound else c.bytes_in)
                 if ch.piped and ch.len == 0 and moved < SMALL_BUF:
                     # The socket is empty after less than a buffer's worth in this
                     # wake-up: small messages again (a single short splice is no
