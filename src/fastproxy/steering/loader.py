@@ -12,9 +12,7 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -112,6 +110,8 @@ def _identity(program: Program) -> list[object]:
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[IO[bytes]]:
     """Send fd 2 to a temporary file: bcc's clang and the verifier write there directly."""
+    import tempfile  # bcc's path only (with shutil, bz2, lzma): milliseconds of every start
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
@@ -305,6 +305,8 @@ def compile_program(source: str, program: Program = STEER) -> tuple[Objects, Pro
     program's image (or why it has none). bcc maps LLVM into whoever uses it (~130 MiB
     of RSS that would stay with the proxy for its whole life); the child takes that with
     it when it exits."""
+    import subprocess  # only when there is no image to load: a compile
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours:
         try:
