@@ -10,8 +10,11 @@ from pathlib import Path
 
 from proxyproc import Proxy, free_ports
 
-# What a serve of a file config (no Tls, no etcd, target addresses, no admin request yet)
-# must not load, and where each belongs instead.
+# What a serve of a file config (no Tls, no etcd, no admin request yet) must not load,
+# and where each belongs instead. Only what is needed before the privilege drop, or from
+# the install's own packages, may wait: a stdlib module imported as the proxy's user can
+# be out of its reach (an interpreter under /root), so urllib.parse and hmac (admin
+# POSTs) and concurrent.futures (hostnames a reload brings) are imported at start.
 NOT_AT_START = {
     "fastproxy.cluster.cli": "the etcd commands (config push/get, cluster status)",
     "fastproxy.cluster.etcd": "the etcd client: an etcd:// config",
@@ -23,8 +26,6 @@ NOT_AT_START = {
     "prometheus_client": "the first /metrics scrape",
     "tempfile": "compiling the BPF program with bcc (with shutil, bz2, lzma)",
     "subprocess": "compiling the BPF program with bcc",
-    "concurrent.futures": "resolving target hostnames",
-    "urllib.parse": "the admin endpoint's first POST",
     "http.client": "the CLI's commands that talk to a running proxy",
 }
 

@@ -9,11 +9,13 @@ does not know gets a 4xx; nothing a client sends can stop it serving, nor keep
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
 
 from . import adminsocket
 from .boundedhttp import BoundedHTTPServer, Deferred, Request, Response
@@ -225,8 +227,6 @@ class AdminServer:
         refused = self._refuse(request)
         if refused is not None:
             return refused
-        from urllib.parse import unquote  # at the first POST, not in every start
-
         parts = path.strip("/").split("/")
         if parts == ["reload"]:
             return Deferred("write", self._reload)
@@ -257,8 +257,6 @@ class AdminServer:
         return self._authorized(request)
 
     def _authorized(self, request: Request) -> bool:
-        import hmac  # at the first request that shows a token, not in every start
-
         scheme, _, given = (request.header(b"authorization") or b"").partition(b" ")
         # compare_digest: the time taken says nothing about how much of the token matched
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)

@@ -7,6 +7,7 @@ later, so a dead DNS entry never stops start-up or a reload.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -53,8 +54,6 @@ def resolve_all(hosts: Iterable[str], timeout: float) -> dict[str, Address | Non
             names.append(host)
     if not names:
         return result
-    import concurrent.futures  # for hostnames only: addresses need no threads
-
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(names)))
     futures = {pool.submit(lookup, name): name for name in names}
     done, _ = concurrent.futures.wait(futures, timeout=timeout)
