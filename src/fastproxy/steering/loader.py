@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 from . import cache, packaged
 from .bpfsys import (
@@ -37,8 +37,8 @@ log = logging.getLogger("fastproxy")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastproxy/
 
 
-@dataclass(frozen=True)
-class Program:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class Program(NamedTuple):
     """One program of bpf/ as the loader needs to know it."""
 
     label: str  # what log lines start with
