@@ -147,7 +147,7 @@ def _parse_app_tls(raw: dict[str, Any]) -> Tls | None:
     return tls
 
 
-_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
+_SERVER_NAME = r"(\*\.)?[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*"  # compiled at first use
 
 
 def _parse_server_names(value: object) -> tuple[str, ...]:
@@ -163,7 +163,7 @@ def _parse_server_names(value: object) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise _Invalid(field, f"expected a server name string, {_got(item)}")
         name = item.lower()
-        if len(name) > 255 or not _SERVER_NAME.fullmatch(name):
+        if len(name) > 255 or not re.fullmatch(_SERVER_NAME, name):
             raise _Invalid(
                 field,
                 f'{_q(item)} is not a server name ("www.example.com") or a wildcard'
