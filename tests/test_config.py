@@ -364,6 +364,11 @@ ERROR_CASES: list[tuple[str, object, list[str]]] = [
         with_app(1, Ports=[6001, 6002, 6001]),
         [APP_B + "Ports: port 6001 is listed more than once"],
     ),
+    (
+        "ranges of one app overlap",  # the first port seen again, in the order listed
+        with_app(1, Ports=["6001-6010", 6020, "6015-6030"]),
+        [APP_B + "Ports: port 6020 is listed more than once"],
+    ),
     ("port zero", with_app(1, Ports=[0]), [APP_B + "Ports[0]: port 0 is out of range 1..65535"]),
     ("port too big", with_app(1, Ports=[6001, 65536]), [APP_B + "Ports[1]: port 65536 is out of"]),
     ("port negative", with_app(1, Ports=[-5]), [APP_B + "Ports[0]: port -5 is out of range"]),

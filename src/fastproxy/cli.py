@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .cluster.cli import cluster_group, config_group, etcd_options
-from .cluster.etcd import Security, is_etcd_url
-from .cluster.options import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions
+from .cluster.flags import etcd_options
+from .cluster.options import DEFAULT_CACHE_DIR, LEASE_TTL, ClusterOptions, Security, is_etcd_url
 from .config import (
     RELAY_MODES,
     STEERING_MODES,
@@ -47,7 +46,25 @@ def _fail(message: Any, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The top-level commands. `config` and `cluster` (etcd's commands, cluster/cli.py)
+    are imported only when one of them is run or listed: `serve` must not pay for them."""
+
+    lazy = {"config": "config_group", "cluster": "cluster_group"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            from .cluster import cli as cluster_cli
+
+            command: click.Command = getattr(cluster_cli, self.lazy[cmd_name])
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="fastproxy")
 def main() -> None:
     """fastproxy: a zero-copy TCP proxy and load balancer for Linux."""
@@ -488,9 +505,6 @@ def systemd_unit(config_path: str) -> None:
 
     click.echo(unit_text(entry_point(), os.path.abspath(config_path)), nl=False)
 
-
-main.add_command(config_group)
-main.add_command(cluster_group)
 
 if __name__ == "__main__":
     main()

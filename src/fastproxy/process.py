@@ -10,9 +10,8 @@ import logging
 import signal
 
 from . import plausibility
-from .cluster.etcd import EtcdURL, is_etcd_url
 from .cluster.options import DEFAULT_CACHE_DIR as DEFAULT_STATE_DIR
-from .cluster.options import ClusterOptions
+from .cluster.options import ClusterOptions, is_etcd_url
 from .control.adminsocket import DEFAULT_PATH as DEFAULT_ADMIN_SOCKET
 from .control.handover import DEFAULT_PATH as DEFAULT_CONTROL_SOCKET
 from .control.handover import ControlServer, Successor, TakeoverError, private_directory
@@ -55,6 +54,7 @@ def open_source(
     `watch`: reload a file when it changes (an etcd key is always watched)."""
     if is_etcd_url(spec):
         # Imported here: the etcd source (and its client library) only when one is named.
+        from .cluster.etcd import EtcdURL
         from .cluster.source import EtcdSource
 
         return EtcdSource(EtcdURL.parse(spec), cluster or ClusterOptions())

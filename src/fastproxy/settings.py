@@ -6,8 +6,8 @@ reload."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 from .config import Config
 
@@ -40,8 +40,8 @@ def warn_any_proxy_sender(config: Config) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Options:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class Options(NamedTuple):
     """Command-line overrides of the config's settings; None keeps the config's."""
 
     steering: str | None = None

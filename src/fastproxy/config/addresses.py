@@ -65,11 +65,12 @@ def _parse_ports(value: object) -> tuple[int, ...]:
     ports: list[int] = []
     seen: set[int] = set()
     for i, item in enumerate(value):
-        for port in _expand_port(item, f"Ports[{i}]"):
-            if port in seen:
-                raise _Invalid("Ports", f"port {port} is listed more than once")
-            seen.add(port)
-            ports.append(port)
+        expanded = _expand_port(item, f"Ports[{i}]")
+        if not seen.isdisjoint(expanded):  # set operations: "1-10000" is no Python loop
+            port = next(port for port in expanded if port in seen)
+            raise _Invalid("Ports", f"port {port} is listed more than once")
+        seen.update(expanded)
+        ports.extend(expanded)
     return tuple(ports)
 
 

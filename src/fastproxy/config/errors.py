@@ -27,9 +27,11 @@ def _error(source: str, where: str | None, err: _Invalid) -> ConfigError:
     return ConfigError(": ".join(p for p in parts if p))
 
 
-# splitlines() breaks on all of these; a CLI message must stay on one line.
-_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# splitlines() breaks on all of these; a CLI message must stay on one line. Patterns
+# that most configs never need are compiled at their first use (re's cache), not at
+# every start (config/*.py, targets/health.py).
+_LINE_BREAKS = "[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]"
 
 
 def _one_line(text: str) -> str:
-    return _LINE_BREAKS.sub(lambda m: ascii(m.group())[1:-1], text)
+    return re.sub(_LINE_BREAKS, lambda m: ascii(m.group())[1:-1], text)

@@ -49,7 +49,7 @@ def _parse_health(value: object) -> HealthCheck:
 
 
 _ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.?)", re.DOTALL)
+_ESCAPE = r"(?s)\\(x[0-9A-Fa-f]{2}|.?)"  # compiled at first use
 
 
 def _probe_bytes(value: object, field: str) -> bytes:
@@ -58,7 +58,7 @@ def _probe_bytes(value: object, field: str) -> bytes:
         raise _Invalid(field, f"expected a string, {_got(value)}")
     out = bytearray()
     pos = 0
-    for match in _ESCAPE.finditer(value):
+    for match in re.finditer(_ESCAPE, value):
         out += value[pos : match.start()].encode()
         code = match.group(1)
         if code.startswith("x"):

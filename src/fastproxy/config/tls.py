@@ -18,7 +18,7 @@ from .model import (
 )
 from .values import _check_keys, _choice, _duration, _got, _q
 
-_HOST_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\.?", re.IGNORECASE)
+_HOST_NAME = r"(?i)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\.?"  # compiled at first use
 
 
 def parse_tls(value: object) -> Tls | None:
@@ -106,6 +106,6 @@ def _path(value: object, field: str) -> str | None:
 def _name(value: object, field: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 253 or not _HOST_NAME.fullmatch(value):
+    if not isinstance(value, str) or len(value) > 253 or not re.fullmatch(_HOST_NAME, value):
         raise _Invalid(field, f"expected a host name, {_got(value)}")
     return value

@@ -112,7 +112,7 @@ def _integer(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*")
+_DURATION = r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*"  # compiled at first use
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -120,7 +120,7 @@ def _duration(value: object, field: str, *, allow_zero: bool = False) -> float:
     """Seconds: a number, or a string with a unit ("250ms", "2s", "5m", "1h"; none:
     seconds); finite, > 0 (>= 0 where 0 means "off") and at most a year."""
     if isinstance(value, str):
-        match = _DURATION.fullmatch(value)
+        match = re.fullmatch(_DURATION, value)
         if match is None:
             raise _Invalid(
                 field,

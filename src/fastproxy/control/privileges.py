@@ -24,7 +24,7 @@ import logging
 import os
 import pwd
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger("fastproxy")
 
@@ -50,8 +50,8 @@ class PrivilegeError(Exception):
     """One-line reason the privileges could not be dropped; the proxy must not run."""
 
 
-@dataclass(frozen=True)
-class Account:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class Account(NamedTuple):
     user: str
     uid: int
     gid: int

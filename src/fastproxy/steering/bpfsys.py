@@ -9,7 +9,7 @@ import errno
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
@@ -176,8 +176,8 @@ def link_ids() -> Iterator[int]:
         yield link_id
 
 
-@dataclass(frozen=True)
-class _LinkInfo:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class _LinkInfo(NamedTuple):
     link_id: int
     prog_id: int
     netns_ino: int  # 0 once the netns is gone (the link is then "defunct")
@@ -205,8 +205,8 @@ def map_type(map_fd: int) -> int:
     return int(struct.unpack_from("=I", obj_info(map_fd, 80))[0])
 
 
-@dataclass(frozen=True)
-class MapDef:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class MapDef(NamedTuple):
     """What BPF_MAP_CREATE needs to make a map like another one (BTF aside)."""
 
     name: str

@@ -82,10 +82,9 @@ def _socket_slots(sockets: list[socket.socket]) -> dict[int, socket.socket]:
 
 
 def _check_ports(ports: Iterable[int]) -> frozenset[int]:
-    result = frozenset(int(p) for p in ports)
-    bad = sorted(p for p in result if not 1 <= p <= 65535)
-    if bad:
-        raise ValueError(f"port out of 1..65535: {bad[0]}")
+    result = frozenset(map(int, ports))
+    if result and not 1 <= min(result) <= max(result) <= 65535:
+        raise ValueError(f"port out of 1..65535: {min(p for p in result if not 1 <= p <= 65535)}")
     return result
 
 

@@ -12,13 +12,11 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 from . import cache, packaged
 from .bpfsys import (
@@ -39,8 +37,8 @@ log = logging.getLogger("fastproxy")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fastproxy/
 
 
-@dataclass(frozen=True)
-class Program:
+# A NamedTuple rather than a frozen dataclass: no methods compiled at import (start-up).
+class Program(NamedTuple):
     """One program of bpf/ as the loader needs to know it."""
 
     label: str  # what log lines start with
@@ -112,6 +110,8 @@ def _identity(program: Program) -> list[object]:
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[IO[bytes]]:
     """Send fd 2 to a temporary file: bcc's clang and the verifier write there directly."""
+    import tempfile  # bcc's path only (with shutil, bz2, lzma): milliseconds of every start
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
@@ -305,6 +305,8 @@ def compile_program(source: str, program: Program = STEER) -> tuple[Objects, Pro
     program's image (or why it has none). bcc maps LLVM into whoever uses it (~130 MiB
     of RSS that would stay with the proxy for its whole life); the child takes that with
     it when it exits."""
+    import subprocess  # only when there is no image to load: a compile
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours:
         try:

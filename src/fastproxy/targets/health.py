@@ -30,7 +30,7 @@ MAX_REPLY = 64 * 1024  # bytes of a reply searched for Expect or an HTTP status 
 ERROR_PAUSE = 0.1  # seconds the loop rests after an unexpected error, so it never spins
 # Shortages of this host, not faults of the target: such a check is not counted.
 LOCAL_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_STATUS_LINE = re.compile(rb"HTTP/[0-9.]+ +([0-9]{3})")
+_STATUS_LINE = rb"HTTP/[0-9.]+ +([0-9]{3})"  # compiled at the first http check
 
 
 class Hysteresis:
@@ -90,7 +90,7 @@ def _judge(check: HealthCheck, reply: bytes, eof: bool) -> tuple[bool, str] | No
     else:
         line, crlf, _ = reply.partition(b"\n")
         if crlf or eof:
-            match = _STATUS_LINE.match(line)
+            match = re.match(_STATUS_LINE, line)
             if match is None:
                 return False, f"not an HTTP reply: {bytes(line[:40])!r}"
             status = int(match.group(1))

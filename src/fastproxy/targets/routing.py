@@ -184,13 +184,18 @@ class Routes:
             apps[app.name] = runtime
             self.publish(runtime)
         port_owner = config.port_owner()
-        sni_ports = set()
-        for port, on_port in config.port_apps().items():
-            if any(app.server_names for app in on_port):
-                self._route_by_name(port, on_port, apps)
-                sni_ports.add(port)
-            elif self.port_owner.get(port) != port_owner[port] or port in self.sni_ports:
-                self.relay.set_port(port, apps[port_owner[port]].app_id)
+        # Ports an app with ServerNames is on are routed by name; the others by port,
+        # each set only if it changed (10,000 ports: one cheap pass, no per-port search).
+        sni_ports = {port for app in config.apps if app.server_names for port in app.ports}
+        port_apps = config.port_apps()
+        for port in sni_ports:
+            self._route_by_name(port, port_apps[port], apps)
+        app_ids = {name: runtime.app_id for name, runtime in apps.items()}
+        before, by_name_before = self.port_owner, self.sni_ports
+        for port, name in port_owner.items():
+            changed = before.get(port) != name or port in by_name_before
+            if changed and port not in sni_ports:
+                self.relay.set_port(port, app_ids[name])
         for port in self.port_owner.keys() - port_owner.keys():
             self.relay.set_port(port, -1)
         for name in self.apps.keys() - apps.keys():
@@ -200,7 +205,9 @@ class Routes:
         self.sni_ports = sni_ports
         self._retire(apps)
 
-    def _route_by_name(self, port: int, on_port: list[App], apps: dict[str, AppRuntime]) -> None:
+    def _route_by_name(
+        self, port: int, on_port: tuple[App, ...], apps: dict[str, AppRuntime]
+    ) -> None:
         """A port whose clients go to an app by TLS server name (config/app.py made sure
         the apps on it may share it)."""
         default = [app for app in on_port if not app.server_names]
