@@ -251,9 +251,15 @@ class BoundedHTTPServer:
         # A bounded batch, read as it is accepted: a newcomer whose request came with
         # it is placed by what it asks; one that is still silent is shed only after
         # those stalled part-way through theirs (see _shed).
-        h11.Connection  # noqa: B018  loads h11 in this thread (LazyLoader: not thread-safe in 3.11)
+        if self._accept_paused_until:  # out of descriptors (below), for every socket
+            return
+        try:
+            h11.Connection  # noqa: B018  the first request loads h11 (lazymodule.py)
+        except OSError as exc:  # out of descriptors to read its files: as below
+            self._pause_accepting("cannot load h11", exc)
+            return
         for _ in range(ACCEPT_BATCH):
-            if self._accept_paused_until:  # out of descriptors (below), for every socket
+            if self._accept_paused_until:
                 return
             try:
                 sock, peer = listener.accept()
@@ -261,14 +267,7 @@ class BoundedHTTPServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Pending clients wait in the backlog; retried in a moment.
-                    now = time.monotonic()
-                    if now - self._warned_at >= WARN_EVERY:
-                        self._warned_at = now
-                        log.warning("admin: cannot accept: %s; retrying shortly", exc.strerror)
-                    for listening in self.sockets:
-                        self._selector.unregister(listening)
-                    self._accept_paused_until = now + ACCEPT_PAUSE
+                    self._pause_accepting("cannot accept", exc)
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             sock.setblocking(False)
@@ -298,6 +297,16 @@ class BoundedHTTPServer:
             self._conns[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self._safely(conn, 0)
+
+    def _pause_accepting(self, what: str, exc: OSError) -> None:
+        # Pending clients wait in the backlog; accepting resumes in a moment (_expire).
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning("admin: %s: %s; retrying shortly", what, exc.strerror or exc)
+        for listening in self.sockets:
+            self._selector.unregister(listening)
+        self._accept_paused_until = now + ACCEPT_PAUSE
 
     def _first_head(self, conn: _Conn) -> Request | None:
         """Read what a newcomer sent; its request when the head is whole (the event is
