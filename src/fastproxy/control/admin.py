@@ -80,9 +80,9 @@ def _error(status: int, message: str, *headers: tuple[str, str]) -> Response:
 
 def _metrics(registry: CollectorRegistry) -> Response:
     # Imported at the first scrape, not at start-up (see Server.registry).
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from ..observe.exposition import CONTENT_TYPE, render
 
-    return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+    return Response(200, render(registry), CONTENT_TYPE)
 
 
 def _origin(host: str, port: int) -> bytes:
