@@ -165,6 +165,51 @@ def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
     echo.backend.close()
 
 
+def test_what_the_dropped_proxy_imports_late_it_loaded_before_the_drop(
+    ns: int, rundir: Path
+) -> None:
+    """The first scrape, a reload with a typo and one naming a target by host, as the
+    user: each imports modules at their first use. Here the interpreter's files are
+    under root's 0700 home (pyenv), which the user cannot read: imported after the
+    drop, /metrics answered 500 (ModuleNotFoundError), the typo "internal error"
+    instead of its did-you-mean, and a host name failed to resolve (the idna codec)
+    (control/preload.py loads them before the drop)."""
+    echo = HashingEcho()
+    config = {
+        "Apps": [app("web", [8080], [echo.address])],
+        "Steering": "ports",
+        "Listen": "127.0.0.1",
+        "User": "nobody",
+    }
+    control = str(rundir / "run" / "control.sock")
+    (rundir / "run").mkdir(0o700)
+    proxy = Proxy(rundir, config, "--control-socket", control)
+    assert_dropped(proxy.pid, 1 << CAP_NET_BIND_SERVICE)
+    assert_serves(8080)
+    code, body = proxy.http("GET", "/metrics")
+    assert code == 200 and b'fastproxy_connections_total{app="web"' in body, body[-300:]
+    proxy.write_config({**config, "Apps": [{"Name": "web", "Ports": [8080], "Tragets": []}]})
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while proxy.status()["reloads"]["failure"] != 1:
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.05)
+    assert 'Tragets: unknown key (did you mean "Targets"?)' in proxy.log(), proxy.log()
+    # The first target named by host: the resolver's threads and the idna codec.
+    successes = proxy.status()["reloads"]["success"]
+    port = echo.address.rsplit(":", 1)[1]
+    proxy.write_config({**config, "Apps": [app("web", [8080], [f"localhost:{port}"])]})
+    proxy.proc.send_signal(signal.SIGHUP)
+    while proxy.status()["reloads"]["success"] != successes + 1:
+        assert time.monotonic() < deadline + 10, proxy.log()
+        assert proxy.status()["reloads"]["failure"] == 1, proxy.log()
+        time.sleep(0.05)
+    assert "internal error" not in proxy.log() and "Traceback" not in proxy.log()
+    assert_serves(8080)
+    assert proxy.stop() == 0
+    echo.backend.close()
+
+
 def test_unknown_user_is_a_one_line_error(tmp_path: Path) -> None:
     config = tmp_path / "c.json"
     config.write_text(

@@ -20,6 +20,7 @@ from .config import Config, ConfigError
 from .control.admin import AdminServer
 from .control.admintoken import ensure_token
 from .control.handover import Handover
+from .control.preload import load_late_imports
 from .control.privileges import drop_to, target
 from .control.sdnotify import notify, reloading
 from .control.watchdog import MainLoopWatchdog
@@ -169,6 +170,8 @@ class Server:
         self.listeners.take_over()
         # Root's work is done. Threads started from here on (admin, watcher, control)
         # inherit the capabilities kept; the relay's and helpers' keep none.
+        if self.config.user is not None and os.geteuid() == 0:
+            load_late_imports()  # the user may not be able to read them (preload.py)
         drop_to(self.config.user, self.config.group, bpf=self.steering_mode == "bpf")
         # Opened as the user, like every reopen after it (SIGUSR1).
         self.access_log.configure(self.config.access_log)
