@@ -24,8 +24,8 @@ from bench_peers import start_haproxy, start_nginx_stream
 from bench_procs import HOST, Pinned, free_ports
 
 # Table order: the peers, then ours: fastproxy in its default relay mode (splice, which
-# a TLS connection cannot use: it copies through the mode's small-message buffers) and
-# in copy mode (its buffers are PipeSize). A smoke run leaves copy mode out.
+# a TLS connection cannot use without kTLS: it copies through PipeSize buffers) and in
+# copy mode (the same buffers). A smoke run leaves copy mode out.
 NAMES = ("haproxy", "nginx-stream", "fastproxy-splice", "fastproxy-copy")
 SMOKE_NAMES = NAMES[:3]
 KEYS = ("ecdsa", "rsa")

@@ -46,9 +46,9 @@ def section(cases: list[Case]) -> list[str]:
     lines = [
         "## TLS termination (issue 22)",
         "",
-        "fastproxy (`Workers: 1`, `Tls` on the app; its default relay mode, splice, which"
-        " copies terminated connections through its 16 KiB small-message buffers, and copy"
-        " mode, whose buffers are `PipeSize`) against HAProxy (`nbthread 1`, `bind ..."
+        "fastproxy (`Workers: 1`, `Tls` on the app; its default relay mode, splice, where"
+        " a terminated connection copies through `PipeSize` buffers without kTLS, and copy"
+        " mode, the same buffers) against HAProxy (`nbthread 1`, `bind ..."
         " ssl crt`) and nginx `stream` (`worker_processes 1`, `listen ... ssl`), the same"
         " certificate files per key type, each relaying plaintext to the same nginx HTTP"
         " backend; tickets on in all three (nginx with its shared session cache, HAProxy"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 
 from metricsutil import metric
 from proxyproc import Proxy, free_ports
-from servers import Backend, HashingEcho, RecordingEcho
+from servers import Backend, HashingEcho, RecordingEcho, talk
 from tlscerts import Pki
 from tlsclient import client, common_name, echo_once, exchange, tls_app, wait_for
 
@@ -112,6 +114,55 @@ def test_64_mib_each_way_intact(
     assert set(echo.digests) - {empty} == {sent}  # client to target
     assert metric(proxy, "fastproxy_bytes_total", app="bulk", direction="in") == len(data)
     assert metric(proxy, "fastproxy_bytes_total", app="bulk", direction="out") == len(data)
+
+
+@pytest.mark.parametrize("pipe_size", [0, 262144], ids=["default-pipe", "256k-pipe"])
+def test_tls_and_plain_connections_share_one_workers_buffers_in_splice_mode(
+    tmp_path: Path, pki: Pki, certs: dict[str, tuple[str, str]], pipe_size: int
+) -> None:
+    """In splice mode a TLS direction copies through PipeSize buffers while plain ones
+    read small messages into 16 KiB buffers, from two pools of the one worker. Catches a
+    buffer given back to the wrong pool (every release into the PipeSize pool: a 16 KiB
+    buffer later filled as a PipeSize one overwrote the heap, plain clients got 0 bytes)."""
+    echo = HashingEcho()
+    tls_port, plain_port = free_ports(2)
+    apps = [tls_app("tls", tls_port, [echo.address], [certs["a"]])]
+    apps.append({"Name": "plain", "Ports": [plain_port], "Targets": [echo.address]})
+    config: dict[str, Any] = {"Relay": "splice", "Workers": 1, "Apps": apps}
+    if pipe_size:
+        config["PipeSize"] = pipe_size
+    proxy = Proxy(tmp_path, config)
+    failures: list[str] = []
+    sent: list[str] = []
+
+    def tls_stream(seed: int) -> None:
+        data = random.Random(seed).randbytes(8 << 20)
+        expected = hashlib.sha256(data).hexdigest()
+        sent.append(expected)
+        with client(pki, tls_port, "a.test") as sock:
+            digest, received = exchange(sock, data)
+        if (digest, received) != (expected, len(data)):
+            failures.append(f"tls stream {seed}: {received} bytes back, digest differs")
+
+    def plain_connections(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(150):  # small messages (buffers) and bulk ones (pipes), mixed
+            payload = rng.randbytes(rng.choice((1, 300, 5000, 16384, 40000, 200000)))
+            back = talk(plain_port, payload)
+            if back != payload:
+                failures.append(f"plain {seed}/{i}: {len(back)} of {len(payload)} bytes")
+
+    workers = [threading.Thread(target=tls_stream, args=(n,)) for n in (1, 2)]
+    workers += [threading.Thread(target=plain_connections, args=(n,)) for n in (3, 4)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in workers)
+    assert failures == []
+    assert len(sent) == 2
+    wait_for(lambda: set(sent) <= set(echo.digests))
+    assert proxy.stop() == 0
 
 
 def test_50_silent_clients_are_closed_by_the_handshake_timeout_without_a_thread_each(

@@ -191,6 +191,7 @@ cdef class Relay:
             w.rng = <uint64_t>(i + 1) * 0x2545f4914f6cdd1dULL ^ <uint64_t>monotonic_ms()
             w.pipes = <int*>malloc(2 * POOL_MAX * sizeof(int))
             w.bufs = <char**>malloc(POOL_MAX * sizeof(char*))
+            w.big_bufs = <char**>malloc(POOL_MAX * sizeof(char*))
             w.bounce = <char*>malloc(BOUNCE_SIZE)
             w.hello = <uint8_t*>malloc(SNI_MAX)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -199,7 +200,7 @@ cdef class Relay:
             w.inbox = <fp_handoff*>malloc(HANDOFF_SLOTS * sizeof(fp_handoff))
             pthread_mutex_init(&w.inbox_lock, NULL)
             self.r.nworkers += 1
-            if w.pipes == NULL or w.bufs == NULL or w.bounce == NULL \
+            if w.pipes == NULL or w.bufs == NULL or w.big_bufs == NULL or w.bounce == NULL \
                     or w.hello == NULL or w.inbox == NULL or w.epfd < 0 \
                     or w.wakefd < 0 or w.reserve_fd < 0:
                 raise OSError(errno, "cannot set up a relay worker")
@@ -223,6 +224,7 @@ cdef class Relay:
                 close(self.r.workers[i].reserve_fd)
             free(self.r.workers[i].pipes)
             free(self.r.workers[i].bufs)
+            free(self.r.workers[i].big_bufs)
             free(self.r.workers[i].bounce)
             free(self.r.workers[i].hello)
             free(self.r.workers[i].alog)

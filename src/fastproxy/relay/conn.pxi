@@ -85,12 +85,12 @@ cdef inline ssize_t chan_fill(fp_relay* r, fp_chan* c, fp_side* src) noexcept no
     """Read from src into the channel's pipe or buffer: >0 bytes, 0 EOF, -errno."""
     cdef ssize_t n
     if src.ssl != NULL and not src.ktls & KTLS_RX:
-        return tls_recv(src, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len)
+        return tls_recv(src, c.buf + c.off + c.len, c.buf_size - c.off - c.len)
     if c.piped:
         n = splice(src.fd, NULL, c.pipe_w, NULL, r.chan_cap - c.len,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     else:
-        n = recv(src.fd, c.buf + c.off + c.len, buf_cap(r) - c.off - c.len, 0)
+        n = recv(src.fd, c.buf + c.off + c.len, c.buf_size - c.off - c.len, 0)
     if n < 0:
         return ktls_read_error(src, errno)
     return n
@@ -244,7 +244,7 @@ cdef int chan_pump(fp_worker* w, fp_conn* c, fp_chan* ch, fp_side* src, fp_side*
             chan_on(ch, other, dst.fd, CE_ALL_SENT)
         if ch.len == 0:
             ch.piped = ch.bulk      # held bytes stay where they are: order holds
-        cap = r.chan_cap if ch.piped else buf_cap(r)
+        cap = r.chan_cap if ch.piped else chan_buf_cap(r, ch)
         if not chan_source_ended(ch) and src.readable and ch.len < cap:
             if chan_acquire(w, ch, ch.piped) < 0:
                 if ch.copy_only:

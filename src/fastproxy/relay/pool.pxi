@@ -3,7 +3,20 @@
 # what keeps memory per idle connection small.
 
 cdef inline size_t buf_cap(fp_relay* r) noexcept nogil:
+    """The mode's buffer: small messages in splice mode, everything in copy mode."""
     return SMALL_BUF if r.use_splice else r.chan_cap
+
+
+cdef inline size_t chan_buf_cap(fp_relay* r, fp_chan* c) noexcept nogil:
+    """The size of the channel's buffer: the one it holds, or the one it would get. A
+    direction that must copy (TLS without kTLS) never moves to a pipe: in splice mode it
+    gets chan_cap when that is larger, as in copy mode. 16 KiB at a time cost terminated
+    bulk ~20 % more proxy CPU per GB than copy mode (profiles/tls_splice_buffers.md)."""
+    if c.buf != NULL:
+        return c.buf_size
+    if c.copy_only and r.use_splice and r.chan_cap > SMALL_BUF:
+        return r.chan_cap
+    return buf_cap(r)
 
 
 cdef int chan_acquire(fp_worker* w, fp_chan* c, bint pipe) noexcept nogil:
@@ -29,13 +42,18 @@ cdef int chan_acquire(fp_worker* w, fp_chan* c, bint pipe) noexcept nogil:
         return 0
     if c.buf != NULL:
         return 0
-    if w.nbufs > 0:
+    cdef size_t size = chan_buf_cap(w.relay, c)
+    if size == buf_cap(w.relay) and w.nbufs > 0:
         w.nbufs -= 1
         c.buf = w.bufs[w.nbufs]
+    elif size != buf_cap(w.relay) and w.nbig_bufs > 0:
+        w.nbig_bufs -= 1
+        c.buf = w.big_bufs[w.nbig_bufs]
     else:
-        c.buf = <char*>malloc(buf_cap(w.relay))
+        c.buf = <char*>malloc(size)
         if c.buf == NULL:
             return -ENOMEM
+    c.buf_size = size
     count_held(&w.held_bufs, 1)
     c.off = 0
     return 0
@@ -57,12 +75,16 @@ cdef void chan_release(fp_worker* w, fp_chan* c) noexcept nogil:
         c.pipe_w = -1
     if c.buf != NULL:
         count_held(&w.held_bufs, -1)
-        if w.nbufs < POOL_MAX:
+        if c.buf_size == buf_cap(w.relay) and w.nbufs < POOL_MAX:
             w.bufs[w.nbufs] = c.buf
             w.nbufs += 1
+        elif c.buf_size != buf_cap(w.relay) and w.nbig_bufs < POOL_MAX:
+            w.big_bufs[w.nbig_bufs] = c.buf
+            w.nbig_bufs += 1
         else:
             free(c.buf)
         c.buf = NULL
+        c.buf_size = 0
     c.len = 0
     c.off = 0
     c.piped = False
@@ -80,3 +102,6 @@ cdef void pool_drain(fp_worker* w) noexcept nogil:
     for i in range(w.nbufs):
         free(w.bufs[i])
     w.nbufs = 0
+    for i in range(w.nbig_bufs):
+        free(w.big_bufs[i])
+    w.nbig_bufs = 0

@@ -83,7 +83,7 @@ cdef int preface_read_proxy(fp_worker* w, fp_conn* c) noexcept nogil:
 cdef int preface_read_hello(fp_worker* w, fp_conn* c) noexcept nogil:
     """The app the ClientHello's server name goes to; -1: wait, or closed."""
     cdef fp_chan* ch = &c.up
-    cdef size_t cap = SNI_MAX if SNI_MAX < buf_cap(w.relay) else buf_cap(w.relay)
+    cdef size_t cap
     cdef uint8_t* name = NULL
     cdef size_t name_len = 0, want = 0
     cdef bint ended = False
@@ -93,6 +93,7 @@ cdef int preface_read_hello(fp_worker* w, fp_conn* c) noexcept nogil:
     if chan_acquire(w, ch, False) < 0:
         preface_fail(w, c, R_SNI_ERROR)     # out of memory
         return -1
+    cap = SNI_MAX if SNI_MAX < ch.buf_size else ch.buf_size
     # Edge-triggered: read until the socket is empty (or the buffer full).
     while ch.len < cap:
         n = recv(c.cli.fd, ch.buf + ch.len, cap - ch.len, 0)

@@ -229,11 +229,13 @@ ctypedef struct fp_listener:
 # or a buffer) until the other side takes them. Copy mode only uses buffers. Splice
 # mode reads small messages into a SMALL_BUF buffer with recv() (no EAGAIN splice
 # per message) and moves a direction to the pipe once a read fills that buffer
-# (HAProxy's splice-auto); the held bytes are in one place only, so order holds.
+# (HAProxy's splice-auto); the held bytes are in one place only, so order holds. A
+# direction that must copy (TLS) takes chan_cap buffers in either mode (pool.pxi).
 ctypedef struct fp_chan:
     int pipe_r
     int pipe_w
     char* buf
+    size_t buf_size             # bytes of buf (pool.pxi: chan_buf_cap)
     size_t len                  # bytes held
     size_t off                  # start of the held bytes in buf
     bint piped                  # the held bytes are in the pipe, not in buf
@@ -408,6 +410,8 @@ ctypedef struct fp_worker:
     int npipes
     char** bufs                 # pool: chan_cap bytes (copy) or SMALL_BUF (splice)
     int nbufs
+    char** big_bufs             # pool, splice mode: chan_cap bytes for TLS directions
+    int nbig_bufs
     # What this worker holds (debug.pxi), so a test can prove that every path
     # gives it back; written by this worker only.
     int held_conns              # fp_conn allocated and not yet freed
