@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,16 @@ def assert_serves(port: int) -> None:
     assert hashlib.sha256(talk(port, payload)).digest() == hashlib.sha256(payload).digest()
 
 
+def dropped_config(mode: str, target: str) -> dict[str, Any]:
+    """One app on port 8080 to `target`, in `mode`, run as nobody."""
+    return {
+        "Apps": [app("web", [8080], [target])],
+        "Steering": mode,
+        "Listen": "::" if mode == "bpf" else "127.0.0.1",
+        "User": "nobody",
+    }
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fastproxy", *args],
@@ -111,12 +122,7 @@ def test_runs_as_user_with_only_needed_caps_and_reloads_and_upgrades(
     if mode == "bpf":
         caps |= 1 << CAP_NET_ADMIN | 1 << CAP_BPF
     echo = HashingEcho()
-    config = {
-        "Apps": [app("web", [8080], [echo.address])],
-        "Steering": mode,
-        "Listen": "::" if mode == "bpf" else "127.0.0.1",
-        "User": "nobody",
-    }
+    config = dropped_config(mode, echo.address)
     control = str(rundir / "run" / "control.sock")
     (rundir / "run").mkdir(0o700)  # root's, as systemd's RuntimeDirectory makes it
     # The config is where the user can read it again for reloads.
@@ -175,12 +181,7 @@ def test_what_the_dropped_proxy_imports_late_it_loaded_before_the_drop(
     instead of its did-you-mean, and a host name failed to resolve (the idna codec)
     (control/preload.py loads them before the drop)."""
     echo = HashingEcho()
-    config = {
-        "Apps": [app("web", [8080], [echo.address])],
-        "Steering": "ports",
-        "Listen": "127.0.0.1",
-        "User": "nobody",
-    }
+    config = dropped_config("ports", echo.address)
     control = str(rundir / "run" / "control.sock")
     (rundir / "run").mkdir(0o700)
     proxy = Proxy(rundir, config, "--control-socket", control)
@@ -227,12 +228,7 @@ def test_a_successor_killed_half_way_leaves_the_dropped_proxy_steering(
     """The running proxy, without root, checks after an abandoned takeover that its
     program is still in effect (its pins are root's: out of its reach)."""
     echo = HashingEcho()
-    config = {
-        "Apps": [app("web", [8080], [echo.address])],
-        "Steering": "bpf",
-        "Listen": "::",
-        "User": "nobody",
-    }
+    config = dropped_config("bpf", echo.address)
     control = str(rundir / "run" / "control.sock")
     (rundir / "old").mkdir()
     old = Proxy(rundir / "old", config, "--control-socket", control)

@@ -259,8 +259,6 @@ class BoundedHTTPServer:
             self._pause_accepting("cannot load h11", exc)
             return
         for _ in range(ACCEPT_BATCH):
-            if self._accept_paused_until:
-                return
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):

@@ -26,6 +26,6 @@ LATE_IMPORTS = (
 
 
 def load_late_imports() -> None:
+    # The real modules: a lazy placeholder (lazymodule.py) is never in sys.modules.
     for name, _why in LATE_IMPORTS:
-        module = importlib.import_module(name)
-        vars(module)  # a lazy module (lazymodule.py) runs its code at the first attribute
+        importlib.import_module(name)
