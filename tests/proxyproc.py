@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -17,17 +18,39 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel just handed out and released: free unless raced."""
-    socks = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind((host, 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+def free_ports(count: int) -> list[int]:
+    """Ports free on every address of both families, chosen outside the kernel's
+    ephemeral range. A port bind(0) hands out is one any connect() or bind(0) on the
+    machine may take again before the proxy binds it, and a trial bind on 127.0.0.1
+    misses a socket on ::1 or another address that a dual-stack [::] listener meets
+    (CI: "cannot listen on [::]:60937: Address already in use")."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = [p for p in range(_FIRST_CHOSEN_PORT, low) if p not in _HANDED_OUT]
+    ports: list[int] = []
+    for port in random.sample(candidates, len(candidates)):
+        if len(ports) == count:
+            break
+        if _bindable_everywhere(port):
+            ports.append(port)
+    if len(ports) < count:
+        raise RuntimeError(f"fewer than {count} free ports below {low}")
+    _HANDED_OUT.update(ports)  # never twice in one session: a test may not bind at once
     return ports
+
+
+_FIRST_CHOSEN_PORT = 20000  # below: well-known services (etcd 2379, redis 6379...)
+_HANDED_OUT: set[int] = set()
+
+
+def _bindable_everywhere(port: int) -> bool:
+    # Without SO_REUSEADDR: a connection still in TIME_WAIT on the port counts as busy.
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind(("::", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
