@@ -9,17 +9,12 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from bench_config import SMOKE
-
-# The tests' port picker, outside the ephemeral range: the benchmarks share their races.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from proxyproc import free_ports as free_ports  # noqa: E402  (re-exported)
 
 HOST = "127.0.0.1"
 
@@ -32,6 +27,18 @@ SERVER_CPU = 1
 RESET_LINGER = struct.pack("ii", 1, 0)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _TCP_LISTEN = "0A"  # st column of /proc/net/tcp
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out and released: free unless raced."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def is_listening(port: int) -> bool:

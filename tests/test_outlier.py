@@ -72,9 +72,18 @@ def test_outlier_ejection(tmp_path: Path) -> None:
         }
         proxy = Proxy(tmp_path, config)
         # Round robin: every other client meets the bad target, until it is ejected.
-        answers = [ask(one) for _ in range(30)]
-        print("first 30 clients:", Counter(answers))
-        assert Counter(answers)["reset"] <= 4, answers  # 3, and one racing the ejection
+        answers: list[str] = []
+        while answers.count("reset") < 3:
+            assert len(answers) < 10, answers
+            answers.append(ask(one))
+        # The outlier thread ejects it, woken by the third failure: a client or two may
+        # still meet it meanwhile on a busy machine (an ejection that never comes: 30).
+        while not targets_of(proxy, "one")[bad.address]["ejected"]:
+            assert len(answers) < 30, answers
+            answers.append(ask(one))
+        answers += [ask(one) for _ in range(20)]
+        print("first clients:", Counter(answers))
+        assert answers.count("reset") <= 5, answers
         assert answers[-20:] == ["good"] * 20, answers
         state = targets_of(proxy, "one")[bad.address]
         assert state["ejected"] and state["state"] == "down" and state["ejections"] == 1
@@ -90,7 +99,7 @@ def test_outlier_ejection(tmp_path: Path) -> None:
         wait_for(lambda: not targets_of(proxy, "one")[bad.address]["ejected"], limit=5)
         second = time.monotonic() - ejected_at
         print(
-            f"first ejection ended {back:.2f} s after the 30 clients; second lasted {second:.2f} s"
+            f"first ejection ended {back:.2f} s after those clients; second lasted {second:.2f} s"
         )
         assert 1.8 < second < 3.0, second
         # Three targets, two failing, at most 50 %: one of them is ejected, not both.

@@ -466,15 +466,18 @@ def test_idle_timeout_fires_on_time(tmp_path: Path) -> None:
             closed = time.monotonic()
         print(f"idle close: {closed - sent:.3f}s after the send, {closed - received:.3f}s after")
         assert closed - sent >= 0.3, f"closed {closed - sent:.3f}s after the last byte"
-        assert closed - received <= 0.5, f"closed {closed - received:.3f}s after the last byte"
+        # 0.3 s rounded up to the next 0.1 s tick, and room for a busy CI machine; a worker
+        # sleeping a whole second between wake-ups would close at about 1.3 s.
+        assert closed - received <= 0.7, f"closed {closed - received:.3f}s after the last byte"
     assert proxy.stop() == 0
     echo.backend.close()
 
 
 def test_preface_timeout_fires_on_time(tmp_path: Path) -> None:
     """A client that starts its PROXY header (or its ClientHello) and never finishes
-    is closed 5.0-5.3 s after it connected. Its first bytes come 0.5 s in, so a worker
-    sleeping a whole second between wake-ups woke at x.5 s: 5.5 s."""
+    is closed 5.0-5.2 s after it connected (5.45 allowed: a busy CI machine). Its first
+    bytes come 0.5 s in, so a worker sleeping a whole second between wake-ups woke at
+    x.5 s: 5.5 s."""
     proxy_port, sni_port, target = free_ports(3)
     config = {
         "Apps": [
@@ -509,7 +512,7 @@ def test_preface_timeout_fires_on_time(tmp_path: Path) -> None:
         print(f"preface close: {closed - before:.3f}s after the connect")
         # Timed from before the connect for the lower bound, from after it for the upper.
         assert closed - before >= 5.0, f"closed {closed - before:.3f}s after the connect"
-        assert closed - connected <= 5.3, f"closed {closed - connected:.3f}s after the connect"
+        assert closed - connected <= 5.45, f"closed {closed - connected:.3f}s after the connect"
     assert proxy.stop() == 0
 
 

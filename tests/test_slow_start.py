@@ -19,13 +19,15 @@ def ask(port: int, source: str) -> str:
     return talk(port, b"x", source=source).partition(b"\n")[0].decode()
 
 
-def shares(ports: list[int], seconds: float) -> list[float]:
-    """Per app, the share of clients that target b took over the next `seconds`;
-    clients from many addresses (source-hash), the apps interleaved."""
+def shares(ports: list[int], seconds: float, at_least: int = 0) -> list[float]:
+    """Per app, the share of clients that target b took over the next `seconds` (and
+    `at_least` clients: a slow machine's few would make a fair share a coin toss);
+    clients from many addresses (source-hash, seeded), the apps interleaved."""
     seen = [[0, 0] for _ in ports]
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        source = f"127.0.{random.randrange(1, 250)}.{random.randrange(1, 250)}"
+    sources = random.Random(23)
+    while time.monotonic() < end or sum(seen[0]) < at_least:
+        source = f"127.0.{sources.randrange(1, 250)}.{sources.randrange(1, 250)}"
         for i, port in enumerate(ports):
             seen[i][ask(port, source) == "b"] += 1
     return [b / (a + b) for a, b in seen]
@@ -42,14 +44,14 @@ def test_slow_start_ramps_a_target_that_comes_up(tmp_path: Path) -> None:
         }
         proxy = Proxy(tmp_path, config)
         # Up from the start: no ramp, b takes its half at once.
-        settled = shares(ports, 1.0)
+        settled = shares(ports, 1.0, at_least=200)
         for mode in MODES:
             assert proxy.http("POST", f"/targets/{mode}/{targets[1]}/disable")[0] == 200
         for mode in MODES:
             assert proxy.http("POST", f"/targets/{mode}/{targets[1]}/enable")[0] == 200
         early = shares(ports, 1.0)  # its share is 10 % .. 25 % of normal
         time.sleep(RAMP - 1.0)
-        late = shares(ports, 1.0)
+        late = shares(ports, 1.0, at_least=200)
         print("b's share: settled", [f"{s:.2f}" for s in settled])
         print("b's share: first second after up", [f"{s:.2f}" for s in early])
         print(f"b's share: after {RAMP:g} s", [f"{s:.2f}" for s in late])

@@ -232,7 +232,8 @@ def test_reload_failing_at_any_step_keeps_the_running_config_whole(
     monkeypatch.setenv("FASTPROXY_FAILPOINTS", step)
     proxy = Proxy(tmp_path, before)
     monkeypatch.delenv("FASTPROXY_FAILPOINTS")
-    proxy.write_config({"Steering": "ports", "Listen": "127.0.0.1", **after})
+    # Unnoticed: the file watcher's own reload would retry it 0.3-0.55 s later, and succeed.
+    proxy.write_config_unnoticed({"Steering": "ports", "Listen": "127.0.0.1", **after})
     proxy.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while proxy.status()["reloads"]["failure"] == 0:
@@ -275,7 +276,7 @@ def test_bpf_reload_failing_at_any_step_keeps_the_port_map(
         proxy = Proxy(tmp_path, before)
         monkeypatch.delenv("FASTPROXY_FAILPOINTS")
         assert proxy.steering == "bpf"
-        proxy.write_config({"Admin": "127.0.0.1:0", **after})
+        proxy.write_config_unnoticed({"Admin": "127.0.0.1:0", **after})  # only SIGHUP
         proxy.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while proxy.status()["reloads"]["failure"] == 0:
