@@ -11,8 +11,10 @@ import heapq
 import json
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
 import selectors
+import signal
 import socket
 import statistics
 import time
@@ -197,4 +199,49 @@ def pipelining_clients_cannot_take_the_endpoint(tmp_path: Path) -> None:
     answer = get(address, status, "127.0.0.9", whole=True)
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["reloads"] == {"success": 5, "failure": 0}
     assert "Traceback" not in proxy.log()
+    assert proxy.stop() == 0
+
+
+def test_a_probe_whose_request_waits_unread_is_not_shed_as_silent(tmp_path: Path) -> None:
+    """A probe connects, is accepted before its request arrives (its client was held
+    up), and its request then waits unread while newcomers from its address crowd in:
+    a turn of the endpoint accepts first, and each newcomer sheds the connection of
+    that address silent the longest. The probe must be read, and answered, rather
+    than shed as silent: CI's flood test once got a reset on /healthz this way. The
+    race is made certain by stopping the proxy while the request and the newcomer
+    arrive (fails without `_still_silent` in boundedhttp._shed: the probe is reset)."""
+    from fastproxy.control.boundedhttp import MAX_PER_SOURCE
+
+    proxy = Proxy(tmp_path, {"Apps": [app("s", free_ports(1), ["127.0.0.1:9"])]})
+    host, port = proxy.admin.rsplit(":", 1)
+    address = (host, int(port))
+
+    def accepted(count: int) -> None:  # by the endpoint: a descriptor each
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{proxy.pid}/fd")) < before + count:
+            assert time.monotonic() < deadline, "the endpoint did not accept them"
+            time.sleep(0.02)
+
+    before = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+    probe = socket.create_connection(address, timeout=10)  # silent for now
+    silent = [socket.create_connection(address, timeout=10) for _ in range(MAX_PER_SOURCE - 1)]
+    accepted(MAX_PER_SOURCE)
+    try:
+        os.kill(proxy.pid, signal.SIGSTOP)
+        try:
+            # The newcomer first: the endpoint's wait may end on it alone, as the stop
+            # comes; the request arrives after, unread when the newcomer is accepted.
+            newcomer = socket.create_connection(address, timeout=10)  # in the backlog
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            time.sleep(0.1)
+        finally:
+            os.kill(proxy.pid, signal.SIGCONT)
+        answer = probe.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert answer.endswith(b"ok\n"), answer
+        newcomer.close()
+    finally:
+        probe.close()
+        for sock in silent:
+            sock.close()
     assert proxy.stop() == 0

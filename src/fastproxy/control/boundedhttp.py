@@ -352,18 +352,38 @@ class BoundedHTTPServer:
     def _shed(self, among: Callable[[_Conn], bool], crowded: bool = False) -> bool:
         """Close the connection (of those `among`) that has waited longest without
         being served; `crowded`: from the address holding the most slots first."""
-        waiting = [c for c in self._conns.values() if c.state != _BUSY and among(c)]
-        if not waiting:
-            return False
-        # Stalled part-way through a request before silent (a newcomer that has not
-        # spoken yet may be the operator, held up), the longest waiting first.
         count = self._per_source
-        if crowded:
-            victim = min(waiting, key=lambda c: (-count[c.source], not c.got, c.since))
-        else:
-            victim = min(waiting, key=lambda c: (not c.got, c.since))
+        spared: set[int] = set()
+        while True:
+            waiting = [
+                c
+                for c in self._conns.values()
+                if c.state != _BUSY and among(c) and id(c) not in spared
+            ]
+            if not waiting:
+                return False
+            # Stalled part-way through a request before silent (a newcomer that has not
+            # spoken yet may be the operator, held up), the longest waiting first.
+            if crowded:
+                victim = min(waiting, key=lambda c: (-count[c.source], not c.got, c.since))
+            else:
+                victim = min(waiting, key=lambda c: (not c.got, c.since))
+            if victim.got or victim.state != _READ or self._still_silent(victim):
+                break
+            if victim.state == _CLOSED:  # it had hung up: its slot is free now
+                return True
+            spared.add(id(victim))  # it spoke after all: answered, or now stalled
         self._close(victim)
         return True
+
+    def _still_silent(self, conn: _Conn) -> bool:
+        """Read a silent connection before it is shed: whether it still is silent.
+        Accepts come first in a turn, so a probe's request may be waiting, unread,
+        when newcomers crowd its address (its client, on a busy machine, was held up
+        a moment between its connect and its send)."""
+        served = conn.served
+        self._safely(conn, selectors.EVENT_READ)
+        return conn.state == _READ and not conn.got and conn.served == served
 
     def _expire(self) -> None:
         now = time.monotonic()
